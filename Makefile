@@ -1,0 +1,30 @@
+# plm-tune developer tasks. `make test` works on a fresh machine: it builds .venv and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+EXTRAS ?= dev,dicom,video,deepspeed,qlora
+# torch/torchvision pinned to the builds this project is tested with (served from local disk here).
+TORCH_PINS = torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test tiny-model lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+tiny-model: install
+	$(VENV)/bin/plm-tune tiny-model .cache/tiny-plm
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .cache .pytest_cache build *.egg-info

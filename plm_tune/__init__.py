@@ -1,0 +1,32 @@
+"""plm-tune: finetune Meta's Perception Language Model (PLM) on your own images and videos.
+
+The public API:
+
+* ``validate_sample``: check a canonical sample (``plm_tune.sample`` documents the format).
+* ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
+* ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
+* ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
+"""
+
+from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
+from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
+from plm_tune.media import load_image, load_video, sample_frame_times
+from plm_tune.pixels import PixelEncoder
+from plm_tune.sample import normalize_messages, validate_sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CollatorStats",
+    "ConversationEncoder",
+    "DEFAULT_SYSTEM_PROMPT",
+    "EncodedConversation",
+    "EncodedSample",
+    "PLMCollator",
+    "PixelEncoder",
+    "load_image",
+    "load_video",
+    "normalize_messages",
+    "sample_frame_times",
+    "validate_sample",
+]

@@ -1,0 +1,257 @@
+"""``PLMCollator``: canonical samples -> a model-ready PLM batch.
+
+Per sample: validate structure, process each image / video into pixels (exact placeholder counts follow from
+the pixel shapes), encode the conversation with exact labels, apply the ``max_length`` policy. Per batch:
+right-pad ids / labels / mask, and concatenate every image tile of the batch in token order into
+``pixel_values`` ``(1, total_tiles, 3, T, T)`` (likewise frames into ``pixel_values_videos``). The model
+scatters vision features into placeholder positions in order, so ragged tile and frame counts batch freely.
+
+The collator makes no device moves (the Trainer / accelerate does that) and pickles, so it runs inside
+DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from plm_tune.formatting import IGNORE_INDEX, ConversationEncoder, EncodedConversation, TrainOn
+from plm_tune.pixels import PixelEncoder, VisionInputType
+from plm_tune.sample import normalize_messages
+
+__all__ = ["PLMCollator", "EncodedSample", "CollatorStats"]
+
+logger = logging.getLogger(__name__)
+
+OnTooLong = Literal["skip", "raise"]
+
+
+@dataclass
+class EncodedSample:
+    """One sample ready for batching."""
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list[torch.Tensor]  # each (n_tiles, 3, T, T), in token order
+    videos: list[torch.Tensor]  # each (n_frames, 3, S, S), in token order
+
+
+class CollatorStats:
+    """Counters of what the collator changed or dropped, shared with DataLoader worker processes.
+
+    The counts live in shared memory, so samples processed inside ``num_workers > 0`` workers are counted in
+    the main process too. Read them with ``dict(collator.stats)`` or ``collator.stats["rejected_too_long"]``.
+    """
+
+    KEYS = (
+        "samples",  # samples seen
+        "batches",  # batches built
+        "truncated_samples",  # samples that lost trailing turns to max_length
+        "dropped_turns",  # messages dropped from those samples
+        "dropped_images",  # images that were only in dropped turns
+        "dropped_videos",  # videos that were only in dropped turns
+        "rejected_too_long",  # samples whose first exchange alone exceeds max_length
+    )
+
+    def __init__(self, values: list[int] | None = None) -> None:
+        self._array = multiprocessing.Array("q", values or [0] * len(self.KEYS))
+
+    def add(self, key: str, amount: int = 1) -> None:
+        if amount:
+            with self._array.get_lock():
+                self._array[self.KEYS.index(key)] += amount
+
+    def __getitem__(self, key: str) -> int:
+        return self._array[self.KEYS.index(key)]
+
+    def keys(self) -> tuple[str, ...]:
+        return self.KEYS
+
+    def reset(self) -> None:
+        with self._array.get_lock():
+            for i in range(len(self.KEYS)):
+                self._array[i] = 0
+
+    def __repr__(self) -> str:
+        return f"CollatorStats({ {k: self[k] for k in self.KEYS} })"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # While a worker process is being spawned the shared array itself travels (shared counts); any
+        # other pickling (copy, save) takes a snapshot of the values.
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"array": self._array}
+        return {"values": list(self._array[:])}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._array = state["array"] if "array" in state else multiprocessing.Array("q", state["values"])
+
+
+class PLMCollator:
+    """Batch canonical samples for ``PerceptionLMForConditionalGeneration``.
+
+    Args:
+        processor: the model's ``PerceptionLMProcessor`` (``AutoProcessor.from_pretrained``).
+        max_length: longest sequence in tokens (None: no limit). Media placeholders are never cut: when a
+            sample is too long, whole trailing turns are dropped (as PLM's trainer does) with their media;
+            if even the first exchange does not fit, the sample is rejected (``on_too_long``).
+        train_on: ``"assistant"`` (default): loss only on assistant answers and their ``<|eot_id|>``;
+            ``"all"``: every non-media token, as the model card's script does.
+        vision_input_type: ``"thumb+tile"`` or ``"vanilla"``; default: the processor's.
+        max_tiles: tiles per image (default: the processor's ``max_num_tiles``, 36 for PLM); a sample's
+            ``"max_tiles"`` key overrides it.
+        num_frames: frames per video (default 32, as PLM); a sample's ``"num_frames"`` overrides it.
+        on_too_long: ``"skip"`` (count in ``stats["rejected_too_long"]`` and log) or ``"raise"``.
+        truncate_turns: when False, a too-long sample is rejected whole instead of losing trailing turns.
+        pixel_dtype: dtype of ``pixel_values`` (use the model's dtype, e.g. ``torch.bfloat16``).
+
+    Example:
+        >>> collator = PLMCollator(processor, max_length=4096)                    # doctest: +SKIP
+        >>> batch = collator([sample_a, sample_b])                                # doctest: +SKIP
+        >>> model(**batch).loss                                                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        max_length: int | None = None,
+        train_on: TrainOn = "assistant",
+        vision_input_type: VisionInputType | None = None,
+        max_tiles: int | None = None,
+        num_frames: int = 32,
+        on_too_long: OnTooLong = "skip",
+        truncate_turns: bool = True,
+        pixel_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if train_on not in ("assistant", "all"):
+            raise ValueError(f"train_on must be 'assistant' or 'all', got {train_on!r}.")
+        if on_too_long not in ("skip", "raise"):
+            raise ValueError(f"on_too_long must be 'skip' or 'raise', got {on_too_long!r}.")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}.")
+        self.processor = processor
+        self.encoder = ConversationEncoder(processor.tokenizer)
+        self.pixels = PixelEncoder(
+            processor, vision_input_type=vision_input_type, max_tiles=max_tiles, num_frames=num_frames
+        )
+        self.max_length = max_length
+        self.train_on = train_on
+        self.on_too_long = on_too_long
+        self.truncate_turns = truncate_turns
+        self.pixel_dtype = pixel_dtype
+        self.pad_token_id = processor.tokenizer.pad_token_id
+        self.stats = CollatorStats()
+
+    # ---------------------------------------------------------------- one sample
+    def encode(self, sample: dict[str, Any], *, add_generation_prompt: bool = False) -> EncodedSample | None:
+        """Encode one sample; returns None if it was rejected as too long (and ``on_too_long="skip"``)."""
+        turns = normalize_messages(sample)
+        images = [self.pixels.image(e, sample.get("max_tiles")) for e in sample.get("images") or []]
+        videos = [self.pixels.video(e, sample.get("num_frames")) for e in sample.get("videos") or []]
+        counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
+        encoded = self.encoder.encode(
+            turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
+        )
+        self.stats.add("samples")
+        keep_turns = len(turns)
+        if self.max_length is not None and len(encoded.input_ids) > self.max_length:
+            keep_turns = self._turns_that_fit(turns, encoded, sample)
+            if keep_turns == 0:
+                return None
+            dropped = turns[keep_turns:]
+            turns = turns[:keep_turns]
+            kept_media = {k: {p.index for t in turns for p in t.parts if p.kind == k} for k in ("image", "video")}
+            self.stats.add("truncated_samples")
+            self.stats.add("dropped_turns", len(dropped))
+            self.stats.add("dropped_images", len(images) - len(kept_media["image"]))
+            self.stats.add("dropped_videos", len(videos) - len(kept_media["video"]))
+            encoded = self.encoder.encode(
+                turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
+            )
+            images = [m for i, m in enumerate(images) if i in kept_media["image"]]
+            videos = [m for i, m in enumerate(videos) if i in kept_media["video"]]
+        return EncodedSample(
+            input_ids=encoded.input_ids,
+            labels=encoded.labels,
+            images=[pixels for pixels, _ in images],
+            videos=[pixels for pixels, _ in videos],
+        )
+
+    def _turns_that_fit(self, turns: list, encoded: EncodedConversation, sample: dict[str, Any]) -> int:
+        """How many leading messages to keep: whole exchanges (ending on an assistant turn) that fit."""
+        has_system = turns[0].role == "system"
+        offset = 1 if has_system else 0  # blocks exclude the system message
+        best = 0
+        for i, (_, end) in enumerate(encoded.blocks):
+            if end > self.max_length:
+                break
+            if turns[i + offset].role == "assistant":
+                best = i + offset + 1
+        if best == 0:
+            first_end = next(
+                (end for i, (_, end) in enumerate(encoded.blocks) if turns[i + offset].role == "assistant"),
+                len(encoded.input_ids),
+            )
+            reason = (
+                f"sample{self._describe(sample)} is too long: its first exchange needs {first_end} tokens "
+                f"(the whole sample {len(encoded.input_ids)}) but max_length is {self.max_length}. "
+                "Raise max_length, lower max_tiles / num_frames for this data, or shorten the text."
+            )
+            if self.on_too_long == "raise":
+                raise ValueError(reason)
+            self.stats.add("rejected_too_long")
+            logger.warning("Skipping %s", reason)
+            return 0
+        if not self.truncate_turns:
+            reason = (f"sample{self._describe(sample)} has {len(encoded.input_ids)} tokens > max_length "
+                      f"{self.max_length} and truncate_turns=False.")
+            if self.on_too_long == "raise":
+                raise ValueError(reason + " Raise max_length or allow truncate_turns.")
+            self.stats.add("rejected_too_long")
+            logger.warning("Skipping %s", reason)
+            return 0
+        return best
+
+    @staticmethod
+    def _describe(sample: dict[str, Any]) -> str:
+        for key in ("id", "sample_id", "image_id", "uid"):
+            if sample.get(key) is not None:
+                return f" {key}={sample[key]!r}"
+        return ""
+
+    # ---------------------------------------------------------------- the batch
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
+        if not encoded:
+            raise ValueError(
+                f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="
+                f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
+            )
+        self.stats.add("batches")
+        return self.pad(encoded)
+
+    def pad(self, encoded: list[EncodedSample]) -> dict[str, torch.Tensor]:
+        """Right-pad encoded samples into one batch dict."""
+        longest = max(len(e.input_ids) for e in encoded)
+        batch_size = len(encoded)
+        input_ids = torch.full((batch_size, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            n = len(e.input_ids)
+            input_ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
+            labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
+            attention_mask[row, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        # Row-major order of samples = order in which the model meets the placeholders.
+        tiles = [t for e in encoded for t in e.images]
+        if tiles:
+            batch["pixel_values"] = torch.cat(tiles).unsqueeze(0).to(self.pixel_dtype)  # (1, total_tiles, 3, T, T)
+        frames = [f for e in encoded for f in e.videos]
+        if frames:
+            batch["pixel_values_videos"] = torch.cat(frames).unsqueeze(0).to(self.pixel_dtype)  # (1, frames, 3, S, S)
+        return batch

@@ -1,0 +1,232 @@
+"""Decoding media entries of a canonical sample into pixels.
+
+Images become RGB ``PIL.Image``s; videos become ``(T, H, W, 3)`` uint8 arrays of sampled frames.
+Videos are decoded with PyAV (transformers' own loader needs torchcodec, which we do not require).
+
+Frame sampling follows PLM's trainer: candidate timestamps at 1 frame per second inside
+``[start, end]``, then a uniform pick of ``num_frames`` of them that keeps both ends. A clip shorter than
+``num_frames`` seconds yields fewer frames (one per second), never an error.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["load_image", "load_video", "sample_frame_times", "pick_uniform", "describe_media"]
+
+# Suffixes decoded as DICOM rather than as ordinary image files.
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def describe_media(entry: Any) -> str:
+    """A short human description of a media entry, for error messages."""
+    if isinstance(entry, str | os.PathLike):
+        return f"'{os.fspath(entry)}'"
+    if isinstance(entry, dict):
+        return f"{{path: '{entry.get('path')}'}}" if entry.get("path") else f"dict with keys {sorted(entry)}"
+    if isinstance(entry, np.ndarray):
+        return f"array of shape {tuple(entry.shape)}"
+    if isinstance(entry, bytes | bytearray):
+        return f"{len(entry)} bytes"
+    return type(entry).__name__
+
+
+def load_image(entry: Any) -> Image.Image:
+    """Decode one image entry into an RGB PIL image.
+
+    Args:
+        entry: a ``PIL.Image``, a file path, raw encoded bytes, or the ``{"bytes": ..., "path": ...}`` dict
+            that a ``datasets`` ``Image(decode=False)`` column yields. ``.dcm`` paths are read with pydicom.
+
+    Returns:
+        An RGB ``PIL.Image`` (fully loaded, so the file handle is closed).
+
+    Raises:
+        ValueError: the entry is missing, unreadable or not an image; the message names the entry.
+    """
+    if isinstance(entry, Image.Image):
+        return entry if entry.mode == "RGB" else entry.convert("RGB")
+    if isinstance(entry, dict):
+        if entry.get("bytes") is not None:
+            return load_image(entry["bytes"])
+        if entry.get("path") is not None:
+            return load_image(entry["path"])
+        raise ValueError(f"Image entry {describe_media(entry)} has neither 'bytes' nor 'path'.")
+    if isinstance(entry, bytes | bytearray):
+        try:
+            with Image.open(io.BytesIO(entry)) as img:
+                return img.convert("RGB")
+        except Exception as err:  # PIL raises several unrelated types for bad data
+            raise ValueError(f"Could not decode image from {describe_media(entry)}: {err}. "
+                             "Check that the bytes are a complete PNG/JPEG/... file.") from err
+    if isinstance(entry, str | os.PathLike):
+        path = os.fspath(entry)
+        if not os.path.exists(path):
+            raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
+                             "or set the dataset's media root so relative paths resolve.")
+        if path.lower().endswith(_DICOM_SUFFIXES):
+            return _load_dicom_image(path)
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except Exception as err:
+            raise ValueError(f"Could not decode image file '{path}': {err}. "
+                             "Re-export it as PNG or JPEG, or skip the record.") from err
+    raise ValueError(f"Unsupported image entry of type {type(entry).__name__}; "
+                     "use a PIL image, a file path or encoded bytes.")
+
+
+def _load_dicom_image(path: str) -> Image.Image:
+    """Render a single-frame DICOM file (first frame of a multi-frame one) via the DICOM adapter's rules."""
+    try:
+        from data_adapters.dicom import dicom_to_frames  # noqa: PLC0415 - optional dependency
+    except ImportError as err:
+        raise ValueError(f"'{path}' is a DICOM file; reading it needs the DICOM adapter and pydicom: "
+                         'pip install "plm-tune[dicom]".') from err
+    frames = dicom_to_frames(path)
+    return Image.fromarray(frames[0])
+
+
+def sample_frame_times(start: float, end: float, num_frames: int, fps: float = 1.0) -> list[float]:
+    """Timestamps (seconds) to decode from ``[start, end]``: 1/fps candidates, then a uniform pick.
+
+    >>> sample_frame_times(0.0, 10.0, 4)
+    [0.0, 3.0, 7.0, 10.0]
+    >>> sample_frame_times(0.0, 2.5, 32)   # short clip: one frame per second, fewer than asked
+    [0.0, 1.0, 2.0]
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    if end < start:
+        raise ValueError(f"Clip end ({end}s) is before its start ({start}s).")
+    count = int(math.floor((end - start) * fps + 1e-9)) + 1
+    candidates = [start + k / fps for k in range(count)]
+    return [candidates[i] for i in pick_uniform(len(candidates), num_frames)]
+
+
+def pick_uniform(total: int, wanted: int) -> list[int]:
+    """Indices of ``wanted`` items spread uniformly over ``total``, first and last included."""
+    if total <= wanted:
+        return list(range(total))
+    if wanted == 1:
+        return [0]
+    return [round(i * (total - 1) / (wanted - 1)) for i in range(wanted)]
+
+
+def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
+    """Decode one video entry into sampled frames.
+
+    Args:
+        entry: a file path; ``{"path": str, "start": float, "end": float}`` (seconds, both optional);
+            an array of frames ``(T, H, W, 3)`` uint8; or a list of PIL images. Frames that are given
+            directly are sub-sampled uniformly (ends kept) when there are more than ``num_frames``.
+        num_frames: the most frames to return.
+
+    Returns:
+        ``(T, H, W, 3)`` uint8 array with ``1 <= T <= num_frames``.
+
+    Raises:
+        ValueError: missing or undecodable file, a clip outside the video, or a video with no frames.
+    """
+    if isinstance(entry, np.ndarray) or (isinstance(entry, Sequence) and not isinstance(entry, str)):
+        frames = _frames_from_array_or_images(entry)
+        return frames[pick_uniform(len(frames), num_frames)]
+    if isinstance(entry, dict):
+        if entry.get("path") is None:
+            raise ValueError(f"Video entry {describe_media(entry)} has no 'path'.")
+        return _decode_video_file(os.fspath(entry["path"]), entry.get("start"), entry.get("end"), num_frames)
+    if isinstance(entry, str | os.PathLike):
+        return _decode_video_file(os.fspath(entry), None, None, num_frames)
+    raise ValueError(f"Unsupported video entry of type {type(entry).__name__}; use a path, "
+                     "{'path', 'start', 'end'}, a (T, H, W, 3) uint8 array or a list of PIL images.")
+
+
+def _frames_from_array_or_images(entry: Any) -> np.ndarray:
+    if isinstance(entry, np.ndarray):
+        frames = entry
+    else:
+        if len(entry) == 0:
+            raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")
+        frames = np.stack([np.asarray(load_image(f)) for f in entry])
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"Video frames must be a non-empty (T, H, W, 3) array, got shape {tuple(frames.shape)}.")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"Video frames must be uint8 (0..255), got {frames.dtype}.")
+    return frames
+
+
+def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
+    if path.lower().endswith(_DICOM_SUFFIXES):
+        try:
+            from data_adapters.dicom import dicom_to_frames  # noqa: PLC0415 - optional dependency
+        except ImportError as err:
+            raise ValueError(f"'{path}' is a DICOM file; reading it needs pydicom: "
+                             'pip install "plm-tune[dicom]".') from err
+        frames = dicom_to_frames(path)
+        return frames[pick_uniform(len(frames), num_frames)]
+    if not os.path.exists(path):
+        raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
+                         "or set the dataset's media root so relative paths resolve.")
+    import av  # noqa: PLC0415 - imported lazily: only video users pay for it
+
+    try:
+        container = av.open(path)
+    except Exception as err:  # av raises its own error hierarchy for bad containers
+        raise ValueError(f"Could not open video '{path}': {err}. Re-encode it (e.g. H.264 MP4).") from err
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"'{path}' has no video stream.")
+        stream = container.streams.video[0]
+        duration = _duration_seconds(container, stream)
+        clip_start = 0.0 if start is None else float(start)
+        clip_end = duration if end is None else min(float(end), duration) if duration > 0 else float(end)
+        if duration > 0 and clip_start > duration:
+            raise ValueError(f"Clip start {clip_start:.2f}s is past the end of '{path}' ({duration:.2f}s long).")
+        times = sample_frame_times(clip_start, max(clip_start, clip_end), num_frames)
+        frames = _decode_at(container, stream, times)
+    if not frames:
+        raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
+    return np.stack(frames)
+
+
+def _duration_seconds(container: Any, stream: Any) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return 0.0
+
+
+def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarray]:
+    """Decode the frame nearest to each (sorted) timestamp in one forward pass."""
+    picked: list[np.ndarray] = []
+    wanted = iter(times)
+    target = next(wanted, None)
+    previous = None  # (time, frame) of the last decoded frame before the target
+    try:
+        for frame in container.decode(stream):
+            t = float(frame.time) if frame.time is not None else 0.0
+            while target is not None and t >= target - 1e-6:
+                if previous is not None and abs(previous[0] - target) < abs(t - target):
+                    picked.append(previous[1].to_ndarray(format="rgb24"))
+                else:
+                    picked.append(frame.to_ndarray(format="rgb24"))
+                target = next(wanted, None)
+            if target is None:
+                break
+            previous = (t, frame)
+    except Exception as err:  # corrupt packets surface as av errors mid-stream
+        if not picked and previous is None:
+            raise ValueError(f"Could not decode video frames: {err}") from err
+    # Timestamps past the last decodable frame (duration metadata slightly long) take the last frame.
+    while target is not None and previous is not None:
+        picked.append(previous[1].to_ndarray(format="rgb24"))
+        target = next(wanted, None)
+    return picked

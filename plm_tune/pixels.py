@@ -1,0 +1,76 @@
+"""Media entries -> pixel tensors and their exact placeholder-token counts, through PLM's processors."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+
+from plm_tune.media import load_image, load_video
+
+__all__ = ["PixelEncoder", "VisionInputType"]
+
+VisionInputType = Literal["thumb+tile", "vanilla"]
+
+
+class PixelEncoder:
+    """Runs PLM's image / video processors on one media item at a time.
+
+    Args:
+        processor: a ``PerceptionLMProcessor``.
+        vision_input_type: ``"thumb+tile"`` (a thumbnail plus up to ``max_tiles`` tiles) or ``"vanilla"``
+            (one tile). Defaults to the processor's setting.
+        max_tiles: default tile budget per image (the processor's ``max_num_tiles`` if None); a sample's
+            ``"max_tiles"`` key overrides it.
+        num_frames: default frames per video (PLM uses 32); a sample's ``"num_frames"`` overrides it.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        vision_input_type: VisionInputType | None = None,
+        max_tiles: int | None = None,
+        num_frames: int = 32,
+    ) -> None:
+        self.image_processor = processor.image_processor
+        self.video_processor = processor.video_processor
+        self.vision_input_type = vision_input_type or self.image_processor.vision_input_type
+        if self.vision_input_type not in ("thumb+tile", "vanilla"):
+            raise ValueError(f"vision_input_type must be 'thumb+tile' or 'vanilla', got {self.vision_input_type!r}.")
+        self.max_tiles = max_tiles or self.image_processor.max_num_tiles
+        self.num_frames = num_frames
+        self.patch_size = processor.patch_size
+        self.pooling_ratio = processor.pooling_ratio
+        self._by_tiles: dict[int, Any] = {}
+
+    def tokens_per_tile(self, height: int, width: int) -> int:
+        """Placeholder tokens for one tile or frame of ``height`` x ``width`` pixels (256 for PLM's 448 px)."""
+        return (height // self.patch_size // self.pooling_ratio) * (width // self.patch_size // self.pooling_ratio)
+
+    def _image_processor_for(self, max_tiles: int) -> Any:
+        # PLM's image processor reads the tile budget from its attribute when choosing the tile grid and
+        # ignores a per-call max_num_tiles, so each budget gets its own shallow copy.
+        if max_tiles not in self._by_tiles:
+            clone = copy.copy(self.image_processor)
+            clone.max_num_tiles = max_tiles
+            self._by_tiles[max_tiles] = clone
+        return self._by_tiles[max_tiles]
+
+    def image(self, entry: Any, max_tiles: int | None = None) -> tuple[torch.Tensor, int]:
+        """Returns ``(tiles, n_tokens)``: tiles ``(n_tiles, 3, T, T)`` float32 and the placeholder count."""
+        budget = max_tiles or self.max_tiles
+        pil = load_image(entry)
+        out = self._image_processor_for(budget)(
+            images=[pil], vision_input_type=self.vision_input_type, return_tensors="pt"
+        )
+        tiles = out["pixel_values"][0]  # (n_tiles, 3, T, T)
+        return tiles, tiles.shape[0] * self.tokens_per_tile(*tiles.shape[-2:])
+
+    def video(self, entry: Any, num_frames: int | None = None) -> tuple[torch.Tensor, int]:
+        """Returns ``(frames, n_tokens)``: frames ``(T, 3, S, S)`` float32 and the placeholder count."""
+        frames = load_video(entry, num_frames=num_frames or self.num_frames)  # (T, H, W, 3) uint8
+        out = self.video_processor(videos=[frames], return_tensors="pt")
+        pixels = out["pixel_values_videos"][0]  # (T, 3, S, S)
+        return pixels, pixels.shape[0] * self.tokens_per_tile(*pixels.shape[-2:])

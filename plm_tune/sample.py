@@ -1,0 +1,166 @@
+"""The canonical sample: TRL's conversational vision format, extended to video.
+
+A sample is a plain dict, so it round-trips through ``datasets`` tables and JSON::
+
+    {
+        "messages": [
+            {"role": "system", "content": "You are an expert radiographer."},       # optional
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+            {"role": "assistant", "content": "A frontal chest radiograph ..."},
+        ],
+        "images": ["scan.png"],   # PIL.Image | path | bytes, consumed in order by {"type": "image"} parts
+        "videos": [],             # path | {"path", "start", "end"} | (T, H, W, 3) uint8 | [PIL, ...]
+        "max_tiles": 16,          # optional, per sample: overrides the collator's default
+        "num_frames": 8,          # optional, per sample
+    }
+
+``content`` is a string (one text part) or a list of parts. Parts read back from a ``datasets`` table carry
+every key of the union schema (an image part has ``"text": None``); that is accepted as it comes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from plm_tune.media import describe_media, load_image, load_video
+
+__all__ = ["validate_sample", "Part", "Turn", "normalize_messages", "ROLES"]
+
+ROLES = ("system", "user", "assistant")
+MEDIA_KINDS = ("image", "video")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a message: text, or the ``index``-th image / video of the sample."""
+
+    kind: Literal["text", "image", "video"]
+    text: str = ""
+    index: int = -1
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A message with its content normalised to parts."""
+
+    role: Literal["system", "user", "assistant"]
+    parts: tuple[Part, ...]
+
+
+def _sample_id(sample: dict[str, Any]) -> str:
+    for key in ("id", "sample_id", "image_id", "uid"):
+        if sample.get(key) is not None:
+            return f"sample {key}={sample[key]!r}: "
+    return ""
+
+
+def _parts_of(content: Any, where: str, counters: dict[str, int]) -> tuple[Part, ...]:
+    """Normalise one message's content, numbering media parts in order of appearance."""
+    if isinstance(content, str):
+        return (Part("text", text=content),)
+    if not isinstance(content, list | tuple):
+        raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}.")
+    parts: list[Part] = []
+    for j, item in enumerate(content):
+        if not isinstance(item, dict) or "type" not in item:
+            raise ValueError(f"{where}, part {j}: expected a dict with a 'type' key "
+                             f"('text', 'image' or 'video'), got {item!r}.")
+        kind = item["type"]
+        if kind == "text":
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise ValueError(f"{where}, part {j}: a text part needs a string 'text', got {text!r}.")
+            parts.append(Part("text", text=text))
+        elif kind in MEDIA_KINDS:
+            parts.append(Part(kind, index=counters[kind]))
+            counters[kind] += 1
+        else:
+            raise ValueError(f"{where}, part {j}: unknown part type {kind!r}; use 'text', 'image' or 'video'.")
+    return tuple(parts)
+
+
+def normalize_messages(sample: dict[str, Any]) -> list[Turn]:
+    """Parse ``sample["messages"]`` into turns, checking structure (not media).
+
+    Raises:
+        ValueError: naming the sample and message, for any of: no messages, unknown role, a system
+            message that is not first, empty content, no assistant turn, or placeholder / media count mismatch.
+    """
+    sid = _sample_id(sample)
+    messages = sample.get("messages")
+    if not isinstance(messages, list | tuple) or len(messages) == 0:
+        raise ValueError(f"{sid}'messages' must be a non-empty list of {{'role', 'content'}} dicts, "
+                         f"got {type(messages).__name__}.")
+    counters = {"image": 0, "video": 0}
+    turns: list[Turn] = []
+    for i, message in enumerate(messages):
+        where = f"{sid}message {i}"
+        if not isinstance(message, dict):
+            raise ValueError(f"{where}: expected a dict with 'role' and 'content', got {type(message).__name__}.")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where}: unknown role {role!r}; use one of {', '.join(ROLES)} "
+                             "(map 'human' -> 'user' and 'gpt' -> 'assistant').")
+        if role == "system" and i != 0:
+            raise ValueError(f"{where}: a system message must be the first message.")
+        parts = _parts_of(message.get("content"), where, counters)
+        if not any(p.kind != "text" or p.text.strip() for p in parts):
+            raise ValueError(f"{where} ({role}): content is empty. Give it text or media, or remove the message.")
+        if role == "system" and any(p.kind != "text" for p in parts):
+            raise ValueError(f"{where}: a system message can only hold text.")
+        turns.append(Turn(role, parts))
+    if not any(t.role == "assistant" for t in turns):
+        raise ValueError(f"{sid}no assistant turn: there is nothing to train on. "
+                         "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
+    for kind, key in (("image", "images"), ("video", "videos")):
+        given = len(sample.get(key) or [])
+        if counters[kind] != given:
+            raise ValueError(f"{sid}{counters[kind]} {{'type': '{kind}'}} placeholder(s) in the messages but "
+                             f"{given} entr{'y' if given == 1 else 'ies'} in '{key}'. Each placeholder takes the "
+                             f"next entry of '{key}' in order: add or remove placeholders so the counts match.")
+    return turns
+
+
+def _check_positive_int(sample: dict[str, Any], key: str) -> None:
+    value = sample.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{_sample_id(sample)}'{key}' must be a positive integer, got {value!r}.")
+
+
+def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> None:
+    """Check that ``sample`` is a well-formed canonical sample; raise a helpful error if not.
+
+    Args:
+        sample: the canonical sample dict (see module docstring).
+        decode_media: also open every image and the first frame of every video, so unreadable
+            media are found now rather than mid-training.
+
+    Raises:
+        ValueError: the message names the sample (its ``id``/``image_id`` when present), what was expected,
+            what was found and how to fix it.
+
+    Example:
+        >>> validate_sample({"messages": [{"role": "user", "content": "Hi"}]})
+        Traceback (most recent call last):
+        ...
+        ValueError: no assistant turn: there is nothing to train on. ...
+    """
+    if not isinstance(sample, dict):
+        raise ValueError(f"A sample must be a dict with a 'messages' key, got {type(sample).__name__}.")
+    normalize_messages(sample)
+    _check_positive_int(sample, "max_tiles")
+    _check_positive_int(sample, "num_frames")
+    if not decode_media:
+        return
+    sid = _sample_id(sample)
+    for i, entry in enumerate(sample.get("images") or []):
+        try:
+            load_image(entry)
+        except ValueError as err:
+            raise ValueError(f"{sid}images[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
+    for i, entry in enumerate(sample.get("videos") or []):
+        try:
+            load_video(entry, num_frames=1)
+        except ValueError as err:
+            raise ValueError(f"{sid}videos[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
