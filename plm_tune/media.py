@@ -21,10 +21,6 @@ from PIL import Image
 
 __all__ = ["load_image", "load_video", "sample_frame_times", "pick_uniform", "describe_media"]
 
-# Suffixes decoded as DICOM rather than as ordinary image files.
-_DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
 def describe_media(entry: Any) -> str:
     """A short human description of a media entry, for error messages."""
     if isinstance(entry, str | os.PathLike):
@@ -43,7 +39,7 @@ def load_image(entry: Any) -> Image.Image:
 
     Args:
         entry: a ``PIL.Image``, a file path, raw encoded bytes, or the ``{"bytes": ..., "path": ...}`` dict
-            that a ``datasets`` ``Image(decode=False)`` column yields. ``.dcm`` paths are read with pydicom.
+            that a ``datasets`` ``Image(decode=False)`` column yields.
 
     Returns:
         An RGB ``PIL.Image`` (fully loaded, so the file handle is closed).
@@ -71,8 +67,6 @@ def load_image(entry: Any) -> Image.Image:
         if not os.path.exists(path):
             raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
                              "or set the dataset's media root so relative paths resolve.")
-        if path.lower().endswith(_DICOM_SUFFIXES):
-            return _load_dicom_image(path)
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
@@ -81,17 +75,6 @@ def load_image(entry: Any) -> Image.Image:
                              "Re-export it as PNG or JPEG, or skip the record.") from err
     raise ValueError(f"Unsupported image entry of type {type(entry).__name__}; "
                      "use a PIL image, a file path or encoded bytes.")
-
-
-def _load_dicom_image(path: str) -> Image.Image:
-    """Render a single-frame DICOM file (first frame of a multi-frame one) via the DICOM adapter's rules."""
-    try:
-        from data_adapters.dicom import dicom_to_frames  # noqa: PLC0415 - optional dependency
-    except ImportError as err:
-        raise ValueError(f"'{path}' is a DICOM file; reading it needs the DICOM adapter and pydicom: "
-                         'pip install "plm-tune[dicom]".') from err
-    frames = dicom_to_frames(path)
-    return Image.fromarray(frames[0])
 
 
 def sample_frame_times(start: float, end: float, num_frames: int, fps: float = 1.0) -> list[float]:
@@ -135,6 +118,8 @@ def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
     Raises:
         ValueError: missing or undecodable file, a clip outside the video, or a video with no frames.
     """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
     if isinstance(entry, np.ndarray) or (isinstance(entry, Sequence) and not isinstance(entry, str)):
         frames = _frames_from_array_or_images(entry)
         return frames[pick_uniform(len(frames), num_frames)]
@@ -163,14 +148,6 @@ def _frames_from_array_or_images(entry: Any) -> np.ndarray:
 
 
 def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
-    if path.lower().endswith(_DICOM_SUFFIXES):
-        try:
-            from data_adapters.dicom import dicom_to_frames  # noqa: PLC0415 - optional dependency
-        except ImportError as err:
-            raise ValueError(f"'{path}' is a DICOM file; reading it needs pydicom: "
-                             'pip install "plm-tune[dicom]".') from err
-        frames = dicom_to_frames(path)
-        return frames[pick_uniform(len(frames), num_frames)]
     if not os.path.exists(path):
         raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
@@ -186,6 +163,8 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
         stream = container.streams.video[0]
         duration = _duration_seconds(container, stream)
         clip_start = 0.0 if start is None else float(start)
+        if end is not None and float(end) < clip_start:
+            raise ValueError(f"Clip end ({float(end)}s) is before its start ({clip_start}s) in '{path}'.")
         clip_end = duration if end is None else min(float(end), duration) if duration > 0 else float(end)
         if duration > 0 and clip_start > duration:
             raise ValueError(f"Clip start {clip_start:.2f}s is past the end of '{path}' ({duration:.2f}s long).")

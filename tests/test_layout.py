@@ -1,0 +1,32 @@
+"""Imports flow one way: recipes / examples -> data_adapters -> plm_tune. Never the reverse."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imported_top_levels(folder: Path) -> dict[str, set[str]]:
+    found = {}
+    for path in folder.rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_library_never_imports_adapters_recipes_or_examples():
+    for path, names in _imported_top_levels(ROOT / "plm_tune").items():
+        assert not names & {"data_adapters", "recipes", "examples", "benchmarks"}, path
+
+
+def test_adapters_never_import_training_code_or_recipes():
+    training = {"trl", "peft", "accelerate", "deepspeed", "recipes", "examples", "benchmarks"}
+    for path, names in _imported_top_levels(ROOT / "data_adapters").items():
+        assert not names & training, path
