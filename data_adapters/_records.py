@@ -1,0 +1,182 @@
+"""What every adapter shares: bad-record errors, skip accounting, safe media paths, dataset building.
+
+An adapter is two small pieces: code that finds raw records (rows of a file, files in a folder) and a pure
+function ``record -> canonical sample``. The function raises ``BadRecord`` for anything wrong with the record;
+``build_dataset`` turns that into a stop (``on_error="raise"``) or a counted skip (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "BadRecord", "OnError", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
+    "resolve_media_path", "text_part",
+]
+
+logger = logging.getLogger("data_adapters")
+
+OnError = Literal["raise", "skip"]
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a sample.
+
+    Args:
+        record: where it is, as the user would find it: ``"captions.csv row 17"``, ``"study/a.dcm"``, an id.
+        reason: a short stable code used to group skips (``"missing file"``, ``"no answer text"``, ...).
+        detail: what was expected and what was found.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, record: str, reason: str, detail: str, fix: str = "") -> None:
+        self.record, self.reason, self.detail, self.fix = record, reason, detail, fix
+        message = f"{record}: {reason}: {detail}"
+        if fix:
+            message += f" Fix: {fix}"
+        message += ' (Pass on_error="skip" to skip and count such records instead.)'
+        super().__init__(message)
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped records by reason, with the first few record names for each."""
+
+    source: str
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    kept: int = 0
+    max_examples: int = 5
+
+    def add(self, error: BadRecord) -> None:
+        self.counts[error.reason] += 1
+        names = self.examples.setdefault(error.reason, [])
+        if len(names) < self.max_examples:
+            names.append(error.record)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.counts:
+            return f"{self.source}: {self.kept} records, none skipped."
+        lines = [f"{self.source}: kept {self.kept} records, skipped {self.skipped}:"]
+        for reason, n in self.counts.most_common():
+            lines.append(f"  {n:6d}  {reason}  (e.g. {', '.join(self.examples[reason])})")
+        return "\n".join(lines)
+
+
+def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
+                       allow_outside_root: bool = False) -> str:
+    """Resolve a media path read from a manifest against the dataset root, refusing escapes.
+
+    Raises:
+        BadRecord: the path is absolute or climbs out of ``root`` (``..``, symlinked escapes count too) while
+            ``allow_outside_root`` is False, or the file does not exist.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise BadRecord(record, "missing media path", f"expected a file path, got {relative!r}.",
+                        "fill the media column for this record.")
+    base = Path(root).resolve()
+    candidate = Path(relative)
+    full = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not allow_outside_root and base != full and base not in full.parents:
+        raise BadRecord(record, "path outside dataset root",
+                        f"'{relative}' resolves to '{full}', outside the dataset root '{base}'.",
+                        "move the file under the root, or pass allow_outside_root=True if you trust this manifest.")
+    if not full.exists():
+        raise BadRecord(record, "missing file", f"'{relative}' does not exist (looked for '{full}').",
+                        "fix the path in the manifest or restore the file.")
+    return str(full)
+
+
+def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, Any] | None], *,
+                 on_error: OnError, report: SkipReport) -> Iterator[dict[str, Any]]:
+    """Apply ``to_sample`` to each record; raise or count ``BadRecord``s; log the report at the end.
+
+    ``to_sample`` may return None for a record that is legitimately not a sample (a folder's README, say):
+    those are neither kept nor counted as skipped.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+    for record in records:
+        try:
+            sample = to_sample(record)
+        except BadRecord as err:
+            if on_error == "raise":
+                raise
+            report.add(err)
+            continue
+        if sample is not None:
+            report.kept += 1
+            yield sample
+    if report.counts:
+        logger.warning(report.summary())
+    else:
+        logger.info(report.summary())
+
+
+def build_dataset(records: Callable[[], Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,
+                  source: str, on_error: OnError = "raise", streaming: bool = False):
+    """A ``datasets.Dataset`` (or ``IterableDataset`` when streaming) of canonical samples.
+
+    Records are walked once to build the table (media stay paths: nothing is decoded), so a bad record
+    raises here, not mid-training. The returned dataset carries its ``SkipReport`` as ``.skip_report``
+    (non-streaming; for streaming, the report fills up as the stream is read and is logged at its end).
+    """
+    import datasets
+
+    report = SkipReport(source)
+    if streaming:
+        dataset = datasets.IterableDataset.from_generator(
+            lambda: iter_samples(records(), to_sample, on_error=on_error, report=report)
+        )
+    else:
+        rows = list(iter_samples(records(), to_sample, on_error=on_error, report=report))
+        if not rows:
+            raise ValueError(f"{source}: no usable records. {report.summary()}")
+        dataset = datasets.Dataset.from_list(rows)
+    dataset.skip_report = report
+    return dataset
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def media_part(kind: Literal["image", "video"]) -> dict[str, Any]:
+    return {"type": kind, "text": None}
+
+
+def make_sample(messages: list[dict[str, Any]], *, images: list[Any] | None = None,
+                videos: list[Any] | None = None, sample_id: str | None = None,
+                max_tiles: int | None = None, num_frames: int | None = None) -> dict[str, Any]:
+    """A canonical sample with the same keys and part shapes for every adapter.
+
+    Every adapter builds its samples here so that datasets from different adapters share one schema
+    (and so can be mixed or concatenated): string content becomes one text part, every part has both
+    ``type`` and ``text``, a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` /
+    ``num_frames`` are present (None: the collator's default).
+    """
+    normalised = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            content = [text_part(content)]
+        normalised.append({"role": message["role"],
+                           "content": [{"type": p["type"], "text": p.get("text")} for p in content]})
+    return {
+        "id": sample_id,
+        "messages": normalised,
+        "images": list(images or []),
+        "videos": [v if isinstance(v, dict) else {"path": v, "start": None, "end": None} for v in videos or []],
+        "max_tiles": max_tiles,
+        "num_frames": num_frames,
+    }
