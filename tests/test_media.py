@@ -1,0 +1,393 @@
+"""Tests for plm_tune.media: image loading, video decoding and PLM's frame-sampling policy.
+
+Videos are real files encoded with PyAV into tmp_path. Every frame is a uniform grey whose level encodes
+its index (``20 + 4 * index``), so a decoded frame tells exactly which source frame it came from.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from plm_tune.media import load_image, load_video, pick_uniform, sample_frame_times
+
+av = pytest.importorskip("av")
+
+SIZE = 64
+BASE, STEP = 20, 4  # grey level of frame i is BASE + STEP * i (50 frames stay below 255)
+
+
+def _grey_level(index: int) -> int:
+    return BASE + STEP * index
+
+
+def encode_grey_video(path: Path, num_frames: int, fps: int) -> Path:
+    """Write a lossless H.264 clip of ``num_frames`` uniform grey frames at ``fps`` (duration num_frames/fps).
+
+    Lossless (crf 0) keeps decoded levels within +-1 of the source, far below the 4-level step between
+    frames, so the frame index read back is unambiguous.
+    """
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception:  # a PyAV build without x264
+        pytest.skip("this PyAV build has no libx264 encoder")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0"}
+        for i in range(num_frames):
+            rgb = np.full((SIZE, SIZE, 3), _grey_level(i), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder
+            container.mux(packet)
+    return path
+
+
+def frame_indices(frames: np.ndarray) -> list[int]:
+    """The source index of every decoded frame, checking each frame is (nearly) the uniform grey it encodes."""
+    indices = []
+    for frame in frames:
+        level = float(frame.mean())
+        index = round((level - BASE) / STEP)
+        assert int(frame.max()) - int(frame.min()) <= 2, "decoded frame is not uniform"
+        assert abs(level - _grey_level(index)) <= 1.5, f"level {level} is between two source frames"
+        indices.append(index)
+    return indices
+
+
+def nearest_source_frame(t: float, fps: int, count: int) -> int:
+    """PLM's rule: the frame decoded for time t is the source frame nearest to t (the last one past the end)."""
+    return min(int(math.floor(t * fps + 0.5)), count - 1)
+
+
+CLIP_FPS, CLIP_FRAMES = 5, 50  # a 10 s clip
+
+
+@pytest.fixture(scope="module")
+def clip_10s(tmp_path_factory) -> Path:
+    return encode_grey_video(tmp_path_factory.mktemp("video") / "clip.mp4", CLIP_FRAMES, CLIP_FPS)
+
+
+# --------------------------------------------------------------------------------------------------------
+# sample_frame_times / pick_uniform
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_pick_uniform_keeps_both_ends_without_duplicates():
+    for total in range(1, 70):
+        for wanted in range(1, 40):
+            picked = pick_uniform(total, wanted)
+            assert len(picked) == min(total, wanted)
+            assert picked == sorted(set(picked)), "indices must be strictly increasing (no duplicates)"
+            assert picked[0] == 0
+            assert all(0 <= i < total for i in picked)
+            if wanted >= 2:
+                assert picked[-1] == total - 1, "the last item must always be kept"
+
+
+def test_pick_uniform_small_cases():
+    assert pick_uniform(0, 4) == []
+    assert pick_uniform(3, 8) == [0, 1, 2]  # fewer items than wanted: all of them
+    assert pick_uniform(5, 5) == [0, 1, 2, 3, 4]
+    assert pick_uniform(10, 1) == [0]
+    assert pick_uniform(10, 2) == [0, 9]
+    assert pick_uniform(11, 4) == [0, 3, 7, 10]
+
+
+def test_sample_frame_times_one_per_second_then_uniform_pick():
+    assert sample_frame_times(0.0, 10.0, 4) == [0.0, 3.0, 7.0, 10.0]
+    # 11 candidates (0..10 s) and 11 wanted: every candidate, both ends included.
+    assert sample_frame_times(0.0, 10.0, 32) == [float(k) for k in range(11)]
+    assert sample_frame_times(2.0, 8.0, 1) == [2.0]
+
+
+def test_sample_frame_times_short_clip_yields_fewer_frames():
+    assert sample_frame_times(0.0, 2.5, 32) == [0.0, 1.0, 2.0]
+    assert sample_frame_times(1.0, 1.0, 8) == [1.0]  # zero-length clip: its single instant
+    assert sample_frame_times(0.0, 0.4, 8) == [0.0]
+
+
+def test_sample_frame_times_offsets_and_float_edges():
+    # Candidates start at `start`, not at whole seconds.
+    assert sample_frame_times(2.25, 6.9, 3) == pytest.approx([2.25, 4.25, 6.25])
+    # 3.3 - 0.3 is 2.9999999999999996 in floats; it must still count as 3 s (4 candidates).
+    assert sample_frame_times(0.3, 3.3, 8) == pytest.approx([0.3, 1.3, 2.3, 3.3])
+    # fps other than 1: candidates every 1/fps seconds.
+    assert sample_frame_times(0.0, 2.0, 8, fps=2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+def test_sample_frame_times_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        sample_frame_times(0.0, 10.0, 0)
+    with pytest.raises(ValueError, match="before its start"):
+        sample_frame_times(5.0, 2.0, 4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# load_video on real files
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_encoded_clip_round_trips_every_frame(clip_10s):
+    # Sanity check of the fixture itself: all 50 frames decode to their own index, 0.2 s apart.
+    with av.open(str(clip_10s)) as container:
+        stream = container.streams.video[0]
+        decoded = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+        assert float(stream.duration * stream.time_base) == pytest.approx(10.0)
+    assert [t for t, _ in decoded] == pytest.approx([i / CLIP_FPS for i in range(CLIP_FRAMES)])
+    assert frame_indices(np.stack([f for _, f in decoded])) == list(range(CLIP_FRAMES))
+
+
+def test_load_video_whole_clip_picks_plm_frames(clip_10s):
+    frames = load_video(str(clip_10s), num_frames=4)
+    assert frames.dtype == np.uint8
+    assert frames.shape == (4, SIZE, SIZE, 3)
+    # Candidates 0, 1, ..., 10 s; uniform pick of 4 -> 0, 3, 7, 10 s. The 10 s target is past the last
+    # frame (9.8 s), so it takes the last frame.
+    assert frame_indices(frames) == [0, 15, 35, 49]
+    expected = [nearest_source_frame(t, CLIP_FPS, CLIP_FRAMES) for t in sample_frame_times(0.0, 10.0, 4)]
+    assert frame_indices(frames) == expected
+
+
+def test_load_video_accepts_pathlike_and_more_frames_than_candidates(clip_10s):
+    # 11 one-per-second candidates < 32 wanted: every candidate, i.e. one frame per second.
+    frames = load_video(clip_10s, num_frames=32)
+    assert frames.shape == (11, SIZE, SIZE, 3)
+    assert frame_indices(frames) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49]
+
+
+def test_load_video_segment_frames_come_from_inside_segment(clip_10s):
+    start, end = 2.25, 6.9
+    frames = load_video({"path": str(clip_10s), "start": start, "end": end}, num_frames=3)
+    assert frames.shape == (3, SIZE, SIZE, 3)
+    # Targets 2.25, 4.25, 6.25 s fall between source frames (0.2 s apart); each takes the nearest one.
+    assert frame_indices(frames) == [11, 21, 31]
+    assert all(start * CLIP_FPS - 0.5 <= i <= end * CLIP_FPS + 0.5 for i in frame_indices(frames))
+
+
+def test_load_video_segment_takes_nearest_frame_before_or_after_target(clip_10s):
+    # Targets 2.35, 3.35, 4.35 s are each 0.05 s before a source frame (2.4, 3.4, 4.4 s): the later one.
+    frames = load_video({"path": str(clip_10s), "start": 2.35, "end": 4.5}, num_frames=8)
+    times = sample_frame_times(2.35, 4.5, 8)
+    assert times == pytest.approx([2.35, 3.35, 4.35])
+    assert frame_indices(frames) == [nearest_source_frame(t, CLIP_FPS, CLIP_FRAMES) for t in times]
+    assert frame_indices(frames) == [12, 17, 22]
+    # 2.15 s: frame 11 (2.2 s) is nearer than frame 10 (2.0 s). 3.05 and 4.05 s are 0.05 s past a source
+    # frame, so the decoder must go back to the previous frame (15 and 20), not the one it just reached.
+    frames = load_video({"path": str(clip_10s), "start": 2.15, "end": 3.1}, num_frames=2)
+    assert frame_indices(frames) == [11]
+    frames = load_video({"path": str(clip_10s), "start": 3.05, "end": 4.1}, num_frames=2)
+    assert frame_indices(frames) == [15, 20]
+
+
+def test_load_video_start_only_runs_to_end_of_video(clip_10s):
+    frames = load_video({"path": str(clip_10s), "start": 7.0}, num_frames=8)
+    assert frame_indices(frames) == [35, 40, 45, 49]  # 7, 8, 9, 10 s (10 s -> last frame)
+
+
+def test_load_video_end_past_duration_is_clamped(clip_10s):
+    frames = load_video({"path": str(clip_10s), "start": 5.0, "end": 100.0}, num_frames=3)
+    # Clamped to [5, 10]: candidates 5..10 s, pick of 3 -> 5, 7, 10 s. Unclamped, the pick would span
+    # 5..100 s and land mostly past the video.
+    assert sample_frame_times(5.0, 10.0, 3) == [5.0, 7.0, 10.0]
+    assert frame_indices(frames) == [25, 35, 49]
+
+
+def test_load_video_short_clip_gives_fewer_frames(tmp_path):
+    path = encode_grey_video(tmp_path / "short.mp4", num_frames=10, fps=4)  # 2.5 s
+    frames = load_video(str(path), num_frames=32)
+    assert frames.dtype == np.uint8
+    assert frames.shape == (3, SIZE, SIZE, 3)  # one frame per second: 0, 1, 2 s
+    assert frame_indices(frames) == [0, 4, 8]
+
+
+def test_load_video_start_past_end_of_video_raises(clip_10s):
+    with pytest.raises(ValueError, match=r"start 20\.00s is past the end of .*clip\.mp4.*10\.00s long"):
+        load_video({"path": str(clip_10s), "start": 20.0, "end": 30.0})
+
+
+def test_load_video_start_after_end_raises(clip_10s):
+    # A reversed segment is a data error; it must not silently decode one frame at `start`.
+    with pytest.raises(ValueError, match="before its start"):
+        load_video({"path": str(clip_10s), "start": 6.0, "end": 3.0})
+
+
+def test_load_video_rejects_non_positive_num_frames(clip_10s):
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        load_video(str(clip_10s), num_frames=0)
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        load_video(np.zeros((4, 8, 8, 3), dtype=np.uint8), num_frames=0)
+
+
+def test_load_video_dict_without_path_raises():
+    with pytest.raises(ValueError, match="has no 'path'"):
+        load_video({"start": 1.0, "end": 2.0})
+
+
+def test_load_video_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "missing.mp4"
+    with pytest.raises(ValueError, match=r"Video file '.*missing\.mp4' does not exist"):
+        load_video(str(missing))
+    with pytest.raises(ValueError, match=r"missing\.mp4"):
+        load_video({"path": str(missing), "start": 0.0, "end": 1.0})
+
+
+def test_load_video_file_that_is_not_a_video_raises(tmp_path):
+    path = tmp_path / "x.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match=r"x\.mp4"):
+        load_video(str(path))
+
+
+def test_load_video_unsupported_entry_type_raises():
+    with pytest.raises(ValueError, match="Unsupported video entry of type int"):
+        load_video(42)
+
+
+# --------------------------------------------------------------------------------------------------------
+# load_video with frames given directly
+# --------------------------------------------------------------------------------------------------------
+
+
+def _indexed_frames(count: int) -> np.ndarray:
+    return np.stack([np.full((8, 8, 3), i, dtype=np.uint8) for i in range(count)])
+
+
+def test_load_video_array_is_uniformly_subsampled_keeping_ends():
+    frames = _indexed_frames(10)
+    out = load_video(frames, num_frames=4)
+    assert out.dtype == np.uint8
+    assert out.shape == (4, 8, 8, 3)
+    assert [int(f[0, 0, 0]) for f in out] == [0, 3, 6, 9]
+
+
+def test_load_video_array_with_few_frames_is_returned_whole():
+    frames = _indexed_frames(3)
+    out = load_video(frames, num_frames=8)
+    np.testing.assert_array_equal(out, frames)
+
+
+def test_load_video_list_of_pil_images():
+    images = [Image.fromarray(f) for f in _indexed_frames(6)]
+    images[1] = images[1].convert("L")  # non-RGB frames are converted
+    out = load_video(images, num_frames=3)
+    assert out.dtype == np.uint8
+    assert out.shape == (3, 8, 8, 3)
+    assert [int(f[0, 0, 0]) for f in out] == [0, 2, 5]  # pick_uniform(6, 3) rounds 2.5 to 2
+
+
+def test_load_video_array_wrong_dtype_raises():
+    with pytest.raises(ValueError, match="must be uint8.*float32"):
+        load_video(np.zeros((4, 8, 8, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (4, 8, 8, 4), (8, 8, 3), (0, 8, 8, 3)])
+def test_load_video_array_wrong_shape_raises(shape):
+    with pytest.raises(ValueError, match=r"non-empty \(T, H, W, 3\) array, got shape"):
+        load_video(np.zeros(shape, dtype=np.uint8))
+
+
+def test_load_video_empty_list_raises():
+    with pytest.raises(ValueError, match="empty list of frames"):
+        load_video([])
+
+
+# --------------------------------------------------------------------------------------------------------
+# load_image
+# --------------------------------------------------------------------------------------------------------
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def rgb_image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8))
+
+
+def test_load_image_pil_rgb_is_returned_as_is(rgb_image):
+    assert load_image(rgb_image) is rgb_image
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_load_image_pil_non_rgb_is_converted(rgb_image, mode):
+    out = load_image(rgb_image.convert(mode))
+    assert out.mode == "RGB"
+    assert out.size == (16, 12)
+
+
+def test_load_image_from_path_and_pathlike(tmp_path, rgb_image):
+    path = tmp_path / "img.png"
+    rgb_image.save(path)
+    for entry in (str(path), path):
+        out = load_image(entry)
+        assert out.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(rgb_image))
+
+
+def test_load_image_grayscale_file_becomes_rgb(tmp_path, rgb_image):
+    path = tmp_path / "grey.jpg"
+    rgb_image.convert("L").save(path)
+    out = load_image(str(path))
+    assert out.mode == "RGB"
+    assert out.size == (16, 12)
+
+
+def test_load_image_from_bytes_and_dicts(tmp_path, rgb_image):
+    data = _png_bytes(rgb_image)
+    path = tmp_path / "img.png"
+    path.write_bytes(data)
+    entries = [
+        data,
+        bytearray(data),
+        {"bytes": data, "path": None},
+        {"bytes": data, "path": "ignored-when-bytes-are-present.png"},  # bytes win over path
+        {"bytes": None, "path": str(path)},  # datasets Image(decode=False) for a file on disk
+    ]
+    for entry in entries:
+        out = load_image(entry)
+        assert out.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(rgb_image))
+
+
+def test_load_image_dict_without_bytes_or_path_raises():
+    with pytest.raises(ValueError, match="neither 'bytes' nor 'path'"):
+        load_image({"bytes": None, "path": None})
+
+
+def test_load_image_missing_path_names_it(tmp_path):
+    missing = tmp_path / "missing.png"
+    with pytest.raises(ValueError, match=r"Image file '.*missing\.png' does not exist"):
+        load_image(str(missing))
+    with pytest.raises(ValueError, match=r"missing\.png' does not exist"):
+        load_image({"bytes": None, "path": str(missing)})
+
+
+def test_load_image_corrupt_bytes_raise(rgb_image):
+    with pytest.raises(ValueError, match=r"Could not decode image from 9 bytes"):
+        load_image(b"not a png")
+    truncated = _png_bytes(rgb_image)[:40]  # a PNG header without its data
+    with pytest.raises(ValueError, match=r"Could not decode image from 40 bytes"):
+        load_image(truncated)
+
+
+def test_load_image_corrupt_file_names_it(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG but not really an image")
+    with pytest.raises(ValueError, match=r"Could not decode image file '.*broken\.png'"):
+        load_image(str(path))
+
+
+def test_load_image_unsupported_type_raises():
+    with pytest.raises(ValueError, match="Unsupported image entry of type int"):
+        load_image(3)
