@@ -1,0 +1,425 @@
+"""WebDataset tar shards -> a stream of canonical samples, read with the standard library's ``tarfile``.
+
+A shard is a tar file whose members are grouped into records by key: the member path up to the first dot of
+its file name. Members of one record are consecutive in the tar (as ``webdataset.TarWriter`` writes them)::
+
+    shard-000.tar
+        000017.jpg     image  (.jpg / .jpeg / .png)       or   000017.mp4   video (.mp4 / .webm)
+        000017.json    {"caption": "..."} | {"question": "...", "answer": "..."} | {"messages": [...]}
+        000017.txt     a caption (read when caption_key="txt")
+
+Record ``000017`` above, read with ``caption_key="json"`` and ``{"question": "Which side?", "answer": "Left."}``
+in its json, becomes::
+
+    {"id": "shard-000.tar/000017",
+     "messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                               {"type": "text", "text": "Which side?"}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "Left."}]}],
+     "images": [b"\\xff\\xd8\\xff..."],   # the .jpg member's bytes: plm_tune.media.load_image decodes them
+     "videos": [], "max_tiles": None, "num_frames": None}
+
+Images stay encoded bytes until the collator decodes them. A video becomes a file: its bytes are written once
+to ``video_dir`` under a content hash and the sample holds ``{"path": ..., "start": None, "end": None}``.
+Why a file rather than frames decoded here: the collator owns the frame count (the sample's ``num_frames`` or
+its own default) and decodes only the frames it samples; decoded frames would fix that count early and push
+tens of MB per sample through the data pipeline. A path also gives these samples the same schema as every
+other adapter's, so they ``mix`` with them.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import posixpath
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from data_adapters._records import (
+    BadRecord,
+    OnError,
+    SkipReport,
+    iter_samples,
+    make_sample,
+    media_part,
+    text_part,
+)
+from plm_tune.sample import normalize_messages
+
+__all__ = ["expand_shards", "from_webdataset", "select_shards"]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+VIDEO_EXTENSIONS = ("mp4", "webm")
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(\d+)\.\.(\d+)")
+
+
+# ---------------------------------------------------------------- finding shards
+def _expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` -> three names (zero padding kept); ``{x,y}`` -> two; several braces multiply."""
+    match = _BRACES.search(pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    numeric = _RANGE.fullmatch(body)
+    if numeric:
+        first, last = numeric.groups()
+        if int(last) < int(first):
+            raise ValueError(f"Shard pattern '{pattern}': range {{{body}}} counts down; write {{{last}..{first}}}.")
+        width = max(len(first), len(last)) if first.startswith("0") or last.startswith("0") else 0
+        items = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        raise ValueError(f"Shard pattern '{pattern}': cannot expand {{{body}}}; use a range {{000..009}} "
+                         "or a list {a,b}.")
+    head, tail = pattern[: match.start()], pattern[match.end():]
+    return [name for item in items for name in _expand_braces(head + item + tail)]
+
+
+def expand_shards(urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Every shard named by paths, globs, brace patterns or URLs, in the order given (globs sorted).
+
+    >>> expand_shards("data/shard-{000..003}.tar")   # doctest: +SKIP
+    ['data/shard-000.tar', 'data/shard-001.tar', 'data/shard-002.tar', 'data/shard-003.tar']
+
+    URLs (``scheme://...``) are opened with ``fsspec`` when read and are not checked here.
+
+    Raises:
+        ValueError: a local shard that does not exist, a glob that matches nothing, or a shard named twice
+            (it would be read twice).
+    """
+    specs = [urls_or_paths] if isinstance(urls_or_paths, str | os.PathLike) else list(urls_or_paths)
+    shards: list[str] = []
+    for spec in specs:
+        for name in _expand_braces(os.fspath(spec)):
+            if "://" in name:
+                shards.append(name)
+            elif any(c in name for c in "*?["):
+                matches = sorted(glob.glob(name))
+                if not matches:
+                    raise ValueError(f"No shard matches '{name}'. Check the folder and the pattern.")
+                shards.extend(matches)
+            elif os.path.isfile(name):
+                shards.append(name)
+            else:
+                raise ValueError(f"Shard '{name}' does not exist. Fix the path or the brace range in "
+                                 f"'{os.fspath(spec)}'.")
+    if not shards:
+        raise ValueError("No shards given: pass a path, a glob such as 'data/*.tar' or 'data/shard-{000..009}.tar'.")
+    repeated = sorted({s for s in shards if shards.count(s) > 1})
+    if repeated:
+        raise ValueError(f"Shard(s) named more than once: {', '.join(repeated)}. Their records would be read "
+                         "twice; list each shard once.")
+    return shards
+
+
+def select_shards(shards: Sequence[str], *, rank: int, world_size: int) -> list[str]:
+    """The shards one distributed rank reads: every ``world_size``-th, starting at ``rank``.
+
+    Each rank's shards are then spread over its DataLoader workers by ``datasets`` (worker ``w`` of ``W``
+    reads that list's ``w``, ``w + W``, ... shard), so every record is read by exactly one worker of one rank.
+
+    Raises:
+        ValueError: a rank outside ``[0, world_size)``, or fewer shards than ranks (a rank with no data
+            would stall the others at their next collective operation).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
+                         f"world_size={world_size}.")
+    if len(shards) < world_size:
+        raise ValueError(f"{len(shards)} shard(s) for {world_size} ranks: some ranks would read nothing. "
+                         "Write at least one shard per rank (ideally a multiple of ranks x DataLoader workers), "
+                         "or pass split_by_rank=False and let accelerate dispatch batches from rank 0.")
+    return list(shards[rank::world_size])
+
+
+def _current_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    import torch.distributed as dist  # noqa: PLC0415 - only split_by_rank needs torch here
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------- reading records
+@dataclass(frozen=True)
+class _TarRecord:
+    shard: str
+    key: str
+    members: tuple[tuple[str, bytes], ...]  # (extension, content) in tar order
+
+
+@dataclass(frozen=True)
+class _BrokenShard:
+    shard: str
+    at_key: str | None  # the record being read when the stream broke
+    error: str
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Header parsing that fails loudly on a cut archive.
+
+    ``tarfile`` ends a stream silently when a header past the first is empty, short or garbled, which is
+    what a shard cut inside a header (an interrupted download) looks like: the rest of the shard would be
+    lost without a word. Only a zero block, the end-of-archive marker, ends the stream here.
+    """
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.EOFHeaderError:
+            raise
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+            raise tarfile.ReadError(f"cut or corrupt tar header ({err}) before the end-of-archive marker") from err
+
+
+def _open(shard: str):
+    if "://" in shard:
+        import fsspec  # noqa: PLC0415 - a dependency of datasets; only remote shards need it
+
+        return fsspec.open(shard, "rb").open()
+    return open(shard, "rb")
+
+
+def _read_shard(shard: str) -> Iterator[_TarRecord | _BrokenShard]:
+    """Records of one shard in order; a read error ends the shard with a ``_BrokenShard``."""
+    key, members = None, []
+    try:
+        # "r|*": one forward pass over a (possibly compressed, possibly remote) stream, no seeking.
+        with _open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+            for info in tar:
+                directory, base = posixpath.split(info.name)
+                # Skip folders and dot-files (macOS "._x.jpg" resource forks would form bogus records).
+                if not info.isfile() or base.startswith(".") or "." not in base:
+                    continue
+                stem, extension = base.split(".", 1)
+                member_key = posixpath.join(directory, stem)
+                content = tar.extractfile(info).read()
+                if member_key != key:
+                    if key is not None:
+                        yield _TarRecord(shard, key, tuple(members))
+                    key, members = member_key, []
+                members.append((extension.lower(), content))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        # The record being read when the stream broke may be missing members: it is dropped with the rest.
+        yield _BrokenShard(shard, key, f"{type(err).__name__}: {err}")
+        return
+    if key is not None:
+        yield _TarRecord(shard, key, tuple(members))
+
+
+def _read_shards(shards: list[str]) -> Iterator[_TarRecord | _BrokenShard]:
+    for shard in shards:
+        yield from _read_shard(shard)
+
+
+# ---------------------------------------------------------------- record -> sample
+def _text(where: str, value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRecord(where, "missing caption", f"'{field}' must be a non-empty string, got {value!r}.",
+                        f"fill '{field}' for this key, or drop the record from the shard.")
+    return value.strip()
+
+
+def _json_messages(where: str, members: dict[str, bytes], media: list[dict[str, Any]],
+                   prompt: str) -> list[dict[str, Any]]:
+    if "json" not in members:
+        raise BadRecord(where, "missing caption", f"no .json member (members: {', '.join(members)}).",
+                        'add a .json member, or pass caption_key="txt" if the captions are in .txt members.')
+    try:
+        data = json.loads(members["json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRecord(where, "undecodable json", f"the .json member is not UTF-8 JSON: {err}.",
+                        "rewrite this member as a JSON object, e.g. {\"caption\": \"...\"}.") from err
+    if not isinstance(data, dict):
+        raise BadRecord(where, "undecodable json", f"expected a JSON object, got {type(data).__name__}.",
+                        'write {"caption": ...}, {"question": ..., "answer": ...} or {"messages": [...]}.')
+    if "messages" in data:
+        return _with_media(where, data["messages"], media)
+    if "question" in data or "answer" in data:
+        question, answer = _text(where, data.get("question"), "question"), _text(where, data.get("answer"), "answer")
+        return [{"role": "user", "content": [*media, text_part(question)]},
+                {"role": "assistant", "content": answer}]
+    if "caption" in data:
+        return [{"role": "user", "content": [*media, text_part(prompt)]},
+                {"role": "assistant", "content": _text(where, data["caption"], "caption")}]
+    raise BadRecord(where, "missing caption", f"the .json has keys {sorted(data)} but none of 'caption', "
+                    "'question' + 'answer' or 'messages'.",
+                    'add one of them, or pass caption_key="txt" if the captions are in .txt members.')
+
+
+def _with_media(where: str, messages: Any, media: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A json conversation; if it names no media, the record's media open the first user message."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                 for m in messages):
+        raise BadRecord(where, "bad conversation", f"'messages' must be a list of {{'role', 'content'}} dicts, "
+                        f"got {str(messages)[:120]}.", "fix the .json of this key.")
+    has_placeholders = any(isinstance(m["content"], list) and any(isinstance(p, dict) and p.get("type")
+                                                                  in ("image", "video") for p in m["content"])
+                           for m in messages)
+    if has_placeholders:
+        return messages
+    messages = [dict(m) for m in messages]
+    for message in messages:
+        if message["role"] == "user":
+            content = message["content"]
+            message["content"] = [*media, *([text_part(content)] if isinstance(content, str) else content)]
+            break
+    return messages
+
+
+def _txt_messages(where: str, members: dict[str, bytes], media: list[dict[str, Any]],
+                  prompt: str) -> list[dict[str, Any]]:
+    if "txt" not in members:
+        raise BadRecord(where, "missing caption", f"no .txt member (members: {', '.join(members)}).",
+                        'add a .txt caption, or pass caption_key="json" if the text is in .json members.')
+    try:
+        caption = members["txt"].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadRecord(where, "missing caption", f"the .txt member is not UTF-8: {err}.",
+                        "re-encode the caption as UTF-8.") from err
+    return [{"role": "user", "content": [*media, text_part(prompt)]},
+            {"role": "assistant", "content": _text(where, caption, ".txt")}]
+
+
+def _video_path(content: bytes, extension: str, video_dir: str) -> str:
+    # Named by content: a clip is written once however many epochs, workers or duplicate keys read it.
+    return os.path.join(video_dir, f"{hashlib.sha256(content).hexdigest()[:32]}.{extension}")
+
+
+def _write_once(path: str, content: bytes) -> None:
+    if os.path.exists(path):
+        return
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False, suffix=".part") as out:
+        try:
+            out.write(content)
+        except OSError:  # e.g. a full disk: leave no partial file behind, and say so
+            os.unlink(out.name)
+            raise
+    os.replace(out.name, path)  # atomic: a concurrent reader never sees a half-written clip
+
+
+def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json", "txt"], prompt: str | None,
+               video_dir: str, max_tiles: int | None, num_frames: int | None) -> dict[str, Any]:
+    if isinstance(record, _BrokenShard):
+        where = record.shard + (f" at key '{record.at_key}'" if record.at_key else "")
+        raise BadRecord(where, "unreadable shard", f"the tar stream broke: {record.error}; this record and the "
+                        "rest of the shard are lost.",
+                        "re-download or rewrite the shard; `tar -tf SHARD` shows where it breaks.")
+    where = f"{record.shard} key '{record.key}'"
+    members = dict(record.members)
+    images = [content for ext, content in record.members if ext in IMAGE_EXTENSIONS]
+    clips = [(ext, content) for ext, content in record.members if ext in VIDEO_EXTENSIONS]
+    if not images and not clips:
+        raise BadRecord(where, "no media", f"members are {', '.join('.' + e for e, _ in record.members)}; "
+                        f"expected an image (.{', .'.join(IMAGE_EXTENSIONS)}) or a video "
+                        f"(.{', .'.join(VIDEO_EXTENSIONS)}) with the same key.",
+                        "write the media member under this key, or remove the stray members.")
+    media = [media_part("image")] * len(images) + [media_part("video")] * len(clips)
+    prompt = prompt or ("Describe the image." if images else "Describe the video.")
+    read = _json_messages if caption_key == "json" else _txt_messages
+    messages = read(where, members, media, prompt)
+    videos = [{"path": _video_path(content, ext, video_dir), "start": None, "end": None} for ext, content in clips]
+    try:
+        normalize_messages({"messages": messages, "images": images, "videos": videos})
+    except ValueError as err:
+        raise BadRecord(where, "bad conversation", str(err), "fix the 'messages' in this key's .json.") from err
+    for video, (_, content) in zip(videos, clips, strict=True):
+        _write_once(video["path"], content)
+    return make_sample(messages, images=images, videos=videos, sample_id=f"{Path(record.shard).name}/{record.key}",
+                       max_tiles=max_tiles, num_frames=num_frames)
+
+
+def _generate(shards: list[str], *, report: SkipReport, on_error: OnError, **options: Any) -> Iterator[dict]:
+    # ``shards`` is this DataLoader worker's share: datasets splits the gen_kwargs list across workers.
+    yield from iter_samples(_read_shards(shards), partial(_to_sample, **options), on_error=on_error, report=report)
+
+
+def _features():
+    from datasets import Features, List, Value  # noqa: PLC0415 - keep `import data_adapters` light
+
+    return Features({
+        "id": Value("string"),
+        "messages": List({"role": Value("string"),
+                          "content": List({"type": Value("string"), "text": Value("string")})}),
+        "images": List(Value("binary")),
+        "videos": List({"path": Value("string"), "start": Value("float64"), "end": Value("float64")}),
+        "max_tiles": Value("int64"),
+        "num_frames": Value("int64"),
+    })
+
+
+# ---------------------------------------------------------------- the adapter
+def from_webdataset(
+    urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    prompt: str | None = None,
+    caption_key: Literal["json", "txt"] = "json",
+    split_by_rank: bool = False,
+    video_dir: str | os.PathLike | None = None,
+    on_error: OnError = "raise",
+    max_tiles: int | None = None,
+    num_frames: int | None = None,
+):
+    """Stream canonical samples from WebDataset tar shards.
+
+    Args:
+        urls_or_paths: shard paths, globs (``"data/*.tar"``), brace patterns (``"data/shard-{000..099}.tar"``)
+            or ``fsspec`` URLs, or a list of them. See ``expand_shards``.
+        prompt: the user turn for caption records (default ``"Describe the image."`` /
+            ``"Describe the video."``). Question / answer and ``messages`` records bring their own text.
+        caption_key: which member holds the text: ``"json"`` (``caption``, ``question`` + ``answer``, or a
+            full ``messages`` conversation) or ``"txt"`` (the whole member is the caption).
+        split_by_rank: read only this rank's shards (``select_shards`` with the rank of torch.distributed,
+            else of torchrun's ``RANK`` / ``WORLD_SIZE``). Leave False under accelerate / TRL: by default
+            accelerate reads an iterable dataset on rank 0 and sends each rank its slice (splitting here too
+            would lose data), and with ``dispatch_batches=False`` it splits this dataset's shards by rank itself.
+            Set True in a plain torchrun loop.
+        video_dir: where video members are written (one file per distinct clip); default: a new temporary
+            folder. Use a fast local disk with room for the clips you stream.
+        on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it by reason in
+            ``dataset.skip_report`` (main-process iteration) and in the log at the end of each pass.
+        max_tiles / num_frames: stamped into every sample (None: the collator's default).
+
+    Returns:
+        A ``datasets.IterableDataset`` with one data source per shard, so DataLoader workers split the shards
+        between them and ``.shuffle(seed=..., buffer_size=...)`` shuffles shard order and records.
+
+    Raises:
+        ValueError: no shards / a missing shard (see ``expand_shards``); too few shards for the ranks.
+        BadRecord (while iterating, ``on_error="raise"``): names the shard and key, e.g. an undecodable
+            .json, a record with no caption, a key with no media, or a truncated tar.
+
+    Example:
+        >>> train = from_webdataset("shards/train-{000..015}.tar", caption_key="txt", max_tiles=4)  # doctest: +SKIP
+        >>> next(iter(train))["images"][0][:3]                                                      # doctest: +SKIP
+        b'\\xff\\xd8\\xff'
+    """
+    import datasets  # noqa: PLC0415 - keep `import data_adapters` light
+
+    if caption_key not in ("json", "txt"):
+        raise ValueError(f"caption_key must be 'json' or 'txt', got {caption_key!r}.")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+    shards = expand_shards(urls_or_paths)
+    if split_by_rank:
+        rank, world_size = _current_rank()
+        shards = select_shards(shards, rank=rank, world_size=world_size)
+    video_dir = os.fspath(video_dir) if video_dir is not None else tempfile.mkdtemp(prefix="plm-tune-videos-")
+    os.makedirs(video_dir, exist_ok=True)
+    report = SkipReport(f"webdataset ({len(shards)} shard{'s' if len(shards) != 1 else ''}, from {shards[0]})")
+    generate = partial(_generate, report=report, on_error=on_error, caption_key=caption_key, prompt=prompt,
+                       video_dir=video_dir, max_tiles=max_tiles, num_frames=num_frames)
+    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=_features())
+    dataset.skip_report = report
+    return dataset
