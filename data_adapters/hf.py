@@ -1,0 +1,241 @@
+"""Any Hugging Face dataset with an image (or video) column and an answer column.
+
+The model card's radiology set, ``unsloth/Radiology_mini`` (columns ``image``: Image, ``image_id``,
+``caption``) is the reference case. One row and the sample it becomes::
+
+    {"image": <PNG, 512x512>, "image_id": "ROCO_00002", "caption": "Axial CT of the chest ..."}
+
+    {"id": "ROCO_00002",
+     "messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                               {"type": "text", "text": "Describe this image."}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "Axial CT of the chest ..."}]}],
+     "images": [{"bytes": b"\\x89PNG...", "path": "ROCO_00002.png"}], "videos": [],
+     "max_tiles": None, "num_frames": None}
+
+Images stay encoded: an ``Image`` column is read as ``Image(decode=False)``, whose ``{"bytes", "path"}``
+dict ``plm_tune.media.load_image`` decodes at collate time. Keeping the ``Image`` feature instead would decode
+every image into a PIL object while the sample table is built, for nothing. The cost: the encoded bytes are
+copied into the sample table (streaming=True avoids holding them), and ``images`` entries are dicts, not the
+path strings of the file adapters (``data_adapters.mix`` unifies the two). Each image's header is opened with
+PIL when the table is built (no pixel decode), so a corrupt image is a named bad record now rather than a
+crash mid-training.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data_adapters._records import (
+    BadRecord,
+    OnError,
+    build_dataset,
+    media_part,
+    resolve_media_path,
+    text_part,
+)
+from data_adapters.image_folder import check_image, checked_sample, prompt_builder, text_cell
+from data_adapters.video_folder import probe_video
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = ["from_hf_dataset", "row_to_sample"]
+
+ID_COLUMNS = ("image_id", "id")  # the first one present names rows in errors and becomes the sample id
+
+
+def row_to_sample(record: tuple[int, dict[str, Any]], *, source: str, image_column: str | None,
+                  video_column: str | None, question: Any, answer_column: str, id_column: str | None = None,
+                  label_names: list[str] | None = None, system_prompt: str | None = None,
+                  media_root: str = ".", allow_outside_root: bool = False, max_tiles: int | None = None,
+                  num_frames: int | None = None) -> dict[str, Any]:
+    """``(row index, row)`` -> a canonical sample: the row's media first, then the question; the answer."""
+    index, row = record
+    sample_id = row.get(id_column) if id_column else None
+    where = f"{source} row {index}" + (f" ({id_column}={sample_id!r})" if sample_id is not None else "")
+    answer = row.get(answer_column)
+    if label_names is not None and isinstance(answer, int):  # a ClassLabel; -1 means "no label"
+        answer = label_names[answer] if 0 <= answer < len(label_names) else None
+    answer = text_cell({answer_column: answer}, answer_column, where, "no answer text")
+    text = question(row, where)
+    images = _media(row, image_column, where, media_root, allow_outside_root, _image_entry)
+    videos = _media(row, video_column, where, media_root, allow_outside_root, _video_entry)
+    user = [media_part("image") for _ in images] + [media_part("video") for _ in videos]
+    if text.strip():
+        user.append(text_part(text))
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return checked_sample(where, messages, images=images, videos=videos,
+                          sample_id=None if sample_id is None else str(sample_id),
+                          max_tiles=max_tiles, num_frames=num_frames)
+
+
+def _media(row, column, where, media_root, allow_outside_root, entry) -> list[Any]:
+    if column is None:
+        return []
+    value = row.get(column)
+    values = value if isinstance(value, list) else [value]  # a list column: several media per row
+    return [entry(v, f"{where} column '{column}'", media_root, allow_outside_root) for v in values]
+
+
+def _image_entry(value: Any, where: str, media_root: str, allow_outside_root: bool) -> Any:
+    if isinstance(value, str):  # a column of file paths: a manifest, so it stays inside media_root
+        path = resolve_media_path(media_root, value, record=where, allow_outside_root=allow_outside_root)
+        check_image(path, where)
+        return path
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        check_image(value["bytes"], where)
+        return {"bytes": value["bytes"], "path": value.get("path")}
+    if isinstance(value, dict) and value.get("path"):  # an Image feature pointing at a local file
+        if not os.path.exists(value["path"]):
+            raise BadRecord(where, "missing file", f"the image file '{value['path']}' does not exist.",
+                            "restore the file, or re-save the dataset with embedded images.")
+        check_image(value["path"], where)
+        return {"bytes": None, "path": value["path"]}
+    raise BadRecord(where, "missing image", f"expected an image (Image feature or a file path), got "
+                    f"{_short(value)}.", "fill the image for this row, or remove the row.")
+
+
+def _video_entry(value: Any, where: str, media_root: str, allow_outside_root: bool) -> str:
+    if isinstance(value, dict) and value.get("path") and os.path.exists(value["path"]):
+        path = value["path"]  # a Video feature pointing at a local file
+    elif isinstance(value, str):
+        path = resolve_media_path(media_root, value, record=where, allow_outside_root=allow_outside_root)
+    else:
+        raise BadRecord(where, "missing video", f"expected a video file path, got {_short(value)}.",
+                        "store video paths (relative to media_root) in the column; embedded video bytes are "
+                        "not supported: write them to files first.")
+    probe_video(path, where)
+    return path
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(value)} and path {value.get('path')!r}"
+    return repr(value)[:80]
+
+
+def from_hf_dataset(
+    name_or_path: str | os.PathLike | datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict,
+    *,
+    image_column: str | None = "image",
+    video_column: str | None = None,
+    prompt: str = "Describe this image.",
+    answer_column: str = "caption",
+    system_prompt: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
+    media_root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+    max_tiles: int | None = None,
+    num_frames: int | None = None,
+    on_error: OnError = "raise",
+):
+    """Canonical samples from a Hugging Face dataset: one row, one question-answer exchange.
+
+    Args:
+        name_or_path: a Hub name (``"unsloth/Radiology_mini"``), a folder written by ``save_to_disk``, any
+            other local path ``datasets.load_dataset`` reads, or a ``datasets`` object (``Dataset``,
+            ``IterableDataset`` or a ``DatasetDict``, from which ``split`` is taken).
+        image_column: the image column (an ``Image`` feature, a list of them, or file paths); None for none.
+        video_column: a column of video file paths (or a ``Video`` feature of local files); None for none.
+        prompt: the question. Exactly a column name: that column, row by row; containing ``{column}``: a
+            template filled from the row (``"Describe the {modality} image."``); otherwise fixed text.
+        answer_column: the column with the expected answer (a ``ClassLabel`` gives its class name).
+        system_prompt: a system message for every sample (default: none, so PLM's default applies).
+        split: which split to read.
+        streaming: return an ``IterableDataset`` that converts rows as they are read (nothing held in memory;
+            bad records surface while iterating).
+        media_root: the folder that relative path strings in ``image_column`` / ``video_column`` are resolved
+            against; default: the dataset folder for a local dataset, else the current directory.
+        allow_outside_root: accept path strings that are absolute or climb out of ``media_root``.
+        max_tiles, num_frames: stamped into every sample (None: the collator's default).
+        on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.
+
+    Returns:
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
+
+    Raises:
+        BadRecord: (``on_error="raise"``) missing / undecodable image, unreadable video, empty answer.
+        ValueError: a named column or the split does not exist, or ``prompt`` names unknown columns.
+
+    Example:
+        >>> ds = from_hf_dataset("unsloth/Radiology_mini", answer_column="caption",       # doctest: +SKIP
+        ...                      prompt="You are an expert radiographer. Describe accurately what you see.")
+    """
+    data, source, local_root = _load(name_or_path, split, streaming)
+    columns = _columns(data)
+    for flag, column in (("image_column", image_column), ("video_column", video_column),
+                         ("answer_column", answer_column)):
+        if column is not None and column not in columns:
+            raise ValueError(f"{source}: {flag}={column!r} is not a column (columns: {columns}). "
+                             f"Pass {flag}=<one of them>" + (" or None." if flag != "answer_column" else "."))
+    data = _keep_media_encoded(data, [c for c in (image_column, video_column) if c is not None])
+    features = data.features or {}
+    answer_feature = features.get(answer_column)
+    id_column = next((c for c in ID_COLUMNS if c in columns), None)
+    to_sample = partial(
+        row_to_sample, source=source, image_column=image_column, video_column=video_column,
+        question=prompt_builder(prompt, columns), answer_column=answer_column, id_column=id_column,
+        label_names=getattr(answer_feature, "names", None), system_prompt=system_prompt,
+        media_root=str(media_root or local_root or os.getcwd()), allow_outside_root=allow_outside_root,
+        max_tiles=max_tiles, num_frames=num_frames,
+    )
+    return build_dataset(lambda: enumerate(data), to_sample, source=source, on_error=on_error,
+                         streaming=streaming)
+
+
+def _load(name_or_path: Any, split: str, streaming: bool) -> tuple[Any, str, str | None]:
+    """The split to read, a name for it in messages, and its local folder (if any)."""
+    import datasets
+
+    if isinstance(name_or_path, datasets.Dataset | datasets.IterableDataset):
+        return name_or_path, "dataset", None
+    if isinstance(name_or_path, datasets.DatasetDict | datasets.IterableDatasetDict):
+        return _pick_split(name_or_path, split, "dataset"), f"dataset[{split}]", None
+    path = Path(name_or_path)
+    source = f"{name_or_path}[{split}]"
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # written by save_to_disk
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _pick_split(loaded, split, str(path))
+        return loaded, source, str(path)
+    try:
+        loaded = datasets.load_dataset(str(name_or_path), split=split, streaming=streaming)
+    except ValueError as err:  # an unknown split lists the available ones
+        raise ValueError(f"Could not load {source}: {err}") from err
+    return loaded, source, str(path) if path.is_dir() else None
+
+
+def _pick_split(splits: Any, split: str, name: str) -> Any:
+    if split not in splits:
+        raise ValueError(f"{name} has no split {split!r}; it has {list(splits)}. Pass split=<one of them>.")
+    return splits[split]
+
+
+def _columns(data: Any) -> list[str]:
+    if data.column_names is not None:
+        return list(data.column_names)
+    first = next(iter(data), None)  # a stream with unknown features: read the first row's keys
+    return list(first) if first is not None else []
+
+
+def _keep_media_encoded(data: Any, columns: list[str]) -> Any:
+    """Cast Image / Video columns (or lists of them) to ``decode=False``: rows then carry bytes / paths."""
+    import datasets
+
+    def undecoded(feature: Any) -> Any:
+        if isinstance(feature, datasets.Image | datasets.Video):
+            return type(feature)(decode=False)
+        if isinstance(feature, datasets.List):
+            return datasets.List(undecoded(feature.feature))
+        return feature
+
+    for column in columns:
+        feature = (data.features or {}).get(column)
+        if feature is not None and undecoded(feature) != feature:
+            data = data.cast_column(column, undecoded(feature))
+    return data
