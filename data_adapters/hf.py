@@ -28,6 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_adapters._fields import checked_sample, prompt_builder, text_cell
+from data_adapters._probe import check_image, probe_video
 from data_adapters._records import (
     BadRecord,
     OnError,
@@ -36,8 +38,6 @@ from data_adapters._records import (
     resolve_media_path,
     text_part,
 )
-from data_adapters.image_folder import check_image, checked_sample, prompt_builder, text_cell
-from data_adapters.video_folder import probe_video
 
 if TYPE_CHECKING:
     import datasets

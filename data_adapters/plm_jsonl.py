@@ -39,9 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from data_adapters._records import BadRecord, OnError, build_dataset
-from data_adapters.image_folder import checked_sample, parse_row
-from data_adapters.llava import (
+from data_adapters._conversations import (
     PLACEHOLDERS,
     conversation_messages,
     media_count,
@@ -50,7 +48,9 @@ from data_adapters.llava import (
     resolve_images,
     resolve_video,
 )
-from data_adapters.video_folder import clip_times
+from data_adapters._fields import checked_sample, parse_row
+from data_adapters._probe import clip_times
+from data_adapters._records import BadRecord, OnError, build_dataset
 from plm_tune.sample import normalize_messages
 
 __all__ = ["from_plm_jsonl", "to_plm_jsonl", "record_to_sample", "sample_to_record"]

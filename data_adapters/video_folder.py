@@ -22,14 +22,12 @@ zero-frame files and segments that start past the end.
 
 from __future__ import annotations
 
-import math
 import os
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from data_adapters._records import BadRecord, OnError, build_dataset, resolve_media_path
-from data_adapters.image_folder import (
+from data_adapters._fields import (
     checked_sample,
     parse_row,
     prompt_builder,
@@ -38,68 +36,12 @@ from data_adapters.image_folder import (
     table_columns,
     text_cell,
 )
+from data_adapters._probe import clip_times, probe_video
+from data_adapters._records import BadRecord, OnError, build_dataset, resolve_media_path
 
-__all__ = ["from_video_folder", "record_to_sample", "probe_video", "clip_times"]
+__all__ = ["from_video_folder", "record_to_sample"]
 
 FILE_COLUMNS = ("file", "file_name")  # file_name: the Hugging Face VideoFolder spelling
-
-
-def probe_video(path: str, record: str) -> float:
-    """Open a video's container header with PyAV and return its duration in seconds (0.0 if not recorded).
-
-    Raises:
-        BadRecord: the file cannot be opened as a video, or it has no video frames.
-    """
-    try:
-        import av
-    except ImportError as err:
-        raise ImportError('Reading videos needs PyAV: pip install "plm-tune[video]"') from err
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise BadRecord(record, "unreadable video", f"'{path}' cannot be opened as a video ({err}).",
-                        "re-encode it (e.g. H.264 MP4) or remove the record.") from err
-    with container:
-        if not container.streams.video:
-            raise BadRecord(record, "no video frames", f"'{path}' has no video stream (an empty or "
-                            "audio-only file).", "re-export the video or remove the record.")
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # av.time_base: microseconds
-        else:
-            duration = 0.0
-        if stream.frames == 0 and duration <= 0:
-            raise BadRecord(record, "no video frames", f"'{path}' has a video stream with no frames.",
-                            "re-export the video or remove the record.")
-    return duration
-
-
-def clip_times(start: Any, end: Any, duration: float, record: str) -> tuple[float | None, float | None]:
-    """Parse a segment's ``start`` / ``end`` (seconds; None or "" for open ends) and check them."""
-    times = []
-    for name, value in (("start", start), ("end", end)):
-        if value is None or value == "":
-            times.append(None)
-            continue
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds < 0:
-            raise BadRecord(record, "bad clip times", f"{name}={value!r} is not a number of seconds >= 0.",
-                            f"write {name} in seconds, or leave it empty for the whole video.")
-        times.append(seconds)
-    first, last = times
-    if first is not None and last is not None and last < first:
-        raise BadRecord(record, "bad clip times", f"end ({last}s) is before start ({first}s).",
-                        "swap or fix the times.")
-    if first is not None and duration > 0 and first >= duration:
-        raise BadRecord(record, "clip outside video", f"start {first}s is at or past the end of the video "
-                        f"({duration:.2f}s long).",
-                        "fix the times, or check that the row points at the right file.")
-    return first, last
 
 
 def record_to_sample(record: tuple[str, dict[str, Any] | str], *, root: str, question: Any,
@@ -155,7 +97,7 @@ def from_video_folder(
         annotations: the table's file name inside ``root`` (``.csv`` or ``.jsonl``).
         prompt: the question. Default: the ``question`` column when the table has one, else
             ``"Describe this video."``. A column name, a ``{column}`` template or fixed text (see
-            ``data_adapters.image_folder.prompt_builder``).
+            ``data_adapters._fields.prompt_builder``).
         system_prompt: a system message for every sample (default: none, so PLM's default applies).
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.

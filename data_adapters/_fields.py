@@ -1,0 +1,133 @@
+"""Rows of manifest tables and the question-answer samples built from them, for the manifest adapters.
+
+Reading ``.csv`` / ``.jsonl`` tables (``read_table``, ``table_columns``, ``parse_row``), turning a ``prompt``
+argument into each row's question (``prompt_builder``), reading a text cell (``text_cell``), one
+media-question-answer exchange (``question_answer``) and ``make_sample`` with plm-tune's structural check
+(``checked_sample``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import string
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+from data_adapters._records import BadRecord, make_sample, media_part, text_part
+from plm_tune.sample import normalize_messages
+
+__all__ = [
+    "checked_sample", "parse_row", "prompt_builder", "question_answer", "read_table", "table_columns",
+    "text_cell",
+]
+
+
+def read_table(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """Yield ``(where, row)`` for each row of a ``.csv`` or ``.jsonl`` file; ``where`` is ``"name line N"``.
+
+    CSV rows come as dicts of strings. JSONL rows come as their raw text, so that one malformed line becomes
+    a ``BadRecord`` of that line (see ``parse_row``) instead of stopping the whole read. Blank lines are
+    skipped.
+    """
+    path = Path(path)
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            for line_no, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+                yield f"{path.name} line {line_no}", row
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    yield f"{path.name} line {line_no}", line
+    else:
+        raise ValueError(f"'{path}': expected a .csv or .jsonl table, got '{path.suffix}'.")
+
+
+def table_columns(path: str | os.PathLike) -> list[str]:
+    """The columns of a table: the CSV header, or the keys of a JSONL file's first well-formed row."""
+    for where, row in read_table(path):
+        try:
+            return list(parse_row(row, where))
+        except BadRecord:
+            continue  # reported as a bad record when the rows are read
+    raise ValueError(f"'{path}' has no rows.")
+
+
+def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
+    """A row from ``read_table`` as a dict; a JSONL line that is not a JSON object is a ``BadRecord``."""
+    if isinstance(row, dict):
+        return row
+    try:
+        parsed = json.loads(row)
+    except json.JSONDecodeError as err:
+        raise BadRecord(record, "bad json", f"the line is not valid JSON ({err}).",
+                        "fix or delete the line.") from err
+    if not isinstance(parsed, dict):
+        raise BadRecord(record, "bad json", f"expected a JSON object, got {type(parsed).__name__}.",
+                        "write each record as one {...} object.")
+    return parsed
+
+
+def prompt_builder(prompt: str, columns: Collection[str]) -> Callable[[dict[str, Any], str], str]:
+    """How ``prompt`` becomes each row's question. The rule, checked in this order:
+
+    1. ``prompt`` is exactly a column name: that column's value, row by row (``prompt="question"``).
+    2. ``prompt`` contains ``{column}`` fields: ``str.format`` over the row
+       (``"Describe the {modality} image."``); write ``{{`` / ``}}`` for literal braces.
+    3. anything else: the same text for every row.
+
+    Raises:
+        ValueError: a ``{field}`` names no column (checked once, here, not per row).
+    """
+    if prompt in columns:
+        def from_column(row: dict[str, Any], record: str) -> str:
+            return text_cell(row, prompt, record, "no prompt text")
+
+        return from_column
+    fields = {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
+    if not fields:
+        return lambda row, record: prompt
+    roots = {name.split(".")[0].split("[")[0] for name in fields}
+    missing = sorted(roots - set(columns))
+    if "" in roots or missing:
+        raise ValueError(f"prompt={prompt!r} refers to {missing or ['{}']}, which are not columns of this "
+                         f"data (columns: {sorted(columns)}). Name a column inside the braces, or write "
+                         "{{ and }} for literal braces.")
+
+    def templated(row: dict[str, Any], record: str) -> str:
+        for name in roots:
+            text_cell(row, name, record, "no prompt text")  # an empty cell is a bad record, not "None"
+        return prompt.format_map({name: row[name] for name in roots})
+
+    return templated
+
+
+def text_cell(row: dict[str, Any], column: str, record: str, reason: str) -> str:
+    value = row.get(column)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # NaN: empty
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRecord(record, reason, f"column '{column}' is {value!r}.",
+                        f"fill '{column}' for this record, or remove the record.")
+    return value
+
+
+def checked_sample(record: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """``make_sample`` plus plm-tune's structural check: a malformed conversation is a ``BadRecord`` now."""
+    sample = make_sample(messages, **kwargs)
+    try:
+        normalize_messages(sample)
+    except ValueError as err:
+        raise BadRecord(record, "invalid conversation", str(err)) from err
+    return sample
+
+
+def question_answer(question: str, answer: str, *, media: str,
+                    system_prompt: str | None) -> list[dict[str, Any]]:
+    """One exchange: the media, then the question, answered."""
+    user = [media_part(media)] + ([text_part(question)] if question.strip() else [])
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
