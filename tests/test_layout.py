@@ -36,3 +36,12 @@ def test_adapters_never_import_training_code_or_recipes():
     training = {"trl", "peft", "accelerate", "deepspeed", "recipes", "examples", "benchmarks"}
     for path, names in _imported_top_levels(ROOT / "data_adapters").items():
         assert not names & training, path
+
+
+def test_adapters_never_import_each_other_only_shared_private_modules():
+    adapters = {p.stem for p in (ROOT / "data_adapters").glob("*.py") if not p.stem.startswith("_")}
+    for path in (ROOT / "data_adapters").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("data_adapters."):
+                imported = node.module.split(".")[1]
+                assert imported not in adapters or path.stem == "__init__", f"{path.name} imports {node.module}"
