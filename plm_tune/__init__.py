@@ -5,12 +5,14 @@ The public API:
 * ``validate_sample``: check a canonical sample (``plm_tune.sample`` documents the format).
 * ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
+* ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.media import load_image, load_video, sample_frame_times
+from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
 from plm_tune.sample import normalize_messages, validate_sample
 
@@ -24,9 +26,12 @@ __all__ = [
     "EncodedSample",
     "PLMCollator",
     "PixelEncoder",
+    "enable_gradient_checkpointing",
     "load_image",
+    "load_model",
     "load_video",
     "normalize_messages",
+    "parameter_groups",
     "sample_frame_times",
     "validate_sample",
 ]

@@ -1,0 +1,341 @@
+"""Load a PLM ready to finetune: which parts train, how (LoRA, DoRA, QLoRA, full), and their learning rates.
+
+PLM has three parts, named after the modules of ``PerceptionLMForConditionalGeneration``:
+
+| part          | modules                                          |
+| ------------- | ------------------------------------------------ |
+| ``vision``    | ``model.vision_tower`` (timm Perception Encoder) |
+| ``projector`` | ``model.multi_modal_projector`` (2-layer MLP)    |
+| ``language``  | ``model.language_model`` (Llama) and ``lm_head`` |
+
+``freeze`` names the parts that do not train at all: their weights get ``requires_grad=False`` and stay
+bit-identical. Every other part trains, by ``method``:
+
+* ``"full"``: every weight of every unfrozen part trains.
+* ``"lora"`` / ``"dora"`` / ``"qlora"``: LoRA adapters on the attention and MLP projections of the parts in
+  ``lora_targets``; an unfrozen part that is not a LoRA target trains in full, through peft's
+  ``modules_to_save`` (PLM's own training trains the projector in full), so ``save_pretrained`` keeps it.
+
+Example:
+    >>> model, processor = load_model("facebook/Perception-LM-1B", method="lora")        # doctest: +SKIP
+    >>> optimizer = torch.optim.AdamW(parameter_groups(model, lr=2e-4, projector_lr=1e-5))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["load_model", "parameter_groups", "enable_gradient_checkpointing"]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["lora", "dora", "qlora", "full"]
+Part = Literal["vision", "projector", "language"]
+LoraTargets = Literal["language", "language+vision"]
+
+METHODS = ("lora", "dora", "qlora", "full")
+PARTS = ("language", "vision", "projector")
+LORA_TARGETS = ("language", "language+vision")
+
+# peft matches a string target_modules with re.fullmatch on module names relative to the model, e.g.
+# "model.language_model.layers.3.self_attn.q_proj". Anchoring on the path keeps LoRA off look-alike names
+# elsewhere (lm_head, the projector, the tower's patch_embed.proj and attention-pool head).
+_LORA_LINEARS = {
+    "language": r"model\.language_model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)",
+    # timm Eva blocks: attn.qkv (fused, as in PE; [qkv]_proj when not fused), attn.proj, mlp.fc1 / fc2.
+    "vision": r"model\.vision_tower\.timm_model\.blocks\.\d+\.(?:attn\.(?:qkv|[qkv]_proj|proj)|mlp\.fc[12])",
+}
+
+# Parts that can train in full next to LoRA (peft modules_to_save) and that QLoRA never quantises (with
+# lm_head). Both peft and transformers match these names at module-name boundaries.
+_WHOLE_MODULES = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector"}
+# Hub arguments that must reach the processor too, so model and processor come from the same files.
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder")
+
+
+def _part_of(name: str) -> Part:
+    """The part a parameter or module belongs to, from its name (plain or peft-wrapped)."""
+    if "vision_tower" in name:
+        return "vision"
+    if "multi_modal_projector" in name:
+        return "projector"
+    return "language"
+
+
+def _default_dtype() -> torch.dtype:
+    """bfloat16 on a CUDA GPU that supports it, float32 otherwise (CPU, older GPUs)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(
+    name_or_path: str = "facebook/Perception-LM-1B",
+    *,
+    method: Method = "lora",
+    freeze: Iterable[Part] = ("vision",),
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    lora_targets: LoraTargets = "language",
+    dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> tuple[Any, Any]:
+    """Load PLM and its processor, with only the chosen parts trainable.
+
+    Args:
+        name_or_path: Hub id or local folder of a PLM checkpoint (1B, 3B, 8B or ``build_tiny_plm``'s).
+        method: ``"lora"``, ``"dora"`` (LoRA with weight decomposition), ``"qlora"`` (LoRA on a language model
+            quantised to 4-bit NF4 with double quantisation; the vision tower, projector and ``lm_head`` stay
+            unquantised) or ``"full"``.
+        freeze: parts that do not train: any of ``"vision"``, ``"projector"``, ``"language"`` (a single
+            string is one part). LoRA methods always adapt the language model, so they cannot freeze it.
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scale numerator and dropout (ignored by ``"full"``).
+        lora_targets: ``"language"``: LoRA on the decoder's q/k/v/o and gate/up/down projections;
+            ``"language+vision"``: also on the vision blocks' ``attn.qkv``, ``attn.proj``, ``mlp.fc1`` and
+            ``mlp.fc2`` (never the patch embedding); then ``"vision"`` must not be in ``freeze``. Unfrozen
+            parts that are not LoRA targets train in full (peft ``modules_to_save``): with the defaults the
+            projector trains in full, and with ``freeze=()`` the vision tower does too.
+        dtype: weights' dtype; default bfloat16 on a CUDA GPU with bf16 support, else float32 (CPU).
+            QLoRA computes its 4-bit matmuls in bfloat16 (on CPU too: bitsandbytes runs them there), and
+            peft's ``prepare_model_for_kbit_training`` upcasts every unquantised weight to float32.
+        gradient_checkpointing: recompute activations in the backward pass, in the Llama decoder layers and
+            the timm vision blocks (``enable_gradient_checkpointing``). The Trainer's own
+            ``gradient_checkpointing=True`` alone would miss the vision tower.
+        trust_remote_code: passed to ``from_pretrained``; PLM is native to transformers and never needs it.
+        **from_pretrained_kwargs: more arguments for the model's ``from_pretrained`` (``device_map``,
+            ``attn_implementation``, ``revision``...). Hub ones (``revision``, ``cache_dir``, ``token``,
+            ``local_files_only``, ``subfolder``) reach the processor too.
+
+    Returns:
+        ``(model, processor)``: a ``PeftModel`` for LoRA methods, the plain model for ``"full"``; and the
+        ``PerceptionLMProcessor``. A one-line summary of trainable parameters per part is logged (INFO).
+
+    Raises:
+        ValueError: unknown method, part or lora_targets; a part both frozen and a LoRA target; nothing left
+            to train; ``quantization_config`` passed by hand.
+        ImportError: ``method="qlora"`` without bitsandbytes.
+        RuntimeError: bitsandbytes cannot quantise to 4-bit on this machine.
+
+    Example:
+        >>> model, processor = load_model(path, method="qlora", freeze=("vision",))   # doctest: +SKIP
+        >>> model.print_trainable_parameters()                                      # doctest: +SKIP
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
+    dtype = dtype or _default_dtype()
+    kwargs = dict(from_pretrained_kwargs)
+    if method == "qlora":
+        kwargs["quantization_config"] = _qlora_config()
+        if torch.cuda.is_available() and "device_map" not in kwargs:
+            # Each process of accelerate / torchrun quantises its own copy straight onto its own GPU.
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+    )
+    processor = AutoProcessor.from_pretrained(
+        name_or_path,
+        trust_remote_code=trust_remote_code,
+        **{k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS},
+    )
+
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # It freezes every weight (peft then unfreezes adapters and modules_to_save, below) and upcasts every
+        # unquantised weight to float32. Checkpointing is ours: its own would miss the vision tower.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # Before peft wraps the model, so modules_to_save copies (e.g. a fully trained tower) inherit it.
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+
+    adapted = lora_targets.split("+") if method != "full" else []
+    how = {part: "full" for part in PARTS}  # how each part trains, for the summary line
+    how.update({part: {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}[method] for part in adapted})
+    how.update({part: "frozen" for part in frozen})
+    if method == "full":
+        for name, param in model.named_parameters():
+            param.requires_grad_(_part_of(name) not in frozen)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        full_parts = [part for part in PARTS if part not in frozen and part not in adapted]
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            use_dora=method == "dora",
+            target_modules="|".join(_LORA_LINEARS[part] for part in adapted),
+            modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+
+    _check_frozen(model, frozen)
+    logger.info("%s", _summary(model, method, how))
+    return model, processor
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Turn on activation checkpointing in the Llama decoder layers and the timm vision blocks.
+
+    transformers' ``activation_checkpointing_enable`` only reaches modules with a ``gradient_checkpointing``
+    flag (the decoder layers), not the timm tower, which has its own switch ``set_grad_checkpointing``.
+    Non-reentrant checkpointing is used in both, so frozen inputs need no ``requires_grad`` hack.
+    """
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if hasattr(module, "set_grad_checkpointing") and hasattr(module, "grad_checkpointing"):  # timm models
+            module.set_grad_checkpointing(True)
+
+
+def parameter_groups(
+    model: Any,
+    *,
+    lr: float,
+    vision_lr: float | None = None,
+    projector_lr: float | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups of the trainable parameters, one per part, each with its learning rate.
+
+    Works on plain and peft-wrapped models (parameters are matched by ``vision_tower`` /
+    ``multi_modal_projector`` in their names; everything else is ``language``). Parts with no trainable
+    parameter get no group.
+
+    Args:
+        lr: learning rate of the language model (its LoRA adapters or weights).
+        vision_lr, projector_lr: learning rates of the vision tower and projector; default ``lr``.
+        weight_decay: applied to every trainable parameter.
+
+    Returns:
+        ``[{"name": "language" | "vision" | "projector", "params": [...], "lr": ..., "weight_decay": ...}]``,
+        ready for ``torch.optim.AdamW`` (the extra ``"name"`` key is kept in ``optimizer.param_groups``).
+
+    Raises:
+        ValueError: the model has no trainable parameter.
+
+    Example:
+        >>> groups = parameter_groups(model, lr=2e-4, vision_lr=2e-5)   # doctest: +SKIP
+        >>> optimizer = torch.optim.AdamW(groups)                       # doctest: +SKIP
+    """
+    lrs = {
+        "language": lr,
+        "vision": lr if vision_lr is None else vision_lr,
+        "projector": lr if projector_lr is None else projector_lr,
+    }
+    params: dict[str, list[torch.nn.Parameter]] = {part: [] for part in PARTS}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            params[_part_of(name)].append(param)
+    groups = [
+        {"name": part, "params": params[part], "lr": lrs[part], "weight_decay": weight_decay}
+        for part in PARTS
+        if params[part]
+    ]
+    if not groups:
+        raise ValueError("The model has no trainable parameter: nothing for an optimizer to update.")
+    return groups
+
+
+def _check_choices(method: str, freeze: Iterable[str], lora_targets: str, kwargs: dict[str, Any]) -> set[str]:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
+    frozen = {freeze} if isinstance(freeze, str) else set(freeze)
+    unknown = sorted(frozen - set(PARTS))
+    if unknown:
+        names = ", ".join(map(repr, PARTS))
+        raise ValueError(f"freeze takes parts among {names}; got unknown {unknown} in freeze={freeze!r}.")
+    if method == "full" and frozen == set(PARTS):
+        raise ValueError("method='full' with every part frozen leaves nothing to train; unfreeze a part.")
+    if method != "full":
+        if lora_targets not in LORA_TARGETS:
+            raise ValueError(
+                f"lora_targets must be one of {', '.join(map(repr, LORA_TARGETS))}; got {lora_targets!r}."
+            )
+        if "language" in frozen:
+            raise ValueError(
+                f"method={method!r} puts LoRA adapters on the language model, so freeze cannot include "
+                "'language'. To train only the vision tower and/or projector, use method='full' with "
+                "freeze=('language', ...)."
+            )
+        if "vision" in frozen and "vision" in lora_targets.split("+"):
+            raise ValueError(
+                f"lora_targets={lora_targets!r} adapts the vision tower but freeze includes 'vision'. "
+                "Pass freeze=() (or freeze=('projector',)), or lora_targets='language'."
+            )
+    if "quantization_config" in kwargs:
+        raise ValueError(
+            "Do not pass quantization_config: method='qlora' sets 4-bit NF4 with the vision tower, projector "
+            "and lm_head unquantised; the other methods load unquantised weights."
+        )
+    return frozen
+
+
+def _qlora_config() -> Any:
+    """4-bit NF4 with double quantisation and bf16 compute, for the language model's linears only."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as error:
+        raise ImportError('method="qlora" needs bitsandbytes: pip install "plm-tune[qlora]"') from error
+    from transformers import BitsAndBytesConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe = torch.ones(64, 64, device=device, dtype=torch.bfloat16)
+    try:  # quantise a tiny tensor: proves the installed backend runs here, before loading gigabytes
+        bnb.functional.quantize_4bit(probe, quant_type="nf4")
+    except Exception as error:
+        raise RuntimeError(
+            f"bitsandbytes {bnb.__version__} cannot quantise to 4-bit on {device} here "
+            f"({type(error).__name__}: {error}). Use method='lora' instead, or install a bitsandbytes build "
+            "for this machine (https://huggingface.co/docs/bitsandbytes/main/en/installation)."
+        ) from error
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        # Given explicitly, this list replaces transformers' default one (the output embedding, lm_head).
+        llm_int8_skip_modules=[_WHOLE_MODULES["vision"], _WHOLE_MODULES["projector"], "lm_head"],
+    )
+
+
+def _check_frozen(model: Any, frozen: set[str]) -> None:
+    """Guard the promise of freeze: no trainable weight in a frozen part, some in every other part."""
+    trainable = {_part_of(name) for name, param in model.named_parameters() if param.requires_grad}
+    if trainable != set(PARTS) - frozen:
+        raise RuntimeError(
+            f"Internal error: trainable parts are {sorted(trainable)} but freeze={sorted(frozen)}. "
+            "Please report it with the arguments given to load_model."
+        )
+
+
+def _summary(model: Any, method: str, how: dict[str, str]) -> str:
+    """E.g. 'Trainable parameters (lora): language 5.64M (LoRA), vision 0 (frozen), projector ...'."""
+    trainable = dict.fromkeys(PARTS, 0)
+    total = 0
+    for name, param in model.named_parameters():
+        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit values a byte
+        total += count
+        if param.requires_grad:
+            trainable[_part_of(name)] += count
+    parts = ", ".join(f"{part} {_millions(trainable[part])} ({how[part]})" for part in PARTS)
+    share = sum(trainable.values()) / max(total, 1)
+    return (
+        f"Trainable parameters ({method}): {parts}; "
+        f"{_millions(sum(trainable.values()))} of {_millions(total)} ({share:.2%})"
+    )
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:,.2f}M" if count else "0"
