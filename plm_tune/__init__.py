@@ -6,6 +6,7 @@ The public API:
 * ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
 * ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
+* ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
@@ -15,6 +16,7 @@ from plm_tune.media import load_image, load_video, sample_frame_times
 from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
 from plm_tune.sample import normalize_messages, validate_sample
+from plm_tune.trainer import PLMMetricsCallback, build_trainer
 
 __version__ = "0.1.0"
 
@@ -25,7 +27,9 @@ __all__ = [
     "EncodedConversation",
     "EncodedSample",
     "PLMCollator",
+    "PLMMetricsCallback",
     "PixelEncoder",
+    "build_trainer",
     "enable_gradient_checkpointing",
     "load_image",
     "load_model",

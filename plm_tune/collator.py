@@ -55,6 +55,9 @@ class CollatorStats:
         "dropped_images",  # images that were only in dropped turns
         "dropped_videos",  # videos that were only in dropped turns
         "rejected_too_long",  # samples whose first exchange alone exceeds max_length
+        "tokens",  # real (unpadded) tokens in built batches
+        "labelled_tokens",  # tokens with a label (the loss is computed on these)
+        "media_tokens",  # image / video placeholder tokens
     )
 
     def __init__(self, values: list[int] | None = None) -> None:
@@ -231,8 +234,13 @@ class PLMCollator:
                 f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="
                 f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
             )
+        batch = self.pad(encoded)
         self.stats.add("batches")
-        return self.pad(encoded)
+        self.stats.add("tokens", int(batch["attention_mask"].sum()))
+        self.stats.add("labelled_tokens", int((batch["labels"] != IGNORE_INDEX).sum()))
+        media = sum(int((batch["input_ids"] == token).sum()) for token in self.encoder.media_ids.values())
+        self.stats.add("media_tokens", media)
+        return batch
 
     def pad(self, encoded: list[EncodedSample]) -> dict[str, torch.Tensor]:
         """Right-pad encoded samples into one batch dict."""

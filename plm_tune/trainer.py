@@ -1,0 +1,173 @@
+"""TRL's ``SFTTrainer`` wired for PLM: our collator, per-part learning rates, and the numbers worth watching.
+
+``build_trainer`` composes public APIs only: the library owns the loop (TRL / transformers / accelerate /
+DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's parameter groups
+(``parameter_groups``) and a callback that logs what the collator saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from plm_tune.collator import PLMCollator
+from plm_tune.model import parameter_groups
+
+__all__ = ["build_trainer", "PLMMetricsCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class PLMMetricsCallback(TrainerCallback):
+    """Adds to every log: learning rate per part, tokens/s, labelled tokens per step, media-token share,
+    and the collator's cumulative drop / skip counts.
+
+    Token counts come from the collator's shared counters, so they include batches built in DataLoader
+    workers; prefetching makes them run a few batches ahead of the optimizer, which is fine for rates.
+    """
+
+    def __init__(self, collator: PLMCollator) -> None:
+        self.collator = collator
+        self._last: dict[str, int] = {}
+        self._last_time = time.perf_counter()
+        self._last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
+        self._last_time, self._last_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+        if logs is None or "loss" not in logs and "eval_loss" not in logs:
+            return
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                if "name" in group:
+                    logs[f"learning_rate/{group['name']}"] = group["lr"]
+        now = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
+        delta = {k: now[k] - self._last.get(k, 0) for k in now}
+        elapsed = max(time.perf_counter() - self._last_time, 1e-9)
+        steps = max(state.global_step - self._last_step, 1)
+        if "loss" in logs and delta["tokens"]:
+            logs["tokens_per_second"] = delta["tokens"] / elapsed
+            logs["labelled_tokens_per_step"] = delta["labelled_tokens"] / steps
+            logs["media_token_share"] = delta["media_tokens"] / delta["tokens"]
+        for key in ("truncated_samples", "dropped_turns", "dropped_images", "dropped_videos", "rejected_too_long"):
+            logs[f"collator/{key}"] = now[key]
+        self._last, self._last_time, self._last_step = now, time.perf_counter(), state.global_step
+
+
+def build_trainer(
+    model: Any,
+    processor: Any,
+    train_dataset: Any,
+    eval_dataset: Any = None,
+    args: Any = None,
+    *,
+    collator: PLMCollator | None = None,
+    train_on: str = "assistant",
+    max_tiles: int | None = None,
+    num_frames: int = 32,
+    vision_lr: float | None = None,
+    projector_lr: float | None = None,
+    callbacks: list[Any] | None = None,
+):
+    """A TRL ``SFTTrainer`` that trains PLM on canonical samples.
+
+    Args:
+        model: from ``plm_tune.load_model`` (peft-wrapped or plain).
+        processor: its ``PerceptionLMProcessor``.
+        train_dataset, eval_dataset: canonical samples: any ``data_adapters`` output, a ``datasets`` table, or
+            a list of sample dicts (turned into a table; give media as paths, PIL images or bytes).
+        args: a ``trl.SFTConfig``. ``remove_unused_columns`` must be False and TRL's dataset preparation is
+            skipped (the collator formats samples); both are set here.
+            ``args.max_length`` is the collator's ``max_length`` when no collator is given (TRL's default is
+            1024 tokens: PLM's thumb+tile image alone is about 9.5k, so set it deliberately).
+        collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
+            ``num_frames`` and ``args.max_length``, with pixels in the model's dtype.
+        vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
+            optimizer parameter groups named "language" / "vision" / "projector", which DeepSpeed keeps.
+        callbacks: extra ``TrainerCallback``s.
+
+    Returns:
+        The trainer; call ``.train()``. Its ``plm_collator`` attribute is the collator (read ``.stats``).
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    args = args if args is not None else SFTConfig(output_dir="outputs/plm-tune")
+    if args.remove_unused_columns:
+        # TRL's default; it would drop the 'messages' / 'images' columns the collator reads.
+        logger.info("Setting remove_unused_columns=False: the PLM collator needs every sample column.")
+    args = dataclasses.replace(
+        args,
+        remove_unused_columns=False,
+        dataset_kwargs={**(args.dataset_kwargs or {}), "skip_prepare_dataset": True},
+    )
+    if collator is None:
+        collator = PLMCollator(
+            processor,
+            max_length=args.max_length,
+            train_on=train_on,
+            max_tiles=max_tiles,
+            num_frames=num_frames,
+            pixel_dtype=_model_dtype(model),
+        )
+    train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
+    optimizer_cls, optimizer_kwargs = _optimizer_class(args)
+    groups = parameter_groups(model, lr=args.learning_rate, vision_lr=vision_lr, projector_lr=projector_lr,
+                              weight_decay=args.weight_decay)
+    optimizer = optimizer_cls(groups, **optimizer_kwargs)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        optimizers=(optimizer, None),  # our parameter groups; the Trainer builds the LR schedule
+        callbacks=callbacks,
+    )
+    # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
+    trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator))
+    trainer.plm_collator = collator
+    return trainer
+
+
+def _as_dataset(samples: Any) -> Any:
+    """TRL wants a ``datasets`` table: a plain list of samples becomes one."""
+    if isinstance(samples, list):
+        import datasets
+
+        return datasets.Dataset.from_list([_uniform_parts(s) for s in samples])
+    return samples
+
+
+def _uniform_parts(sample: dict[str, Any]) -> dict[str, Any]:
+    """Arrow needs one type per column: string content becomes one text part; every part gets a "text"."""
+    messages = []
+    for message in sample["messages"]:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
+    return {**sample, "messages": messages}
+
+
+def _optimizer_class(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer ``args.optim`` names, with its kwargs, without the LR (set per group)."""
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+    return optimizer_cls, kwargs
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    """The vision tower's dtype: pixels must match it."""
+    for name, param in model.named_parameters():
+        if "vision_tower" in name and param.dtype.is_floating_point:
+            return param.dtype
+    return torch.float32
