@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
+
 __all__ = ["load_image", "load_video", "sample_frame_times", "pick_uniform", "describe_media"]
 
 def describe_media(entry: Any) -> str:
@@ -67,6 +69,8 @@ def load_image(entry: Any) -> Image.Image:
         if not os.path.exists(path):
             raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
                              "or set the dataset's media root so relative paths resolve.")
+        if is_dicom_path(path):
+            return _load_dicom_image(path)
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
@@ -151,6 +155,8 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
     if not os.path.exists(path):
         raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
+    if is_dicom_path(path):
+        return _load_dicom_video(path, start, end, num_frames)
     import av  # noqa: PLC0415 - imported lazily: only video users pay for it
 
     try:
@@ -209,3 +215,22 @@ def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarr
         picked.append(previous[1].to_ndarray(format="rgb24"))
         target = next(wanted, None)
     return picked
+
+
+def _load_dicom_image(path: str) -> Image.Image:
+    """A single-frame ``.dcm`` rendered as a viewer shows it (window, MONOCHROME1 inversion, colour)."""
+    count = dicom_frame_count(read_dicom_header(path))  # before decoding: a cine can hold hundreds of frames
+    if count > 1:
+        raise ValueError(f"DICOM file '{path}' has {count} frames (a cine, ultrasound loop or multi-frame "
+                         "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
+                         "{'type': 'video'} placeholder instead of 'images'.")
+    return Image.fromarray(dicom_to_frames(path)[0])
+
+
+def _load_dicom_video(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
+    """``num_frames`` frames of a multi-frame ``.dcm``, picked uniformly with both ends kept."""
+    if start is not None or end is not None:
+        raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported for "
+                         "DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
+    count = dicom_frame_count(read_dicom_header(path))
+    return dicom_to_frames(path, frames=pick_uniform(count, num_frames))
