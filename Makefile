@@ -6,7 +6,7 @@ EXTRAS ?= dev,dicom,video,deepspeed,qlora
 # torch/torchvision pinned to the builds this project is tested with (served from local disk here).
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test tiny-model lint clean
+.PHONY: install demo test tiny-model lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The offline radiology demo: a tiny PLM (built on first use in .cache/tiny-plm) learns to caption the DICOM
+# files shipped with pydicom. The flags only spell out accelerate's defaults for one process without a config.
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml
 
 test: install
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)

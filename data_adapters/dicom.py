@@ -47,7 +47,7 @@ from data_adapters._records import (
     resolve_media_path,
     text_part,
 )
-from plm_tune.dicom import DicomError, dicom_frame_count, is_dicom_path, read_dicom_header
+from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 
 __all__ = ["PHI_TAGS", "from_dicom"]
 
@@ -102,6 +102,7 @@ def from_dicom(
     num_frames: int | None = None,
     on_error: OnError = "raise",
     streaming: bool = False,
+    check_pixels: bool = True,
 ):
     """A dataset of canonical samples, one per DICOM file.
 
@@ -119,6 +120,9 @@ def from_dicom(
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad file, or ``"skip"`` and count it in ``.skip_report``.
         streaming: return an ``IterableDataset`` that reads headers as it is iterated.
+        check_pixels: decode each file's first frame now, so a corrupt compressed stream (which a header
+            check cannot see) is a bad record here rather than a crash mid-training. Costs one frame decode
+            per file; turn off for very large, trusted archives.
 
     Returns:
         A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
@@ -144,7 +148,7 @@ def from_dicom(
     files = _find_files(paths_or_dir, recursive)
     to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt,
                         system_prompt=system_prompt, max_tiles=max_tiles, num_frames=num_frames,
-                        same_name=Counter(os.path.basename(f.relative) for f in files))
+                        check_pixels=check_pixels, same_name=Counter(os.path.basename(f.relative) for f in files))
     source = ", ".join(os.fspath(p) for p in _as_list(paths_or_dir))
     return build_dataset(lambda: files, to_sample, source=f"from_dicom({source})", on_error=on_error,
                          streaming=streaming)
@@ -152,7 +156,7 @@ def from_dicom(
 
 def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | None, prompt: str,
                     system_prompt: str | None, max_tiles: int | None, num_frames: int | None,
-                    same_name: Counter) -> dict[str, Any]:
+                    check_pixels: bool, same_name: Counter) -> dict[str, Any]:
     """One DICOM file -> a canonical sample (an image if it has one frame, else a video)."""
     if file.named_by_user and not is_dicom_path(file.relative):
         raise BadRecord(file.name, "not a .dcm file", "plm_tune renders files named *.dcm / *.dicom as DICOM.",
@@ -161,6 +165,8 @@ def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | 
     try:
         header = read_dicom_header(path)
         frames = dicom_frame_count(header)
+        if check_pixels:
+            dicom_to_frames(path, frames=[0])
     except DicomError as err:
         raise BadRecord(file.name, err.reason, err.detail, err.fix) from err
     if captions is not None:

@@ -1,0 +1,154 @@
+"""Full finetuning of PLM: every weight of the unfrozen parts trains, each part at its own learning rate.
+PLM's own supervised finetuning trains in full; the vision tower is usually kept frozen (``freeze: [vision]``),
+and it then stays bit-identical in the saved checkpoint.
+
+The offline demo: a tiny random PLM (built on first use in ``.cache/tiny-plm``) answers what colour or shape
+a generated image shows. Run on 2 CPU cores (no GPU) in under a minute:
+
+    accelerate launch recipes/full_finetune.py --config recipes/configs/full_demo.yaml
+
+PLM-1B on unsloth/Radiology_mini with the vision tower frozen, written for one CUDA GPU with bf16 (chosen
+automatically; float32 weights, gradients and AdamW states take 16 bytes per trained parameter) and Hub
+access; not yet run in this repository, which has neither. Larger models: DeepSpeed ZeRO-3 over N GPUs:
+
+    accelerate launch recipes/full_finetune.py --config recipes/configs/full_frozen_vision.yaml
+    accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 8 \
+        recipes/full_finetune.py --config recipes/configs/full_frozen_vision.yaml \
+        --model_name_or_path facebook/Perception-LM-8B
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from trl import SFTConfig, TrlParser
+
+from data_adapters import from_hf_dataset, synthetic_shapes
+from plm_tune import build_trainer, load_model
+from plm_tune.testing import build_tiny_plm
+
+RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="facebook/Perception-LM-1B", metadata={"help": "Hub id or folder."})
+    freeze: list[str] = field(default_factory=lambda: ["vision"], metadata={"help": "Parts that do not train."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR (default: learning_rate)."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
+    build_tiny_if_missing: bool = field(
+        default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="unsloth/Radiology_mini", metadata={"help": "Hub name or save_to_disk folder."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of `dataset` to read."})
+    image_column: str = field(default="image", metadata={"help": "Image column of `dataset`."})
+    answer_column: str = field(default="caption", metadata={"help": "Answer column of `dataset`."})
+    prompt: str = field(default=RADIOGRAPHER_PROMPT, metadata={
+        "help": "The question: a column name, a {column} template or fixed text."})
+    synthetic_shapes: int = field(default=0, metadata={"help": "Instead of `dataset`: this many generated images."})
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
+    eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
+    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
+    train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ModelArguments, DataArguments, SFTConfig))
+    # SFTConfig turns bf16 on unless told otherwise, which transformers refuses on a CPU or an old GPU.
+    # Default it to what this machine supports; a value from the YAML or the command line still wins.
+    parser.set_defaults(bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return parser
+
+
+def loss_change(log_history: list[dict]) -> str:
+    """E.g. 'train loss 7.01 (step 1) -> 2.10 (step 30); eval loss 6.99 -> 2.05 (token accuracy 0.00 -> 0.50)'."""
+    train = [entry for entry in log_history if "loss" in entry]
+    evals = [entry for entry in log_history if "eval_loss" in entry]
+    text = "no train loss logged (max_steps < logging_steps?)"
+    if train:
+        text = f"train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> {train[-1]['loss']:.3f} (step {train[-1]['step']})"
+    if len(evals) > 1:  # eval_on_start gives the "before"
+        first, last = evals[0], evals[-1]
+        text += f"; eval loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}"
+        if "eval_mean_token_accuracy" in first:
+            text += f" (token accuracy {first['eval_mean_token_accuracy']:.2f} -> {last['eval_mean_token_accuracy']:.2f})"
+    return text
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig) -> None:
+    ################
+    # Model
+    ################
+    path = model_args.model_name_or_path
+    if model_args.build_tiny_if_missing:
+        with training_args.main_process_first(desc="building the tiny PLM"):
+            if not Path(path).exists():
+                build_tiny_plm(path)
+    # float32 weights: with bf16=True the Trainer autocasts the forward pass, while the optimizer updates
+    # float32 weights (a 1e-5 step on a bf16 weight mostly rounds away). One checkpointing switch, SFTConfig's
+    # (TRL defaults it on): load_model also reaches the timm vision blocks, so the Trainer's is turned off.
+    model, processor = load_model(
+        path,
+        method="full",
+        freeze=model_args.freeze,
+        dtype=torch.float32,
+        gradient_checkpointing=training_args.activation_checkpointing,
+    )
+    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
+
+    ################
+    # Data
+    ################
+    if data_args.synthetic_shapes:
+        samples = synthetic_shapes(data_args.synthetic_shapes, seed=training_args.seed)
+    else:
+        samples = from_hf_dataset(
+            data_args.dataset,
+            split=data_args.dataset_split,
+            image_column=data_args.image_column,
+            answer_column=data_args.answer_column,
+            prompt=data_args.prompt,
+            on_error=data_args.on_error,
+        )
+    train_set, eval_set = samples, None
+    if data_args.eval_split > 0:
+        split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
+        train_set, eval_set = split["train"], split["test"]
+
+    ################
+    # Training
+    ################
+    trainer = build_trainer(
+        model,
+        processor,
+        train_set,
+        eval_set,
+        training_args,
+        train_on=data_args.train_on,
+        max_tiles=data_args.max_tiles,
+        vision_lr=model_args.vision_lr,
+        projector_lr=model_args.projector_lr,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if eval_set is not None:
+        trainer.evaluate()
+
+    ################
+    # Save
+    ################
+    trainer.save_model(training_args.output_dir)  # the whole model (safetensors) plus the processor
+    if trainer.is_world_process_zero():
+        print(f"Saved the finetuned model to {training_args.output_dir} (load it with "
+              f"AutoModelForImageTextToText.from_pretrained('{training_args.output_dir}')).")
+        print(f"{len(train_set)} train / {len(eval_set) if eval_set is not None else 0} eval samples: "
+              + loss_change(trainer.state.log_history))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
