@@ -8,6 +8,7 @@ DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's param
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -29,25 +30,34 @@ class PLMMetricsCallback(TrainerCallback):
 
     Token counts come from the collator's shared counters, so they include batches built in DataLoader
     workers; prefetching makes them run a few batches ahead of the optimizer, which is fine for rates.
+    Learning rates come from ``trainer.optimizer`` when a trainer is given: the Trainer hands callbacks only
+    an optimizer passed to its constructor, never the one it builds (or DeepSpeed wraps) in ``train()``.
     """
 
-    def __init__(self, collator: PLMCollator) -> None:
+    def __init__(self, collator: PLMCollator, trainer: Any = None) -> None:
         self.collator = collator
+        self.trainer = trainer
         self._last: dict[str, int] = {}
         self._last_time = time.perf_counter()
         self._last_step = 0
+        self._lrs: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
         self._last_time, self._last_step = time.perf_counter(), state.global_step
 
-    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        # Read between optimizer.step() and the scheduler's step, where the Trainer reads its own
+        # "learning_rate": the rates this step used. By on_log the scheduler holds the next step's rates.
+        optimizer = getattr(self.trainer, "optimizer", None) or optimizer
+        if optimizer is not None:
+            self._lrs = {group["name"]: group["lr"] for group in optimizer.param_groups if "name" in group}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs and "eval_loss" not in logs:
             return
-        if optimizer is not None:
-            for group in optimizer.param_groups:
-                if "name" in group:
-                    logs[f"learning_rate/{group['name']}"] = group["lr"]
+        for part, lr in self._lrs.items():
+            logs[f"learning_rate/{part}"] = lr
         now = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
         delta = {k: now[k] - self._last.get(k, 0) for k in now}
         elapsed = max(time.perf_counter() - self._last_time, 1e-9)
@@ -90,7 +100,8 @@ def build_trainer(
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames`` and ``args.max_length``, with pixels in the model's dtype.
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
-            optimizer parameter groups named "language" / "vision" / "projector", which DeepSpeed keeps.
+            optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
+            training starts (``trainer.create_optimizer()`` builds them earlier), so DeepSpeed keeps them.
         callbacks: extra ``TrainerCallback``s.
 
     Returns:
@@ -118,9 +129,11 @@ def build_trainer(
         )
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
-    groups = parameter_groups(model, lr=args.learning_rate, vision_lr=vision_lr, projector_lr=projector_lr,
-                              weight_decay=args.weight_decay)
-    optimizer = optimizer_cls(groups, **optimizer_kwargs)
+    # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
+    # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
+    lrs = dict(lr=args.learning_rate, vision_lr=vision_lr, projector_lr=projector_lr, weight_decay=args.weight_decay)
+    parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
+    factory = functools.partial(_PartOptimizer, optimizer_cls, optimizer_kwargs, lrs)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -128,11 +141,11 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
-        optimizers=(optimizer, None),  # our parameter groups; the Trainer builds the LR schedule
+        optimizer_cls_and_kwargs=(factory, {}),  # our parameter groups; the Trainer builds the LR schedule
         callbacks=callbacks,
     )
     # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
-    trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator))
+    trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
     trainer.plm_collator = collator
     return trainer
 
@@ -154,6 +167,21 @@ def _uniform_parts(sample: dict[str, Any]) -> dict[str, Any]:
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
     return {**sample, "messages": messages}
+
+
+class _PartOptimizer:
+    """Transformers' optimizer-factory protocol, ``factory()(model)``: the optimizer over ``parameter_groups``.
+
+    The Trainer calls it whenever it creates the optimizer (``create_optimizer``), including inside
+    ``deepspeed_init``, with the model it trains.
+    """
+
+    def __init__(self, optimizer_cls: type[torch.optim.Optimizer], optimizer_kwargs: dict[str, Any],
+                 lrs: dict[str, Any]) -> None:
+        self.optimizer_cls, self.optimizer_kwargs, self.lrs = optimizer_cls, optimizer_kwargs, lrs
+
+    def __call__(self, model: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        return self.optimizer_cls(parameter_groups(model, **self.lrs), **self.optimizer_kwargs, **kwargs)
 
 
 def _optimizer_class(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

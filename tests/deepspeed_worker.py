@@ -1,0 +1,146 @@
+"""One real DeepSpeed training run of the tiny PLM, launched by ``tests/test_deepspeed.py``:
+
+    DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 accelerate launch \
+        --config_file recipes/accelerate/zero3.yaml --num_processes 2 --mixed_precision no \
+        tests/deepspeed_worker.py --model .cache/tiny-plm --method lora --out /tmp/ds-run
+
+It trains 3 optimizer steps through ``load_model`` and ``build_trainer``, in the recipes' order, and saves
+with ``trainer.save_model``. Rank 0 then writes ``report.json`` with what DeepSpeed built: engine and
+optimizer types, ZeRO stage, world size, the "auto" values it filled, and which weights were sharded at load.
+It also holds the engine optimizer's parameter groups (name, learning rate, parts of their weights), the
+losses, and the per-part learning rates that PLMMetricsCallback logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+from trl import SFTConfig
+
+from plm_tune import build_trainer, load_model
+
+LR = 1e-3  # language model
+PROJECTOR_LR = 3e-4  # distinct, to see that per-part learning rates survive inside DeepSpeed
+MAX_GRAD_NORM = 0.5  # distinct from the default 1.0, to see that the YAML's "auto" clipping is filled
+GRAD_ACCUM = 2  # likewise for "auto" gradient accumulation
+
+
+def _samples(count: int = 8) -> list[dict]:
+    """Short image Q&A samples; images of a few shapes so tile counts differ (max_tiles=2)."""
+    rng = np.random.default_rng(0)
+    sizes = [(56, 56), (120, 60), (60, 120), (90, 90)]
+    samples = []
+    for i in range(count):
+        width, height = sizes[i % len(sizes)]
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        samples.append({
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]},
+                {"role": "assistant", "content": f"A noisy picture, number {i}."},
+            ],
+            "images": [Image.fromarray(pixels)],
+        })
+    return samples
+
+
+class _RecordLogs(TrainerCallback):
+    """Keeps every log as the callbacks see it (``state.log_history`` holds a copy made before them)."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def _part(name: str) -> str:
+    return "vision" if "vision_tower" in name else "projector" if "multi_modal_projector" in name else "language"
+
+
+def _engine_groups(engine) -> list[dict]:
+    """The engine optimizer's groups: name and lr as DeepSpeed holds them, and the parts of their parameters.
+
+    ZeRO-1/2 keep the model's parameters of group i in ``bit16_groups[i]``, ZeRO-3 in ``fp16_groups[i]``;
+    ``param_groups`` themselves hold DeepSpeed's flat fp32 partitions.
+    """
+    ds_optimizer = engine.optimizer
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    model_groups = getattr(ds_optimizer, "bit16_groups", None) or ds_optimizer.fp16_groups
+    groups = []
+    for group, params in zip(ds_optimizer.param_groups, model_groups, strict=True):
+        groups.append({
+            "name": group.get("name"),
+            "lr": group["lr"],
+            "parts": sorted({_part(names[id(p)]) for p in params}),
+            "numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+        })
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="folder of build_tiny_plm")
+    parser.add_argument("--method", choices=("lora", "full"), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    cli = parser.parse_args()
+
+    # Training arguments first, as in the recipes: under ZeRO-3 they make from_pretrained shard the weights
+    # as they load (deepspeed.zero.Init).
+    config = SFTConfig(
+        output_dir=str(cli.out / "trainer"),
+        max_steps=3,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=GRAD_ACCUM,
+        learning_rate=LR,
+        lr_scheduler_type="constant",  # the groups' learning rates stay what we set, to compare them exactly
+        max_grad_norm=MAX_GRAD_NORM,
+        max_length=512,
+        bf16=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        dataloader_num_workers=0,
+        # Without a GPU accelerate 1.15 picks no backend: it counts one process, and DeepSpeed then rejects
+        # train_batch_size (filled for 1 process, run by 2).
+        ddp_backend="gloo",
+    )
+    model, processor = load_model(cli.model, method=cli.method, freeze=("vision",), dtype=torch.float32)
+    # ZeRO-3 partitions each weight as from_pretrained builds the module (timm tower included): ds_id marks it.
+    sharded_at_load = {n: hasattr(p, "ds_id") for n, p in model.named_parameters()}
+    recorder = _RecordLogs()
+    trainer = build_trainer(model, processor, _samples(), args=config, max_tiles=2, projector_lr=PROJECTOR_LR,
+                            callbacks=[recorder])
+    trainer.train()
+
+    engine = trainer.deepspeed
+    report = {
+        "model_wrapped": type(trainer.model_wrapped).__name__,
+        "deepspeed": type(engine).__name__,
+        "zero_stage": engine.zero_optimization_stage(),
+        "optimizer": type(engine.optimizer).__name__,
+        "basic_optimizer": type(engine.basic_optimizer).__name__,  # what steps: AdamW, or DeepSpeedCPUAdam
+        "world_size": trainer.accelerator.num_processes,
+        "sharded_at_load": sharded_at_load,
+        "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
+        "gradient_clipping": engine.gradient_clipping(),
+        "groups": _engine_groups(engine),
+        "losses": [log["loss"] for log in recorder.logs if "loss" in log],
+        # What PLMMetricsCallback added to each training log: the learning rate of each part.
+        "logged_lrs": [
+            {k: v for k, v in log.items() if k.startswith("learning_rate/")} for log in recorder.logs if "loss" in log
+        ],
+    }
+    trainer.save_model(str(cli.out / "model"))  # every rank: under ZeRO-3 the gather is collective
+    if trainer.is_world_process_zero():
+        (cli.out / "report.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
