@@ -1,0 +1,235 @@
+"""build_trainer on the tiny PLM: real SFTTrainer steps on CPU, per-part learning rates, the metrics it logs
+(up to TensorBoard), a saved folder that loads on its own, and a resume that replays the uninterrupted run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from trl import SFTConfig
+
+from data_adapters.synthetic import synthetic_shapes
+from plm_tune import PLMCollator, build_trainer, load_model
+from plm_tune.model import _part_of
+
+LRS = {"language": 1e-3, "vision": 2e-4, "projector": 5e-3}
+PLM_METRICS = ("tokens_per_second", "labelled_tokens_per_step", "media_token_share")
+COLLATOR_COUNTS = tuple(
+    f"collator/{key}"
+    for key in ("truncated_samples", "dropped_turns", "dropped_images", "dropped_videos", "rejected_too_long")
+)
+
+
+def _args(tmp_path, **overrides) -> SFTConfig:
+    """A few CPU steps: float32, no reporting, logs every step, nothing saved unless asked."""
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 3,
+        "learning_rate": LRS["language"],
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "bf16": False,
+        "max_length": None,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    return SFTConfig(**{**config, **overrides})
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    # max_tiles=1: a thumbnail and one 56 px tile per image, 8 image tokens in a ~75-token sample.
+    return synthetic_shapes(24, seed=0, max_tiles=1)
+
+
+class _Recorder(TrainerCallback):
+    """Every log dict as the loggers get it (after PLMMetricsCallback, which runs first), and the optimizer's
+    parameter groups as the first step begins (``trainer.optimizer`` exists once ``train()`` has started)."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.logs: list[dict] = []
+        self.groups: list[dict] | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.groups is None:
+            self.groups = [dict(group) for group in self.trainer.optimizer.param_groups]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def _train(model, processor, dataset, args, **kwargs):
+    recorder = _Recorder()
+    trainer = build_trainer(model, processor, dataset, args=args, callbacks=[recorder], **kwargs)
+    recorder.trainer = trainer
+    trainer.train()
+    return trainer, recorder
+
+
+def test_trains_only_trainable_weights_with_one_learning_rate_per_part(tiny_plm_path, tmp_path, shapes):
+    torch.manual_seed(0)
+    # freeze=(): LoRA on the language model, vision tower and projector in full: three parameter groups.
+    model, processor = load_model(tiny_plm_path, method="lora", freeze=())
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+
+    trainer, recorder = _train(model, processor, shapes, _args(tmp_path), vision_lr=LRS["vision"],
+                               projector_lr=LRS["projector"])
+
+    # The optimizer the Trainer stepped holds our groups: each part's parameters at its own rate.
+    assert {group["name"]: group["lr"] for group in recorder.groups} == LRS
+    names = {id(param): name for name, param in model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        assert {_part_of(names[id(p)]) for p in group["params"]} == {group["name"]}
+    assert sum(len(group["params"]) for group in trainer.optimizer.param_groups) == len(trainable)
+
+    losses = [log["loss"] for log in recorder.logs if "loss" in log]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    for name, param in model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(param, before[name]), f"trainable {name} did not change"
+        else:
+            assert torch.equal(param, before[name]), f"frozen {name} changed"
+
+
+def _two_exchanges(sample: dict) -> dict:
+    """The sample with a second question and a long answer, which a tight max_length drops."""
+    extra = [
+        {"role": "user", "content": [{"type": "text", "text": "Describe the image."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A shape on a plain background. " * 8}]},
+    ]
+    return {**sample, "messages": [*sample["messages"], *extra]}
+
+
+def test_logs_per_part_rates_throughput_and_collator_counts_up_to_tensorboard(tiny_plm_path, tmp_path, shapes):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model, processor = load_model(tiny_plm_path, method="lora", freeze=())
+    samples = [_two_exchanges(shapes[i]) for i in range(8)]
+    # 120 tokens hold the first exchange (~75) but not the second: every sample loses its last two turns.
+    args = _args(tmp_path, max_steps=2, max_length=120, report_to="tensorboard")
+    trainer, recorder = _train(model, processor, samples, args, vision_lr=LRS["vision"],
+                               projector_lr=LRS["projector"])
+    stats = trainer.plm_collator.stats
+
+    logs = [log for log in recorder.logs if "loss" in log]
+    assert len(logs) == 2 and stats["truncated_samples"] >= 4
+    for log in logs:
+        # Each part's rate is the one its step used, as the Trainer's own learning_rate (linear decay).
+        for part, lr in LRS.items():
+            assert log[f"learning_rate/{part}"] == pytest.approx(lr * log["learning_rate"] / LRS["language"])
+        assert log["tokens_per_second"] > 0
+        assert 0 < log["labelled_tokens_per_step"] <= 2 * 120  # at most every token of a 2-sample batch
+        assert 0 < log["media_token_share"] < 0.5
+    assert logs[0]["learning_rate/vision"] == LRS["vision"]  # the first step runs at the full rate
+    assert logs[-1]["collator/truncated_samples"] >= 4
+    assert logs[-1]["collator/dropped_turns"] == 2 * logs[-1]["collator/truncated_samples"]
+    assert logs[-1]["collator/dropped_images"] == logs[-1]["collator/rejected_too_long"] == 0
+
+    events = sorted((tmp_path / "out").rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {tmp_path / 'out'}"
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    scalars = set(board.Tags()["scalars"])
+    expected = {f"train/learning_rate/{part}" for part in LRS} | {f"train/{key}" for key in PLM_METRICS}
+    assert expected | {f"train/{key}" for key in COLLATOR_COUNTS} <= scalars
+    assert [e.value for e in board.Scalars("train/learning_rate/vision")] == pytest.approx(
+        [log["learning_rate/vision"] for log in logs], rel=1e-6
+    )
+    assert board.Scalars("train/collator/truncated_samples")[-1].value == logs[-1]["collator/truncated_samples"]
+
+
+def test_saved_folder_loads_on_its_own_and_gives_the_same_logits(tiny_plm_path, tmp_path, shapes):
+    torch.manual_seed(0)
+    model, processor = load_model(tiny_plm_path, method="lora")  # projector in full, vision frozen
+    trainer, _ = _train(model, processor, shapes, _args(tmp_path, max_steps=2, learning_rate=1e-2))
+    saved = tmp_path / "saved"
+    trainer.save_model(str(saved))
+
+    files = {path.name for path in saved.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert not {"model.safetensors", "pytorch_model.bin"} & files  # the adapter only, not a full copy
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, saved).eval()
+    reloaded_processor = AutoProcessor.from_pretrained(saved)
+    held_out = list(synthetic_shapes(4, seed=1, max_tiles=1))
+    batch = PLMCollator(reloaded_processor)(held_out)
+    expected_batch = PLMCollator(processor)(held_out)
+    assert batch.keys() == expected_batch.keys()
+    for key, value in expected_batch.items():
+        assert torch.equal(batch[key], value), key
+    model.eval()
+    with torch.no_grad():
+        expected = model(**expected_batch).logits
+        got = reloaded(**batch).logits
+        with reloaded.disable_adapter():
+            untrained = reloaded(**batch).logits
+    assert not torch.allclose(got, untrained, rtol=0, atol=1e-3)  # the adapter is applied and matters
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+class _IdCollator(PLMCollator):
+    """Records the sample ids of every batch it builds, in order."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+
+    def __call__(self, samples):
+        self.batches.append([sample["id"] for sample in samples])
+        return super().__call__(samples)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _resume_run(tiny_plm_path, dataset, args, resume_from=None, callbacks=None):
+    torch.manual_seed(0)  # same LoRA initialisation in every run
+    model, processor = load_model(tiny_plm_path, method="lora")  # lora_dropout 0.05: RNG state matters too
+    collator = _IdCollator(processor)
+    trainer = build_trainer(model, processor, dataset, args=args, collator=collator, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return trainer, model, collator.batches
+
+
+def test_resume_from_checkpoint_replays_the_uninterrupted_run(tiny_plm_path, tmp_path, shapes):
+    def args(name):  # identical configs: same max_steps, so the same linear schedule
+        return _args(tmp_path / name, max_steps=6, save_strategy="steps", save_steps=3, logging_steps=3)
+
+    trainer_a, model_a, batches_a = _resume_run(tiny_plm_path, shapes, args("a"))
+    trainer_b, _, batches_b = _resume_run(tiny_plm_path, shapes, args("b"), callbacks=[_StopAt(3)])
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-3"
+    assert trainer_b.state.global_step == 3 and not (tmp_path / "b" / "out" / "checkpoint-6").exists()
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {
+        path.name for path in checkpoint.iterdir()
+    }
+    trainer_c, model_c, batches_c = _resume_run(tiny_plm_path, shapes, args("b"), resume_from=str(checkpoint))
+
+    assert trainer_a.state.global_step == trainer_c.state.global_step == 6
+    # The DataLoader may build one batch ahead of the optimizer, so only the first batches built count.
+    assert batches_b[:3] == batches_a[:3]
+    assert batches_c[:3] == batches_a[3:6]  # the resumed run skips what was trained, without building it
+    expected = get_peft_model_state_dict(model_a)
+    got = get_peft_model_state_dict(model_c)
+    assert got.keys() == expected.keys() and any("multi_modal_projector" in key for key in got)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
+    assert [log["loss"] for log in trainer_c.state.log_history if "loss" in log][-1] == pytest.approx(
+        [log["loss"] for log in trainer_a.state.log_history if "loss" in log][-1], abs=1e-6
+    )
