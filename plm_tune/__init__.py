@@ -16,7 +16,7 @@ from plm_tune.media import load_image, load_video, sample_frame_times
 from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
 from plm_tune.sample import normalize_messages, validate_sample
-from plm_tune.trainer import PLMMetricsCallback, build_trainer
+from plm_tune.trainer import PLMMetricsCallback, build_trainer, loss_change
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "enable_gradient_checkpointing",
     "load_image",
     "load_model",
+    "loss_change",
     "load_video",
     "normalize_messages",
     "parameter_groups",

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from plm_tune.collator import PLMCollator
 from plm_tune.model import parameter_groups
 
-__all__ = ["build_trainer", "PLMMetricsCallback"]
+__all__ = ["build_trainer", "loss_change", "PLMMetricsCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,3 +199,20 @@ def _model_dtype(model: Any) -> torch.dtype:
         if "vision_tower" in name and param.dtype.is_floating_point:
             return param.dtype
     return torch.float32
+
+
+def loss_change(log_history: list[dict[str, Any]]) -> str:
+    """One line on how the loss moved, from ``trainer.state.log_history``.
+
+    E.g. 'train loss 6.82 (step 1) -> 6.15 (step 40); eval loss 6.81 -> 6.30 (token accuracy 0.00 -> 0.45)'."""
+    train = [entry for entry in log_history if "loss" in entry]
+    evals = [entry for entry in log_history if "eval_loss" in entry]
+    text = "no train loss logged (max_steps < logging_steps?)"
+    if train:
+        text = f"train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> {train[-1]['loss']:.3f} (step {train[-1]['step']})"
+    if len(evals) > 1:  # eval_on_start gives the "before"
+        first, last = evals[0], evals[-1]
+        text += f"; eval loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}"
+        if "eval_mean_token_accuracy" in first:
+            text += f" (token accuracy {first['eval_mean_token_accuracy']:.2f} -> {last['eval_mean_token_accuracy']:.2f})"
+    return text

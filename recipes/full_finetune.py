@@ -27,7 +27,7 @@ import torch
 from trl import SFTConfig, TrlParser
 
 from data_adapters import from_hf_dataset, synthetic_shapes
-from plm_tune import build_trainer, load_model
+from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.testing import build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -64,21 +64,6 @@ def make_parser() -> TrlParser:
     # Default it to what this machine supports; a value from the YAML or the command line still wins.
     parser.set_defaults(bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return parser
-
-
-def loss_change(log_history: list[dict]) -> str:
-    """E.g. 'train loss 7.01 (step 1) -> 2.10 (step 30); eval loss 6.99 -> 2.05 (token accuracy 0.00 -> 0.50)'."""
-    train = [entry for entry in log_history if "loss" in entry]
-    evals = [entry for entry in log_history if "eval_loss" in entry]
-    text = "no train loss logged (max_steps < logging_steps?)"
-    if train:
-        text = f"train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> {train[-1]['loss']:.3f} (step {train[-1]['step']})"
-    if len(evals) > 1:  # eval_on_start gives the "before"
-        first, last = evals[0], evals[-1]
-        text += f"; eval loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}"
-        if "eval_mean_token_accuracy" in first:
-            text += f" (token accuracy {first['eval_mean_token_accuracy']:.2f} -> {last['eval_mean_token_accuracy']:.2f})"
-    return text
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig) -> None:

@@ -35,7 +35,7 @@ import torch
 from trl import SFTConfig, TrlParser
 
 from data_adapters import from_dicom, from_hf_dataset
-from plm_tune import build_trainer, load_model
+from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.testing import build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -98,21 +98,6 @@ def dicom_folders(dicom_dir: str) -> list[str]:
     import pydicom.data
 
     return [str(Path(pydicom.data.__file__).parent / "test_files"), str(sources["pydicom-data"].load()().data_path)]
-
-
-def loss_change(log_history: list[dict]) -> str:
-    """E.g. 'train loss 6.82 (step 1) -> 6.15 (step 40); eval loss 6.81 -> 6.30 (token accuracy 0.00 -> 0.45)'."""
-    train = [entry for entry in log_history if "loss" in entry]
-    evals = [entry for entry in log_history if "eval_loss" in entry]
-    text = "no train loss logged (max_steps < logging_steps?)"
-    if train:
-        text = f"train loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> {train[-1]['loss']:.3f} (step {train[-1]['step']})"
-    if len(evals) > 1:  # eval_on_start gives the "before"
-        first, last = evals[0], evals[-1]
-        text += f"; eval loss {first['eval_loss']:.3f} -> {last['eval_loss']:.3f}"
-        if "eval_mean_token_accuracy" in first:
-            text += f" (token accuracy {first['eval_mean_token_accuracy']:.2f} -> {last['eval_mean_token_accuracy']:.2f})"
-    return text
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig) -> None:
