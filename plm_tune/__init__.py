@@ -6,12 +6,14 @@ The public API:
 * ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
 * ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
+* ``generate``: batched answers for canonical samples, formatted as in training (``plm_tune.generation``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
+from plm_tune.generation import Generation, generate
 from plm_tune.media import load_image, load_video, sample_frame_times
 from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
@@ -26,11 +28,13 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "EncodedConversation",
     "EncodedSample",
+    "Generation",
     "PLMCollator",
     "PLMMetricsCallback",
     "PixelEncoder",
     "build_trainer",
     "enable_gradient_checkpointing",
+    "generate",
     "load_image",
     "load_model",
     "loss_change",

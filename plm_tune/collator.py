@@ -184,6 +184,39 @@ class PLMCollator:
             videos=[pixels for pixels, _ in videos],
         )
 
+    def encode_prompt(self, sample: dict[str, Any]) -> tuple[EncodedSample, str | None]:
+        """Encode a sample as a prompt to generate from, with the same formatting as training.
+
+        A trailing assistant message is the reference answer: it is returned as text, not encoded, and the
+        prompt ends on an open assistant header. A sample without one is a bare prompt (reference None).
+        Media that only the reference refers to are not loaded. ``max_length`` does not apply: nothing is cut
+        from a prompt.
+
+        Returns:
+            ``(encoded, reference)``; ``encoded.labels`` are all ``IGNORE_INDEX``.
+        """
+        turns = normalize_messages(sample, require_answer=False)
+        reference = None
+        if turns[-1].role == "assistant":
+            reference = "".join(p.text.strip() for p in turns[-1].parts if p.kind == "text")
+            turns = turns[:-1]
+        if not any(t.role == "user" for t in turns):
+            raise ValueError(f"sample{self._describe(sample)} has no user message to answer.")
+        used = {k: sorted({p.index for t in turns for p in t.parts if p.kind == k}) for k in ("image", "video")}
+        entries = {"image": sample.get("images") or [], "video": sample.get("videos") or []}
+        media = {
+            "image": {i: self.pixels.image(entries["image"][i], sample.get("max_tiles")) for i in used["image"]},
+            "video": {i: self.pixels.video(entries["video"][i], sample.get("num_frames")) for i in used["video"]},
+        }
+        counts = {k: [media[k][i][1] if i in media[k] else 0 for i in range(len(entries[k]))] for k in media}
+        encoded = self.encoder.encode(turns, counts, add_generation_prompt=True)
+        return EncodedSample(
+            input_ids=encoded.input_ids,
+            labels=[IGNORE_INDEX] * len(encoded.input_ids),
+            images=[media["image"][i][0] for i in used["image"]],
+            videos=[media["video"][i][0] for i in used["video"]],
+        ), reference
+
     def _turns_that_fit(self, turns: list, encoded: EncodedConversation, sample: dict[str, Any]) -> int:
         """How many leading messages to keep: whole exchanges (ending on an assistant turn) that fit."""
         has_system = turns[0].role == "system"

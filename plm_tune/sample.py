@@ -80,8 +80,12 @@ def _parts_of(content: Any, where: str, counters: dict[str, int]) -> tuple[Part,
     return tuple(parts)
 
 
-def normalize_messages(sample: dict[str, Any]) -> list[Turn]:
+def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -> list[Turn]:
     """Parse ``sample["messages"]`` into turns, checking structure (not media).
+
+    Args:
+        sample: a canonical sample.
+        require_answer: a training sample needs an assistant turn; a prompt to generate from does not.
 
     Raises:
         ValueError: naming the sample and message, for any of: no messages, unknown role, a system
@@ -110,7 +114,7 @@ def normalize_messages(sample: dict[str, Any]) -> list[Turn]:
         if role == "system" and any(p.kind != "text" for p in parts):
             raise ValueError(f"{where}: a system message can only hold text.")
         turns.append(Turn(role, parts))
-    if not any(t.role == "assistant" for t in turns):
+    if require_answer and not any(t.role == "assistant" for t in turns):
         raise ValueError(f"{sid}no assistant turn: there is nothing to train on. "
                          "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
     for kind, key in (("image", "images"), ("video", "videos")):
