@@ -7,40 +7,69 @@ The public API:
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
 * ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
 * ``generate``: batched answers for canonical samples, formatted as in training (``plm_tune.generation``).
+* ``evaluate``, ``save_eval``, ``load_eval``: score a finetuned (and the base) model on an eval split
+  (``plm_tune.evaluation``); ``score_answers``: exact match, accuracy, BLEU, ROUGE-L (``plm_tune.metrics``).
+* ``write_report``: a self-contained HTML report of an evaluation, base vs finetuned (``plm_tune.report``).
+* ``merge_adapter``, ``write_model_card``, ``push_adapter``, ``write_training_info``: ship an adapter
+  (``plm_tune.export``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
+from plm_tune.evaluation import EvalRecord, EvalResult, base_model_context, evaluate, load_eval, save_eval
+from plm_tune.export import (
+    files_to_upload,
+    merge_adapter,
+    push_adapter,
+    write_model_card,
+    write_training_info,
+)
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.generation import Generation, generate
 from plm_tune.media import load_image, load_video, sample_frame_times
-from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups
+from plm_tune.metrics import score_answers
+from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
+from plm_tune.report import write_report
 from plm_tune.sample import normalize_messages, validate_sample
 from plm_tune.trainer import PLMMetricsCallback, build_trainer, loss_change
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "base_model_context",
+    "build_trainer",
     "CollatorStats",
     "ConversationEncoder",
     "DEFAULT_SYSTEM_PROMPT",
+    "enable_gradient_checkpointing",
     "EncodedConversation",
     "EncodedSample",
-    "Generation",
-    "PLMCollator",
-    "PLMMetricsCallback",
-    "PixelEncoder",
-    "build_trainer",
-    "enable_gradient_checkpointing",
+    "EvalRecord",
+    "EvalResult",
+    "evaluate",
+    "files_to_upload",
     "generate",
+    "Generation",
+    "load_eval",
+    "load_for_inference",
     "load_image",
     "load_model",
-    "loss_change",
     "load_video",
+    "loss_change",
+    "merge_adapter",
     "normalize_messages",
     "parameter_groups",
+    "PixelEncoder",
+    "PLMCollator",
+    "PLMMetricsCallback",
+    "push_adapter",
     "sample_frame_times",
+    "save_eval",
+    "score_answers",
     "validate_sample",
+    "write_model_card",
+    "write_report",
+    "write_training_info",
 ]

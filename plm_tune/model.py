@@ -23,13 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["load_model", "parameter_groups", "enable_gradient_checkpointing"]
+__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing"]
 
 logger = logging.getLogger(__name__)
 
@@ -339,3 +340,55 @@ def _summary(model: Any, method: str, how: dict[str, str]) -> str:
 
 def _millions(count: int) -> str:
     return f"{count / 1e6:,.2f}M" if count else "0"
+
+
+def load_for_inference(
+    model: str,
+    adapter: str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Any, Any]:
+    """Load a PLM to answer with: a base or merged model folder / Hub id, optionally with a trained adapter.
+
+    Args:
+        model: Hub id or folder of a full model (the base, a merged model or a full finetune). A peft adapter
+            folder is accepted too: its ``adapter_config.json`` names the base, which is loaded under it.
+        adapter: a peft adapter folder to apply on ``model`` (``trainer.save_model``'s output).
+        dtype: default bfloat16 on a bf16 GPU, float32 otherwise.
+        device: default ``"cuda"`` when available, else the CPU.
+
+    Returns:
+        ``(model, processor)`` in eval mode. The processor comes from the adapter folder when it holds one
+        (it is the one training used), else from ``model``.
+
+    Raises:
+        FileNotFoundError: an adapter folder without ``adapter_config.json``.
+
+    Example:
+        >>> model, processor = load_for_inference("facebook/Perception-LM-1B", "outputs/radiology-lora")  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+        adapter = model
+        model = json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json there, so it is not a peft adapter "
+                                "folder. Pass the folder the recipe saved (its output_dir), or a merged model as "
+                                "--model without --adapter.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = AutoModelForImageTextToText.from_pretrained(
+        model, dtype=dtype or _default_dtype(), use_safetensors=True, trust_remote_code=False
+    ).to(device)
+    has_processor = adapter is not None and any(
+        (Path(adapter) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
+    )
+    processor = AutoProcessor.from_pretrained(adapter if has_processor else model, trust_remote_code=False)
+    if adapter is None:
+        return base.eval(), processor
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, adapter).eval(), processor

@@ -28,6 +28,7 @@ from trl import SFTConfig, TrlParser
 
 from data_adapters import from_plm_jsonl, from_video_folder, synthetic_videos
 from plm_tune import build_trainer, load_model, loss_change
+from plm_tune.outputs import EvalArguments, save_run
 from plm_tune.testing import build_tiny_plm
 
 
@@ -62,7 +63,7 @@ class DataArguments:
 
 
 def make_parser() -> TrlParser:
-    parser = TrlParser((ModelArguments, DataArguments, SFTConfig))
+    parser = TrlParser((ModelArguments, DataArguments, SFTConfig, EvalArguments))
     # SFTConfig turns bf16 on unless told otherwise, which transformers refuses on a CPU or an old GPU.
     # Default it to what this machine supports; a value from the YAML or the command line still wins.
     parser.set_defaults(bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -84,7 +85,8 @@ def load_samples(data_args: DataArguments, seed: int):
     return synthetic_videos(data_args.synthetic_videos, seed=seed, num_frames=data_args.num_frames)
 
 
-def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig) -> None:
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig,
+         eval_args: EvalArguments) -> None:
     ################
     # Model
     ################
@@ -118,6 +120,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     ################
     # Training
     ################
+    # save_run pushes at the end, with plm-tune's model card; the Trainer's own push would go first without it.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(
         model,
         processor,
@@ -136,13 +140,30 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     ################
     # Save
     ################
-    trainer.save_model(training_args.output_dir)  # the adapter (and fully trained parts) plus the processor
+    # the adapter (and the parts trained in full) plus the processor, how it was trained (plm_tune_training.json),
+    # the held-out split, its generated answers and an HTML report; then the Hub if asked.
+    outputs = save_run(
+        trainer,
+        eval_set=eval_set,
+        training_info={"method": model_args.method, "freeze": list(model_args.freeze),
+                       "max_tiles": data_args.max_tiles, "num_frames": data_args.num_frames},
+        generate_eval=eval_args.generate_eval,
+        compare_base=eval_args.compare_base,
+        max_new_tokens=eval_args.eval_max_new_tokens,
+        push_to_hub=push_to_hub,
+        hub_model_id=training_args.hub_model_id,
+        hub_private_repo=bool(training_args.hub_private_repo),
+    )
     if trainer.is_world_process_zero():
         print(f"Saved the {model_args.method} adapter to {training_args.output_dir} "
               f"(load it with peft.PeftModel.from_pretrained(base_model, '{training_args.output_dir}')).")
         print(f"{len(train_set)} train / {len(eval_set) if eval_set is not None else 0} eval samples: "
               + loss_change(trainer.state.log_history))
-
+        if outputs.report is not None:
+            metrics = ", ".join(f"{k} {v:.3g}" for k, v in outputs.eval_result.metrics.items() if k != "samples")
+            print(f"Eval answers: {metrics}. Report: {outputs.report}")
+        if outputs.hub_url:
+            print(f"Pushed to {outputs.hub_url}")
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())

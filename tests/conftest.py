@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -49,3 +55,38 @@ def make_frames(count: int, size: int = 40, seed: int = 0) -> np.ndarray:
     """Deterministic (T, H, W, 3) uint8 video frames."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_recipe(tmp_path: Path, command: list[str]) -> str:
+    """Run a recipe from tmp_path with 3 steps; return its stdout + stderr; check the loss summary it prints."""
+    import math
+    import re
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*command, "--max_steps", "3", "--logging_steps", "1", "--output_dir", "out"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    summary = re.search(r"train loss (\S+) \(step 1\) -> (\S+) \(step 3\); eval loss (\S+) -> (\S+)", result.stdout)
+    assert summary, result.stdout[-3000:]
+    assert all(math.isfinite(float(loss)) for loss in summary.groups()), summary.group(0)
+    assert not (tmp_path / "runs").exists(), "TensorBoard logs went to the working directory, not output_dir/runs"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def radiology_demo(tmp_path_factory):
+    """The README's first command, 3 steps: the radiology recipe on the demo config, through accelerate launch.
+
+    Returns ``out`` (the output folder), ``output`` (what it printed) and ``tiny`` (the PLM it built).
+    """
+    folder = tmp_path_factory.mktemp("radiology-demo")
+    tiny = folder / "tiny-plm"  # missing: the recipe builds it (build_tiny_if_missing)
+    output = run_recipe(folder, [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes/radiology_lora.py"),
+        "--config", str(ROOT / "recipes/configs/radiology_demo.yaml"), "--model_name_or_path", str(tiny),
+    ])
+    return SimpleNamespace(out=folder / "out", output=output, tiny=tiny)

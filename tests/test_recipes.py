@@ -8,23 +8,20 @@ The smoke runs are subprocesses run from ``tmp_path`` (nothing is written into t
 from __future__ import annotations
 
 import importlib.util
-import math
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import run_recipe
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.py"))
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
 COMMAND = re.compile(r"# accelerate launch (recipes/\w+\.py) --config (recipes/configs/[\w.-]+\.yaml)")
-SUMMARY = re.compile(r"train loss (\S+) \(step 1\) -> (\S+) \(step 3\); eval loss (\S+) -> (\S+)")
 
 
 def recipe_of(config: Path) -> Path:
@@ -51,7 +48,9 @@ def load_recipe(script: Path):
 def test_config_parses_against_its_recipe(config):
     recipe = load_recipe(recipe_of(config))
     # TrlParser refuses a key that no dataclass of the recipe has.
-    model_args, data_args, training_args = recipe.make_parser().parse_args_and_config(["--config", str(config)])
+    model_args, data_args, training_args, eval_args = recipe.make_parser().parse_args_and_config(
+        ["--config", str(config)]
+    )
     keys = yaml.safe_load(config.read_text())
     assert "max_length" in keys, f"{config.name}: set max_length deliberately (TRL's 1024 is no PLM default)."
     assert "bf16" not in keys, f"{config.name}: leave bf16 to the machine (the recipe defaults it to what it has)."
@@ -71,30 +70,11 @@ def test_unknown_config_key_is_refused(tmp_path):
         parser.parse_args_and_config(["--config", str(config)])
 
 
-def run_recipe(tmp_path: Path, command: list[str]) -> str:
-    """Run a recipe from tmp_path with 3 steps; return its stdout + stderr; check the loss summary it prints."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([*command, "--max_steps", "3", "--logging_steps", "1", "--output_dir", "out"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    summary = SUMMARY.search(result.stdout)
-    assert summary, result.stdout[-3000:]
-    assert all(math.isfinite(float(loss)) for loss in summary.groups()), summary.group(0)
-    assert not (tmp_path / "runs").exists(), "TensorBoard logs went to the working directory, not output_dir/runs"
-    return result.stdout + result.stderr
-
-
-def test_radiology_demo_trains_and_saves_a_loadable_adapter(tmp_path):
+def test_radiology_demo_trains_and_saves_a_loadable_adapter(radiology_demo):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    tiny = tmp_path / "tiny-plm"  # missing: the recipe builds it (build_tiny_if_missing)
-    output = run_recipe(tmp_path, [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes/radiology_lora.py"),
-        "--config", str(ROOT / "recipes/configs/radiology_demo.yaml"), "--model_name_or_path", str(tiny),
-    ])
-    out = tmp_path / "out"
+    out, output, tiny = radiology_demo.out, radiology_demo.output, radiology_demo.tiny
     assert "Saved the lora adapter to out" in output
     # A corrupt compressed stream passes a header check; from_dicom decodes a frame, so it is skipped and named.
     skipped = next(line for line in output.splitlines() if "undecodable pixel data" in line)
@@ -109,6 +89,24 @@ def test_radiology_demo_trains_and_saves_a_loadable_adapter(tmp_path):
     model = PeftModel.from_pretrained(base, out)
     trained = dict(model.base_model.model.model.multi_modal_projector.named_parameters())
     assert all(not torch.equal(trained[f"modules_to_save.default.{name}"], p) for name, p in projector.items())
+
+
+def test_radiology_demo_evaluates_by_generation_and_writes_a_report(radiology_demo):
+    import json
+
+    from datasets import load_from_disk
+
+    out = radiology_demo.out
+    eval_data = load_from_disk(str(out / "eval_data"))
+    result = json.loads((out / "eval/eval.json").read_text())
+    assert len(result["records"]) == len(eval_data) == 12  # the demo's 10% of its 119 usable files
+    assert [r["reference"] for r in result["records"]] == [s["messages"][-1]["content"][0]["text"] for s in eval_data]
+    assert all(r["base_answer"] is not None for r in result["records"])  # before / after, adapter switched off
+    assert {"exact_match", "bleu", "rouge_l", "eval_loss"} <= set(result["metrics"]) == set(result["base_metrics"])
+    assert (out / "eval/report.html").stat().st_size > 10_000  # images inlined
+    assert "Report: out/eval/report.html" in radiology_demo.output  # output_dir is relative: out
+    info = json.loads((out / "plm_tune_training.json").read_text())
+    assert info["method"] == "lora" and info["global_step"] == 3 and info["freeze"] == ["vision"]
 
 
 def test_video_lora_demo_trains(tmp_path, tiny_plm_path):

@@ -1,0 +1,142 @@
+"""The end of a training run: save, evaluate by generation, write the report, push. What every recipe does last.
+
+``save_run`` leaves one output folder that is useful on its own::
+
+    output_dir/
+        adapter_config.json, adapter_model.safetensors   (or config.json + model.safetensors: full finetuning)
+        processor / tokenizer files, chat_template.jinja
+        plm_tune_training.json     how it was trained (read by the model card and `plm-tune merge`)
+        eval_data/                 the held-out split (`plm-tune eval --adapter output_dir` reuses it)
+        eval/eval.json             answers, references and scores of the finetuned (and base) model
+        eval/report.html           the same as a self-contained page: metrics table and a gallery
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plm_tune.evaluation import EvalResult, evaluate, save_eval
+from plm_tune.export import push_adapter, write_training_info
+from plm_tune.report import write_report
+
+__all__ = ["EvalArguments", "RunOutputs", "save_run"]
+
+EVAL_DATA = "eval_data"
+
+
+@dataclass
+class EvalArguments:
+    """What a recipe does after training, as ``TrlParser`` reads it (YAML or ``--generate_eval false``)."""
+
+    generate_eval: bool = field(default=True, metadata={
+        "help": "Answer the eval split by generation and score it; writes eval/eval.json and eval/report.html."})
+    compare_base: bool = field(default=True, metadata={
+        "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
+
+
+@dataclass
+class RunOutputs:
+    """Where ``save_run`` put things (``None``: not made, e.g. no eval split or not the main process)."""
+
+    output_dir: Path
+    eval_json: Path | None = None
+    report: Path | None = None
+    eval_result: EvalResult | None = None
+    hub_url: str | None = None
+
+
+def _model_name(model: Any) -> str:
+    """The base model's id or folder: from the peft config for an adapter, else the model's own config."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        return str(next(iter(peft_config.values())).base_model_name_or_path)
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+
+
+def _zero3(trainer: Any) -> bool:
+    plugin = getattr(getattr(trainer, "accelerator", None), "state", None)
+    plugin = getattr(plugin, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def save_run(
+    trainer: Any,
+    *,
+    eval_set: Any | None = None,
+    training_info: dict[str, Any] | None = None,
+    generate_eval: bool = True,
+    compare_base: bool = True,
+    max_new_tokens: int = 128,
+    eval_batch_size: int = 8,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    hub_private_repo: bool = False,
+) -> RunOutputs:
+    """Save the trained model and processor, then (main process) evaluate by generation, report and push.
+
+    Args:
+        trainer: the trained ``build_trainer`` result (its ``plm_collator`` formats the eval answers).
+        eval_set: the held-out samples; saved to ``output_dir/eval_data`` and answered when ``generate_eval``.
+        training_info: ``plm_tune.export.TRAINING_INFO_KEYS`` facts for ``plm_tune_training.json``; the step
+            count and final losses are added here.
+        generate_eval: answer ``eval_set`` by greedy generation and score it (exact match, BLEU, ROUGE-L, ...).
+            Skipped under DeepSpeed ZeRO-3, whose sharded weights every process must take part in: run
+            ``plm-tune eval --adapter output_dir`` after training instead.
+        compare_base: for an adapter, also answer with the adapter switched off (the base model), for the
+            report's before / after columns. Costs a second generation pass.
+        max_new_tokens, eval_batch_size: generation settings for the eval answers.
+        push_to_hub, hub_model_id, hub_private_repo: upload the folder (model card included, eval data
+            never) with ``plm_tune.export.push_adapter``. Only adapters are pushed this way.
+
+    Returns:
+        ``RunOutputs`` with the paths made.
+    """
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    trainer.save_model(str(output_dir))  # every process: DeepSpeed gathers sharded weights collectively
+    outputs = RunOutputs(output_dir=output_dir)
+    if not trainer.is_world_process_zero():
+        return outputs
+
+    model = trainer.model
+    is_adapter = (output_dir / "adapter_config.json").is_file()
+    history = trainer.state.log_history
+    info = dict(training_info or {})
+    info.setdefault("global_step", trainer.state.global_step)
+    info.setdefault("max_steps", args.max_steps if args.max_steps > 0 else None)
+    final = {key: entry[key] for entry in history for key in ("loss", "eval_loss") if key in entry}
+    if final:
+        info.setdefault("metrics", {("train_loss" if k == "loss" else k): v for k, v in final.items()})
+    write_training_info(output_dir, info)
+
+    if eval_set is not None and len(eval_set) > 0:
+        eval_set.save_to_disk(str(output_dir / EVAL_DATA))
+        if generate_eval and _zero3(trainer):
+            print("Generation eval skipped under ZeRO-3 (sharded weights); after training run: "
+                  f"plm-tune eval --adapter {output_dir}")
+        elif generate_eval:
+            base = "disable_adapter" if compare_base and is_adapter else None
+            result = evaluate(model, trainer.plm_collator.processor, eval_set, base_model=base,
+                              max_new_tokens=max_new_tokens, batch_size=eval_batch_size,
+                              collator=trainer.plm_collator)
+            result.info.update(model=_model_name(model),
+                               adapter=str(output_dir) if is_adapter else None,
+                               data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None})
+            outputs.eval_result = result
+            outputs.eval_json = save_eval(result, output_dir / "eval" / "eval.json")
+            outputs.report = write_report(result, eval_set, output_dir / "eval" / "report.html")
+
+    if push_to_hub:
+        if not is_adapter:
+            raise ValueError("push_to_hub: plm-tune pushes adapters with their model card; for a full finetune "
+                             "use huggingface_hub.upload_folder on the output folder.")
+        if not hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (user/name): pass --hub_model_id.")
+        metrics = dict(info.get("metrics") or {})
+        if outputs.eval_result is not None:
+            metrics.update({f"eval_{k}": v for k, v in outputs.eval_result.metrics.items() if k != "samples"})
+        outputs.hub_url = push_adapter(output_dir, hub_model_id, private=hub_private_repo, metrics=metrics)
+    return outputs
