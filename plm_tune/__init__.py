@@ -33,7 +33,7 @@ from plm_tune.model import enable_gradient_checkpointing, load_for_inference, lo
 from plm_tune.pixels import PixelEncoder
 from plm_tune.report import write_report
 from plm_tune.sample import normalize_messages, validate_sample
-from plm_tune.trainer import PLMMetricsCallback, build_trainer, loss_change
+from plm_tune.trainer import GenerationEvalCallback, PLMMetricsCallback, build_trainer, loss_change
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "evaluate",
     "files_to_upload",
     "generate",
+    "GenerationEvalCallback",
     "Generation",
     "load_eval",
     "load_for_inference",

@@ -81,6 +81,7 @@ def generate(
     collator: PLMCollator | None = None,
     details: bool = False,
     progress: bool = True,
+    synced_gpus: bool = False,
 ) -> list[str] | list[Generation]:
     """Generate an answer for each canonical sample.
 
@@ -97,6 +98,8 @@ def generate(
         collator: the training collator, to reuse its exact settings (``max_tiles`` etc. are then ignored).
         details: return ``Generation`` records (answer, reference, token counts) instead of strings.
         progress: show a progress bar.
+        synced_gpus: under DeepSpeed ZeRO-3 every process must call this with the same samples and
+            ``synced_gpus=True``: each holds a shard of the weights, so all keep stepping until every row ends.
 
     Returns:
         One answer per sample, in order, decoded without special tokens and stripped.
@@ -132,6 +135,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=end_ids,
                 pad_token_id=collator.pad_token_id,
+                synced_gpus=synced_gpus,
                 **options,
             )
             prompt_length = batch["input_ids"].shape[1]

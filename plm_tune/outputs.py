@@ -35,6 +35,10 @@ class EvalArguments:
     compare_base: bool = field(default=True, metadata={
         "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
+    generation_eval_steps: int = field(default=0, metadata={
+        "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
+                "scores (gen_eval/...; works under ZeRO-3). 0: off."})
+    generation_eval_samples: int = field(default=8, metadata={"help": "How many eval samples that answers."})
 
 
 @dataclass

@@ -143,6 +143,7 @@ def build_tiny_plm(
     text_hidden: int = 64,
     text_layers: int = 2,
     bpe_vocab: int = 1000,
+    vision_init_values: float = 0.1,
 ) -> Path:
     """Write a random-init ``PerceptionLMForConditionalGeneration`` and ``PerceptionLMProcessor`` to ``path``.
 
@@ -154,6 +155,8 @@ def build_tiny_plm(
         vision_width, vision_depth: PE ViT width and depth.
         text_hidden, text_layers: Llama decoder width and depth.
         bpe_vocab: BPE vocabulary size before PLM's 256 special tokens.
+        vision_init_values: initial LayerScale of the vision blocks (timm's ``init_values``); small values keep
+            a random tower close to its patch embedding, larger ones let it mix patches from the start.
 
     Returns:
         ``Path(path)``.
@@ -188,7 +191,7 @@ def build_tiny_plm(
             "img_size": (tile_size, tile_size),
             "global_pool": "",
             "use_post_transformer_norm": False,
-            "init_values": 0.1,
+            "init_values": vision_init_values,
             "ref_feat_shape": (grid, grid),
         },
     )

@@ -17,9 +17,11 @@ import torch
 from transformers import TrainerCallback
 
 from plm_tune.collator import PLMCollator
+from plm_tune.generation import generate
+from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
 
-__all__ = ["build_trainer", "loss_change", "PLMMetricsCallback"]
+__all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,43 @@ class PLMMetricsCallback(TrainerCallback):
         self._last, self._last_time, self._last_step = now, time.perf_counter(), state.global_step
 
 
+class GenerationEvalCallback(TrainerCallback):
+    """Every ``every_n_steps`` optimizer steps, answer a small fixed set of samples by greedy generation; the
+    scores (``gen_eval/exact_match``, ``gen_eval/bleu``, ``gen_eval/rouge_l``, ``gen_eval/accuracy`` for short
+    labels) join the next training log: the answers, not only the loss, as training goes.
+
+    Under DeepSpeed ZeRO-3 each process holds a shard of the weights, so every process answers the same
+    samples with ``synced_gpus=True`` (they gather shards together until the longest answer ends); under
+    ZeRO-2 / DDP each process answers them alone. Either way the scores are the same on every process.
+    The scores ride on the next log call instead of a log of their own: ``Trainer.log`` from a callback
+    would count as the step's log and swallow the loss logged at that step.
+    """
+
+    def __init__(self, trainer: Any, samples: Any, every_n_steps: int, max_new_tokens: int = 64) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"generation_eval_steps must be >= 1, got {every_n_steps}.")
+        self.trainer, self.samples, self.every, self.max_new_tokens = trainer, samples, every_n_steps, max_new_tokens
+        self._pending: dict[str, float] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every:
+            return
+        plugin = getattr(self.trainer.accelerator.state, "deepspeed_plugin", None)
+        answers = generate(
+            self.trainer.model, self.trainer.plm_collator.processor, self.samples,
+            max_new_tokens=self.max_new_tokens, batch_size=len(self.samples), collator=self.trainer.plm_collator,
+            details=True, progress=False, synced_gpus=plugin is not None and plugin.zero_stage == 3,
+        )
+        _, means = score_answers([a.answer for a in answers], [a.reference for a in answers])
+        self._pending = {f"gen_eval/{name}": value for name, value in means.items() if name != "samples"}
+        self._pending["gen_eval/step"] = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self._pending:
+            logs.update(self._pending)
+            self._pending = {}
+
+
 def build_trainer(
     model: Any,
     processor: Any,
@@ -85,6 +124,9 @@ def build_trainer(
     vision_lr: float | None = None,
     projector_lr: float | None = None,
     callbacks: list[Any] | None = None,
+    generation_eval_steps: int = 0,
+    generation_eval_samples: int = 8,
+    generation_max_new_tokens: int = 64,
 ):
     """A TRL ``SFTTrainer`` that trains PLM on canonical samples.
 
@@ -103,6 +145,9 @@ def build_trainer(
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
             training starts (``trainer.create_optimizer()`` builds them earlier), so DeepSpeed keeps them.
         callbacks: extra ``TrainerCallback``s.
+        generation_eval_steps: every this many steps, answer the first ``generation_eval_samples`` samples of
+            ``eval_dataset`` by greedy generation (at most ``generation_max_new_tokens`` tokens) and log their
+            scores as ``gen_eval/...`` (``GenerationEvalCallback``; works under ZeRO-3). 0: off.
 
     Returns:
         The trainer; call ``.train()``. Its ``plm_collator`` attribute is the collator (read ``.stats``).
@@ -147,6 +192,15 @@ def build_trainer(
     # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
     trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
     trainer.plm_collator = collator
+    if generation_eval_steps:
+        if eval_dataset is None:
+            raise ValueError("generation_eval_steps needs an eval_dataset to answer: pass one, or set it to 0.")
+        count = min(generation_eval_samples, len(eval_dataset))
+        subset = eval_dataset.select(range(count)) if hasattr(eval_dataset, "select") else eval_dataset[:count]
+        # Before the reporting callbacks, like PLMMetricsCallback, so TensorBoard gets the scores.
+        trainer.callback_handler.callbacks.insert(
+            1, GenerationEvalCallback(trainer, subset, generation_eval_steps, generation_max_new_tokens)
+        )
     return trainer
 
 

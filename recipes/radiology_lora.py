@@ -166,6 +166,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         num_frames=data_args.num_frames,
         vision_lr=model_args.vision_lr,
         projector_lr=model_args.projector_lr,
+        generation_eval_steps=eval_args.generation_eval_steps,
+        generation_eval_samples=eval_args.generation_eval_samples,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if eval_set is not None:

@@ -132,6 +132,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         max_tiles=data_args.max_tiles,
         num_frames=data_args.num_frames,
         projector_lr=model_args.projector_lr,
+        generation_eval_steps=eval_args.generation_eval_steps,
+        generation_eval_samples=eval_args.generation_eval_samples,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if eval_set is not None:

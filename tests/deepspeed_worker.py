@@ -8,7 +8,8 @@ It trains 3 optimizer steps through ``load_model`` and ``build_trainer``, in the
 with ``trainer.save_model``. Rank 0 then writes ``report.json`` with what DeepSpeed built: engine and
 optimizer types, ZeRO stage, world size, the "auto" values it filled, and which weights were sharded at load.
 It also holds the engine optimizer's parameter groups (name, learning rate, parts of their weights), the
-losses, and the per-part learning rates that PLMMetricsCallback logged.
+losses, the per-part learning rates that PLMMetricsCallback logged, and the generation-eval scores logged at
+the last step.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ def main() -> None:
     # ZeRO-3 partitions each weight as from_pretrained builds the module (timm tower included): ds_id marks it.
     sharded_at_load = {n: hasattr(p, "ds_id") for n, p in model.named_parameters()}
     recorder = _RecordLogs()
-    trainer = build_trainer(model, processor, _samples(), args=config, max_tiles=2, projector_lr=PROJECTOR_LR,
-                            callbacks=[recorder])
+    # Generation eval at the last step: under ZeRO-3 both processes answer together (synced_gpus).
+    trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, max_tiles=2,
+                            projector_lr=PROJECTOR_LR, callbacks=[recorder], generation_eval_steps=3,
+                            generation_eval_samples=2, generation_max_new_tokens=4)
     trainer.train()
 
     engine = trainer.deepspeed
@@ -132,6 +135,7 @@ def main() -> None:
         "gradient_clipping": engine.gradient_clipping(),
         "groups": _engine_groups(engine),
         "losses": [log["loss"] for log in recorder.logs if "loss" in log],
+        "gen_eval": [log for log in recorder.logs if any(key.startswith("gen_eval/") for key in log)],
         # What PLMMetricsCallback added to each training log: the learning rate of each part.
         "logged_lrs": [
             {k: v for k, v in log.items() if k.startswith("learning_rate/")} for log in recorder.logs if "loss" in log
