@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT as PLM_DEFAULT_SYSTEM_PROMPT
 
-__all__ = ["build_tiny_plm", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS", "PLM_DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["TINY_PRESETS", "build_tiny_plm", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS", "PLM_DEFAULT_SYSTEM_PROMPT"]
 
 # PLM's chat template exactly as transformers' convert_perception_lm_weights_to_hf.py writes it.
 PLM_CHAT_TEMPLATE = (
@@ -131,6 +131,16 @@ def _build_tokenizer(vocab_size: int):
         clean_up_tokenization_spaces=True,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
     )
+
+
+# Named sizes for build_tiny_plm. "test" (the defaults) is the fastest and what tests and the CPU demos use;
+# "learner" is the smallest size found (sweeping tile size, vision width / depth, text width / depth) at
+# which the whole pipeline learns synthetic_shapes' circle-versus-square with the vision tower trained:
+# 112 px tiles (16 tokens each) and a 64-wide tower. Wider text or deeper towers did not help.
+TINY_PRESETS: dict[str, dict[str, int]] = {
+    "test": {},
+    "learner": {"tile_size": 112, "vision_width": 64},
+}
 
 
 def build_tiny_plm(

@@ -121,6 +121,7 @@ def build_trainer(
     train_on: str = "assistant",
     max_tiles: int | None = None,
     num_frames: int = 32,
+    vision_input_type: str | None = None,
     vision_lr: float | None = None,
     projector_lr: float | None = None,
     callbacks: list[Any] | None = None,
@@ -140,7 +141,8 @@ def build_trainer(
             ``args.max_length`` is the collator's ``max_length`` when no collator is given (TRL's default is
             1024 tokens: PLM's thumb+tile image alone is about 9.5k, so set it deliberately).
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
-            ``num_frames`` and ``args.max_length``, with pixels in the model's dtype.
+            ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
+            and ``args.max_length``, with pixels in the model's dtype.
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
             training starts (``trainer.create_optimizer()`` builds them earlier), so DeepSpeed keeps them.
@@ -170,6 +172,7 @@ def build_trainer(
             train_on=train_on,
             max_tiles=max_tiles,
             num_frames=num_frames,
+            vision_input_type=vision_input_type,
             pixel_dtype=_model_dtype(model),
         )
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)

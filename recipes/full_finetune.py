@@ -29,7 +29,7 @@ from trl import SFTConfig, TrlParser
 from data_adapters import from_hf_dataset, synthetic_shapes
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
-from plm_tune.testing import build_tiny_plm
+from plm_tune.testing import TINY_PRESETS, build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 
@@ -42,6 +42,8 @@ class ModelArguments:
     projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
+    tiny_preset: Literal["test", "learner"] = field(
+        default="test", metadata={"help": "Size of that tiny PLM (plm_tune.testing.TINY_PRESETS)."})
 
 
 @dataclass
@@ -56,6 +58,9 @@ class DataArguments:
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
     max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
+    vision_input_type: Literal["thumb+tile", "vanilla"] | None = field(default=None, metadata={
+        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image (default: the "
+                "processor's)."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
 
 
@@ -76,7 +81,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     if model_args.build_tiny_if_missing:
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
-                build_tiny_plm(path)
+                build_tiny_plm(path, **TINY_PRESETS[model_args.tiny_preset])
     # float32 weights: with bf16=True the Trainer autocasts the forward pass, while the optimizer updates
     # float32 weights (a 1e-5 step on a bf16 weight mostly rounds away). One checkpointing switch, SFTConfig's
     # (TRL defaults it on): load_model also reaches the timm vision blocks, so the Trainer's is turned off.
@@ -121,6 +126,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         training_args,
         train_on=data_args.train_on,
         max_tiles=data_args.max_tiles,
+        vision_input_type=data_args.vision_input_type,
         vision_lr=model_args.vision_lr,
         projector_lr=model_args.projector_lr,
         generation_eval_steps=eval_args.generation_eval_steps,
