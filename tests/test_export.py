@@ -384,3 +384,31 @@ def test_push_keeps_a_card_of_your_own(lora_copy, tmp_path, monkeypatch):
     push_adapter(lora_copy, "me/plm-lora")
     assert (hub.remote / "README.md").read_text() == "# My own card\n"
     assert hub.calls[0][3]["private"] is False
+
+
+def test_save_run_pushes_the_trained_adapter_with_its_card_and_not_the_eval_data(tiny_plm_path, tmp_path, monkeypatch):
+    """The recipes' push_to_hub path: train 2 steps, save_run saves, evaluates, then pushes through HfApi."""
+    from trl import SFTConfig
+
+    from data_adapters.synthetic import synthetic_shapes
+    from plm_tune import build_trainer, load_model
+    from plm_tune.outputs import save_run
+
+    hub = _Hub(tmp_path / "remote")
+    hub.install(monkeypatch)
+    model, processor = load_model(tiny_plm_path, method="lora")
+    samples = synthetic_shapes(12, seed=0, max_tiles=1)
+    args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to="none",
+                     bf16=False, max_length=None, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = build_trainer(model, processor, samples.select(range(8)), samples.select(range(8, 12)), args)
+    trainer.train()
+    outputs = save_run(trainer, eval_set=samples.select(range(8, 12)), training_info={"method": "lora"},
+                       max_new_tokens=4, push_to_hub=True, hub_model_id="me/plm-run")
+
+    assert outputs.hub_url.startswith("https://huggingface.co/me/plm-run/commit/")
+    assert (tmp_path / "run/eval_data").is_dir() and outputs.report.is_file()
+    remote = {p.relative_to(hub.remote).as_posix() for p in hub.remote.rglob("*") if p.is_file()}
+    assert {"adapter_model.safetensors", "plm_tune_training.json", "README.md"} <= remote
+    assert not [p for p in remote if p.startswith(("eval_data/", "eval/")) or p.endswith(".bin")]
+    card = (hub.remote / "README.md").read_text()
+    assert "**Training steps:** 2" in card and "eval_rouge_l" in card  # steps and held-out scores recorded
