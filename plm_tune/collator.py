@@ -20,8 +20,10 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.formatting import IGNORE_INDEX, ConversationEncoder, EncodedConversation, TrainOn
+from plm_tune.media import load_image
 from plm_tune.pixels import PixelEncoder, VisionInputType
 from plm_tune.sample import normalize_messages
+from plm_tune.sparse_logits import keep_labelled_logits
 
 __all__ = ["PLMCollator", "EncodedSample", "CollatorStats"]
 
@@ -55,6 +57,8 @@ class CollatorStats:
         "dropped_images",  # images that were only in dropped turns
         "dropped_videos",  # videos that were only in dropped turns
         "rejected_too_long",  # samples whose first exchange alone exceeds max_length
+        "fitted_samples",  # samples made to fit max_length by lowering their image tiles (fit_tiles=True)
+        "tiles_removed",  # image tiles those samples lost (tiles asked for minus tiles kept)
         "tokens",  # real (unpadded) tokens in built batches
         "labelled_tokens",  # tokens with a label (the loss is computed on these)
         "media_tokens",  # image / video placeholder tokens
@@ -109,7 +113,20 @@ class PLMCollator:
         num_frames: frames per video (default 32, as PLM); a sample's ``"num_frames"`` overrides it.
         on_too_long: ``"skip"`` (count in ``stats["rejected_too_long"]`` and log) or ``"raise"``.
         truncate_turns: when False, a too-long sample is rejected whole instead of losing trailing turns.
+        fit_tiles: when True, a sample longer than ``max_length`` first keeps every turn and has its image
+            tile budgets lowered instead, the image with the most tiles first, one grid size at a time
+            (36 -> 25 -> 16 -> 9 -> 4 -> 1 for a square image), until the whole sample fits; its
+            ``"max_tiles"`` stays the upper bound. Tiles go first because they keep the text (answers and
+            later turns), which is usually what matters for training. Counted in ``stats["fitted_samples"]``
+            and ``stats["tiles_removed"]`` and logged per sample. If even 1 tile per image does not fit, the
+            sample keeps the tiles it asked for and the turn policy above applies (``truncate_turns``,
+            ``on_too_long``). Video frame counts are never lowered (``num_frames`` is its own policy), and
+            ``"vanilla"`` images have one tile already, so only thumb+tile images are fitted.
         pixel_dtype: dtype of ``pixel_values`` (use the model's dtype, e.g. ``torch.bfloat16``).
+        labelled_logits_only: add ``logits_to_keep`` and ``shift_labels`` (``plm_tune.sparse_logits``), so
+            ``model(**batch)`` projects onto the vocabulary only the positions that predict a labelled token
+            (same loss, ``logits`` ``(batch, K, vocab)``). For your own loops; ``build_trainer`` refuses it, as
+            TRL's fused LM head already skips the full logits.
 
     Example:
         >>> collator = PLMCollator(processor, max_length=4096)                    # doctest: +SKIP
@@ -128,7 +145,9 @@ class PLMCollator:
         num_frames: int = 32,
         on_too_long: OnTooLong = "skip",
         truncate_turns: bool = True,
+        fit_tiles: bool = False,
         pixel_dtype: torch.dtype = torch.float32,
+        labelled_logits_only: bool = False,
     ) -> None:
         if train_on not in ("assistant", "all"):
             raise ValueError(f"train_on must be 'assistant' or 'all', got {train_on!r}.")
@@ -145,7 +164,9 @@ class PLMCollator:
         self.train_on = train_on
         self.on_too_long = on_too_long
         self.truncate_turns = truncate_turns
+        self.fit_tiles = fit_tiles
         self.pixel_dtype = pixel_dtype
+        self.labelled_logits_only = labelled_logits_only
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.stats = CollatorStats()
 
@@ -160,6 +181,10 @@ class PLMCollator:
             turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
         )
         self.stats.add("samples")
+        if self.fit_tiles and self.max_length is not None and len(encoded.input_ids) > self.max_length:
+            fitted = self._fit_tiles(sample, turns, images, counts, add_generation_prompt)
+            if fitted is not None:
+                images, encoded = fitted
         keep_turns = len(turns)
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
             keep_turns = self._turns_that_fit(turns, encoded, sample)
@@ -217,6 +242,67 @@ class PLMCollator:
             videos=[media["video"][i][0] for i in used["video"]],
         ), reference
 
+    def _fit_tiles(
+        self,
+        sample: dict[str, Any],
+        turns: list,
+        images: list[tuple[torch.Tensor, int]],
+        counts: dict[str, list[int]],
+        add_generation_prompt: bool,
+    ) -> tuple[list[tuple[torch.Tensor, int]], EncodedConversation] | None:
+        """Lower image tile budgets, the largest grid first, until every turn fits ``max_length``.
+
+        Returns ``(images, encoded)`` of the fitted sample, or None when even 1 tile per image is too long
+        (the caller then applies the turn policy to the sample as it was asked for).
+        """
+        if not images or self.pixels.vision_input_type != "thumb+tile":
+            return None
+
+        def grid(tiles: torch.Tensor) -> int:
+            return tiles.shape[0] - 1  # thumb+tile: the thumbnail, then the grid of tiles
+
+        def encode(candidate: list[tuple[torch.Tensor, int]]) -> EncodedConversation:
+            candidate_counts = {"image": [n for _, n in candidate], "video": counts["video"]}
+            return self.encoder.encode(
+                turns, candidate_counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
+            )
+
+        pils = [load_image(entry) for entry in sample["images"]]  # decoded once for every budget tried
+
+        def lowered(current: list[tuple[torch.Tensor, int]], cap: int) -> list[tuple[torch.Tensor, int]]:
+            # Only the images whose grid exceeds the cap are processed again, at that budget.
+            return [self.pixels.image(pil, cap) if grid(t) > cap else (t, n)
+                    for pil, (t, n) in zip(pils, current, strict=True)]
+
+        # The floor first: a sample that cannot fit costs one processor call per image, not the whole ladder.
+        floor = lowered(images, 1)
+        encoded = encode(floor)
+        if len(encoded.input_ids) > self.max_length:
+            return None
+        fitted = images
+        while (cap := max(grid(t) for t, _ in fitted) - 1) > 1:
+            fitted = lowered(fitted, cap)
+            candidate = encode(fitted)
+            if len(candidate.input_ids) <= self.max_length:
+                encoded = candidate
+                break
+        else:
+            fitted = floor  # the tiles a budget of 1 gives
+        pairs = list(zip(images, fitted, strict=True))
+        self.stats.add("fitted_samples")
+        self.stats.add("tiles_removed", sum(grid(old) - grid(new) for (old, _), (new, _) in pairs))
+        changes = ", ".join(
+            f"image {i}: {grid(old)} -> {grid(new)}"
+            for i, ((old, _), (new, _)) in enumerate(pairs) if grid(old) != grid(new)
+        )
+        before = len(encoded.input_ids) + sum(n for _, n in images) - sum(n for _, n in fitted)
+        logger.warning(
+            "Fitted sample%s into max_length=%d by lowering its image tiles (fit_tiles=True; tiles besides "
+            "the thumbnail): %s; %d -> %d tokens, every turn kept.",
+            self._describe(sample), self.max_length, changes, before, len(encoded.input_ids),
+        )
+        return fitted, encoded
+
     def _turns_that_fit(self, turns: list, encoded: EncodedConversation, sample: dict[str, Any]) -> int:
         """How many leading messages to keep: whole exchanges (ending on an assistant turn) that fit."""
         has_system = turns[0].role == "system"
@@ -273,7 +359,7 @@ class PLMCollator:
         self.stats.add("labelled_tokens", int((batch["labels"] != IGNORE_INDEX).sum()))
         media = sum(int((batch["input_ids"] == token).sum()) for token in self.encoder.media_ids.values())
         self.stats.add("media_tokens", media)
-        return batch
+        return keep_labelled_logits(batch) if self.labelled_logits_only else batch
 
     def pad(self, encoded: list[EncodedSample]) -> dict[str, torch.Tensor]:
         """Right-pad encoded samples into one batch dict."""

@@ -26,6 +26,7 @@ from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.generation import Generation, _pixel_dtype, generate
 from plm_tune.metrics import ScoreKind, score_answers
 from plm_tune.sample import normalize_messages
+from plm_tune.sparse_logits import labelled_positions
 
 __all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "save_eval", "load_eval"]
 
@@ -276,11 +277,12 @@ def _eval_loss(
             labels = batch.pop("labels").to(device)
             inputs = {key: value.to(device, pixel_dtype) if value.is_floating_point() else value.to(device)
                       for key, value in batch.items()}
-            logits = model(**inputs).logits  # (batch, length, vocab)
-            # Position t predicts token t + 1; only labelled targets count, upcast for a stable sum in bf16.
-            targets = labels[:, 1:]
+            # Logits only at the K positions that predict a labelled token: media tokens need none.
+            logits_to_keep, targets = labelled_positions(labels)  # (K,), (batch, K)
+            logits = model(**inputs, logits_to_keep=logits_to_keep).logits  # (batch, K, vocab)
             keep = targets != IGNORE_INDEX
-            total += F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum").item()
+            # Upcast for a stable sum in bf16.
+            total += F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum").item()
             tokens += int(keep.sum())
     finally:
         model.train(was_training)

@@ -142,7 +142,9 @@ def build_trainer(
             1024 tokens: PLM's thumb+tile image alone is about 9.5k, so set it deliberately).
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
-            and ``args.max_length``, with pixels in the model's dtype.
+            and ``args.max_length``, with pixels in the model's dtype. Training never materialises
+            ``(batch, seq_len, vocab)`` logits: TRL's fused LM head scores positions in tiles of 4096 tokens (on
+            CUDA only the labelled ones), so a collator with ``labelled_logits_only=True`` is refused (ValueError).
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
             training starts (``trainer.create_optimizer()`` builds them earlier), so DeepSpeed keeps them.
@@ -165,6 +167,12 @@ def build_trainer(
         remove_unused_columns=False,
         dataset_kwargs={**(args.dataset_kwargs or {}), "skip_prepare_dataset": True},
     )
+    if collator is not None and getattr(collator, "labelled_logits_only", False):
+        raise ValueError(
+            "build_trainer got a PLMCollator with labelled_logits_only=True. TRL's SFTTrainer already scores only "
+            "labelled positions (its fused LM head never builds the full logits) and reads `shift_labels` as "
+            "full-length labels, so the batch would not fit it. Build the collator with labelled_logits_only=False."
+        )
     if collator is None:
         collator = PLMCollator(
             processor,

@@ -23,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from plm_tune import PLMCollator, load_model
 from plm_tune.export import (
     IGNORE_PATTERNS,
+    TRAINING_INFO_FILE,
     TRAINING_INFO_KEYS,
     files_to_upload,
     merge_adapter,
@@ -125,7 +126,9 @@ def test_merged_folder_loads_alone_and_gives_the_adapters_logits(
 
     assert out == tmp_path / "merged"
     files = {p.name for p in out.iterdir()}
-    assert files == {"config.json", "generation_config.json", "model.safetensors", *PROCESSOR_FILES}
+    # The training facts travel along (generate's tile / frame defaults), when the adapter had them.
+    recorded = {TRAINING_INFO_FILE} if method == "qlora" else set()
+    assert files == {"config.json", "generation_config.json", "model.safetensors", *PROCESSOR_FILES, *recorded}
     assert not any(name.startswith("adapter_") or name.endswith((".bin", ".pt")) for name in files)
     merged = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
     assert not any("lora" in name or "modules_to_save" in name for name, _ in merged.named_parameters())

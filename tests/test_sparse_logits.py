@@ -1,0 +1,146 @@
+"""Logits only where labels are set: ``keep_labelled_logits`` gives the full-logits loss and gradients on the tiny
+PLM, on K positions; training through ``build_trainer`` (TRL's fused LM head) never calls ``lm_head`` and logs the
+full-logits loss and token accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_frames, make_image
+from transformers import AutoModelForImageTextToText, TrainerCallback
+from trl import SFTConfig
+
+from plm_tune import PLMCollator, build_trainer
+from plm_tune.formatting import IGNORE_INDEX
+from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions
+
+
+def _qa(question, answer, media=()):
+    return [
+        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def _mixed_samples():
+    """Two images with different tile counts, a video, a multi-turn conversation."""
+    multi_turn = _qa("Describe.", "Noise.", ["image"]) + _qa("And the colour?", "Mostly grey, some red.")
+    return [
+        {"messages": _qa("Compare them.", "The left is brighter.", ["image", "image"]),
+         "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
+        {"messages": _qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
+        {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
+    ]
+
+
+def _some_parameters(model):
+    """One parameter each of the LM head, the decoder, the projector and the vision tower."""
+    picked = {}
+    for name, param in model.named_parameters():
+        for part in ("lm_head", "language_model.layers.0", "multi_modal_projector", "vision_tower"):
+            if part in name and part not in picked and param.requires_grad:
+                picked[part] = param
+    assert len(picked) == 4, picked.keys()
+    return list(picked.values())
+
+
+def test_labelled_positions_is_the_union_of_next_token_labels():
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    keep, shift = labelled_positions(labels)
+    assert keep.tolist() == [0, 1, 2]
+    assert shift.tolist() == [[-100, 5, 6], [7, -100, -100]]
+
+
+@pytest.mark.parametrize("train_on", ["assistant", "all"])
+def test_same_loss_and_gradients_as_full_logits(processor, model, train_on):
+    batch = PLMCollator(processor, train_on=train_on)(_mixed_samples())
+    params = _some_parameters(model)
+
+    full = model(**batch)
+    full_grads = torch.autograd.grad(full.loss, params)
+    sparse = model(**keep_labelled_logits(batch))
+    sparse_grads = torch.autograd.grad(sparse.loss, params)
+
+    assert torch.isfinite(full.loss)
+    assert abs(sparse.loss.item() - full.loss.item()) < 1e-6
+    for full_grad, sparse_grad in zip(full_grads, sparse_grads, strict=True):
+        assert full_grad.abs().max() > 0
+        torch.testing.assert_close(sparse_grad, full_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_cover_only_the_labelled_positions(processor, model):
+    # Image-heavy: four images of up to 16 tiles + thumbnail each, answers of a few tokens.
+    samples = [
+        {"messages": _qa("Describe.", "Noise.", ["image"] * 4), "max_tiles": 16,
+         "images": [make_image(400, 300, seed=4 * s + i) for i in range(4)]}
+        for s in range(2)
+    ]
+    batch = PLMCollator(processor, labelled_logits_only=True)(samples)
+    labels = batch["labels"]
+    expected = sorted({t for row in labels.tolist() for t in range(len(row) - 1) if row[t + 1] != IGNORE_INDEX})
+
+    with torch.no_grad():
+        out = model(**batch)
+
+    seq_len = labels.shape[1]
+    assert batch["logits_to_keep"].tolist() == expected
+    assert out.logits.shape == (2, len(expected), model.config.text_config.vocab_size)
+    assert len(expected) * 20 < seq_len, (len(expected), seq_len)
+    print(f"\nK={len(expected)} labelled next-token positions of seq_len={seq_len}")
+
+
+class _Logs(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def _full_logits_loss(outputs, labels, num_items_in_batch=None):
+    """The model's own loss on its full ``(batch, seq_len, vocab)`` logits."""
+    vocab = outputs.logits.shape[-1]
+    return torch.nn.functional.cross_entropy(
+        outputs.logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    ) / (num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _train(tiny_plm_path, processor, tmp_path, *, full_logits: bool):
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=torch.float32)
+    args = SFTConfig(
+        output_dir=str(tmp_path / ("full" if full_logits else "fused")), per_device_train_batch_size=2, max_steps=3,
+        learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", bf16=False, max_length=None,
+        dataloader_num_workers=0, seed=0, disable_tqdm=True,
+    )
+    logs = _Logs()
+    # Images only: video frames as numpy arrays do not survive the list -> datasets table conversion.
+    samples = [sample for sample in _mixed_samples() if "videos" not in sample]
+    trainer = build_trainer(model, processor, samples, args=args, callbacks=[logs])
+    lm_head_calls = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: lm_head_calls.append(output.shape))
+    if full_logits:
+        trainer.compute_loss_func = _full_logits_loss  # TRL's route for a custom loss: the model's full logits
+    trainer.train()
+    return [entry for entry in logs.logs if "loss" in entry], lm_head_calls
+
+
+def test_trainer_never_builds_full_logits_and_logs_the_full_logits_loss(tiny_plm_path, processor, tmp_path):
+    fused, fused_lm_head_calls = _train(tiny_plm_path, processor, tmp_path, full_logits=False)
+    full, full_lm_head_calls = _train(tiny_plm_path, processor, tmp_path, full_logits=True)
+
+    assert fused_lm_head_calls == []  # TRL's fused head projects labelled rows in tiles, not through lm_head
+    assert full_lm_head_calls and all(len(shape) == 3 for shape in full_lm_head_calls)
+    assert len(fused) == len(full) == 3
+    for a, b in zip(fused, full, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["loss"], b["loss"])
+        assert "mean_token_accuracy" in a
+        assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"], abs=1e-6)
+
+
+def test_build_trainer_refuses_a_labelled_logits_only_collator(processor, model, tmp_path):
+    collator = PLMCollator(processor, labelled_logits_only=True)
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none")
+    with pytest.raises(ValueError, match="labelled_logits_only"):
+        build_trainer(model, processor, _mixed_samples(), args=args, collator=collator)
