@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from plm_tune.collator import CollatorStats, PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.generation import Generation, _pixel_dtype, generate
+from plm_tune.generation import Generation, generate, vision_dtype
 from plm_tune.metrics import ScoreKind, score_answers
 from plm_tune.sample import normalize_messages
 from plm_tune.sparse_logits import labelled_positions
@@ -262,7 +262,7 @@ def _eval_loss(
     collator = copy.copy(collator)
     collator.stats = CollatorStats()
     device = next(model.parameters()).device
-    pixel_dtype = _pixel_dtype(model)
+    pixel_dtype = vision_dtype(model)
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()

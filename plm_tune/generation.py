@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from plm_tune.collator import EncodedSample, PLMCollator
 
-__all__ = ["generate", "Generation", "end_token_ids", "left_pad"]
+__all__ = ["generate", "Generation", "end_token_ids", "left_pad", "vision_dtype"]
 
 END_TOKENS = ("<|eot_id|>", "<|end_of_text|>")
 
@@ -56,7 +56,7 @@ def left_pad(encoded: Sequence[EncodedSample], pad_token_id: int, pixel_dtype: t
     return batch
 
 
-def _pixel_dtype(model: Any) -> torch.dtype:
+def vision_dtype(model: Any) -> torch.dtype:
     """The dtype pixels should have: that of the vision tower's first weight (QLoRA never quantises it)."""
     named = list(model.named_parameters())
     for name, parameter in named:
@@ -113,7 +113,7 @@ def generate(
     collator = collator or PLMCollator(processor, max_tiles=max_tiles, num_frames=num_frames)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
-    pixel_dtype = _pixel_dtype(model)
+    pixel_dtype = vision_dtype(model)
     end_ids = end_token_ids(tokenizer)
     options: dict[str, Any] = {"do_sample": do_sample}
     if do_sample:

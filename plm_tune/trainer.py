@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback
 
 from plm_tune.collator import PLMCollator
-from plm_tune.generation import generate
+from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
 
@@ -181,7 +181,7 @@ def build_trainer(
             max_tiles=max_tiles,
             num_frames=num_frames,
             vision_input_type=vision_input_type,
-            pixel_dtype=_model_dtype(model),
+            pixel_dtype=vision_dtype(model),
         )
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
@@ -256,14 +256,6 @@ def _optimizer_class(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, 
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
     return optimizer_cls, kwargs
-
-
-def _model_dtype(model: Any) -> torch.dtype:
-    """The vision tower's dtype: pixels must match it."""
-    for name, param in model.named_parameters():
-        if "vision_tower" in name and param.dtype.is_floating_point:
-            return param.dtype
-    return torch.float32
 
 
 def loss_change(log_history: list[dict[str, Any]]) -> str:
