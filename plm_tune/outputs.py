@@ -51,6 +51,16 @@ class RunOutputs:
     eval_result: EvalResult | None = None
     hub_url: str | None = None
 
+    def summary(self) -> str:
+        """What the end of the run made, for the recipes' last lines: held-out scores, report, Hub URL."""
+        lines = []
+        if self.report is not None and self.eval_result is not None:
+            metrics = ", ".join(f"{k} {v:.3g}" for k, v in self.eval_result.metrics.items() if k != "samples")
+            lines.append(f"Eval answers: {metrics}. Report: {self.report}")
+        if self.hub_url:
+            lines.append(f"Pushed to {self.hub_url}")
+        return "\n".join(lines)
+
 
 def _model_name(model: Any) -> str:
     """The base model's id or folder: from the peft config for an adapter, else the model's own config."""

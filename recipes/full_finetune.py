@@ -157,11 +157,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
               f"(load it with AutoModelForImageTextToText.from_pretrained('{training_args.output_dir}')).")
         print(f"{len(train_set)} train / {len(eval_set) if eval_set is not None else 0} eval samples: "
               + loss_change(trainer.state.log_history))
-        if outputs.report is not None:
-            metrics = ", ".join(f"{k} {v:.3g}" for k, v in outputs.eval_result.metrics.items() if k != "samples")
-            print(f"Eval answers: {metrics}. Report: {outputs.report}")
-        if outputs.hub_url:
-            print(f"Pushed to {outputs.hub_url}")
+        if outputs.summary():
+            print(outputs.summary())
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())
