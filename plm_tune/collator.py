@@ -60,6 +60,7 @@ class CollatorStats:
         "fitted_samples",  # samples made to fit max_length by lowering their image tiles (fit_tiles=True)
         "tiles_removed",  # image tiles those samples lost (tiles asked for minus tiles kept)
         "tokens",  # real (unpadded) tokens in built batches
+        "token_slots",  # token positions in built batches, padding included (rows x longest row)
         "labelled_tokens",  # tokens with a label (the loss is computed on these)
         "media_tokens",  # image / video placeholder tokens
     )
@@ -123,6 +124,16 @@ class PLMCollator:
             ``on_too_long``). Video frame counts are never lowered (``num_frames`` is its own policy), and
             ``"vanilla"`` images have one tile already, so only thumb+tile images are fitted.
         pixel_dtype: dtype of ``pixel_values`` (use the model's dtype, e.g. ``torch.bfloat16``).
+        padding_free: when True, the samples of a batch are packed into ONE row with no padding at all:
+            ``input_ids`` / ``labels`` ``(1, total_tokens)``, ``position_ids`` restarting at 0 for each sample,
+            the sequence boundaries ``cu_seq_lens_q`` / ``cu_seq_lens_k`` / ``max_length_q`` / ``max_length_k``
+            for flash-attention's varlen kernels, ``use_cache=False`` and no ``attention_mask``. Without the mask, transformers
+            finds the samples from ``position_ids`` and attention never crosses them (flash-attention varlen
+            on a GPU; an equivalent block-diagonal causal mask with ``sdpa`` / ``eager``). Each sample's first
+            label is ignored (it would be predicted from the previous sample; unpacked, nothing predicts it
+            either), so the loss is the unpacked one. Pixels are unchanged (the model fills placeholders in
+            order). ``max_length`` still applies per sample. With ``sdpa`` / ``eager`` that mask is
+            ``total_tokens**2`` booleans: keep batches moderate there (a GPU with flash-attention builds none).
         labelled_logits_only: add ``logits_to_keep`` and ``shift_labels`` (``plm_tune.sparse_logits``), so
             ``model(**batch)`` projects onto the vocabulary only the positions that predict a labelled token
             (same loss, ``logits`` ``(batch, K, vocab)``). For your own loops; ``build_trainer`` refuses it, as
@@ -147,6 +158,7 @@ class PLMCollator:
         truncate_turns: bool = True,
         fit_tiles: bool = False,
         pixel_dtype: torch.dtype = torch.float32,
+        padding_free: bool = False,
         labelled_logits_only: bool = False,
     ) -> None:
         if train_on not in ("assistant", "all"):
@@ -166,6 +178,7 @@ class PLMCollator:
         self.truncate_turns = truncate_turns
         self.fit_tiles = fit_tiles
         self.pixel_dtype = pixel_dtype
+        self.padding_free = padding_free
         self.labelled_logits_only = labelled_logits_only
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.stats = CollatorStats()
@@ -353,9 +366,10 @@ class PLMCollator:
                 f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="
                 f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
             )
-        batch = self.pad(encoded)
+        batch = self.pack(encoded) if self.padding_free else self.pad(encoded)
         self.stats.add("batches")
-        self.stats.add("tokens", int(batch["attention_mask"].sum()))
+        self.stats.add("tokens", sum(len(e.input_ids) for e in encoded))
+        self.stats.add("token_slots", batch["input_ids"].numel())
         self.stats.add("labelled_tokens", int((batch["labels"] != IGNORE_INDEX).sum()))
         media = sum(int((batch["input_ids"] == token).sum()) for token in self.encoder.media_ids.values())
         self.stats.add("media_tokens", media)
@@ -374,6 +388,35 @@ class PLMCollator:
             labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
             attention_mask[row, :n] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return self._add_pixels(batch, encoded)
+
+    def pack(self, encoded: list[EncodedSample]) -> dict[str, Any]:
+        """Concatenate encoded samples into one row without padding (see ``padding_free``)."""
+        lengths = torch.tensor([len(e.input_ids) for e in encoded])
+        input_ids = torch.tensor([token for e in encoded for token in e.input_ids], dtype=torch.long)[None]
+        labels = torch.tensor([label for e in encoded for label in e.labels], dtype=torch.long)[None]
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        # Unpacked, no position predicts a sample's first token; packed, the previous sample's last one would.
+        labels[0, starts] = IGNORE_INDEX
+        position_ids = torch.cat([torch.arange(n) for n in lengths.tolist()])[None]
+        boundaries = torch.cat([starts, lengths.sum().reshape(1)]).to(torch.int32)
+        longest = int(lengths.max())
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            # What flash-attention's varlen kernels read; computed here so the GPU never syncs to find them.
+            "cu_seq_lens_q": boundaries,
+            "cu_seq_lens_k": boundaries,
+            "max_length_q": longest,
+            "max_length_k": longest,
+            # transformers detects the samples from position_ids only without a KV cache, and a forward with
+            # the config's use_cache=True (eval mode) makes one: attention would then cross the samples.
+            "use_cache": False,
+        }
+        return self._add_pixels(batch, encoded)
+
+    def _add_pixels(self, batch: dict[str, Any], encoded: list[EncodedSample]) -> dict[str, Any]:
         # Row-major order of samples = order in which the model meets the placeholders.
         tiles = [t for e in encoded for t in e.images]
         if tiles:
