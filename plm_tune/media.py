@@ -140,6 +140,8 @@ def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
 def _frames_from_array_or_images(entry: Any) -> np.ndarray:
     if isinstance(entry, np.ndarray):
         frames = entry
+    elif len(entry) and isinstance(entry[0], list | tuple):
+        frames = np.asarray(entry, dtype=np.uint8)  # an array that went through Arrow comes back as nested lists
     else:
         if len(entry) == 0:
             raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")

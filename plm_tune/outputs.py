@@ -127,7 +127,7 @@ def save_run(
     write_training_info(output_dir, info)
 
     if eval_set is not None and len(eval_set) > 0:
-        eval_set.save_to_disk(str(output_dir / EVAL_DATA))
+        _as_table(eval_set).save_to_disk(str(output_dir / EVAL_DATA))
         if generate_eval and _zero3(trainer):
             print("Generation eval skipped under ZeRO-3 (sharded weights); after training run: "
                   f"plm-tune eval --adapter {output_dir}")
@@ -154,3 +154,24 @@ def save_run(
             metrics.update({f"eval_{k}": v for k, v in outputs.eval_result.metrics.items() if k != "samples"})
         outputs.hub_url = push_adapter(output_dir, hub_model_id, private=hub_private_repo, metrics=metrics)
     return outputs
+
+
+def _as_table(samples: Any) -> Any:
+    """A ``datasets`` table to save: a list of samples (or ``build_trainer``'s in-memory view of one) becomes
+    Arrow rows with one type per column: string content becomes one text part, every part gets a "text", and
+    keys missing from a sample are None (Arrow would otherwise keep only the first sample's keys)."""
+    import datasets
+
+    if isinstance(samples, datasets.Dataset) and samples.format.get("type") != "custom":
+        return samples
+    rows = [samples[i] for i in range(len(samples))]
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    table = []
+    for row in rows:
+        messages = []
+        for message in row["messages"]:
+            content = message["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
+        table.append({**{key: row.get(key) for key in keys}, "messages": messages})
+    return datasets.Dataset.from_list(table)

@@ -216,22 +216,32 @@ def build_trainer(
 
 
 def _as_dataset(samples: Any) -> Any:
-    """TRL wants a ``datasets`` table: a plain list of samples becomes one."""
+    """TRL wants a ``datasets`` table: a plain list of samples becomes one that hands back the samples themselves.
+
+    The table holds only row numbers; a transform returns the original dicts, untouched. Converting them to Arrow
+    would keep only the keys of the first sample (a video set after an image-only sample lost its videos) and
+    turn in-memory frames into nested lists.
+    """
     if isinstance(samples, list):
         import datasets
 
-        return datasets.Dataset.from_list([_uniform_parts(s) for s in samples])
+        return datasets.Dataset.from_dict({_ROW: list(range(len(samples)))}).with_transform(_InMemoryRows(samples))
     return samples
 
 
-def _uniform_parts(sample: dict[str, Any]) -> dict[str, Any]:
-    """Arrow needs one type per column: string content becomes one text part; every part gets a "text"."""
-    messages = []
-    for message in sample["messages"]:
-        content = message["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
-    return {**sample, "messages": messages}
+_ROW = "_plm_tune_row"
+
+
+class _InMemoryRows:
+    """``Dataset.with_transform`` function: rows of row numbers -> the samples at those numbers (picklable)."""
+
+    def __init__(self, samples: list[dict[str, Any]]) -> None:
+        self.samples = samples
+
+    def __call__(self, batch: dict[str, list[int]]) -> dict[str, list[Any]]:
+        rows = [self.samples[i] for i in batch[_ROW]]
+        keys = list(dict.fromkeys(key for row in rows for key in row))
+        return {key: [row.get(key) for row in rows] for key in keys}
 
 
 class _PartOptimizer:

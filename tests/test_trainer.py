@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
@@ -233,3 +234,37 @@ def test_resume_from_checkpoint_replays_the_uninterrupted_run(tiny_plm_path, tmp
     assert [log["loss"] for log in trainer_c.state.log_history if "loss" in log][-1] == pytest.approx(
         [log["loss"] for log in trainer_a.state.log_history if "loss" in log][-1], abs=1e-6
     )
+
+
+def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
+    """A list whose first sample has no video and whose second holds frames in memory: nothing is lost on the way
+    into the trainer (every key of every sample reaches the collator) or into the saved eval split."""
+    import datasets
+    from conftest import make_frames, make_image
+
+    from plm_tune import build_trainer, load_model
+    from plm_tune.media import load_video
+    from plm_tune.outputs import save_run
+
+    def qa(question, answer, media):
+        return [{"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]},
+                {"role": "assistant", "content": answer}]
+
+    frames = make_frames(3, seed=5)
+    samples = [
+        {"messages": qa("What is it?", "Noise.", "image"), "images": [make_image(70, 50, seed=1)], "max_tiles": 2},
+        {"messages": qa("What happens?", "It flickers.", "video"), "videos": [frames]},
+    ]
+    model, processor = load_model(tiny_plm_path, method="lora")
+    args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2, report_to="none",
+                     bf16=False, max_length=None, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False)
+    trainer = build_trainer(model, processor, samples, args=args)
+    trainer.train()
+    collator = trainer.plm_collator
+    assert collator.stats["samples"] == 2 and collator.stats["media_tokens"] > 0
+    save_run(trainer, eval_set=samples, generate_eval=False)
+
+    saved = datasets.load_from_disk(str(tmp_path / "run/eval_data"))
+    assert saved[0]["videos"] is None and len(saved[0]["images"]) == 1
+    np.testing.assert_array_equal(load_video(saved[1]["videos"][0]), frames)
+    assert saved[1]["messages"][1]["content"][0]["text"] == "It flickers."
