@@ -26,7 +26,7 @@ from torch.utils.data import Sampler
 
 from plm_tune.collator import PLMCollator
 
-__all__ = ["LengthGroupedBatchSampler", "padding_fraction", "sample_cost"]
+__all__ = ["GroupedOrder", "LengthGroupedBatchSampler", "padding_fraction", "sample_cost"]
 
 Cost = tuple[int, int]  # (tokens, tiles + frames)
 
@@ -150,7 +150,44 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         # Sorted mega-batches put each step's most expensive sample first.
         longest = max(range(len(shuffled)), key=lambda i: self.costs[shuffled[i][0][0]])
         shuffled.insert(0, shuffled.pop(longest))
-        return shuffled
+        # The epoch's remainder (a short batch, one replica without drop_last) goes last, as in a DataLoader:
+        # then the steps also read right as one flat index order cut into equal batches (``GroupedOrder``).
+        short = [s for s in shuffled[1:] if len(s) < self.num_replicas or len(s[-1]) < self.batch_size]
+        return [shuffled[0]] + [s for s in shuffled[1:] if s not in short] + short
+
+    def flat(self) -> GroupedOrder:
+        """This sampler as a plain index ``Sampler`` (see ``GroupedOrder``)."""
+        return GroupedOrder(self)
+
+
+class GroupedOrder(Sampler[int]):
+    """A ``LengthGroupedBatchSampler``'s batches as one flat order of indices: step after step, and inside a
+    step the batch of rank 0, then of rank 1, ...
+
+    For code that takes a ``sampler`` and cuts it into batches itself, like the ``transformers`` Trainer (a
+    ``DataLoader`` with ``batch_size`` per device) under ``accelerate``, which deals those batches to the
+    processes in turn: process ``r`` gets batch ``r`` of every step, exactly the rank-balanced batches. Needs
+    the sampler's ``num_replicas`` to be the number of processes and its ``batch_size`` the per-device one.
+    """
+
+    def __init__(self, batches: LengthGroupedBatchSampler) -> None:
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (the Trainer and accelerate call this on every process)."""
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        for step in self.batches._steps():
+            for batch in step:
+                yield from batch
+
+    def __len__(self) -> int:
+        sampler, n = self.batches, len(self.batches.costs)
+        step = sampler.batch_size * sampler.num_replicas
+        if sampler.drop_last:
+            return n // step * step
+        return math.ceil(n / step) * step if sampler.num_replicas > 1 else n
 
 
 def padding_fraction(costs: Sequence[Cost], batches: Sequence[Sequence[int]]) -> float:

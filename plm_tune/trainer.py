@@ -7,6 +7,7 @@ DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's param
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -16,10 +17,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from plm_tune.collator import PLMCollator
+from plm_tune.collator import CollatorStats, PLMCollator
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
+from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
 
 __all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
 
@@ -140,6 +142,13 @@ def build_trainer(
             skipped (the collator formats samples); both are set here.
             ``args.max_length`` is the collator's ``max_length`` when no collator is given (TRL's default is
             1024 tokens: PLM's thumb+tile image alone is about 9.5k, so set it deliberately).
+            ``args.padding_free=True`` packs each batch into one row without padding (``PLMCollator(padding_free=
+            True)``; TRL refuses it for vision data, so it is handled here and TRL sees it off).
+            ``args.train_sampling_strategy="group_by_length"`` orders training by ``LengthGroupedBatchSampler``
+            over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
+            ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
+            go one per process with similar cost. The costs are computed once, before training, with a
+            progress bar (each sample's media are decoded for it); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
             and ``args.max_length``, with pixels in the model's dtype. Training never materialises
@@ -156,16 +165,22 @@ def build_trainer(
     Returns:
         The trainer; call ``.train()``. Its ``plm_collator`` attribute is the collator (read ``.stats``).
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     args = args if args is not None else SFTConfig(output_dir="outputs/plm-tune")
     if args.remove_unused_columns:
         # TRL's default; it would drop the 'messages' / 'images' columns the collator reads.
         logger.info("Setting remove_unused_columns=False: the PLM collator needs every sample column.")
+    # TRL refuses padding_free for vision data and transformers' length grouping needs `input_ids` columns:
+    # both are done here instead (the collator packs, PLMTrainer groups), so TRL and transformers see them off.
+    padding_free = bool(getattr(args, "padding_free", False))
+    group_by_length = getattr(args, "train_sampling_strategy", None) == "group_by_length"
     args = dataclasses.replace(
         args,
         remove_unused_columns=False,
         dataset_kwargs={**(args.dataset_kwargs or {}), "skip_prepare_dataset": True},
+        padding_free=False,
+        train_sampling_strategy="random" if group_by_length else args.train_sampling_strategy,
     )
     if collator is not None and getattr(collator, "labelled_logits_only", False):
         raise ValueError(
@@ -173,6 +188,9 @@ def build_trainer(
             "labelled positions (its fused LM head never builds the full logits) and reads `shift_labels` as "
             "full-length labels, so the batch would not fit it. Build the collator with labelled_logits_only=False."
         )
+    if collator is not None and padding_free and not collator.padding_free:
+        raise ValueError("args.padding_free=True but the collator given was built with padding_free=False: build it "
+                         "with PLMCollator(..., padding_free=True), or leave args.padding_free off.")
     if collator is None:
         collator = PLMCollator(
             processor,
@@ -182,7 +200,12 @@ def build_trainer(
             num_frames=num_frames,
             vision_input_type=vision_input_type,
             pixel_dtype=vision_dtype(model),
+            padding_free=padding_free,
         )
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if collator.padding_free and attention in ("sdpa", "eager"):
+        logger.info("Padding-free batches with %s attention: samples are kept apart by a (tokens x tokens) mask per "
+                    "batch; flash_attention_2 on a GPU needs none.", attention)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
@@ -190,7 +213,7 @@ def build_trainer(
     lrs = dict(lr=args.learning_rate, vision_lr=vision_lr, projector_lr=projector_lr, weight_decay=args.weight_decay)
     parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
     factory = functools.partial(_PartOptimizer, optimizer_cls, optimizer_kwargs, lrs)
-    trainer = SFTTrainer(
+    trainer = _plm_trainer_class()(
         model=model,
         args=args,
         data_collator=collator,
@@ -203,6 +226,7 @@ def build_trainer(
     # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
     trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
     trainer.plm_collator = collator
+    trainer.plm_group_by_length = group_by_length
     if generation_eval_steps:
         if eval_dataset is None:
             raise ValueError("generation_eval_steps needs an eval_dataset to answer: pass one, or set it to 0.")
@@ -213,6 +237,56 @@ def build_trainer(
             1, GenerationEvalCallback(trainer, subset, generation_eval_steps, generation_max_new_tokens)
         )
     return trainer
+
+
+@functools.cache
+def _plm_trainer_class() -> type:
+    """``PLMTrainer``: TRL's ``SFTTrainer`` whose training order can be grouped by PLM's sample costs (built on first
+    use, so importing plm_tune does not import TRL)."""
+    from transformers.trainer_utils import has_length
+    from trl import SFTTrainer
+
+    class PLMTrainer(SFTTrainer):
+        """``SFTTrainer`` with ``train_sampling_strategy="group_by_length"`` done by ``LengthGroupedBatchSampler``:
+        costs are (tokens, tiles + frames) per sample, and each step's batches go to the processes in turn."""
+
+        plm_group_by_length = False
+        plm_collator: PLMCollator
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.plm_group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            if dataset is None or not has_length(dataset):
+                logger.warning("train_sampling_strategy='group_by_length' is ignored: the training data has no length "
+                               "(a streaming dataset); samples come in the dataset's own order.")
+                return super()._get_train_sampler(train_dataset)
+            costs = dataset_costs(dataset, self.plm_collator, progress=self.is_world_process_zero())
+            grouped = LengthGroupedBatchSampler(
+                costs, self._train_batch_size, seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
+                num_replicas=self.accelerator.num_processes,
+            )
+            if self.is_world_process_zero():
+                random_order = torch.randperm(len(costs), generator=torch.Generator().manual_seed(self.args.seed))
+                size = self._train_batch_size
+                random_batches = [random_order[i : i + size].tolist() for i in range(0, len(costs), size)]
+                logger.warning("Grouping %d samples by length (batch %d per device): padding %.1f%% of token slots "
+                               "instead of %.1f%% in random batches.", len(costs), size,
+                               100 * padding_fraction(costs, list(grouped)), 100 * padding_fraction(costs, random_batches))
+            return grouped.flat()
+
+    return PLMTrainer
+
+
+def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True) -> list[tuple[int, int]]:
+    """``(tokens, tiles + frames)`` of every sample of ``dataset`` as ``collator`` encodes it (``sample_cost``),
+    with a progress bar; the collator's own counters are left alone."""
+    from tqdm.auto import tqdm
+
+    counting = copy.copy(collator)
+    counting.stats = CollatorStats()
+    indices = tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress)
+    return [sample_cost(dataset[i], counting) for i in indices]
 
 
 def _as_dataset(samples: Any) -> Any:

@@ -10,12 +10,17 @@ optimizer types, ZeRO stage, world size, the "auto" values it filled, and which 
 It also holds the engine optimizer's parameter groups (name, learning rate, parts of their weights), the
 losses, the per-part learning rates that PLMMetricsCallback logged, and the generation-eval scores logged at
 the last step.
+
+Batches are packed (``padding_free``), ordered by ``train_sampling_strategy="group_by_length"`` and built in a
+DataLoader worker process; every rank appends the sample ids of each batch its collator built to
+``batches_rank{RANK}.jsonl``, so the test can check that each rank got its own rank-balanced batches.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ from PIL import Image
 from transformers import TrainerCallback
 from trl import SFTConfig
 
-from plm_tune import build_trainer, load_model
+from plm_tune import PLMCollator, build_trainer, load_model
 
 LR = 1e-3  # language model
 PROJECTOR_LR = 3e-4  # distinct, to see that per-part learning rates survive inside DeepSpeed
@@ -46,6 +51,7 @@ def _samples(count: int = 8) -> list[dict]:
                 {"role": "assistant", "content": f"A noisy picture, number {i}."},
             ],
             "images": [Image.fromarray(pixels)],
+            "id": i,
         })
     return samples
 
@@ -58,6 +64,25 @@ class _RecordLogs(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
+
+
+class RecordingCollator(PLMCollator):
+    """The collator, appending the ids of each batch it builds to a file (it runs in a DataLoader worker)."""
+
+    def __init__(self, *args, record: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.record = record
+
+    def __call__(self, samples):
+        with self.record.open("a") as f:
+            f.write(json.dumps([s["id"] for s in samples]) + "\n")
+        return super().__call__(samples)
+
+
+def worker_collator(processor, record: Path | None = None) -> PLMCollator:
+    """The worker's collator settings (the test computes sample costs with the same ones)."""
+    kwargs = dict(max_length=512, max_tiles=2, padding_free=True)
+    return RecordingCollator(processor, record=record, **kwargs) if record else PLMCollator(processor, **kwargs)
 
 
 def _part(name: str) -> str:
@@ -107,7 +132,9 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         seed=0,
-        dataloader_num_workers=0,
+        dataloader_num_workers=1,
+        train_sampling_strategy="group_by_length",
+        padding_free=True,
         # Without a GPU accelerate 1.15 picks no backend: it counts one process, and DeepSpeed then rejects
         # train_batch_size (filled for 1 process, run by 2).
         ddp_backend="gloo",
@@ -117,7 +144,9 @@ def main() -> None:
     sharded_at_load = {n: hasattr(p, "ds_id") for n, p in model.named_parameters()}
     recorder = _RecordLogs()
     # Generation eval at the last step: under ZeRO-3 both processes answer together (synced_gpus).
-    trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, max_tiles=2,
+    rank = os.environ.get("RANK", "0")
+    collator = worker_collator(processor, record=cli.out / f"batches_rank{rank}.jsonl")
+    trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, collator=collator,
                             projector_lr=PROJECTOR_LR, callbacks=[recorder], generation_eval_steps=3,
                             generation_eval_samples=2, generation_max_new_tokens=4)
     trainer.train()

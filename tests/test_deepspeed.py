@@ -29,9 +29,10 @@ from conftest import make_image
 
 pytest.importorskip("deepspeed", reason='needs DeepSpeed: pip install "plm-tune[deepspeed]"')
 
-from deepspeed_worker import GRAD_ACCUM, LR, MAX_GRAD_NORM, PROJECTOR_LR  # noqa: E402
+from deepspeed_worker import GRAD_ACCUM, LR, MAX_GRAD_NORM, PROJECTOR_LR, _samples, worker_collator  # noqa: E402
 
 from plm_tune import PLMCollator  # noqa: E402
+from plm_tune.sampler import LengthGroupedBatchSampler, sample_cost  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "recipes" / "accelerate"
@@ -133,6 +134,19 @@ def test_deepspeed_run_keeps_part_learning_rates_and_saves_a_loadable_model(
     # and peft's trainable copies come later and are sharded by deepspeed.initialize.
     pretrained = {n: s for n, s in report["sharded_at_load"].items() if "lora_" not in n and "modules_to_save" not in n}
     assert pretrained and set(pretrained.values()) == {STAGES[config] == 3}
+
+    # Length-grouped, packed batches built in a DataLoader worker: rank r got batch r of every grouped step,
+    # epoch after epoch (8 samples, 1 per batch, 2 ranks: 4 steps an epoch; 3 optimizer steps x 2 accumulated).
+    costs = [sample_cost(s, worker_collator(processor)) for s in _samples()]
+    for rank in (0, 1):
+        sampler = LengthGroupedBatchSampler(costs, 1, seed=0, num_replicas=2, rank=rank)
+        expected = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            expected += list(sampler)
+        lines = (out / f"batches_rank{rank}.jsonl").read_text().splitlines()
+        seen = [json.loads(line) for line in lines]  # the worker may have prefetched past the last step
+        assert seen[: 3 * GRAD_ACCUM] == expected[: 3 * GRAD_ACCUM], (rank, seen, expected)
 
     torch.manual_seed(0)
     base = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=torch.float32).eval()

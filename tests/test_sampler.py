@@ -121,6 +121,28 @@ def test_as_batch_sampler_of_a_dataloader_with_workers(data):
     assert widths == [max(costs[i][0] for i in b) for b in sampler]
 
 
+@pytest.mark.parametrize("replicas, drop_last", [(1, False), (2, False), (3, True)])
+def test_flat_order_cut_into_batches_and_dealt_to_ranks_gives_each_rank_its_batches(data, replicas, drop_last):
+    """What the Trainer does with a sampler: a DataLoader cuts the flat order into per-device batches and
+    accelerate deals them to the processes in turn. Each process must get exactly its rank's batches."""
+    _, costs, _ = data
+    ranks = [LengthGroupedBatchSampler(costs, 3, seed=2, mega_batch_mult=2, num_replicas=replicas, rank=r,
+                                       drop_last=drop_last) for r in range(replicas)]
+    order = ranks[0].flat()
+    for epoch in (0, 1):
+        order.set_epoch(epoch)
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        flat = list(order)
+        assert len(flat) == len(order)
+        batches = [flat[i : i + 3] for i in range(0, len(flat), 3)]
+        for r, sampler in enumerate(ranks):
+            assert batches[r::replicas] == list(sampler), (epoch, r)
+    # With one replica the short remainder batch comes last, so equal cuts never straddle two batches.
+    single = LengthGroupedBatchSampler(costs, 6, seed=4)
+    assert [len(b) for b in single] == [6] * 6 + [4]
+
+
 def test_bad_arguments_say_what_was_expected():
     with pytest.raises(ValueError, match="rank must be in"):
         LengthGroupedBatchSampler([(1, 0)], 1, num_replicas=2, rank=2)

@@ -268,3 +268,31 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
     assert saved[0]["videos"] is None and len(saved[0]["images"]) == 1
     np.testing.assert_array_equal(load_video(saved[1]["videos"][0]), frames)
     assert saved[1]["messages"][1]["content"][0]["text"] == "It flickers."
+
+
+def test_group_by_length_and_padding_free_from_the_training_arguments(tiny_plm_path, tmp_path):
+    """`train_sampling_strategy="group_by_length"` and `padding_free=True`, as a recipe passes them in SFTConfig:
+    the Trainer's batches are LengthGroupedBatchSampler's, and packing leaves no padding."""
+    from plm_tune.sampler import GroupedOrder, LengthGroupedBatchSampler, sample_cost
+
+    samples = synthetic_shapes(16, seed=0, image_size=56)
+    samples = [{**samples[i], "max_tiles": 1 + i % 4, "id": i} for i in range(len(samples))]  # 2 to 5 tiles: ragged
+    model, processor = load_model(tiny_plm_path, method="lora")
+    runs = {}
+    for strategy, padding_free in (("random", False), ("group_by_length", False), ("group_by_length", True)):
+        args = SFTConfig(output_dir=str(tmp_path / strategy), max_steps=4, per_device_train_batch_size=4,
+                         report_to="none", bf16=False, max_length=None, save_strategy="no", disable_tqdm=True,
+                         dataloader_pin_memory=False, seed=3, train_sampling_strategy=strategy,
+                         padding_free=padding_free)
+        trainer = build_trainer(model, processor, samples, args=args)
+        loader = trainer.get_train_dataloader()
+        if strategy == "group_by_length":  # the DataLoader cuts LengthGroupedBatchSampler's order into its batches
+            assert isinstance(loader.batch_sampler.sampler, GroupedOrder)
+            costs = [sample_cost(s, PLMCollator(processor)) for s in samples]
+            assert list(loader.batch_sampler) == list(LengthGroupedBatchSampler(costs, 4, seed=3))
+        trainer.train()
+        stats = trainer.plm_collator.stats
+        runs[(strategy, padding_free)] = 1 - stats["tokens"] / stats["token_slots"]
+    assert runs[("group_by_length", True)] == 0.0  # packed: no padding at all
+    assert runs[("group_by_length", False)] < 0.5 * runs[("random", False)], runs
+
