@@ -169,18 +169,24 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
         if not container.streams.video:
             raise ValueError(f"'{path}' has no video stream.")
         stream = container.streams.video[0]
-        duration = _duration_seconds(container, stream)
-        clip_start = 0.0 if start is None else float(start)
-        if end is not None and float(end) < clip_start:
-            raise ValueError(f"Clip end ({float(end)}s) is before its start ({clip_start}s) in '{path}'.")
-        clip_end = duration if end is None else min(float(end), duration) if duration > 0 else float(end)
-        if duration > 0 and clip_start > duration:
-            raise ValueError(f"Clip start {clip_start:.2f}s is past the end of '{path}' ({duration:.2f}s long).")
-        times = sample_frame_times(clip_start, max(clip_start, clip_end), num_frames)
+        times = _clip_times(container, stream, path, start, end, num_frames)
         frames = _decode_at(container, stream, times)
     if not frames:
         raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
     return np.stack(frames)
+
+
+def _clip_times(container: Any, stream: Any, path: str, start: float | None, end: float | None,
+                num_frames: int) -> list[float]:
+    """The timestamps to decode from a clip of an open video, from its stream metadata only (no decoding)."""
+    duration = _duration_seconds(container, stream)
+    clip_start = 0.0 if start is None else float(start)
+    if end is not None and float(end) < clip_start:
+        raise ValueError(f"Clip end ({float(end)}s) is before its start ({clip_start}s) in '{path}'.")
+    clip_end = duration if end is None else min(float(end), duration) if duration > 0 else float(end)
+    if duration > 0 and clip_start > duration:
+        raise ValueError(f"Clip start {clip_start:.2f}s is past the end of '{path}' ({duration:.2f}s long).")
+    return sample_frame_times(clip_start, max(clip_start, clip_end), num_frames)
 
 
 def _duration_seconds(container: Any, stream: Any) -> float:

@@ -1,0 +1,207 @@
+"""plm_tune.plan / plm_tune.memory: exact header-only token counts, dataset plans, PLM configs, memory estimates.
+
+Every count is compared with what the real collator builds from the same sample with the tiny PLM's real
+processor: images of many sizes and aspect ratios, budgets from 1 to 36 tiles, thumb+tile and vanilla, videos
+longer and shorter than num_frames, DICOM files shipped with pydicom, text-only and multi-turn samples, and
+every max_length outcome. The memory estimate is checked against the measured peak RSS of real training steps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, make_frames, make_image
+from test_media import encode_grey_video
+
+from plm_tune import PLMCollator
+from plm_tune.memory import count_parameters, estimate_memory, plm_config
+from plm_tune.plan import estimate_cost, plan_dataset
+
+SIZES = [(64, 64), (300, 100), (100, 300), (1000, 700), (57, 1999), (20, 20), (56, 56), (500, 90)]
+
+
+def user(*parts, text="Describe it."):
+    return {"role": "user", "content": [*({"type": kind} for kind in parts), {"type": "text", "text": text}]}
+
+
+def answer(text="A scan of the chest."):
+    return {"role": "assistant", "content": text}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plan-media")
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        paths.append(folder / f"img{i}.png")
+        make_image(w, h, seed=i).save(paths[-1])
+    buffer = io.BytesIO()
+    make_image(333, 111, seed=9).save(buffer, format="JPEG")
+    dicom = pytest.importorskip("pydicom.data")
+    return {
+        "paths": [str(p) for p in paths],
+        "jpeg_bytes": buffer.getvalue(),
+        "long_video": str(encode_grey_video(folder / "long.mp4", num_frames=30, fps=3)),  # 10 s
+        "short_video": str(encode_grey_video(folder / "short.mp4", num_frames=10, fps=4)),  # 2.5 s
+        "ct": dicom.get_testdata_file("CT_small.dcm", download=False),  # one frame: an image
+        "cine": dicom.get_testdata_file("examples_ybr_color.dcm", download=False),  # 30 frames: a video
+    }
+
+
+def varied_samples(media) -> list[dict]:
+    p = media["paths"]
+    samples = [{"messages": [user("image"), answer()], "images": [path], "id": f"one-{i}"}
+               for i, path in enumerate(p)]
+    samples += [
+        {"messages": [user("image", "image"), answer("Two views.")], "images": [p[1], p[3]], "id": "two"},
+        {"messages": [user("image"), answer()], "images": [make_image(640, 480, seed=3)], "id": "pil"},
+        {"messages": [user("image"), answer()], "images": [media["jpeg_bytes"]], "id": "bytes"},
+        {"messages": [user("image"), answer()], "images": [{"path": p[4], "bytes": None}], "id": "dict"},
+        {"messages": [user("image"), answer()], "images": [p[3]], "max_tiles": 2, "id": "own-budget"},
+        {"messages": [user("video"), answer()], "videos": [media["long_video"]], "id": "long-video"},
+        {"messages": [user("video"), answer()], "videos": [media["short_video"]], "id": "short-video"},
+        {"messages": [user("video"), answer()], "videos": [{"path": media["long_video"], "start": 2, "end": 5}],
+         "id": "clip"},
+        {"messages": [user("video"), answer()], "videos": [make_frames(12)], "num_frames": 5, "id": "array"},
+        {"messages": [user("video"), answer()], "videos": [[make_image(30, 20, seed=s) for s in range(3)]],
+         "id": "pil-frames"},
+        {"messages": [user("image"), answer()], "images": [media["ct"]], "id": "dicom-image"},
+        {"messages": [user("video"), answer()], "videos": [media["cine"]], "id": "dicom-cine"},
+        {"messages": [user("image", "video"), answer()], "images": [p[0]], "videos": [make_frames(2)], "id": "mix"},
+        {"messages": [{"role": "system", "content": "Be brief."}, user(text="Hi?"), answer("Hello."),
+                      user(text="And then?"), answer("Nothing more to say about it.")], "id": "text-multi-turn"},
+        {"messages": [user("image"), answer("First."), user("image", text="And this one?"), answer("Second.")],
+         "images": [p[2], p[5]], "id": "image-multi-turn"},
+    ]
+    return samples
+
+
+def assert_same(estimate, encoded, sample):
+    sid = sample.get("id")
+    if encoded is None:
+        assert estimate.outcome == "rejected" and estimate.tokens == 0, sid
+        return
+    assert estimate.tokens == len(encoded.input_ids), sid
+    assert estimate.tiles == sum(t.shape[0] for t in encoded.images), sid
+    assert estimate.frames == sum(f.shape[0] for f in encoded.videos), sid
+    assert estimate.labelled_tokens == sum(1 for label in encoded.labels if label != -100), sid
+    assert (estimate.images, estimate.videos) == (len(encoded.images), len(encoded.videos)), sid
+
+
+@pytest.mark.parametrize("max_tiles, vision_input_type, num_frames", [
+    (1, "thumb+tile", 4), (4, "thumb+tile", 8), (9, "thumb+tile", 32), (36, "thumb+tile", 4), (36, "vanilla", 2),
+])
+def test_estimate_equals_the_collators_encoding(processor, media, max_tiles, vision_input_type, num_frames):
+    collator = PLMCollator(processor, max_tiles=max_tiles, vision_input_type=vision_input_type,
+                           num_frames=num_frames)
+    seen_tiles = set()
+    for sample in varied_samples(media):
+        estimate = estimate_cost(sample, collator)
+        assert_same(estimate, collator.encode(sample), sample)
+        assert estimate.outcome == "fits" and estimate.tokens == estimate.full_tokens
+        seen_tiles.add(estimate.tiles)
+    if vision_input_type == "thumb+tile" and max_tiles > 1:
+        assert len(seen_tiles) > 3  # the grid really depends on the size and aspect ratio
+
+
+def test_estimate_follows_every_max_length_outcome(processor, media):
+    samples = varied_samples(media)
+    outcomes = set()
+    for fit_tiles, truncate_turns in [(False, True), (True, True), (False, False)]:
+        for max_length in (60, 100, 130, 160, 220, 400):
+            collator = PLMCollator(processor, max_length=max_length, max_tiles=16, num_frames=8,
+                                   fit_tiles=fit_tiles, truncate_turns=truncate_turns)
+            for sample in samples:
+                estimate = estimate_cost(sample, collator)
+                assert_same(estimate, collator.encode(sample), sample)
+                outcomes.add(estimate.outcome)
+    assert outcomes == {"fits", "truncated", "fitted", "rejected"}
+
+
+def test_estimate_reads_headers_only_a_truncated_image_still_counts(processor, tmp_path):
+    """A PNG cut after its header: no pixel can be decoded, yet the estimate is made (from the header)."""
+    whole = tmp_path / "whole.png"
+    make_image(400, 300, seed=1).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:200])
+    collator = PLMCollator(processor, max_tiles=9)
+    sample = {"messages": [user("image"), answer()], "images": [str(cut)]}
+    reference = {"messages": [user("image"), answer()], "images": [str(whole)]}
+    assert estimate_cost(sample, collator) == estimate_cost(reference, collator)
+    with pytest.raises(ValueError, match="cut.png"):
+        collator.encode(sample)  # decoding the pixels fails: the estimate never decoded them
+
+
+def test_plan_dataset_totals_padding_and_report(processor, media):
+    samples = varied_samples(media)
+    collator = PLMCollator(processor, max_length=160, max_tiles=16, num_frames=8)
+    plan = plan_dataset(samples, collator, batch_size=4, progress=False)
+    encoded = [e for e in (collator.encode(s) for s in samples) if e is not None]
+    totals = plan.totals()
+    assert totals["tokens"] == sum(len(e.input_ids) for e in encoded)
+    assert totals["tiles"] == sum(t.shape[0] for e in encoded for t in e.images)
+    assert totals["rejected"] == len(samples) - len(encoded) and totals["over_max_length"] > 0
+    assert plan.token_stats()["max"] == max(len(e.input_ids) for e in encoded) <= 160
+    assert plan.padding["packed"] == 0.0 and 0 < plan.padding["grouped"] < plan.padding["random"]
+    assert plan.worst_batch()[0] == plan.token_stats()["max"]
+    memory = {"1B": estimate_memory("1B", batch_size=4, seq_len=plan.worst_batch()[0])}
+    report = plan.report(memory)
+    assert f"{len(samples)} samples" in report and "length-grouped" in report and "1B" in report
+
+
+def test_plan_dataset_names_a_bad_record_or_skips_it(processor, media, tmp_path):
+    good = varied_samples(media)[:3]
+    bad = {"messages": [user("image"), answer()], "images": [str(tmp_path / "missing.png")], "id": "scan-7"}
+    collator = PLMCollator(processor)
+    with pytest.raises(ValueError, match=r"sample 3 id='scan-7'.*missing\.png does not exist"):
+        plan_dataset([*good, bad], collator, batch_size=2, progress=False)
+    plan = plan_dataset([*good, bad], collator, batch_size=2, progress=False, on_error="skip")
+    assert len(plan.estimates) == 3 and len(plan.skipped) == 1 and "scan-7" in plan.skipped[0]
+
+
+# ------------------------------------------------------------------------------------------ memory
+def test_plm_configs_have_the_released_parameter_counts():
+    # The BF16 parameter counts the Hub reports for facebook/Perception-LM-1B / 3B / 8B's safetensors.
+    released = {"1B": 1_533_524_992, "3B": 3_516_753_920, "8B": 9_794_260_736}
+    for size, count in released.items():
+        assert count_parameters(size)["total"] == count, size
+    config = plm_config("8B")
+    assert (config.text_config.hidden_size, config.vision_config.model_args["embed_dim"]) == (4096, 1536)
+
+
+def test_memory_estimate_orders_methods_and_checkpointing():
+    common = dict(batch_size=2, seq_len=4096, tiles_per_sample=5)
+    lora, full, qlora = (estimate_memory("3B", method, **common) for method in ("lora", "full", "qlora"))
+    assert qlora.weights < lora.weights < full.weights + lora.weights
+    assert lora.gradients < full.gradients / 50 and full.optimizer == 2 * full.gradients
+    checkpointed = estimate_memory("3B", "lora", gradient_checkpointing=True, **common)
+    assert checkpointed.activations_text < lora.activations_text / 5
+    assert estimate_memory("3B", "lora", **common, logit_tokens=512).logits < lora.logits / 10
+    with pytest.raises(ValueError, match="method must be one of"):
+        estimate_memory("3B", "lora4", seq_len=10)
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("plan_memory", ROOT / "benchmarks/plan_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("method, checkpointing", [("full", False), ("lora", True)])
+def test_memory_estimate_is_within_15_percent_of_a_measured_training_step(tmp_path, method, checkpointing):
+    """Two real training steps of a PLM with a 32k vocabulary, peak RSS measured in a fresh process."""
+    bench = _benchmark()
+    path = bench.build_model("small", tmp_path / "small")
+    batch_size, seq_len, tiles = bench.SHAPES["small"]
+    kwargs = dict(gradient_checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len, tiles=tiles)
+    measured = bench.measure(path, method, **kwargs)["peak"]
+    estimated = bench.estimate(path, method, **kwargs).peak
+    assert abs(estimated / measured - 1) < 0.15, (estimated, measured)
