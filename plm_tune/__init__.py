@@ -13,6 +13,8 @@ The public API:
 * ``merge_adapter``, ``write_model_card``, ``push_adapter``, ``write_training_info``: ship an adapter
   (``plm_tune.export``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
+* ``estimate_cost``, ``plan_dataset``, ``plan_report``: exact token counts from media headers, padding waste
+  (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
@@ -28,9 +30,11 @@ from plm_tune.export import (
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.generation import Generation, generate
 from plm_tune.media import load_image, load_video, sample_frame_times
+from plm_tune.memory import MemoryEstimate, estimate_memory, plm_config
 from plm_tune.metrics import score_answers
 from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
 from plm_tune.pixels import PixelEncoder
+from plm_tune.plan import Plan, SampleEstimate, estimate_cost, plan_dataset, plan_report
 from plm_tune.report import write_report
 from plm_tune.sample import normalize_messages, validate_sample
 from plm_tune.trainer import GenerationEvalCallback, PLMMetricsCallback, build_trainer, loss_change
@@ -46,6 +50,8 @@ __all__ = [
     "enable_gradient_checkpointing",
     "EncodedConversation",
     "EncodedSample",
+    "estimate_cost",
+    "estimate_memory",
     "EvalRecord",
     "EvalResult",
     "evaluate",
@@ -59,13 +65,19 @@ __all__ = [
     "load_model",
     "load_video",
     "loss_change",
+    "MemoryEstimate",
     "merge_adapter",
     "normalize_messages",
     "parameter_groups",
     "PixelEncoder",
+    "Plan",
+    "plan_dataset",
+    "plan_report",
+    "plm_config",
     "PLMCollator",
     "PLMMetricsCallback",
     "push_adapter",
+    "SampleEstimate",
     "sample_frame_times",
     "save_eval",
     "score_answers",

@@ -124,6 +124,67 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, adapter_flags: tuple[str
     parser.add_argument("--vision-input-type", dest="vision_input_type", choices=["thumb+tile", "vanilla"])
 
 
+# ------------------------------------------------------------------ plan: tokens, padding and memory before training
+# A recipe config names its script on its first line: "# accelerate launch recipes/NAME.py --config ...".
+RECIPE_COMMAND = r"#\s*accelerate launch\s+(\S+\.py)"
+
+
+def _recipe_of(config: str) -> str | None:
+    """The recipe script a recipe config names on its first line (None for a config with a data: section)."""
+    import re
+    from pathlib import Path
+
+    with open(config) as f:
+        match = re.match(RECIPE_COMMAND, f.readline())
+    if not match:
+        return None
+    script = Path(match.group(1))
+    for candidate in (script, Path(config).resolve().parents[2] / script):  # from here, or from the repo root
+        if candidate.is_file():
+            return str(candidate)
+    raise SystemExit(f"{config} is a recipe config for {script}, which was found neither here nor next to "
+                     "recipes/configs/; run plm-tune plan from the repository root.")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import subprocess
+
+    recipe = _recipe_of(args.config) if args.config else None
+    if recipe is not None:
+        # The recipe builds its own dataset from its DataArguments; its --plan prints this report and exits.
+        flags = {"model_name_or_path": args.model_name_or_path, "max_length": args.max_length,
+                 "max_tiles": args.max_tiles, "num_frames": args.num_frames,
+                 "per_device_train_batch_size": args.batch_size, "method": args.method}
+        command = [sys.executable, recipe, "--config", args.config, "--plan", "true"]
+        for key, value in flags.items():
+            if value is not None:
+                command += [f"--{key}", str(value)]
+        if args.gradient_checkpointing is not None:
+            command += ["--activation_checkpointing", str(args.gradient_checkpointing).lower()]
+        return subprocess.run(command).returncode
+    import yaml
+
+    from plm_tune.plan import plan_report
+
+    config = {}
+    if args.config:
+        with open(args.config) as f:
+            config = yaml.safe_load(f) or {}
+    dataset, settings = _dataset_from_args(args)
+    checkpointing = args.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = bool(config.get("gradient_checkpointing", config.get("activation_checkpointing", False)))
+    print(plan_report(
+        dataset, args.model_name_or_path or DEFAULT_MODEL,
+        batch_size=args.batch_size or config.get("per_device_train_batch_size", 8),
+        method=args.method or config.get("method", "lora"), freeze=config.get("freeze", ["vision"]),
+        lora_r=config.get("lora_r", 16), lora_dropout=config.get("lora_dropout", 0.0),
+        lora_targets=config.get("lora_targets", "language"), gradient_checkpointing=checkpointing,
+        progress=not args.no_progress, **settings,
+    ))
+    return 0
+
+
 # ------------------------------------------------------------------ after training: generate, eval, report, export
 EVAL_DATA = "eval_data"  # the recipes save their held-out split here, inside the output folder
 
@@ -374,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(check, adapter_flags=("--data-adapter", "--adapter"))
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     check.set_defaults(func=_data_check)
+
+    plan = sub.add_parser("plan", help="token counts, padding waste and peak memory from media headers, "
+                          "before training (a config with a data: section, or a recipe config)")
+    _add_data_flags(plan)
+    plan.add_argument("--batch-size", dest="batch_size", type=int,
+                      help="per-device batch size (default: the config's per_device_train_batch_size, else 8)")
+    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"], help="default: the config's, else lora")
+    plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
+                      action=argparse.BooleanOptionalAction, help="default: the config's")
+    plan.add_argument("--no-progress", action="store_true", help="no progress bar")
+    plan.set_defaults(func=_plan)
 
     _add_after_training_commands(sub)
     return parser

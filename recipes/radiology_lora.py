@@ -37,6 +37,7 @@ from trl import SFTConfig, TrlParser
 from data_adapters import from_dicom, from_hf_dataset
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
+from plm_tune.plan import plan_report
 from plm_tune.testing import build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -77,6 +78,8 @@ class DataArguments:
     max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
     num_frames: int = field(default=32, metadata={"help": "Frames sampled from a multi-frame DICOM."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    plan: bool = field(default=False, metadata={
+        "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})
 
 
 def make_parser() -> TrlParser:
@@ -111,20 +114,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
                 build_tiny_plm(path)
-    # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
-    # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
-    model, processor = load_model(
-        path,
-        method=model_args.method,
-        freeze=model_args.freeze,
-        lora_r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        lora_targets=model_args.lora_targets,
-        gradient_checkpointing=training_args.activation_checkpointing,
-    )
-    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
-
     ################
     # Data
     ################
@@ -149,6 +138,32 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     if data_args.eval_split > 0:
         split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
         train_set, eval_set = split["train"], split["test"]
+
+    if data_args.plan:  # `plm-tune plan CONFIG`: counts from media headers and a memory estimate, no weights
+        print(plan_report(train_set, path, batch_size=training_args.per_device_train_batch_size,
+                          max_length=training_args.max_length, max_tiles=data_args.max_tiles,
+                          num_frames=data_args.num_frames, train_on=data_args.train_on, method=model_args.method,
+                          freeze=model_args.freeze, lora_r=model_args.lora_r, lora_dropout=model_args.lora_dropout,
+                          lora_targets=model_args.lora_targets,
+                          gradient_checkpointing=training_args.activation_checkpointing))
+        return
+
+    ################
+    # Model
+    ################
+    # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
+    # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
+    model, processor = load_model(
+        path,
+        method=model_args.method,
+        freeze=model_args.freeze,
+        lora_r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        lora_targets=model_args.lora_targets,
+        gradient_checkpointing=training_args.activation_checkpointing,
+    )
+    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 
     ################
     # Training
