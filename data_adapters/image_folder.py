@@ -139,7 +139,9 @@ def from_image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"'{root}' has neither a metadata.jsonl / metadata.csv (captions) nor class "
-                         "sub-folders (classification). Add one of them.")
+                         "sub-folders (classification). Add one of them: for captions, a metadata.csv directly "
+                         "in the folder with the header 'file_name,caption' and one row per image "
+                         "('photo_01.png,A red kite over the beach.', file_name relative to the folder).")
     text = "What is shown in this image?" if prompt is None else prompt
     if list_classes:
         text = f"{text} Answer with one of: {', '.join(classes)}."

@@ -265,6 +265,14 @@ def test_image_folder_classes_as_vqa(tmp_path):
     assert user_texts(from_image_folder(tmp_path, prompt="Which animal?")[0]) == ["image", "Which animal?"]
 
 
+def test_image_folder_without_a_table_says_which_table_to_write(tmp_path):
+    """A folder of images with captions in some other file: the error shows the metadata.csv to write."""
+    make_image(20, 20).save(tmp_path / "photo_01.png")
+    (tmp_path / "captions.txt").write_text("photo_01.png\tA red kite.\n")
+    with pytest.raises(ValueError, match="metadata.csv directly in the folder with the header 'file_name,caption'"):
+        from_image_folder(tmp_path)
+
+
 def test_image_folder_bad_records(tmp_path):
     root = tmp_path / "root"
     write_image(root / "ok.png")
