@@ -160,7 +160,7 @@ def test_plan_dataset_names_a_bad_record_or_skips_it(processor, media, tmp_path)
     good = varied_samples(media)[:3]
     bad = {"messages": [user("image"), answer()], "images": [str(tmp_path / "missing.png")], "id": "scan-7"}
     collator = PLMCollator(processor)
-    with pytest.raises(ValueError, match=r"sample 3 id='scan-7'.*missing\.png does not exist"):
+    with pytest.raises(ValueError, match=r"sample 3 id='scan-7'.*missing\.png' does not exist"):
         plan_dataset([*good, bad], collator, batch_size=2, progress=False)
     plan = plan_dataset([*good, bad], collator, batch_size=2, progress=False, on_error="skip")
     assert len(plan.estimates) == 3 and len(plan.skipped) == 1 and "scan-7" in plan.skipped[0]
@@ -195,7 +195,7 @@ def _benchmark():
     return module
 
 
-@pytest.mark.parametrize("method, checkpointing", [("full", False), ("lora", True)])
+@pytest.mark.parametrize("method, checkpointing", [("full", False)])  # the rest: benchmarks/plan_memory.py
 def test_memory_estimate_is_within_15_percent_of_a_measured_training_step(tmp_path, method, checkpointing):
     """Two real training steps of a PLM with a 32k vocabulary, peak RSS measured in a fresh process."""
     bench = _benchmark()
@@ -205,3 +205,41 @@ def test_memory_estimate_is_within_15_percent_of_a_measured_training_step(tmp_pa
     measured = bench.measure(path, method, **kwargs)["peak"]
     estimated = bench.estimate(path, method, **kwargs).peak
     assert abs(estimated / measured - 1) < 0.15, (estimated, measured)
+
+
+# ------------------------------------------------------------------------------------------ the command
+def _plan(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "plm_tune.cli", "plan", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_plan_command_on_a_data_config(tmp_path, tiny_plm_path):
+    root = tmp_path / "scans"
+    root.mkdir()
+    with open(root / "metadata.jsonl", "w") as f:
+        for i, (w, h) in enumerate(SIZES):
+            make_image(w, h, seed=i).save(root / f"{i}.png")
+            f.write(f'{{"file_name": "{i}.png", "caption": "Scan {i}."}}\n')
+    config = tmp_path / "plan.yaml"
+    config.write_text(f"data:\n  adapter: image_folder\n  root: {root}\nmodel_name_or_path: {tiny_plm_path}\n"
+                      "max_tiles: 9\nmax_length: 110\nper_device_train_batch_size: 2\nmethod: full\n")
+    result = _plan(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert f"{len(SIZES)} samples" in out and "batch size 2, max_length 110" in out
+    assert "PLM-8B full" in out and f"{Path(tiny_plm_path).name} full" in out
+    collator = PLMCollator(__import__("transformers").AutoProcessor.from_pretrained(tiny_plm_path), max_tiles=9,
+                           max_length=110)
+    from data_adapters.image_folder import from_image_folder
+
+    lengths = [len(e.input_ids) for e in map(collator.encode, from_image_folder(root)) if e is not None]
+    assert f"max {max(lengths):,}" in out  # the longest sample, as the collator builds it
+
+
+def test_plan_command_on_the_radiology_demo_recipe_config(tiny_plm_path):
+    result = _plan(ROOT / "recipes/configs/radiology_demo.yaml", "--model-name-or-path", tiny_plm_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "batch size 4, max_length 256" in out and "length-grouped" in out
+    assert all(f"PLM-{size} lora" in out for size in ("1B", "3B", "8B"))
+    assert "train loss" not in out  # planned, not trained
