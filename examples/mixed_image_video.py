@@ -5,8 +5,9 @@ A PLM-1B image is a thumbnail plus up to ``max_tiles`` tiles of 256 tokens; a vi
 So the share of *samples* a member gets (its weight) is not its share of *compute*: a 3:1 image:video mix at
 4 tiles and 8 frames spends more tokens on the videos than the weights suggest. ``data_adapters.mix`` draws from
 each member in proportion to its weight and stamps each member's own ``max_tiles`` / ``num_frames`` into its
-samples; ``plm_tune.sampler.sample_cost`` encodes a sample exactly as the collator will for training and
-returns ``(tokens, tiles + frames)``, which is what this script tabulates per member.
+samples; ``plm_tune.plan.estimate_cost`` says, from media headers only (no pixels decoded), exactly what the
+training collator will make of a sample; its ``.cost`` is ``(tokens, tiles + frames)``, tabulated here per
+member. ``plm-tune plan`` does the same for a whole dataset from the command line.
 
 On PLM-1B (a CUDA GPU and Hub access), the generated sets stand in for yours (any adapters' outputs mix):
 
@@ -39,7 +40,7 @@ from trl import SFTConfig
 
 from data_adapters import mix, synthetic_shapes, synthetic_videos
 from plm_tune import PLMCollator, build_trainer, load_model, loss_change
-from plm_tune.sampler import sample_cost
+from plm_tune.plan import estimate_cost
 
 
 def main() -> None:
@@ -74,11 +75,11 @@ def main() -> None:
     collator = PLMCollator(processor, max_length=max_length, pixel_dtype=torch.bfloat16 if bf16 else torch.float32)
 
     ################
-    # Token accounting: (tokens, tiles + frames) per sample, summed per member
+    # Token accounting: (tokens, tiles + frames) per sample, from headers, summed per member
     ################
     costs = {"images": [], "videos": []}
     for sample in samples:
-        costs["videos" if sample["videos"] else "images"].append(sample_cost(sample, collator))
+        costs["videos" if sample["videos"] else "images"].append(estimate_cost(sample, collator).cost)
     all_tokens = sum(tokens for member in costs.values() for tokens, _ in member)
     print(f"{'member':<8} {'samples':>7} {'share':>6} {'tokens/sample (max)':>20} {'tiles+frames/sample':>20} "
           f"{'share of tokens':>16}")
