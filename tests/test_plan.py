@@ -14,9 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from conftest import ROOT, make_frames, make_image
 from test_media import encode_grey_video
 
