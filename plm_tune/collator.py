@@ -137,7 +137,7 @@ class PLMCollator:
         labelled_logits_only: add ``logits_to_keep`` and ``shift_labels`` (``plm_tune.sparse_logits``), so
             ``model(**batch)`` projects onto the vocabulary only the positions that predict a labelled token
             (same loss, ``logits`` ``(batch, K, vocab)``). For your own loops; ``build_trainer`` refuses it, as
-            TRL's fused LM head already skips the full logits.
+            it does the same itself (its ``labelled_logits_only``).
 
     Example:
         >>> collator = PLMCollator(processor, max_length=4096)                    # doctest: +SKIP

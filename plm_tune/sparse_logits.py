@@ -6,8 +6,8 @@ projects every position onto the vocabulary: ``(batch, seq_len, vocab)`` logits,
 ``PerceptionLMForConditionalGeneration.forward`` run ``lm_head`` and its own loss on those positions only;
 the loss is the same, since every other position has an ignored label.
 
-Under ``build_trainer`` this is not needed: TRL's ``SFTTrainer`` patches the model with a fused LM head that
-scores in tiles and never builds the full logits. Use it where you call the model yourself.
+``build_trainer`` does this itself (``labelled_logits_only``; on CUDA it uses TRL's fused LM head instead, which
+scores the labelled positions in tiles). Use these functions where you call the model yourself.
 """
 
 from __future__ import annotations

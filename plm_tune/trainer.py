@@ -18,10 +18,12 @@ import torch
 from transformers import TrainerCallback
 
 from plm_tune.collator import CollatorStats, PLMCollator
+from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+from plm_tune.sparse_logits import labelled_positions
 
 __all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
 
@@ -130,6 +132,7 @@ def build_trainer(
     generation_eval_steps: int = 0,
     generation_eval_samples: int = 8,
     generation_max_new_tokens: int = 64,
+    labelled_logits_only: bool | None = None,
 ):
     """A TRL ``SFTTrainer`` that trains PLM on canonical samples.
 
@@ -151,9 +154,8 @@ def build_trainer(
             progress bar (each sample's media are decoded for it); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
-            and ``args.max_length``, with pixels in the model's dtype. Training never materialises
-            ``(batch, seq_len, vocab)`` logits: TRL's fused LM head scores positions in tiles of 4096 tokens (on
-            CUDA only the labelled ones), so a collator with ``labelled_logits_only=True`` is refused (ValueError).
+            and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
+            is refused (ValueError): the trainer does that itself (below).
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
             training starts (``trainer.create_optimizer()`` builds them earlier), so DeepSpeed keeps them.
@@ -161,6 +163,12 @@ def build_trainer(
         generation_eval_steps: every this many steps, answer the first ``generation_eval_samples`` samples of
             ``eval_dataset`` by greedy generation (at most ``generation_max_new_tokens`` tokens) and log their
             scores as ``gen_eval/...`` (``GenerationEvalCallback``; works under ZeRO-3). 0: off.
+        labelled_logits_only: how the loss avoids ``(batch, seq_len, vocab)`` logits (128k wide for PLM).
+            True: the model projects only the positions that predict a labelled token (``logits_to_keep``) and
+            the trainer takes the loss, entropy and token accuracy there. False: TRL's fused LM head, which scores
+            in tiles, only the labelled positions on CUDA / XPU but every position elsewhere (on a CPU that costs
+            4-5x the step time of the first option: see benchmarks/vs_baseline.py). None (default): True except
+            on CUDA / XPU, where TRL's tiles also bound the memory of long labelled spans. Same loss either way.
 
     Returns:
         The trainer; call ``.train()``. Its ``plm_collator`` attribute is the collator (read ``.stats``).
@@ -184,9 +192,9 @@ def build_trainer(
     )
     if collator is not None and getattr(collator, "labelled_logits_only", False):
         raise ValueError(
-            "build_trainer got a PLMCollator with labelled_logits_only=True. TRL's SFTTrainer already scores only "
-            "labelled positions (its fused LM head never builds the full logits) and reads `shift_labels` as "
-            "full-length labels, so the batch would not fit it. Build the collator with labelled_logits_only=False."
+            "build_trainer got a PLMCollator with labelled_logits_only=True. The trainer already scores only the "
+            "labelled positions (build_trainer's own labelled_logits_only, or TRL's fused LM head, which reads "
+            "`shift_labels` as full-length labels). Build the collator with labelled_logits_only=False."
         )
     if collator is not None and padding_free and not collator.padding_free:
         raise ValueError("args.padding_free=True but the collator given was built with padding_free=False: build it "
@@ -227,6 +235,9 @@ def build_trainer(
     trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
     trainer.plm_collator = collator
     trainer.plm_group_by_length = group_by_length
+    if labelled_logits_only is None:
+        labelled_logits_only = trainer.accelerator.device.type not in ("cuda", "xpu")
+    trainer.plm_labelled_logits_only = labelled_logits_only
     if generation_eval_steps:
         if eval_dataset is None:
             raise ValueError("generation_eval_steps needs an eval_dataset to answer: pass one, or set it to 0.")
@@ -247,10 +258,12 @@ def _plm_trainer_class() -> type:
     from trl import SFTTrainer
 
     class PLMTrainer(SFTTrainer):
-        """``SFTTrainer`` with ``train_sampling_strategy="group_by_length"`` done by ``LengthGroupedBatchSampler``:
-        costs are (tokens, tiles + frames) per sample, and each step's batches go to the processes in turn."""
+        """``SFTTrainer`` with ``train_sampling_strategy="group_by_length"`` done by ``LengthGroupedBatchSampler``
+        (costs are (tokens, tiles + frames) per sample, and each step's batches go to the processes in turn),
+        and optionally its loss from the logits of the labelled positions only (``labelled_logits_only``)."""
 
         plm_group_by_length = False
+        plm_labelled_logits_only = False
         plm_collator: PLMCollator
 
         def _get_train_sampler(self, train_dataset=None):
@@ -274,6 +287,44 @@ def _plm_trainer_class() -> type:
                                "instead of %.1f%% in random batches.", len(costs), size,
                                100 * padding_fraction(costs, list(grouped)), 100 * padding_fraction(costs, random_batches))
             return grouped.flat()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            special = (return_outputs or self.compute_loss_func is not None or self.label_smoother is not None
+                       or self.aux_loss_enabled or self.args.loss_type != "nll")
+            if not self.plm_labelled_logits_only or special:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._labelled_logits_loss(model, inputs, num_items_in_batch)
+
+        def _labelled_logits_loss(self, model, inputs, num_items_in_batch):
+            """TRL's loss and metrics, from logits at the labelled positions only (``labelled_positions``)."""
+            mode = "train" if self.model.training else "eval"
+            logits_to_keep, shift_labels = labelled_positions(inputs["labels"])
+            batch = {key: value for key, value in inputs.items() if key != "labels"}
+            batch["use_cache"] = False  # packed batches carry it already
+            logits = model(**batch, logits_to_keep=logits_to_keep).logits.float()  # (B, K, V)
+            mask = shift_labels != IGNORE_INDEX
+            log_probs = torch.log_softmax(logits, dim=-1)
+            picked = log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            # As TRL: clamped, so a batch without labels gives a differentiable zero, not 0 / 0.
+            loss = -(picked * mask).sum() / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages the gradients across ranks
+
+            with torch.no_grad():
+                gather = self.accelerator.gather_for_metrics
+                valid = gather(mask.sum()).sum()
+                entropy = gather((-(log_probs.exp() * log_probs).sum(-1) * mask).sum()).sum()
+                correct = gather(((logits.argmax(-1) == shift_labels) & mask).sum()).sum()
+                self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
+                self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+                if mode == "train":
+                    mask_or_ids = inputs.get("attention_mask")
+                    local = mask_or_ids.sum() if mask_or_ids is not None else torch.tensor(
+                        inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+                    self._total_train_tokens += gather(local).sum().item()
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
 
     return PLMTrainer
 
