@@ -1,0 +1,297 @@
+"""plm-tune against the model card's finetuning script, on the same random-init model and the same data, on CPU.
+
+    .venv/bin/python benchmarks/vs_baseline.py            # about 6 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/vs_baseline.py --steps 8  # a quicker, noisier look
+
+The baseline is the "Simple PLM Fine-tuning Example" of the PLM model card, run as written except for the
+device: its ``collate_fn`` (``apply_chat_template`` on the whole conversation with a generation prompt
+appended, labels = every token but the image placeholders), ``transformers.Trainer`` with its settings
+(batch 8, AdamW, lr 1e-4, weight decay 0.01, warmup 50, the vision tower frozen, the rest trained in full),
+and ``vision_input_type="vanilla"`` (one tile per image, since its collator cannot batch more). On a CPU its
+``.to("cuda")`` is dropped and it runs in float32 (bf16 training is refused on a CPU), like every run here.
+
+plm-tune runs the same model, data, optimizer, learning rates and batch size through ``build_trainer``
+(TRL's SFTTrainer, the loss on the answers only), first with padded random batches, then packed
+(``padding_free``) and length-grouped. Each run is a fresh process; ``VmHWM`` is reset before training, so
+"peak RSS" is the peak while training (the model, data and optimizer states included).
+
+The model: the tiny PLM architecture widened to something mid-size (a 4-layer, 256-wide Llama decoder, a
+64-wide PE tower on 224 px tiles: 64 tokens per tile) with PLM's real vocabulary of 128,256 tokens, because the
+vocabulary is what makes PLM's logits expensive. The data: the DICOM files that pydicom and pydicom-data ship
+(the radiology demo's data), captioned from their tags, single-frame ones only (the baseline takes one image
+per sample).
+
+Counted per step, over the timed steps (the first 2 are warm-up): answer tokens (the caption and its
+``<|eot_id|>``: what a finetune is for, the same data in every run, so its rate is the honest throughput
+figure), the tokens each run puts its loss on ("labelled"), real tokens, and padding. Then, without the
+baseline: the demo's own mix (thumb+tile images up to 4 tiles, 4-frame videos) with random, grouped and packed
+batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "recipes"))
+
+PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."  # the card's prompt
+CAPTION = "{Modality} {BodyPartExamined}: {StudyDescription}. {SeriesDescription}"
+VOCAB = 128256
+BATCH = 8
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def rss_reset() -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_peak_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
+def build_model(path: Path) -> Path:
+    """The benchmark's random-init PLM: the tiny architecture, widened, with PLM's 128,256-token vocabulary."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from plm_tune.testing import build_tiny_plm
+
+    build_tiny_plm(path, seed=0, tile_size=224, vision_width=64, vision_depth=2, text_hidden=256, text_layers=4)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    model.resize_token_embeddings(VOCAB, mean_resizing=False)  # new rows random: the tokenizer never emits them
+    model.save_pretrained(path)
+    return path
+
+
+def dicom_samples(vanilla_single_frame: bool) -> list[dict]:
+    """The radiology demo's samples; for the baseline comparison only single-frame files, as PIL images."""
+    from radiology_lora import dicom_folders
+
+    from data_adapters.dicom import from_dicom
+    from plm_tune.media import load_image
+
+    logging.getLogger("data_adapters").setLevel(logging.ERROR)  # the skip report of the deliberately bad files
+    warnings.filterwarnings("ignore", module="pydicom")
+    dataset = from_dicom(dicom_folders("pydicom-testdata"), caption=CAPTION, prompt=PROMPT, on_error="skip")
+    samples = [dataset[i] for i in range(len(dataset))]
+    if vanilla_single_frame:
+        samples = [{**s, "images": [load_image(s["images"][0])]} for s in samples if s.get("images")]
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------- one run
+class StepClock:
+    """A TrainerCallback: wall time of each optimizer step, from the end of the previous one (data included)."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.last = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                now = time.perf_counter()
+                clock.steps.append(now - clock.last)
+                clock.counts.append(dict(clock.counter))
+                clock.last = now
+
+        self.steps: list[float] = []
+        self.counts: list[dict] = []
+        self.counter = {"answer": 0, "labelled": 0, "tokens": 0, "slots": 0}
+        self.last = 0.0
+        self.callback = _Callback()
+
+
+def caption(sample: dict) -> str:
+    content = sample["messages"][-1]["content"]
+    return content if isinstance(content, str) else "".join(part.get("text") or "" for part in content)
+
+
+def answer_tokens(sample: dict, tokenizer) -> int:
+    """Tokens of the caption plus its <|eot_id|>, the part of a sample a caption finetune exists to learn."""
+    return len(tokenizer(caption(sample), add_special_tokens=False)["input_ids"]) + 1
+
+
+def run(variant: str, model_path: Path, steps: int, out: Path) -> None:
+    """Train ``steps`` steps of ``variant`` in this process and write its measurements to ``out``."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(model_path)
+    processor.image_processor.vision_input_type = "vanilla"  # as the card does
+    samples = dicom_samples(vanilla_single_frame=True)
+    clock = StepClock()
+    answers = {caption(s): answer_tokens(s, processor.tokenizer) for s in samples}
+    common = dict(output_dir=str(out.parent / f"trainer-{variant}"), max_steps=steps, per_device_train_batch_size=BATCH,
+                  gradient_accumulation_steps=1, warmup_steps=50, learning_rate=1e-4, weight_decay=0.01,
+                  optim="adamw_torch", logging_steps=10**6, save_strategy="no", report_to="none",
+                  remove_unused_columns=False, dataloader_pin_memory=False, bf16=False, seed=0, disable_tqdm=True)
+
+    if variant == "baseline":
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32)
+        for param in model.model.vision_tower.parameters():  # the card: "if you'd like to only fine-tune LLM"
+            param.requires_grad = False
+        image_token_id = processor.tokenizer.image_token_id
+        from torch.nn.utils.rnn import pad_sequence
+
+        def collate_fn(examples):  # the model card's, less .to("cuda"); counting added around it
+            instances = []
+            for example in examples:
+                caption = example["caption"]
+                user_content = [{"type": "text", "text": PROMPT}]
+                user_content.append({"type": "image", "image": example["image"]})
+                messages = [
+                    {"role": "user", "content": user_content},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"{caption}"}]},
+                ]
+                instance = processor.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                ).to(model.dtype)
+                instances.append(instance)
+            input_ids = pad_sequence([inst["input_ids"].squeeze(0) for inst in instances], batch_first=True,
+                                     padding_value=processor.tokenizer.pad_token_id)
+            attention_mask = pad_sequence([inst["attention_mask"].squeeze(0) for inst in instances],
+                                          batch_first=True, padding_value=0)
+            labels = pad_sequence([inst["input_ids"].squeeze(0).clone() for inst in instances], batch_first=True,
+                                  padding_value=-100)
+            pixel_values = torch.cat([inst["pixel_values"] for inst in instances], dim=0)
+            labels[labels == image_token_id] = -100
+            clock.counter["answer"] += sum(e["answer"] for e in examples)
+            clock.counter["labelled"] += int((labels[:, 1:] != -100).sum())
+            clock.counter["tokens"] += int(attention_mask.sum())
+            clock.counter["slots"] += input_ids.numel()
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                    "pixel_values": pixel_values}
+
+        import datasets
+
+        table = datasets.Dataset.from_list([{"image": s["images"][0], "caption": caption(s), "answer": answers[caption(s)]}
+                                            for s in samples])
+        trainer = Trainer(model=model, args=TrainingArguments(**common), data_collator=collate_fn,
+                          train_dataset=table, callbacks=[clock.callback])
+    else:
+        from trl import SFTConfig
+
+        from plm_tune import PLMCollator, build_trainer, load_model
+
+        packed = variant == "plm-tune packed"
+        model, _ = load_model(model_path, method="full", freeze=("vision",), dtype=torch.float32)
+        stats = ("labelled_tokens", "tokens", "token_slots")
+
+        class CountingCollator(PLMCollator):
+            def __call__(self, batch):
+                before = [self.stats[key] for key in stats]
+                out = super().__call__(batch)
+                clock.counter["answer"] += sum(answers[caption(s)] for s in batch)
+                for name, key, old in zip(("labelled", "tokens", "slots"), stats, before, strict=True):
+                    clock.counter[name] += self.stats[key] - old
+                return out
+
+        collator = CountingCollator(processor, vision_input_type="vanilla", padding_free=packed)
+        args = SFTConfig(**common, max_length=None, padding_free=packed,
+                         train_sampling_strategy="group_by_length" if packed else "random")
+        trainer = build_trainer(model, processor, samples, args=args, collator=collator, callbacks=[clock.callback])
+
+    rss_reset()
+    trainer.train()
+    timed = slice(2, None)
+    seconds = sum(clock.steps[timed])
+    first, last = clock.counts[1], clock.counts[-1]
+    totals = {key: last[key] - first[key] for key in last}
+    out.write_text(json.dumps({
+        "variant": variant, "timed_steps": len(clock.steps[timed]), "seconds": seconds,
+        "median_step_s": statistics.median(clock.steps[timed]), "peak_rss_mib": rss_peak_mib(), **totals,
+    }))
+
+
+# ----------------------------------------------------------------------------------------------------- the table
+def demo_mix_padding(model_path: Path) -> list[tuple[str, float]]:
+    """Padding on the radiology demo's own mix (thumb+tile up to 4 tiles, 4-frame videos), batch 8."""
+    import torch
+    from transformers import AutoProcessor
+
+    from plm_tune import PLMCollator
+    from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    samples = dicom_samples(vanilla_single_frame=False)
+    collator = PLMCollator(processor, max_tiles=4, num_frames=4)
+    costs = [sample_cost(s, collator) for s in samples]
+    order = torch.randperm(len(costs), generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+    grouped = list(LengthGroupedBatchSampler(costs, BATCH, seed=0))
+    tokens = [c[0] for c in costs]
+    print(f"\nThe demo mix: {len(samples)} samples (images thumb+tile <= 4 tiles, videos 4 frames), "
+          f"{min(tokens)}-{max(tokens)} tokens, batch {BATCH}")
+    return [("random batches, padded", padding_fraction(costs, random_batches)),
+            ("length-grouped, padded", padding_fraction(costs, grouped)),
+            ("packed (padding_free)", 0.0)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=14, help="optimizer steps per run (the first 2 are not timed)")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+    if cli.run:
+        run(cli.run, cli.model, cli.steps, cli.out)
+        return
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = build_model(Path(tmp) / "plm-bench")
+        results = []
+        for variant in ("baseline", "plm-tune padded", "plm-tune packed"):
+            out = Path(tmp) / f"{variant.replace(' ', '-')}.json"
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            subprocess.run([sys.executable, __file__, "--run", variant, "--model", str(model_path), "--out", str(out),
+                            "--steps", str(cli.steps)], check=True, env=env, cwd=ROOT)
+            results.append(json.loads(out.read_text()))
+            print(f"  {variant}: done", flush=True)
+        padding = demo_mix_padding(model_path)
+
+    base = results[0]
+    print(f"\nvs the model card's script: CPU, float32, batch {BATCH}, vanilla single tile, "
+          f"{base['timed_steps']} timed steps each, 128,256-token vocabulary\n")
+    header = ("run", "answer tok/s", "labelled tok/s", "real tok/s", "padding", "peak RSS MiB", "s/step",
+              "answer tok/s vs card", "peak RSS vs card")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in results:
+        rate = lambda key, r=r: r[key] / r["seconds"]  # noqa: E731
+        print(f"| {r['variant']} | {rate('answer'):.0f} | {rate('labelled'):.0f} | {rate('tokens'):.0f} | "
+              f"{1 - r['tokens'] / r['slots']:.1%} | {r['peak_rss_mib']:.0f} | {r['median_step_s']:.2f} | "
+              f"{rate('answer') / (base['answer'] / base['seconds']):.2f}x | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |")
+    print("\nlabelled = the tokens each run puts its loss on: the card's every token but the image ones "
+          "(system, prompt, a stray generation prompt); plm-tune's the answers and their <|eot_id|>.")
+    print("\n| batches | padding |\n|---|---|")
+    for name, fraction in padding:
+        print(f"| {name} | {fraction:.1%} |")
+    print(f"\nTotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
