@@ -330,14 +330,25 @@ def _plm_trainer_class() -> type:
 
 
 def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True) -> list[tuple[int, int]]:
-    """``(tokens, tiles + frames)`` of every sample of ``dataset`` as ``collator`` encodes it (``sample_cost``),
-    with a progress bar; the collator's own counters are left alone."""
+    """``(tokens, tiles + frames)`` of every sample of ``dataset`` as ``collator`` will encode it, with a progress bar.
+
+    From media headers (``plm_tune.plan.estimate_cost``: exact, no pixel decoding); a sample whose media headers
+    cannot be read that way is encoded in full (``sample_cost``, with the collator's counters left alone).
+    """
     from tqdm.auto import tqdm
+
+    from plm_tune.plan import estimate_cost
 
     counting = copy.copy(collator)
     counting.stats = CollatorStats()
-    indices = tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress)
-    return [sample_cost(dataset[i], counting) for i in indices]
+    costs = []
+    for i in tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress):
+        sample = dataset[i]
+        try:
+            costs.append(estimate_cost(sample, counting).cost)
+        except ValueError:
+            costs.append(sample_cost(sample, counting))  # raises the collator's own error if the sample is bad
+    return costs
 
 
 def _as_dataset(samples: Any) -> Any:
