@@ -37,7 +37,7 @@ MODELS = {
                        "ref_feat_shape": (32, 32)}},
 }
 # (model, batch_size, seq_len, tiles per sample)
-SHAPES = {"tiny": (4, 512, 5), "small": (2, 512, 5), "mid": (2, 256, 1)}
+SHAPES = {"tiny": (4, 512, 5), "small": (2, 512, 5), "mid": (2, 512, 1)}
 
 
 def build_model(name: str, folder: Path) -> Path:
@@ -152,8 +152,9 @@ def estimate(path: Path, method: str, *, gradient_checkpointing: bool, batch_siz
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny and small models only")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="measure only these models")
     args = parser.parse_args()
-    names = ["tiny", "small"] if args.quick else list(MODELS)
+    names = args.models or (["tiny", "small"] if args.quick else list(MODELS))
     mib = 1024**2
     print(f"{'model':<6} {'params':>8} {'method':<5} {'ckpt':<5} {'batch':>9} {'est. weights':>12} "
           f"{'meas. weights':>13} {'est. peak':>10} {'meas. peak':>10} {'error':>7}")
