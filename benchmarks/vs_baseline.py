@@ -1,6 +1,6 @@
 """plm-tune against the model card's finetuning script, on the same random-init model and the same data, on CPU.
 
-    .venv/bin/python benchmarks/vs_baseline.py            # about 6 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/vs_baseline.py            # about 5 minutes on 2 CPU cores (275 s here)
     .venv/bin/python benchmarks/vs_baseline.py --steps 8  # a quicker, noisier look
 
 The baseline is the "Simple PLM Fine-tuning Example" of the PLM model card, run as written except for the
@@ -117,7 +117,7 @@ class StepClock:
 
         self.steps: list[float] = []
         self.counts: list[dict] = []
-        self.counter = {"answer": 0, "labelled": 0, "tokens": 0, "slots": 0}
+        self.counter = {"answer": 0, "labelled": 0, "tokens": 0, "slots": 0, "samples": 0}
         self.last = 0.0
         self.callback = _Callback()
 
@@ -139,8 +139,10 @@ def run(variant: str, model_path: Path, steps: int, out: Path) -> None:
 
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_path)
-    processor.image_processor.vision_input_type = "vanilla"  # as the card does
-    samples = dicom_samples(vanilla_single_frame=True)
+    demo_mix = variant.startswith("demo mix")  # plm-tune alone: thumb+tile images and videos, as the demo
+    if not demo_mix:
+        processor.image_processor.vision_input_type = "vanilla"  # as the card does
+    samples = dicom_samples(vanilla_single_frame=not demo_mix)
     clock = StepClock()
     answers = {caption(s): answer_tokens(s, processor.tokenizer) for s in samples}
     common = dict(output_dir=str(out.parent / f"trainer-{variant}"), max_steps=steps, per_device_train_batch_size=BATCH,
@@ -178,6 +180,7 @@ def run(variant: str, model_path: Path, steps: int, out: Path) -> None:
             pixel_values = torch.cat([inst["pixel_values"] for inst in instances], dim=0)
             labels[labels == image_token_id] = -100
             clock.counter["answer"] += sum(e["answer"] for e in examples)
+            clock.counter["samples"] += len(examples)
             clock.counter["labelled"] += int((labels[:, 1:] != -100).sum())
             clock.counter["tokens"] += int(attention_mask.sum())
             clock.counter["slots"] += input_ids.numel()
@@ -195,7 +198,7 @@ def run(variant: str, model_path: Path, steps: int, out: Path) -> None:
 
         from plm_tune import PLMCollator, build_trainer, load_model
 
-        packed = variant == "plm-tune packed"
+        packed, grouped = variant.endswith("packed"), variant.endswith("grouped")
         model, _ = load_model(model_path, method="full", freeze=("vision",), dtype=torch.float32)
         stats = ("labelled_tokens", "tokens", "token_slots")
 
@@ -204,13 +207,15 @@ def run(variant: str, model_path: Path, steps: int, out: Path) -> None:
                 before = [self.stats[key] for key in stats]
                 out = super().__call__(batch)
                 clock.counter["answer"] += sum(answers[caption(s)] for s in batch)
+                clock.counter["samples"] += len(batch)
                 for name, key, old in zip(("labelled", "tokens", "slots"), stats, before, strict=True):
                     clock.counter[name] += self.stats[key] - old
                 return out
 
-        collator = CountingCollator(processor, vision_input_type="vanilla", padding_free=packed)
+        vision = dict(max_tiles=4, num_frames=4) if demo_mix else dict(vision_input_type="vanilla")
+        collator = CountingCollator(processor, padding_free=packed, **vision)
         args = SFTConfig(**common, max_length=None, padding_free=packed,
-                         train_sampling_strategy="group_by_length" if packed else "random")
+                         train_sampling_strategy="group_by_length" if packed or grouped else "random")
         trainer = build_trainer(model, processor, samples, args=args, collator=collator, callbacks=[clock.callback])
 
     rss_reset()
@@ -264,7 +269,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = build_model(Path(tmp) / "plm-bench")
         results = []
-        for variant in ("baseline", "plm-tune padded", "plm-tune packed"):
+        for variant in ("baseline", "plm-tune padded", "plm-tune packed",
+                        "demo mix padded", "demo mix grouped", "demo mix packed"):
             out = Path(tmp) / f"{variant.replace(' ', '-')}.json"
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             subprocess.run([sys.executable, __file__, "--run", variant, "--model", str(model_path), "--out", str(out),
@@ -273,6 +279,7 @@ def main() -> None:
             print(f"  {variant}: done", flush=True)
         padding = demo_mix_padding(model_path)
 
+    results, demo = results[:3], results[3:]
     base = results[0]
     print(f"\nvs the model card's script: CPU, float32, batch {BATCH}, vanilla single tile, "
           f"{base['timed_steps']} timed steps each, 128,256-token vocabulary\n")
@@ -290,6 +297,12 @@ def main() -> None:
     print("\n| batches | padding |\n|---|---|")
     for name, fraction in padding:
         print(f"| {name} | {fraction:.1%} |")
+    print("\nplm-tune alone on that mix: random padded batches, length-grouped padded batches, packed + grouped:\n")
+    print("| run | real tok/s | samples/s | padding | peak RSS MiB | s/step | real tok/s vs padded |\n|---|---|---|---|---|---|---|")
+    for r in demo:
+        print(f"| {r['variant']} | {r['tokens'] / r['seconds']:.0f} | {r['samples'] / r['seconds']:.2f} | "
+              f"{1 - r['tokens'] / r['slots']:.1%} | {r['peak_rss_mib']:.0f} | {r['median_step_s']:.2f} | "
+              f"{(r['tokens'] / r['seconds']) / (demo[0]['tokens'] / demo[0]['seconds']):.2f}x |")
     print(f"\nTotal {time.perf_counter() - started:.0f} s")
 
 

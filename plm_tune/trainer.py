@@ -175,7 +175,9 @@ def build_trainer(
     """
     from trl import SFTConfig
 
-    args = args if args is not None else SFTConfig(output_dir="outputs/plm-tune")
+    if args is None:  # SFTConfig's own default, bf16=True, is refused on a CPU
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        args = SFTConfig(output_dir="outputs/plm-tune", bf16=bf16)
     if args.remove_unused_columns:
         # TRL's default; it would drop the 'messages' / 'images' columns the collator reads.
         logger.info("Setting remove_unused_columns=False: the PLM collator needs every sample column.")
@@ -212,8 +214,11 @@ def build_trainer(
         )
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if collator.padding_free and attention in ("sdpa", "eager"):
-        logger.info("Padding-free batches with %s attention: samples are kept apart by a (tokens x tokens) mask per "
-                    "batch; flash_attention_2 on a GPU needs none.", attention)
+        logger.warning(
+            "padding_free with %s attention: samples are kept apart by a (tokens x tokens) mask over the whole packed "
+            "row, so attention costs row_tokens**2 per layer (on the CPU benchmark, a demo mix trained 0.8x as fast "
+            "packed as padded). Load the model with attn_implementation='flash_attention_2' (varlen kernels, no "
+            "mask) to pack, or use train_sampling_strategy='group_by_length' without padding_free.", attention)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
