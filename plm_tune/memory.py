@@ -272,6 +272,7 @@ def estimate_memory(
     lora_targets: str = "language",
     optimizer: Optimizer = "adamw",
     logit_tokens: int | None = None,
+    fused_lm_head: bool = False,
     device: Literal["cuda", "cpu"] = "cuda",
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step of PLM (forward, backward, optimizer step).
@@ -291,8 +292,11 @@ def estimate_memory(
             adapted linear's input).
         optimizer: ``"adamw"`` (two moments in the parameter's dtype, as ``torch.optim.AdamW``) or
             ``"adamw_8bit"`` (bitsandbytes, 2 bytes per parameter).
-        logit_tokens: positions projected onto the vocabulary at once (default ``batch_size * seq_len``: a plain
-            ``model(**batch).loss``; fewer with labelled-only logits or TRL's chunked LM head).
+        logit_tokens: positions projected onto the vocabulary (default ``batch_size * seq_len``: a plain
+            ``model(**batch).loss``; the labelled positions with ``build_trainer`` off CUDA, which keeps only those).
+        fused_lm_head: TRL's fused LM head (``build_trainer`` on CUDA): ``logit_tokens`` are scored in tiles of at
+            most 4096 positions x 32768 vocabulary entries, a float32 buffer in the forward and one in the
+            backward (TRL 1.16's kernel constants; estimated from its code, not measured).
         device: ``"cuda"`` adds the CUDA context (about 0.5 GiB, assumed, not measured here); ``"cpu"`` adds none.
 
     Returns:
@@ -394,6 +398,8 @@ def estimate_memory(
     # ---- logits: (tokens, vocab) logits, their float32 log-softmax and its gradient alive at once
     positions = tokens if logit_tokens is None else logit_tokens
     logits = 12 * positions * a.vocab
+    if fused_lm_head:
+        logits = 2 * 4 * min(positions, 4096) * min(a.vocab, 32768)
 
     overhead = _GIB // 2 if device == "cuda" else 0
     return MemoryEstimate(

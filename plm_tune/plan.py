@@ -472,9 +472,9 @@ def plan_report(
     """Plan a training run and return the report that ``plm-tune plan`` prints (no model weights are loaded).
 
     The collator is built as ``build_trainer`` builds it, from ``model_name_or_path``'s processor. The memory
-    table estimates the configured method for PLM-1B / 3B / 8B (bf16 on one CUDA GPU, TRL's LM head scoring
-    at most 4096 positions at a time) and, for a local PLM folder, for that model too (float32 on CPU when no
-    GPU is here). With a processor whose tiles are not PLM's 256 tokens (the tiny test model), the 1B / 3B / 8B
+    table estimates the configured method for PLM-1B / 3B / 8B (bf16 on one CUDA GPU, TRL's fused LM head on
+    the labelled positions of the batch) and, for a local PLM folder, for that model too (float32 on CPU when
+    no GPU is here, logits at the labelled positions only, as ``build_trainer`` does). With a processor whose tiles are not PLM's 256 tokens (the tiny test model), the 1B / 3B / 8B
     rows re-count the same tiles and frames at 256 tokens each.
 
     Args:
@@ -498,6 +498,8 @@ def plan_report(
                            num_frames=num_frames, vision_input_type=vision_input_type)
     plan = plan_dataset(samples, collator, batch_size=batch_size, progress=progress)
     seq_len, vision = plan.worst_batch()
+    # build_trainer scores only the labelled positions: TRL's fused head on CUDA, logits_to_keep elsewhere.
+    labelled = sum(e.labelled_tokens for e in sorted(plan.kept, key=lambda e: e.cost, reverse=True)[:batch_size])
     if seq_len == 0:
         return plan.report()
     geometry = _Geometry(collator)
@@ -513,13 +515,13 @@ def plan_report(
     rows = {}
     for size in PLM_SIZES:
         rows[f"PLM-{size} {method}"] = estimate_memory(
-            size, method, seq_len=plm_seq, logit_tokens=min(batch_size * plm_seq, 4096), dtype=torch.bfloat16,
+            size, method, seq_len=plm_seq, logit_tokens=labelled, fused_lm_head=True, dtype=torch.bfloat16,
             device="cuda", **common)
     config = AutoConfig.from_pretrained(model_name_or_path) if Path(model_name_or_path).is_dir() else None
     if config is not None and getattr(config, "model_type", None) == "perception_lm":
         on_gpu = torch.cuda.is_available()
         rows[f"{Path(model_name_or_path).name} {method}"] = estimate_memory(
-            config, method, seq_len=seq_len, logit_tokens=min(batch_size * seq_len, 4096),
+            config, method, seq_len=seq_len, logit_tokens=labelled, fused_lm_head=on_gpu,
             dtype=torch.bfloat16 if on_gpu else torch.float32, device="cuda" if on_gpu else "cpu", **common)
     checkpointing = "on" if gradient_checkpointing else "off"
     note = "; ".join(x for x in (f"gradient checkpointing {checkpointing}", note) if x)
