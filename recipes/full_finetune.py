@@ -29,6 +29,7 @@ from trl import SFTConfig, TrlParser
 from data_adapters import from_hf_dataset, synthetic_shapes
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
+from plm_tune.plan import plan_report
 from plm_tune.testing import TINY_PRESETS, build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -62,6 +63,8 @@ class DataArguments:
         "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image (default: the "
                 "processor's)."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    plan: bool = field(default=False, metadata={
+        "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})
 
 
 def make_parser() -> TrlParser:
@@ -75,24 +78,13 @@ def make_parser() -> TrlParser:
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig,
          eval_args: EvalArguments) -> None:
     ################
-    # Model
+    # The model's folder (the offline demos build a tiny PLM there)
     ################
     path = model_args.model_name_or_path
     if model_args.build_tiny_if_missing:
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
                 build_tiny_plm(path, **TINY_PRESETS[model_args.tiny_preset])
-    # float32 weights: with bf16=True the Trainer autocasts the forward pass, while the optimizer updates
-    # float32 weights (a 1e-5 step on a bf16 weight mostly rounds away). One checkpointing switch, SFTConfig's
-    # (TRL defaults it on): load_model also reaches the timm vision blocks, so the Trainer's is turned off.
-    model, processor = load_model(
-        path,
-        method="full",
-        freeze=model_args.freeze,
-        dtype=torch.float32,
-        gradient_checkpointing=training_args.activation_checkpointing,
-    )
-    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 
     ################
     # Data
@@ -112,6 +104,30 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     if data_args.eval_split > 0:
         split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
         train_set, eval_set = split["train"], split["test"]
+
+    if data_args.plan:  # `plm-tune plan CONFIG`: counts from media headers and a memory estimate, no weights
+        print(plan_report(train_set, path, batch_size=training_args.per_device_train_batch_size,
+                          max_length=training_args.max_length, max_tiles=data_args.max_tiles,
+                          train_on=data_args.train_on, vision_input_type=data_args.vision_input_type,
+                          method="full", freeze=model_args.freeze,
+                          gradient_checkpointing=training_args.activation_checkpointing))
+        return
+
+    ################
+    # Model
+    ################
+    # float32 weights: with bf16=True the Trainer autocasts the forward pass, while the optimizer updates
+    # float32 weights (a 1e-5 step on a bf16 weight mostly rounds away). One checkpointing switch, SFTConfig's
+    # (TRL defaults it on): load_model also reaches the timm vision blocks, so the Trainer's is turned off.
+    model, processor = load_model(
+        path,
+        method="full",
+        freeze=model_args.freeze,
+        dtype=torch.float32,
+        gradient_checkpointing=training_args.activation_checkpointing,
+    )
+    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
+
 
     ################
     # Training

@@ -107,7 +107,7 @@ def dicom_folders(dicom_dir: str) -> list[str]:
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig,
          eval_args: EvalArguments) -> None:
     ################
-    # Model
+    # The model's folder (the offline demos build a tiny PLM there)
     ################
     path = model_args.model_name_or_path
     if model_args.build_tiny_if_missing:

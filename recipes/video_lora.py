@@ -29,6 +29,7 @@ from trl import SFTConfig, TrlParser
 from data_adapters import from_plm_jsonl, from_video_folder, synthetic_videos
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
+from plm_tune.plan import plan_report
 from plm_tune.testing import build_tiny_plm
 
 
@@ -60,6 +61,8 @@ class DataArguments:
     num_frames: int = field(default=16, metadata={"help": "Frames sampled per video (PLM samples up to 32)."})
     max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image of a plm_jsonl image line."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    plan: bool = field(default=False, metadata={
+        "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})
 
 
 def make_parser() -> TrlParser:
@@ -88,13 +91,34 @@ def load_samples(data_args: DataArguments, seed: int):
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig,
          eval_args: EvalArguments) -> None:
     ################
-    # Model
+    # The model's folder (the offline demos build a tiny PLM there)
     ################
     path = model_args.model_name_or_path
     if model_args.build_tiny_if_missing:
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
                 build_tiny_plm(path)
+
+    ################
+    # Data
+    ################
+    samples = load_samples(data_args, training_args.seed)
+    train_set, eval_set = samples, None
+    if data_args.eval_split > 0:
+        split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
+        train_set, eval_set = split["train"], split["test"]
+
+    if data_args.plan:  # `plm-tune plan CONFIG`: counts from media headers and a memory estimate, no weights
+        print(plan_report(train_set, path, batch_size=training_args.per_device_train_batch_size,
+                          max_length=training_args.max_length, max_tiles=data_args.max_tiles,
+                          num_frames=data_args.num_frames, train_on=data_args.train_on, method=model_args.method,
+                          freeze=model_args.freeze, lora_r=model_args.lora_r, lora_dropout=model_args.lora_dropout,
+                          gradient_checkpointing=training_args.activation_checkpointing))
+        return
+
+    ################
+    # Model
+    ################
     # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
     # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
     model, processor = load_model(
@@ -108,14 +132,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
     )
     training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 
-    ################
-    # Data
-    ################
-    samples = load_samples(data_args, training_args.seed)
-    train_set, eval_set = samples, None
-    if data_args.eval_split > 0:
-        split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
-        train_set, eval_set = split["train"], split["test"]
 
     ################
     # Training
