@@ -215,10 +215,22 @@ def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
             setattr(args, key, info[key])
 
 
+def _adapter_base(adapter: str | None) -> str | None:
+    """The base model an adapter folder was trained on (its adapter_config.json), or None."""
+    import json
+    from pathlib import Path
+
+    config = Path(adapter) / "adapter_config.json" if adapter else None
+    if config is None or not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
+    args.model = args.model or _adapter_base(args.adapter) or DEFAULT_MODEL
     _training_defaults(args, args.adapter or args.model)
     model, processor = load_for_inference(args.model, args.adapter)
     answer = generate(model, processor, [_media_sample(args)], max_new_tokens=args.max_new_tokens,
@@ -269,7 +281,7 @@ def _eval(args: argparse.Namespace) -> int:
     from plm_tune.report import write_report
 
     config = _eval_config(args)
-    args.model = args.model or config.get("model_name_or_path") or DEFAULT_MODEL
+    args.model = args.model or config.get("model_name_or_path") or _adapter_base(args.adapter) or DEFAULT_MODEL
     for key in ("max_tiles", "num_frames"):
         if getattr(args, key) is None and config.get(key) is not None:
             setattr(args, key, config[key])
@@ -357,8 +369,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_after_training_commands(sub) -> None:
     generate = sub.add_parser("generate", help="answer one prompt about images / videos / DICOM files")
-    generate.add_argument("--model", default=DEFAULT_MODEL, help="base or merged model (Hub id or folder), "
-                          "or an adapter folder")
+    generate.add_argument("--model", help="base or merged model (Hub id or folder), or an adapter folder (default: "
+                          f"the base --adapter was trained on, else {DEFAULT_MODEL})")
     generate.add_argument("--adapter", help="a trained adapter folder to apply on --model")
     generate.add_argument("--image", action="append", metavar="FILE", help="an image (repeatable)")
     generate.add_argument("--video", action="append", metavar="FILE", help="a video file (repeatable)")
@@ -374,8 +386,8 @@ def _add_after_training_commands(sub) -> None:
 
     evaluate = sub.add_parser("eval", help="answer an eval split, score it (base vs finetuned) and write a report")
     _add_data_flags(evaluate)
-    evaluate.add_argument("--model", help="base model (default: the config's model_name_or_path, else "
-                          f"{DEFAULT_MODEL})")
+    evaluate.add_argument("--model", help="base model (default: the config's model_name_or_path, else the base "
+                          f"--adapter was trained on, else {DEFAULT_MODEL})")
     evaluate.add_argument("--adapter", help=f"trained adapter folder; its {EVAL_DATA}/ (the recipe's held-out split) "
                           "is the default eval data")
     evaluate.add_argument("--eval-split", dest="eval_split", type=float, default=0.0,
@@ -452,8 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (a bad file, record or option) prints one message and exits 1.
+
+    Set ``PLM_TUNE_DEBUG=1`` for the full traceback.
+    """
+    import os
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        if os.environ.get("PLM_TUNE_DEBUG"):
+            raise
+        print(f"plm-tune {args.command}: error: {error}\n(PLM_TUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

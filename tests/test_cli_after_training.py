@@ -45,6 +45,20 @@ def test_generate_with_adapter_or_adapter_folder_alone(radiology_demo, ct_file, 
     alone = _cli("generate", "--model", radiology_demo.out, "--dicom", ct_file, "--prompt", "Describe.",
                  "--max-new-tokens", 8)
     assert alone.strip() == adapter_answer
+    # --adapter without --model: the base the adapter names, not PLM-1B from the Hub.
+    adapter_only = _cli("generate", "--adapter", radiology_demo.out, "--dicom", ct_file, "--prompt", "Describe.",
+                        "--max-new-tokens", 8)
+    assert adapter_only.strip() == adapter_answer
+
+
+def test_a_user_error_is_one_message_not_a_traceback(radiology_demo, tmp_path):
+    missing = tmp_path / "missing.png"
+    result = subprocess.run([sys.executable, "-m", "plm_tune.cli", "generate", "--model", str(radiology_demo.out),
+                             "--image", str(missing), "--prompt", "Describe."], capture_output=True, text=True,
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 1
+    assert "plm-tune generate: error:" in result.stderr and "missing.png" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_eval_reuses_the_recipes_held_out_split_and_matches_its_answers(radiology_demo, tmp_path):
