@@ -51,6 +51,14 @@ def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+def qa(question: str, answer: str, media: tuple[str, ...] | list[str] = ()) -> list[dict]:
+    """One user turn (media placeholders, then the question) and the assistant's answer."""
+    return [
+        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
+        {"role": "assistant", "content": answer},
+    ]
+
+
 def make_frames(count: int, size: int = 40, seed: int = 0) -> np.ndarray:
     """Deterministic (T, H, W, 3) uint8 video frames."""
     rng = np.random.default_rng(seed)

@@ -7,32 +7,25 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_frames, make_image
+from conftest import make_frames, make_image, qa
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from plm_tune import PLMCollator
 
 
-def _qa(question, answer, media=()):
-    return [
-        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer},
-    ]
-
-
 def mixed_samples():
     """Images with different tile counts, multi-image, videos with different frame counts, both, text only."""
     return [
-        {"id": "wide", "messages": _qa("Describe.", "A wide noisy picture.", ["image"]),
+        {"id": "wide", "messages": qa("Describe.", "A wide noisy picture.", ["image"]),
          "images": [make_image(160, 60, seed=1)], "max_tiles": 6},
-        {"id": "two-images", "messages": _qa("Compare them.", "The left is brighter.", ["image", "image"]),
+        {"id": "two-images", "messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
          "images": [make_image(56, 56, seed=2), make_image(90, 140, seed=3)], "max_tiles": 4},
-        {"id": "video-5", "messages": _qa("What happens?", "Noise flickers.", ["video"]),
+        {"id": "video-5", "messages": qa("What happens?", "Noise flickers.", ["video"]),
          "videos": [make_frames(5, seed=4)]},
-        {"id": "video-3-and-image", "messages": _qa("Match them.", "They differ.", ["image", "video"]),
+        {"id": "video-3-and-image", "messages": qa("Match them.", "They differ.", ["image", "video"]),
          "images": [make_image(70, 50, seed=5)], "videos": [make_frames(3, seed=6)], "max_tiles": 2},
-        {"id": "text", "messages": _qa("Say yes.", "Yes.")},
+        {"id": "text", "messages": qa("Say yes.", "Yes.")},
     ]
 
 
@@ -82,7 +75,7 @@ def test_mixed_batch_trains_forward_and_backward(processor, tiny_plm_path):
 
 def test_tile_counts_follow_max_tiles_per_sample_and_globally(processor):
     image = make_image(300, 120, seed=7)
-    sample = {"messages": _qa("Describe.", "Noise.", ["image"]), "images": [image]}
+    sample = {"messages": qa("Describe.", "Noise.", ["image"]), "images": [image]}
     tiles = {}
     for budget in (1, 4, 9, 36):
         batch = PLMCollator(processor, max_tiles=budget)([sample])
@@ -96,11 +89,11 @@ def test_tile_counts_follow_max_tiles_per_sample_and_globally(processor):
 
 
 def test_num_frames_per_sample_overrides_default(processor):
-    sample = {"messages": _qa("What happens?", "Noise.", ["video"]), "videos": [make_frames(20)]}
+    sample = {"messages": qa("What happens?", "Noise.", ["video"]), "videos": [make_frames(20)]}
     assert PLMCollator(processor, num_frames=8)([sample])["pixel_values_videos"].shape[1] == 8
     assert PLMCollator(processor, num_frames=8)([{**sample, "num_frames": 4}])["pixel_values_videos"].shape[1] == 4
     # A short clip gives fewer frames than asked, never an error.
-    short = {"messages": _qa("What happens?", "Noise.", ["video"]), "videos": [make_frames(3)]}
+    short = {"messages": qa("What happens?", "Noise.", ["video"]), "videos": [make_frames(3)]}
     assert PLMCollator(processor, num_frames=32)([short])["pixel_values_videos"].shape[1] == 3
 
 
@@ -125,7 +118,7 @@ def test_model_card_collate_cannot_batch_different_tile_counts_but_ours_can(proc
     with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
         model_card_collate(processor, images)
     ours = PLMCollator(processor)(
-        [{"messages": _qa("Describe.", "Noise.", ["image"]), "images": [img]} for img in images]
+        [{"messages": qa("Describe.", "Noise.", ["image"]), "images": [img]} for img in images]
     )
     assert ours["input_ids"].shape[0] == 2
 
@@ -229,7 +222,7 @@ def test_collator_pickles_and_runs_in_dataloader_workers_with_shared_stats(proce
 
 
 def test_pixel_dtype_is_configurable(processor):
-    sample = {"messages": _qa("Describe.", "Noise.", ["image"]), "images": [make_image(56, 56)]}
+    sample = {"messages": qa("Describe.", "Noise.", ["image"]), "images": [make_image(56, 56)]}
     batch = PLMCollator(processor, pixel_dtype=torch.bfloat16)([sample])
     assert batch["pixel_values"].dtype == torch.bfloat16
     assert batch["input_ids"].dtype == torch.long

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_frames, make_image
+from conftest import make_frames, make_image, qa
 from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
@@ -17,22 +17,15 @@ from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.sparse_logits import keep_labelled_logits
 
 
-def _qa(question, answer, media=()):
-    return [
-        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer},
-    ]
-
-
 def _mixed_samples():
     """Ragged in every way: two tiled images, a video, a multi-turn conversation, text only."""
-    multi_turn = _qa("Describe.", "Noise.", ["image"]) + _qa("And the colour?", "Mostly grey, some red.")
+    multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
     return [
-        {"messages": _qa("Compare them.", "The left is brighter.", ["image", "image"]),
+        {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
          "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
-        {"messages": _qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
+        {"messages": qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
         {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
-        {"messages": _qa("Say hi.", "Hi.")},
+        {"messages": qa("Say hi.", "Hi.")},
     ]
 
 
@@ -92,7 +85,7 @@ def test_perturbing_one_sample_changes_no_other(processor, model):
 
         # Tokens: rewrite the answer text of sample 1 (the video).
         changed_text = [dict(s) for s in samples]
-        changed_text[1] = {**samples[1], "messages": _qa("What happens?", "Static noise flickers fast.", ["video"])}
+        changed_text[1] = {**samples[1], "messages": qa("What happens?", "Static noise flickers fast.", ["video"])}
         text_batch = collator(changed_text)
         text_logits = model(**text_batch).logits[0]
         # Pixels: another image for sample 0.

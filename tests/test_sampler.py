@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_frames, make_image
+from conftest import make_frames, make_image, qa
 from torch.utils.data import DataLoader
 
 from data_adapters.synthetic import synthetic_shapes
@@ -12,24 +12,17 @@ from plm_tune import PLMCollator
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
 
 
-def _qa(question, answer, media=()):
-    return [
-        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer},
-    ]
-
-
 def _samples():
     """40 samples from ~20 to thousands of tokens: small shapes, big tiled images, long answers, videos."""
     shapes = synthetic_shapes(16, seed=0, image_size=56)
     samples = [shapes[i] for i in range(len(shapes))]
     for i in range(8):  # 4 to 9 tiles of 56 px
-        samples.append({"messages": _qa("Describe.", "Noise.", ["image"]),
+        samples.append({"messages": qa("Describe.", "Noise.", ["image"]),
                         "images": [make_image(168, 168, seed=i)], "max_tiles": 4 + i % 6})
     for i in range(8):  # long text, no media
-        samples.append({"messages": _qa("Tell a story.", "once upon a time " * (40 + 30 * i))})
+        samples.append({"messages": qa("Tell a story.", "once upon a time " * (40 + 30 * i))})
     for i in range(8):  # 2 to 16 frames
-        samples.append({"messages": _qa("What happens?", "Noise.", ["video"]),
+        samples.append({"messages": qa("What happens?", "Noise.", ["video"]),
                         "videos": [make_frames(2 + 2 * i, seed=i)]})
     return samples
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_frames, make_image
+from conftest import make_frames, make_image, qa
 from transformers import AutoModelForImageTextToText, TrainerCallback
 from trl import SFTConfig
 
@@ -15,20 +15,13 @@ from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions
 
 
-def _qa(question, answer, media=()):
-    return [
-        {"role": "user", "content": [{"type": m} for m in media] + [{"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer},
-    ]
-
-
 def _mixed_samples():
     """Two images with different tile counts, a video, a multi-turn conversation."""
-    multi_turn = _qa("Describe.", "Noise.", ["image"]) + _qa("And the colour?", "Mostly grey, some red.")
+    multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
     return [
-        {"messages": _qa("Compare them.", "The left is brighter.", ["image", "image"]),
+        {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
          "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
-        {"messages": _qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
+        {"messages": qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
         {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
     ]
 
@@ -71,7 +64,7 @@ def test_same_loss_and_gradients_as_full_logits(processor, model, train_on):
 def test_logits_cover_only_the_labelled_positions(processor, model):
     # Image-heavy: four images of up to 16 tiles + thumbnail each, answers of a few tokens.
     samples = [
-        {"messages": _qa("Describe.", "Noise.", ["image"] * 4), "max_tiles": 16,
+        {"messages": qa("Describe.", "Noise.", ["image"] * 4), "max_tiles": 16,
          "images": [make_image(400, 300, seed=4 * s + i) for i in range(4)]}
         for s in range(2)
     ]
