@@ -6,19 +6,23 @@ projects every position onto the vocabulary: ``(batch, seq_len, vocab)`` logits,
 ``PerceptionLMForConditionalGeneration.forward`` run ``lm_head`` and its own loss on those positions only;
 the loss is the same, since every other position has an ignored label.
 
-``build_trainer`` does this itself (``labelled_logits_only``; on CUDA it uses TRL's fused LM head instead, which
-scores the labelled positions in tiles). Use these functions where you call the model yourself.
+``project_labelled_only`` goes one step further for padded batches: it selects the labelled (row, position)
+pairs themselves, not positions shared by all rows. ``build_trainer`` uses it (``labelled_logits_only``; on CUDA
+it uses TRL's fused LM head instead, which scores the labelled positions in tiles). Use these functions where you
+call the model yourself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from plm_tune.formatting import IGNORE_INDEX
 
-__all__ = ["labelled_positions", "keep_labelled_logits"]
+__all__ = ["labelled_positions", "keep_labelled_logits", "project_labelled_only"]
 
 
 def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +58,36 @@ def keep_labelled_logits(batch: dict[str, Any]) -> dict[str, Any]:
     """
     logits_to_keep, shift_labels = labelled_positions(batch["labels"])
     return {**batch, "logits_to_keep": logits_to_keep, "shift_labels": shift_labels}
+
+
+@contextmanager
+def project_labelled_only(model: Any, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Inside this context, ``model(..., logits_to_keep=0)`` projects only the (row, position) pairs that predict a
+    labelled token: ``logits`` ``(1, N, vocab)``, in row-major order. Yields their next-token labels ``(N,)``.
+
+    Exact per row, unlike ``logits_to_keep`` positions, which are shared by every row of a padded batch (the
+    union of the rows' positions). A forward pre-hook on the model's output embeddings selects the hidden
+    states, so it runs inside the model's own forward (as DeepSpeed ZeRO-3 needs) and gradients flow through.
+
+    Args:
+        model: the model (unwrapped: ``get_output_embeddings`` must give its LM head).
+        labels: ``(batch, seq_len)``, ``IGNORE_INDEX`` where no loss is taken.
+
+    Example:
+        >>> with project_labelled_only(model, batch["labels"]) as targets:       # doctest: +SKIP
+        ...     logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=0).logits[0]
+        >>> loss = torch.nn.functional.cross_entropy(logits.float(), targets)    # doctest: +SKIP
+    """
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+    targets = labels[:, 1:][predicts[:, :-1]]
+
+    def gather(module: Any, args: tuple) -> tuple:
+        hidden = args[0]  # (batch, seq_len, hidden): logits_to_keep=0 keeps every position
+        return (hidden[predicts.to(hidden.device)].unsqueeze(0), *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        yield targets
+    finally:
+        handle.remove()

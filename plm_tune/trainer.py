@@ -18,12 +18,11 @@ import torch
 from transformers import TrainerCallback
 
 from plm_tune.collator import CollatorStats, PLMCollator
-from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
-from plm_tune.sparse_logits import labelled_positions
+from plm_tune.sparse_logits import project_labelled_only
 
 __all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
 
@@ -164,8 +163,9 @@ def build_trainer(
             ``eval_dataset`` by greedy generation (at most ``generation_max_new_tokens`` tokens) and log their
             scores as ``gen_eval/...`` (``GenerationEvalCallback``; works under ZeRO-3). 0: off.
         labelled_logits_only: how the loss avoids ``(batch, seq_len, vocab)`` logits (128k wide for PLM).
-            True: the model projects only the positions that predict a labelled token (``logits_to_keep``) and
-            the trainer takes the loss, entropy and token accuracy there. False: TRL's fused LM head, which scores
+            True: the model projects only the (row, position) pairs that predict a labelled token
+            (``plm_tune.sparse_logits.project_labelled_only``) and the trainer takes the loss, entropy and token
+            accuracy there. False: TRL's fused LM head, which scores
             in tiles, only the labelled positions on CUDA / XPU but every position elsewhere (on a CPU that costs
             4-5x the step time of the first option: see benchmarks/vs_baseline.py). None (default): True except
             on CUDA / XPU, where TRL's tiles also bound the memory of long labelled spans. Same loss either way.
@@ -301,26 +301,26 @@ def _plm_trainer_class() -> type:
             return self._labelled_logits_loss(model, inputs, num_items_in_batch)
 
         def _labelled_logits_loss(self, model, inputs, num_items_in_batch):
-            """TRL's loss and metrics, from logits at the labelled positions only (``labelled_positions``)."""
+            """TRL's loss and metrics, from logits at the labelled (row, position) pairs only."""
             mode = "train" if self.model.training else "eval"
-            logits_to_keep, shift_labels = labelled_positions(inputs["labels"])
             batch = {key: value for key, value in inputs.items() if key != "labels"}
             batch["use_cache"] = False  # packed batches carry it already
-            logits = model(**batch, logits_to_keep=logits_to_keep).logits.float()  # (B, K, V)
-            mask = shift_labels != IGNORE_INDEX
+            with project_labelled_only(self.accelerator.unwrap_model(model), inputs["labels"]) as targets:
+                logits = model(**batch, logits_to_keep=0).logits[0].float()  # (N labelled, vocab)
             log_probs = torch.log_softmax(logits, dim=-1)
-            picked = log_probs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
             # As TRL: clamped, so a batch without labels gives a differentiable zero, not 0 / 0.
-            loss = -(picked * mask).sum() / torch.as_tensor(count).clamp(min=1)
+            loss = -picked.sum() / torch.as_tensor(count).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages the gradients across ranks
 
             with torch.no_grad():
                 gather = self.accelerator.gather_for_metrics
-                valid = gather(mask.sum()).sum()
-                entropy = gather((-(log_probs.exp() * log_probs).sum(-1) * mask).sum()).sum()
-                correct = gather(((logits.argmax(-1) == shift_labels) & mask).sum()).sum()
+                device = logits.device
+                valid = gather(torch.tensor(targets.numel(), device=device)).sum()
+                entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
+                correct = gather((logits.argmax(-1) == targets).sum()).sum()
                 self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
                 self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
                 if mode == "train":

@@ -12,7 +12,7 @@ from trl import SFTConfig
 
 from plm_tune import PLMCollator, build_trainer
 from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions
+from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions, project_labelled_only
 
 
 def _mixed_samples():
@@ -82,6 +82,22 @@ def test_logits_cover_only_the_labelled_positions(processor, model):
     print(f"\nK={len(expected)} labelled next-token positions of seq_len={seq_len}")
 
 
+def test_project_labelled_only_gives_the_full_logits_at_each_labelled_pair(processor, model):
+    batch = PLMCollator(processor)(_mixed_samples())
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        full = model(**inputs).logits
+        with project_labelled_only(model, labels) as targets:
+            sparse = model(**inputs, logits_to_keep=0).logits
+        after = model(**inputs).logits  # the hook is gone
+    rows, positions = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    assert sparse.shape == (1, len(rows), full.shape[-1]) and len(rows) < 0.5 * labels.numel()
+    torch.testing.assert_close(sparse[0], full[rows, positions], atol=1e-5, rtol=1e-5)
+    assert targets.tolist() == labels[rows, positions + 1].tolist()
+    assert after.shape == full.shape
+
+
 class _Logs(TrainerCallback):
     def __init__(self):
         self.logs = []
@@ -127,10 +143,10 @@ def test_trainer_never_builds_full_logits_and_logs_the_full_logits_loss(tiny_plm
     full, full_rows = _train(tiny_plm_path, processor, tmp_path, "full")
 
     assert fused_rows == []  # TRL's fused head projects in tiles, not through lm_head
-    # lm_head rows per batch: the labelled next-token positions only, versus every position of the batch.
+    # lm_head rows per batch: one row of the labelled (row, position) pairs only, versus every position of the batch.
     assert len(labelled_rows) == len(full_rows) == 3
     for (rows, positions), (full_batch, full_positions) in zip(labelled_rows, full_rows, strict=True):
-        assert rows == full_batch and positions < 0.4 * full_positions, (labelled_rows, full_rows)
+        assert rows == 1 and 0 < positions < 0.2 * full_batch * full_positions, (labelled_rows, full_rows)
     assert len(labelled) == len(fused) == len(full) == 3
     for a, b, c in zip(labelled, fused, full, strict=True):
         assert abs(a["loss"] - c["loss"]) < 1e-5 and abs(b["loss"] - c["loss"]) < 1e-5, (a, b, c)
