@@ -216,8 +216,8 @@ def build_trainer(
     if collator.padding_free and attention in ("sdpa", "eager"):
         logger.warning(
             "padding_free with %s attention: samples are kept apart by a (tokens x tokens) mask over the whole packed "
-            "row, so attention costs row_tokens**2 per layer (on the CPU benchmark, a demo mix trained 0.8x as fast "
-            "packed as padded). Load the model with attn_implementation='flash_attention_2' (varlen kernels, no "
+            "row, so attention costs row_tokens**2 per layer (on the CPU benchmark, a demo mix trained about half as "
+            "fast packed as padded). Load the model with attn_implementation='flash_attention_2' (varlen kernels, no "
             "mask) to pack, or use train_sampling_strategy='group_by_length' without padding_free.", attention)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
