@@ -47,7 +47,15 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
-from plm_tune import build_trainer, evaluate, load_model, loss_change, save_eval, validate_sample, write_training_info
+from plm_tune import (
+    build_trainer,
+    evaluate,
+    load_model,
+    loss_change,
+    save_eval,
+    validate_sample,
+    write_training_info,
+)
 
 PROMPT = "Describe the findings in this image."
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 
-__all__ = ["load_image", "load_video", "sample_frame_times", "pick_uniform", "describe_media"]
+__all__ = ["load_image", "load_video", "read_image_entry", "sample_frame_times", "pick_uniform", "describe_media"]
+
+T = TypeVar("T")
 
 def describe_media(entry: Any) -> str:
     """A short human description of a media entry, for error messages."""
@@ -49,20 +51,38 @@ def load_image(entry: Any) -> Image.Image:
     Raises:
         ValueError: the entry is missing, unreadable or not an image; the message names the entry.
     """
+    if isinstance(entry, Image.Image) and entry.mode == "RGB":
+        return entry
+    return read_image_entry(entry, lambda img: img.convert("RGB"), _load_dicom_image, reading="decode")
+
+
+def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dicom: Callable[[str], T], *,
+                     reading: str) -> T:
+    """Apply ``from_pil`` to the image an entry holds, opened lazily (a file's pixels are read only if
+    ``from_pil`` needs them), or ``from_dicom`` to a DICOM path: the one place that knows the entry types.
+
+    Args:
+        entry: as ``load_image``.
+        from_pil, from_dicom: what to take from the image (e.g. the decoded RGB image, or only its size).
+        reading: "decode" or "read the header of", for error messages.
+
+    Raises:
+        ValueError: a missing file, unreadable data or an unsupported entry; the message names the entry.
+    """
     if isinstance(entry, Image.Image):
-        return entry if entry.mode == "RGB" else entry.convert("RGB")
+        return from_pil(entry)
     if isinstance(entry, dict):
         if entry.get("bytes") is not None:
-            return load_image(entry["bytes"])
+            return read_image_entry(entry["bytes"], from_pil, from_dicom, reading=reading)
         if entry.get("path") is not None:
-            return load_image(entry["path"])
+            return read_image_entry(entry["path"], from_pil, from_dicom, reading=reading)
         raise ValueError(f"Image entry {describe_media(entry)} has neither 'bytes' nor 'path'.")
     if isinstance(entry, bytes | bytearray):
         try:
             with Image.open(io.BytesIO(entry)) as img:
-                return img.convert("RGB")
+                return from_pil(img)
         except Exception as err:  # PIL raises several unrelated types for bad data
-            raise ValueError(f"Could not decode image from {describe_media(entry)}: {err}. "
+            raise ValueError(f"Could not {reading} image from {describe_media(entry)}: {err}. "
                              "Check that the bytes are a complete PNG/JPEG/... file.") from err
     if isinstance(entry, str | os.PathLike):
         path = os.fspath(entry)
@@ -70,12 +90,12 @@ def load_image(entry: Any) -> Image.Image:
             raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
                              "or set the dataset's media root so relative paths resolve.")
         if is_dicom_path(path):
-            return _load_dicom_image(path)
+            return from_dicom(path)
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return from_pil(img)
         except Exception as err:
-            raise ValueError(f"Could not decode image file '{path}': {err}. "
+            raise ValueError(f"Could not {reading} image file '{path}': {err}. "
                              "Re-export it as PNG or JPEG, or skip the record.") from err
     raise ValueError(f"Unsupported image entry of type {type(entry).__name__}; "
                      "use a PIL image, a file path or encoded bytes.")
@@ -124,15 +144,29 @@ def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
-    if isinstance(entry, np.ndarray) or (isinstance(entry, Sequence) and not isinstance(entry, str)):
+    if is_frames(entry):
         frames = _frames_from_array_or_images(entry)
         return frames[pick_uniform(len(frames), num_frames)]
+    return _decode_video_file(*video_file(entry), num_frames)
+
+
+def is_frames(entry: Any) -> bool:
+    """Whether a video entry holds its frames (an array or a list of images) rather than naming a file."""
+    return isinstance(entry, np.ndarray) or (isinstance(entry, Sequence) and not isinstance(entry, str))
+
+
+def video_file(entry: Any) -> tuple[str, float | None, float | None]:
+    """``(path, start, end)`` of a video entry that names a file (a path or a ``{"path", "start", "end"}`` dict).
+
+    Raises:
+        ValueError: a dict without ``path``, or an entry of an unsupported type.
+    """
     if isinstance(entry, dict):
         if entry.get("path") is None:
             raise ValueError(f"Video entry {describe_media(entry)} has no 'path'.")
-        return _decode_video_file(os.fspath(entry["path"]), entry.get("start"), entry.get("end"), num_frames)
+        return os.fspath(entry["path"]), entry.get("start"), entry.get("end")
     if isinstance(entry, str | os.PathLike):
-        return _decode_video_file(os.fspath(entry), None, None, num_frames)
+        return os.fspath(entry), None, None
     raise ValueError(f"Unsupported video entry of type {type(entry).__name__}; use a path, "
                      "{'path', 'start', 'end'}, a (T, H, W, 3) uint8 array or a list of PIL images.")
 

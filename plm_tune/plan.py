@@ -18,11 +18,10 @@ Example:
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +31,7 @@ import torch
 from plm_tune.collator import PLMCollator
 from plm_tune.dicom import dicom_frame_count, is_dicom_path, read_dicom_header
 from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.media import _clip_times, describe_media, pick_uniform
+from plm_tune.media import _clip_times, is_frames, pick_uniform, read_image_entry, video_file
 from plm_tune.memory import MemoryEstimate
 from plm_tune.sample import normalize_messages
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
@@ -81,43 +80,16 @@ def image_size(entry: Any) -> tuple[int, int]:
         ValueError: a missing file, an unreadable header, a multi-frame DICOM given as an image; the message
             names the entry and the fix.
     """
-    from PIL import Image
 
-    if isinstance(entry, Image.Image):
-        return entry.size
-    if isinstance(entry, dict):
-        if entry.get("bytes") is not None:
-            return image_size(entry["bytes"])
-        if entry.get("path") is not None:
-            return image_size(entry["path"])
-        raise ValueError(f"Image entry {describe_media(entry)} has neither 'bytes' nor 'path'.")
-    if isinstance(entry, bytes | bytearray):
-        try:
-            with Image.open(io.BytesIO(entry)) as img:
-                return img.size
-        except Exception as err:  # PIL raises several unrelated types for bad data
-            raise ValueError(f"Could not read an image header from {describe_media(entry)}: {err}. "
-                             "Check that the bytes are a PNG/JPEG/... file.") from err
-    if isinstance(entry, str | os.PathLike):
-        path = os.fspath(entry)
-        if not os.path.exists(path):
-            raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
-                             "or set the dataset's media root so relative paths resolve.")
-        if is_dicom_path(path):
-            header = read_dicom_header(path)
-            count = dicom_frame_count(header)
-            if count > 1:
-                raise ValueError(f"DICOM file '{path}' has {count} frames, so it is a video, not an image. Put "
-                                 "it in the sample's 'videos' with a {'type': 'video'} placeholder.")
-            return int(header.Columns), int(header.Rows)
-        try:
-            with Image.open(path) as img:
-                return img.size
-        except Exception as err:
-            raise ValueError(f"Could not read the image header of '{path}': {err}. "
-                             "Re-export it as PNG or JPEG, or skip the record.") from err
-    raise ValueError(f"Unsupported image entry of type {type(entry).__name__}; "
-                     "use a PIL image, a file path or encoded bytes.")
+    def dicom_size(path: str) -> tuple[int, int]:
+        header = read_dicom_header(path)
+        count = dicom_frame_count(header)
+        if count > 1:
+            raise ValueError(f"DICOM file '{path}' has {count} frames, so it is a video, not an image. Put "
+                             "it in the sample's 'videos' with a {'type': 'video'} placeholder.")
+        return int(header.Columns), int(header.Rows)
+
+    return read_image_entry(entry, lambda img: img.size, dicom_size, reading="read the header of")
 
 
 def video_frame_count(entry: Any, num_frames: int) -> int:
@@ -137,18 +109,11 @@ def video_frame_count(entry: Any, num_frames: int) -> int:
         if entry.ndim != 4 or entry.shape[0] == 0:
             raise ValueError(f"Video frames must be a non-empty (T, H, W, 3) array, got shape {tuple(entry.shape)}.")
         return len(pick_uniform(entry.shape[0], num_frames))
-    if isinstance(entry, Sequence) and not isinstance(entry, str):
+    if is_frames(entry):
         if len(entry) == 0:
             raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")
         return len(pick_uniform(len(entry), num_frames))
-    if isinstance(entry, dict):
-        if entry.get("path") is None:
-            raise ValueError(f"Video entry {describe_media(entry)} has no 'path'.")
-        return _video_file_frames(os.fspath(entry["path"]), entry.get("start"), entry.get("end"), num_frames)
-    if isinstance(entry, str | os.PathLike):
-        return _video_file_frames(os.fspath(entry), None, None, num_frames)
-    raise ValueError(f"Unsupported video entry of type {type(entry).__name__}; use a path, "
-                     "{'path', 'start', 'end'}, a (T, H, W, 3) uint8 array or a list of PIL images.")
+    return _video_file_frames(*video_file(entry), num_frames)
 
 
 def _video_file_frames(path: str, start: float | None, end: float | None, num_frames: int) -> int:
