@@ -127,13 +127,14 @@ class PLMCollator:
         padding_free: when True, the samples of a batch are packed into ONE row with no padding at all:
             ``input_ids`` / ``labels`` ``(1, total_tokens)``, ``position_ids`` restarting at 0 for each sample,
             the sequence boundaries ``cu_seq_lens_q`` / ``cu_seq_lens_k`` / ``max_length_q`` / ``max_length_k``
-            for flash-attention's varlen kernels, ``use_cache=False`` and no ``attention_mask``. Without the mask, transformers
-            finds the samples from ``position_ids`` and attention never crosses them (flash-attention varlen
-            on a GPU; an equivalent block-diagonal causal mask with ``sdpa`` / ``eager``). Each sample's first
-            label is ignored (it would be predicted from the previous sample; unpacked, nothing predicts it
-            either), so the loss is the unpacked one. Pixels are unchanged (the model fills placeholders in
-            order). ``max_length`` still applies per sample. With ``sdpa`` / ``eager`` that mask is
-            ``total_tokens**2`` booleans: keep batches moderate there (a GPU with flash-attention builds none).
+            for flash-attention's varlen kernels, ``use_cache=False`` and no ``attention_mask``. Without the
+            mask, transformers finds the samples from ``position_ids`` and attention never crosses them
+            (flash-attention varlen on a GPU; an equivalent block-diagonal causal mask with ``sdpa`` /
+            ``eager``). Each sample's first label is ignored (it would be predicted from the previous sample;
+            unpacked, nothing predicts it either), so the loss is the unpacked one. Pixels are unchanged (the
+            model fills placeholders in order). ``max_length`` still applies per sample. With ``sdpa`` /
+            ``eager`` that mask is ``total_tokens**2`` booleans and attention runs over the whole row, so
+            packing only pays with flash-attention (README, Performance); elsewhere prefer length grouping.
         labelled_logits_only: add ``logits_to_keep`` and ``shift_labels`` (``plm_tune.sparse_logits``), so
             ``model(**batch)`` projects onto the vocabulary only the positions that predict a labelled token
             (same loss, ``logits`` ``(batch, K, vocab)``). For your own loops; ``build_trainer`` refuses it, as

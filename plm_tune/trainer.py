@@ -150,7 +150,7 @@ def build_trainer(
             over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
-            progress bar (each sample's media are decoded for it); a streaming dataset keeps its order.
+            progress bar, from media headers (``plm_tune.plan.estimate_cost``); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
             and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
@@ -165,10 +165,10 @@ def build_trainer(
         labelled_logits_only: how the loss avoids ``(batch, seq_len, vocab)`` logits (128k wide for PLM).
             True: the model projects only the (row, position) pairs that predict a labelled token
             (``plm_tune.sparse_logits.project_labelled_only``) and the trainer takes the loss, entropy and token
-            accuracy there. False: TRL's fused LM head, which scores
-            in tiles, only the labelled positions on CUDA / XPU but every position elsewhere (on a CPU that costs
-            4-5x the step time of the first option: see benchmarks/vs_baseline.py). None (default): True except
-            on CUDA / XPU, where TRL's tiles also bound the memory of long labelled spans. Same loss either way.
+            accuracy there. False: TRL's fused LM head, which scores in tiles, only the labelled positions on
+            CUDA / XPU but every position elsewhere (on a CPU, 7.0 s instead of 0.6 s forward + backward on the
+            batch of benchmarks/vs_baseline.py). None (default): True except on CUDA / XPU, where TRL's tiles
+            also bound the memory of long labelled spans. Same loss either way.
 
     Returns:
         The trainer; call ``.train()``. Its ``plm_collator`` attribute is the collator (read ``.stats``).
