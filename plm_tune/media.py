@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -187,12 +188,20 @@ def _frames_from_array_or_images(entry: Any) -> np.ndarray:
     return frames
 
 
-def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
+def require_video_file(path: str) -> None:
+    """Raise a ValueError naming ``path`` and the fix when the video file does not exist."""
     if not os.path.exists(path):
         raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
-    if is_dicom_path(path):
-        return _load_dicom_video(path, start, end, num_frames)
+
+
+@contextmanager
+def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
+    """``(container, first video stream)`` of a video file opened with PyAV (nothing decoded yet).
+
+    Raises:
+        ValueError: the file cannot be opened or has no video stream; the message names it and the fix.
+    """
     import av  # noqa: PLC0415 - imported lazily: only video users pay for it
 
     try:
@@ -202,7 +211,14 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
     with container:
         if not container.streams.video:
             raise ValueError(f"'{path}' has no video stream.")
-        stream = container.streams.video[0]
+        yield container, container.streams.video[0]
+
+
+def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
+    require_video_file(path)
+    if is_dicom_path(path):
+        return _load_dicom_video(path, start, end, num_frames)
+    with open_video_stream(path) as (container, stream):
         times = _clip_times(container, stream, path, start, end, num_frames)
         frames = _decode_at(container, stream, times)
     if not frames:

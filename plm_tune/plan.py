@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +30,15 @@ import torch
 from plm_tune.collator import PLMCollator
 from plm_tune.dicom import dicom_frame_count, is_dicom_path, read_dicom_header
 from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.media import _clip_times, is_frames, pick_uniform, read_image_entry, video_file
+from plm_tune.media import (
+    _clip_times,
+    is_frames,
+    open_video_stream,
+    pick_uniform,
+    read_image_entry,
+    require_video_file,
+    video_file,
+)
 from plm_tune.memory import MemoryEstimate
 from plm_tune.sample import normalize_messages
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
@@ -117,24 +124,14 @@ def video_frame_count(entry: Any, num_frames: int) -> int:
 
 
 def _video_file_frames(path: str, start: float | None, end: float | None, num_frames: int) -> int:
-    if not os.path.exists(path):
-        raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
-                         "or set the dataset's media root so relative paths resolve.")
+    require_video_file(path)
     if is_dicom_path(path):
         if start is not None or end is not None:
             raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported "
                              "for DICOM files. Remove 'start' / 'end' from the entry.")
         return len(pick_uniform(dicom_frame_count(read_dicom_header(path)), num_frames))
-    import av  # noqa: PLC0415 - only video users pay for it
-
-    try:
-        container = av.open(path)
-    except Exception as err:  # av raises its own error hierarchy for bad containers
-        raise ValueError(f"Could not open video '{path}': {err}. Re-encode it (e.g. H.264 MP4).") from err
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"'{path}' has no video stream.")
-        return len(_clip_times(container, container.streams.video[0], path, start, end, num_frames))
+    with open_video_stream(path) as (container, stream):
+        return len(_clip_times(container, stream, path, start, end, num_frames))
 
 
 # ------------------------------------------------------------------------------------------ one sample
