@@ -59,6 +59,18 @@ def qa(question: str, answer: str, media: tuple[str, ...] | list[str] = ()) -> l
     ]
 
 
+def mixed_samples(*, text_only: bool = False) -> list[dict]:
+    """Ragged in every way: two tiled images, a video, a multi-turn conversation (and a text-only sample)."""
+    multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
+    samples = [
+        {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
+         "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
+        {"messages": qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
+        {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
+    ]
+    return samples + [{"messages": qa("Say hi.", "Hi.")}] if text_only else samples
+
+
 def make_frames(count: int, size: int = 40, seed: int = 0) -> np.ndarray:
     """Deterministic (T, H, W, 3) uint8 video frames."""
     rng = np.random.default_rng(seed)

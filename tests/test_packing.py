@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_frames, make_image, qa
+from conftest import make_image, mixed_samples, qa
 from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
 from plm_tune import PLMCollator, build_trainer
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.sparse_logits import keep_labelled_logits
-
-
-def _mixed_samples():
-    """Ragged in every way: two tiled images, a video, a multi-turn conversation, text only."""
-    multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
-    return [
-        {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
-         "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
-        {"messages": qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
-        {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
-        {"messages": qa("Say hi.", "Hi.")},
-    ]
 
 
 def _spans(batch):
@@ -36,7 +24,7 @@ def _spans(batch):
 
 
 def test_packed_layout(processor):
-    samples = _mixed_samples()
+    samples = mixed_samples(text_only=True)
     padded_collator, packed_collator = PLMCollator(processor), PLMCollator(processor, padding_free=True)
     padded, packed = padded_collator(samples), packed_collator(samples)
     lengths = padded["attention_mask"].sum(1).tolist()
@@ -65,7 +53,7 @@ def test_each_sample_in_the_row_sees_only_itself(tiny_plm_path, processor, attn_
     model = AutoModelForImageTextToText.from_pretrained(
         tiny_plm_path, dtype=torch.float32, attn_implementation=attn_implementation)
     getattr(model, mode)()  # train mode: the path the Trainer takes (dropout is 0 in the tiny model)
-    samples = _mixed_samples()
+    samples = mixed_samples(text_only=True)
     collator = PLMCollator(processor, padding_free=True)
     packed = collator(samples)
     with torch.no_grad():
@@ -76,7 +64,7 @@ def test_each_sample_in_the_row_sees_only_itself(tiny_plm_path, processor, attn_
 
 
 def test_perturbing_one_sample_changes_no_other(processor, model):
-    samples = _mixed_samples()
+    samples = mixed_samples(text_only=True)
     collator = PLMCollator(processor, padding_free=True)
     packed = collator(samples)
     spans = _spans(packed)
@@ -109,7 +97,7 @@ def test_perturbing_one_sample_changes_no_other(processor, model):
 
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
 def test_packed_loss_and_gradients_equal_padded(processor, model, train_on):
-    samples = _mixed_samples()
+    samples = mixed_samples(text_only=True)
     params = [p for name, p in model.named_parameters() if "layers.0.self_attn.q_proj" in name or "patch_embed" in name]
     results = []
     for padding_free in (False, True):
@@ -127,7 +115,7 @@ def test_packed_loss_and_gradients_equal_padded(processor, model, train_on):
 
 def test_training_packed_logs_the_padded_losses(tiny_plm_path, processor, tmp_path):
     """Same data, same order, same seed: the packed run's per-step losses are the padded run's."""
-    samples = _mixed_samples() * 3
+    samples = mixed_samples(text_only=True) * 3
     losses = {}
     for padding_free in (False, True):
         torch.manual_seed(0)

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_frames, make_image, qa
+from conftest import make_image, mixed_samples, qa
 from transformers import AutoModelForImageTextToText, TrainerCallback
 from trl import SFTConfig
 
 from plm_tune import PLMCollator, build_trainer
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions, project_labelled_only
-
-
-def _mixed_samples():
-    """Two images with different tile counts, a video, a multi-turn conversation."""
-    multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
-    return [
-        {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),
-         "images": [make_image(160, 60, seed=1), make_image(56, 56, seed=2)], "max_tiles": 4},
-        {"messages": qa("What happens?", "Noise flickers.", ["video"]), "videos": [make_frames(5, seed=3)]},
-        {"messages": multi_turn, "images": [make_image(90, 140, seed=4)], "max_tiles": 2},
-    ]
 
 
 def _some_parameters(model):
@@ -46,7 +35,7 @@ def test_labelled_positions_is_the_union_of_next_token_labels():
 
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
 def test_same_loss_and_gradients_as_full_logits(processor, model, train_on):
-    batch = PLMCollator(processor, train_on=train_on)(_mixed_samples())
+    batch = PLMCollator(processor, train_on=train_on)(mixed_samples())
     params = _some_parameters(model)
 
     full = model(**batch)
@@ -83,7 +72,7 @@ def test_logits_cover_only_the_labelled_positions(processor, model):
 
 
 def test_project_labelled_only_gives_the_full_logits_at_each_labelled_pair(processor, model):
-    batch = PLMCollator(processor)(_mixed_samples())
+    batch = PLMCollator(processor)(mixed_samples())
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     with torch.no_grad():
@@ -125,7 +114,7 @@ def _train(tiny_plm_path, processor, tmp_path, mode: str):
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
     logs = _Logs()
-    trainer = build_trainer(model, processor, _mixed_samples(), args=args, callbacks=[logs],
+    trainer = build_trainer(model, processor, mixed_samples(), args=args, callbacks=[logs],
                             labelled_logits_only={"labelled": None, "fused": False, "full": False}[mode])
     lm_head_rows = []
     model.lm_head.register_forward_hook(lambda module, inputs, output: lm_head_rows.append(output.shape[:-1]))
@@ -160,4 +149,4 @@ def test_build_trainer_refuses_a_labelled_logits_only_collator(processor, model,
     collator = PLMCollator(processor, labelled_logits_only=True)
     args = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none")
     with pytest.raises(ValueError, match="labelled_logits_only"):
-        build_trainer(model, processor, _mixed_samples(), args=args, collator=collator)
+        build_trainer(model, processor, mixed_samples(), args=args, collator=collator)
