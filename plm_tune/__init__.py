@@ -29,7 +29,7 @@ from plm_tune.export import (
 )
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.generation import Generation, generate
-from plm_tune.media import load_image, load_video, sample_frame_times
+from plm_tune.media import load_image, load_video, select_frame_indices
 from plm_tune.memory import MemoryEstimate, estimate_memory, plm_config
 from plm_tune.metrics import score_answers
 from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
@@ -78,7 +78,7 @@ __all__ = [
     "PLMMetricsCallback",
     "push_adapter",
     "SampleEstimate",
-    "sample_frame_times",
+    "select_frame_indices",
     "save_eval",
     "score_answers",
     "validate_sample",

@@ -3,15 +3,14 @@
 Images become RGB ``PIL.Image``s; videos become ``(T, H, W, 3)`` uint8 arrays of sampled frames.
 Videos are decoded with PyAV (transformers' own loader needs torchcodec, which we do not require).
 
-Frame sampling follows PLM's trainer: candidate timestamps at 1 frame per second inside
-``[start, end]``, then a uniform pick of ``num_frames`` of them that keeps both ends. A clip shorter than
-``num_frames`` seconds yields fewer frames (one per second), never an error.
+Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
+a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
+its frames); decoding (``load_video``) and header-only counting (``plm_tune.plan``) both call it.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +21,10 @@ from PIL import Image
 
 from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 
-__all__ = ["load_image", "load_video", "read_image_entry", "sample_frame_times", "pick_uniform", "describe_media"]
+__all__ = [
+    "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform", "read_image_entry",
+    "select_frame_indices",
+]
 
 T = TypeVar("T")
 
@@ -102,30 +104,82 @@ def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dico
                      "use a PIL image, a file path or encoded bytes.")
 
 
-def sample_frame_times(start: float, end: float, num_frames: int, fps: float = 1.0) -> list[float]:
-    """Timestamps (seconds) to decode from ``[start, end]``: 1/fps candidates, then a uniform pick.
+def select_frame_indices(total_frames: int, fps: float, start: float | None, end: float | None,
+                         max_frames: int) -> list[int]:
+    """The frame indices PLM's trainer decodes from a clip: the one rule for decoding and for counting.
 
-    >>> sample_frame_times(0.0, 10.0, 4)
-    [0.0, 3.0, 7.0, 10.0]
-    >>> sample_frame_times(0.0, 2.5, 32)   # short clip: one frame per second, fewer than asked
-    [0.0, 1.0, 2.0]
+    Meta's rule (perception_models ``core/transforms/video_transform.py``, ``VideoTransform.load_video`` and
+    ``uniform_sample``), on frame indices, never timestamps:
+
+    1. the clip is frames ``int(start * fps)`` .. ``int(end * fps)`` (whole video when unset; the end clamped
+       to the last frame); a clip whose two ends fall on the same frame is widened to that frame and the next;
+    2. candidates at 1 frame per second: every ``round(fps)``-th frame from the clip's first;
+    3. more candidates than ``max_frames``: ``max_frames`` of them, the i-th at ``int(round(i * stride))``
+       with ``stride = (candidates - 1) / (max_frames - 1)`` (Python's ``round``, as the trainer);
+    4. fewer candidates than ``max_frames`` (a short clip): ``max_frames`` frames picked the same way over
+       every frame of the clip (all of them when the clip has fewer);
+    5. exactly ``max_frames`` candidates: all of them.
+
+    Where the trainer would fail we decide instead: ``end`` before ``start`` is refused (the trainer swaps
+    them silently; a reversed clip is usually a data error), a start past the last frame is refused (the
+    trainer would ask for frames that do not exist), a one-frame clip at the very last frame stays one frame
+    (the trainer would ask for the frame after it), and ``fps`` under 0.5 uses a stride of 1 (the trainer's
+    ``round(fps)`` would be 0).
+
+    Args:
+        total_frames: frames in the video (its stream's frame count).
+        fps: its average frame rate.
+        start, end: the clip in seconds (None: the video's first / last frame).
+        max_frames: the most frames to pick (PLM: 32).
+
+    Returns:
+        Strictly increasing frame indices in ``[0, total_frames)``.
+
+    Raises:
+        ValueError: no frames, a non-positive fps or ``max_frames``, ``end < start``, a start past the end.
+
+    >>> select_frame_indices(250, 25.0, None, None, 4)      # 10 s at 25 fps: 1 fps candidates, 4 of 10 picked
+    [0, 75, 150, 225]
+    >>> len(select_frame_indices(125, 25.0, None, None, 32))  # 5 s: 5 candidates < 32, so 32 of its 125 frames
+    32
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
-    if end < start:
-        raise ValueError(f"Clip end ({end}s) is before its start ({start}s).")
-    count = int(math.floor((end - start) * fps + 1e-9)) + 1
-    candidates = [start + k / fps for k in range(count)]
-    return [candidates[i] for i in pick_uniform(len(candidates), num_frames)]
+    if total_frames < 1:
+        raise ValueError("The video has no frames.")
+    if max_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {max_frames}.")
+    if not fps > 0:
+        raise ValueError(f"The video's frame rate must be positive, got {fps}.")
+    if start is not None and end is not None and end < start:
+        raise ValueError(f"Clip end ({end}s) is before its start ({start}s). Swap or fix the times.")
+    last = total_frames - 1
+    first = 0 if start is None else int(start * fps)
+    if first > last:
+        raise ValueError(f"Clip start {start}s is past the end of the video ({total_frames} frames at "
+                         f"{fps:g} fps: {total_frames / fps:.2f}s).")
+    stop = last if end is None else min(int(end * fps), last)
+    if stop == first:
+        stop = min(first + 1, last)
+    candidates = list(range(first, stop + 1, max(1, round(fps))))
+    if len(candidates) > max_frames:
+        return [candidates[i] for i in uniform_indices(len(candidates), max_frames)]
+    if len(candidates) < max_frames:
+        span = stop - first + 1
+        return [first + i for i in uniform_indices(span, min(span, max_frames))]
+    return candidates
+
+
+def uniform_indices(total: int, wanted: int) -> list[int]:
+    """``wanted <= total`` indices over ``total`` items, first and last kept: PLM's ``uniform_sample``."""
+    stride = (total - 1) / (wanted - 1) if wanted > 1 else 0
+    return [int(round(i * stride)) for i in range(wanted)]
 
 
 def pick_uniform(total: int, wanted: int) -> list[int]:
-    """Indices of ``wanted`` items spread uniformly over ``total``, first and last included."""
-    if total <= wanted:
-        return list(range(total))
-    if wanted == 1:
-        return [0]
-    return [round(i * (total - 1) / (wanted - 1)) for i in range(wanted)]
+    """Indices of ``wanted`` items spread uniformly over ``total`` (all of them when fewer), ends kept.
+
+    For frames given directly and DICOM cines, which have no frame rate: PLM's ``uniform_sample`` rounding.
+    """
+    return uniform_indices(total, min(total, wanted)) if total > 0 else []
 
 
 def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
@@ -133,9 +187,11 @@ def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
 
     Args:
         entry: a file path; ``{"path": str, "start": float, "end": float}`` (seconds, both optional);
-            an array of frames ``(T, H, W, 3)`` uint8; or a list of PIL images. Frames that are given
-            directly are sub-sampled uniformly (ends kept) when there are more than ``num_frames``.
-        num_frames: the most frames to return.
+            an array of frames ``(T, H, W, 3)`` uint8; or a list of PIL images. A file's frames are those
+            ``select_frame_indices`` picks (PLM's trainer's rule); frames given directly are sub-sampled
+            uniformly (ends kept) when there are more than ``num_frames``.
+        num_frames: the most frames to return (a file's clip with at least ``num_frames`` frames gives
+            exactly ``num_frames``).
 
     Returns:
         ``(T, H, W, 3)`` uint8 array with ``1 <= T <= num_frames``.
@@ -219,24 +275,34 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
     if is_dicom_path(path):
         return _load_dicom_video(path, start, end, num_frames)
     with open_video_stream(path) as (container, stream):
-        times = _clip_times(container, stream, path, start, end, num_frames)
-        frames = _decode_at(container, stream, times)
+        indices = clip_frame_indices(container, stream, path, start, end, num_frames)
+        frames = _decode_indices(container, stream, indices)
     if not frames:
         raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
     return np.stack(frames)
 
 
-def _clip_times(container: Any, stream: Any, path: str, start: float | None, end: float | None,
-                num_frames: int) -> list[float]:
-    """The timestamps to decode from a clip of an open video, from its stream metadata only (no decoding)."""
-    duration = _duration_seconds(container, stream)
-    clip_start = 0.0 if start is None else float(start)
-    if end is not None and float(end) < clip_start:
-        raise ValueError(f"Clip end ({float(end)}s) is before its start ({clip_start}s) in '{path}'.")
-    clip_end = duration if end is None else min(float(end), duration) if duration > 0 else float(end)
-    if duration > 0 and clip_start > duration:
-        raise ValueError(f"Clip start {clip_start:.2f}s is past the end of '{path}' ({duration:.2f}s long).")
-    return sample_frame_times(clip_start, max(clip_start, clip_end), num_frames)
+def clip_frame_indices(container: Any, stream: Any, path: str, start: float | None, end: float | None,
+                       num_frames: int) -> list[int]:
+    """``select_frame_indices`` for a clip of an open video, from its stream metadata only (no decoding).
+
+    The frame count is the stream's (``nb_frames``, what torchcodec, PLM's decoder, reports for an MP4) or,
+    when the container records none (Matroska, WebM), duration x frame rate rounded; the frame rate is the
+    stream's average rate.
+
+    Raises:
+        ValueError: naming ``path``: no frame rate or frame count in the metadata, or a bad clip.
+    """
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    total = stream.frames or round(_duration_seconds(container, stream) * fps)
+    if fps <= 0 or total < 1:
+        raise ValueError(f"Video '{path}' records no frame rate or frame count in its metadata (fps {fps:g}, "
+                         f"{total} frames). Re-encode it (e.g. H.264 MP4).")
+    try:
+        return select_frame_indices(total, fps, start, end, num_frames)
+    except ValueError as err:
+        raise ValueError(f"{err} (video '{path}')") from err
 
 
 def _duration_seconds(container: Any, stream: Any) -> float:
@@ -247,30 +313,27 @@ def _duration_seconds(container: Any, stream: Any) -> float:
     return 0.0
 
 
-def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarray]:
-    """Decode the frame nearest to each (sorted) timestamp in one forward pass."""
+def _decode_indices(container: Any, stream: Any, indices: list[int]) -> list[np.ndarray]:
+    """Decode the frames at these (increasing) indices, counted in presentation order, in one forward pass."""
     picked: list[np.ndarray] = []
-    wanted = iter(times)
+    wanted = iter(indices)
     target = next(wanted, None)
-    previous = None  # (time, frame) of the last decoded frame before the target
+    last = None  # the last decoded frame
     try:
-        for frame in container.decode(stream):
-            t = float(frame.time) if frame.time is not None else 0.0
-            while target is not None and t >= target - 1e-6:
-                if previous is not None and abs(previous[0] - target) < abs(t - target):
-                    picked.append(previous[1].to_ndarray(format="rgb24"))
-                else:
-                    picked.append(frame.to_ndarray(format="rgb24"))
+        for index, frame in enumerate(container.decode(stream)):
+            last = frame
+            if index == target:
+                picked.append(frame.to_ndarray(format="rgb24"))
                 target = next(wanted, None)
-            if target is None:
-                break
-            previous = (t, frame)
+                if target is None:
+                    break
     except Exception as err:  # corrupt packets surface as av errors mid-stream
-        if not picked and previous is None:
+        if last is None:
             raise ValueError(f"Could not decode video frames: {err}") from err
-    # Timestamps past the last decodable frame (duration metadata slightly long) take the last frame.
-    while target is not None and previous is not None:
-        picked.append(previous[1].to_ndarray(format="rgb24"))
+    # Indices past the last decodable frame (a frame count in the header slightly high) take the last frame,
+    # so the frame count stays the one planned from the header.
+    while target is not None and last is not None:
+        picked.append(last.to_ndarray(format="rgb24"))
         target = next(wanted, None)
     return picked
 

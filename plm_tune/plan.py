@@ -31,7 +31,7 @@ from plm_tune.collator import PLMCollator
 from plm_tune.dicom import dicom_frame_count, is_dicom_path, read_dicom_header
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.media import (
-    _clip_times,
+    clip_frame_indices,
     is_frames,
     open_video_stream,
     pick_uniform,
@@ -131,7 +131,7 @@ def _video_file_frames(path: str, start: float | None, end: float | None, num_fr
                              "for DICOM files. Remove 'start' / 'end' from the entry.")
         return len(pick_uniform(dicom_frame_count(read_dicom_header(path)), num_frames))
     with open_video_stream(path) as (container, stream):
-        return len(_clip_times(container, stream, path, start, end, num_frames))
+        return len(clip_frame_indices(container, stream, path, start, end, num_frames))
 
 
 # ------------------------------------------------------------------------------------------ one sample

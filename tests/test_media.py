@@ -1,4 +1,4 @@
-"""Tests for plm_tune.media: image loading, video decoding and PLM's frame-sampling policy.
+"""Tests for plm_tune.media: image loading and video decoding (PLM's frame selection: test_frame_selection.py).
 
 Videos are real files encoded with PyAV into tmp_path. Every frame is a uniform grey whose level encodes
 its index (``20 + 4 * index``), so a decoded frame tells exactly which source frame it came from.
@@ -7,14 +7,13 @@ its index (``20 + 4 * index``), so a decoded frame tells exactly which source fr
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from plm_tune.media import load_image, load_video, pick_uniform, sample_frame_times
+from plm_tune.media import load_image, load_video, pick_uniform, select_frame_indices
 
 av = pytest.importorskip("av")
 
@@ -62,11 +61,6 @@ def frame_indices(frames: np.ndarray) -> list[int]:
     return indices
 
 
-def nearest_source_frame(t: float, fps: int, count: int) -> int:
-    """PLM's rule: the frame decoded for time t is the source frame nearest to t (the last one past the end)."""
-    return min(int(math.floor(t * fps + 0.5)), count - 1)
-
-
 CLIP_FPS, CLIP_FRAMES = 5, 50  # a 10 s clip
 
 
@@ -76,7 +70,7 @@ def clip_10s(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------
-# sample_frame_times / pick_uniform
+# pick_uniform (frames given directly, DICOM cines)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -101,35 +95,6 @@ def test_pick_uniform_small_cases():
     assert pick_uniform(11, 4) == [0, 3, 7, 10]
 
 
-def test_sample_frame_times_one_per_second_then_uniform_pick():
-    assert sample_frame_times(0.0, 10.0, 4) == [0.0, 3.0, 7.0, 10.0]
-    # 11 candidates (0..10 s) and 11 wanted: every candidate, both ends included.
-    assert sample_frame_times(0.0, 10.0, 32) == [float(k) for k in range(11)]
-    assert sample_frame_times(2.0, 8.0, 1) == [2.0]
-
-
-def test_sample_frame_times_short_clip_yields_fewer_frames():
-    assert sample_frame_times(0.0, 2.5, 32) == [0.0, 1.0, 2.0]
-    assert sample_frame_times(1.0, 1.0, 8) == [1.0]  # zero-length clip: its single instant
-    assert sample_frame_times(0.0, 0.4, 8) == [0.0]
-
-
-def test_sample_frame_times_offsets_and_float_edges():
-    # Candidates start at `start`, not at whole seconds.
-    assert sample_frame_times(2.25, 6.9, 3) == pytest.approx([2.25, 4.25, 6.25])
-    # 3.3 - 0.3 is 2.9999999999999996 in floats; it must still count as 3 s (4 candidates).
-    assert sample_frame_times(0.3, 3.3, 8) == pytest.approx([0.3, 1.3, 2.3, 3.3])
-    # fps other than 1: candidates every 1/fps seconds.
-    assert sample_frame_times(0.0, 2.0, 8, fps=2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
-
-
-def test_sample_frame_times_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="num_frames must be >= 1"):
-        sample_frame_times(0.0, 10.0, 0)
-    with pytest.raises(ValueError, match="before its start"):
-        sample_frame_times(5.0, 2.0, 4)
-
-
 # --------------------------------------------------------------------------------------------------------
 # load_video on real files
 # --------------------------------------------------------------------------------------------------------
@@ -149,67 +114,61 @@ def test_load_video_whole_clip_picks_plm_frames(clip_10s):
     frames = load_video(str(clip_10s), num_frames=4)
     assert frames.dtype == np.uint8
     assert frames.shape == (4, SIZE, SIZE, 3)
-    # Candidates 0, 1, ..., 10 s; uniform pick of 4 -> 0, 3, 7, 10 s. The 10 s target is past the last
-    # frame (9.8 s), so it takes the last frame.
-    assert frame_indices(frames) == [0, 15, 35, 49]
-    expected = [nearest_source_frame(t, CLIP_FPS, CLIP_FRAMES) for t in sample_frame_times(0.0, 10.0, 4)]
-    assert frame_indices(frames) == expected
+    # 1 fps candidates are every 5th frame (0, 5, ..., 45); a uniform pick of 4 of those 10 -> 0, 3, 6, 9.
+    assert frame_indices(frames) == [0, 15, 30, 45]
+    assert frame_indices(frames) == select_frame_indices(CLIP_FRAMES, CLIP_FPS, None, None, 4)
 
 
 def test_load_video_accepts_pathlike_and_more_frames_than_candidates(clip_10s):
-    # 11 one-per-second candidates < 32 wanted: every candidate, i.e. one frame per second.
+    # 10 one-per-second candidates < 32 wanted: PLM's short-clip rule, 32 frames over all 50 of the clip.
     frames = load_video(clip_10s, num_frames=32)
-    assert frames.shape == (11, SIZE, SIZE, 3)
-    assert frame_indices(frames) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49]
+    assert frames.shape == (32, SIZE, SIZE, 3)
+    assert frame_indices(frames) == select_frame_indices(CLIP_FRAMES, CLIP_FPS, None, None, 32)
+    assert frame_indices(frames)[0] == 0 and frame_indices(frames)[-1] == CLIP_FRAMES - 1
 
 
 def test_load_video_segment_frames_come_from_inside_segment(clip_10s):
     start, end = 2.25, 6.9
     frames = load_video({"path": str(clip_10s), "start": start, "end": end}, num_frames=3)
     assert frames.shape == (3, SIZE, SIZE, 3)
-    # Targets 2.25, 4.25, 6.25 s fall between source frames (0.2 s apart); each takes the nearest one.
+    # Frames int(2.25 * 5) = 11 .. int(6.9 * 5) = 34; candidates 11, 16, 21, 26, 31; 3 of them.
     assert frame_indices(frames) == [11, 21, 31]
     assert all(start * CLIP_FPS - 0.5 <= i <= end * CLIP_FPS + 0.5 for i in frame_indices(frames))
 
 
-def test_load_video_segment_takes_nearest_frame_before_or_after_target(clip_10s):
-    # Targets 2.35, 3.35, 4.35 s are each 0.05 s before a source frame (2.4, 3.4, 4.4 s): the later one.
+def test_load_video_segment_bounds_are_frame_indices_rounded_down(clip_10s):
+    # 2.35 s -> frame int(11.75) = 11 and 4.5 s -> frame 22: a short clip (3 candidates), 8 of its 12 frames.
     frames = load_video({"path": str(clip_10s), "start": 2.35, "end": 4.5}, num_frames=8)
-    times = sample_frame_times(2.35, 4.5, 8)
-    assert times == pytest.approx([2.35, 3.35, 4.35])
-    assert frame_indices(frames) == [nearest_source_frame(t, CLIP_FPS, CLIP_FRAMES) for t in times]
-    assert frame_indices(frames) == [12, 17, 22]
-    # 2.15 s: frame 11 (2.2 s) is nearer than frame 10 (2.0 s). 3.05 and 4.05 s are 0.05 s past a source
-    # frame, so the decoder must go back to the previous frame (15 and 20), not the one it just reached.
+    assert frame_indices(frames) == [11, 13, 14, 16, 17, 19, 20, 22]
+    # 2.15 s is frame int(10.75) = 10, never the nearer frame 11: PLM's trainer truncates, it does not round.
     frames = load_video({"path": str(clip_10s), "start": 2.15, "end": 3.1}, num_frames=2)
-    assert frame_indices(frames) == [11]
+    assert frame_indices(frames) == [10, 15]
     frames = load_video({"path": str(clip_10s), "start": 3.05, "end": 4.1}, num_frames=2)
     assert frame_indices(frames) == [15, 20]
 
 
 def test_load_video_start_only_runs_to_end_of_video(clip_10s):
     frames = load_video({"path": str(clip_10s), "start": 7.0}, num_frames=8)
-    assert frame_indices(frames) == [35, 40, 45, 49]  # 7, 8, 9, 10 s (10 s -> last frame)
+    assert frame_indices(frames) == [35, 37, 39, 41, 43, 45, 47, 49]  # frames 35..49: 3 candidates < 8
 
 
 def test_load_video_end_past_duration_is_clamped(clip_10s):
     frames = load_video({"path": str(clip_10s), "start": 5.0, "end": 100.0}, num_frames=3)
-    # Clamped to [5, 10]: candidates 5..10 s, pick of 3 -> 5, 7, 10 s. Unclamped, the pick would span
-    # 5..100 s and land mostly past the video.
-    assert sample_frame_times(5.0, 10.0, 3) == [5.0, 7.0, 10.0]
-    assert frame_indices(frames) == [25, 35, 49]
+    # Clamped to frames 25..49: candidates 25, 30, ..., 45, a pick of 3. Unclamped, the candidates would
+    # run to frame 500 and the pick land mostly past the video.
+    assert frame_indices(frames) == [25, 35, 45]
 
 
-def test_load_video_short_clip_gives_fewer_frames(tmp_path):
+def test_load_video_short_clip_gives_its_frames(tmp_path):
     path = encode_grey_video(tmp_path / "short.mp4", num_frames=10, fps=4)  # 2.5 s
     frames = load_video(str(path), num_frames=32)
     assert frames.dtype == np.uint8
-    assert frames.shape == (3, SIZE, SIZE, 3)  # one frame per second: 0, 1, 2 s
-    assert frame_indices(frames) == [0, 4, 8]
+    assert frames.shape == (10, SIZE, SIZE, 3)  # 3 candidates < 32 wanted: every frame of the clip (10 < 32)
+    assert frame_indices(frames) == list(range(10))
 
 
 def test_load_video_start_past_end_of_video_raises(clip_10s):
-    with pytest.raises(ValueError, match=r"start 20\.00s is past the end of .*clip\.mp4.*10\.00s long"):
+    with pytest.raises(ValueError, match=r"start 20\.0s is past the end of the video \(50 frames at 5 fps: 10\.00s\).*clip\.mp4"):
         load_video({"path": str(clip_10s), "start": 20.0, "end": 30.0})
 
 
