@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from plm_tune.formatting import IGNORE_INDEX, ConversationEncoder, EncodedConversation, TrainOn
+from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, EncodedConversation, TrainOn
 from plm_tune.media import load_image
 from plm_tune.pixels import PixelEncoder, VisionInputType
 from plm_tune.sample import normalize_messages
@@ -107,11 +107,18 @@ class PLMCollator:
             sample is too long, whole trailing turns are dropped (as PLM's trainer does) with their media;
             if even the first exchange does not fit, the sample is rejected (``on_too_long``).
         train_on: ``"assistant"`` (default): loss only on assistant answers and their ``<|eot_id|>``;
-            ``"all"``: every non-media token, as the model card's script does.
+            ``"plm"``: what PLM's trainer trains on (the assistant header too, and a closing
+            ``<|end_of_text|>``; ``plm_tune.formatting`` says why it is not the default); ``"all"``: every
+            non-media token, as the model card's script does.
         vision_input_type: ``"thumb+tile"`` or ``"vanilla"``; default: the processor's.
         max_tiles: tiles per image (default: the processor's ``max_num_tiles``, 36 for PLM); a sample's
             ``"max_tiles"`` key overrides it.
         num_frames: frames per video (default 32, as PLM); a sample's ``"num_frames"`` overrides it.
+        multi_image_tiles: tiles per image in a sample of several images: 1 (default) one plain tile each, as
+            PLM's trainer; N: a thumbnail plus up to N tiles; None: as single images (``max_tiles``).
+        keep_media_order: keep each image / video where it was written. Default False: media are placed as
+            PLM's trainer placed them (a single image or video opens its turn; several images stay where
+            written); ``plm_tune.formatting`` has the rule.
         on_too_long: ``"skip"`` (count in ``stats["rejected_too_long"]`` and log) or ``"raise"``.
         truncate_turns: when False, a too-long sample is rejected whole instead of losing trailing turns.
         fit_tiles: when True, a sample longer than ``max_length`` first keeps every turn and has its image
@@ -155,6 +162,8 @@ class PLMCollator:
         vision_input_type: VisionInputType | None = None,
         max_tiles: int | None = None,
         num_frames: int = 32,
+        multi_image_tiles: int | None = 1,
+        keep_media_order: bool = False,
         on_too_long: OnTooLong = "skip",
         truncate_turns: bool = True,
         fit_tiles: bool = False,
@@ -162,17 +171,16 @@ class PLMCollator:
         padding_free: bool = False,
         labelled_logits_only: bool = False,
     ) -> None:
-        if train_on not in ("assistant", "all"):
-            raise ValueError(f"train_on must be 'assistant' or 'all', got {train_on!r}.")
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}.")
         if on_too_long not in ("skip", "raise"):
             raise ValueError(f"on_too_long must be 'skip' or 'raise', got {on_too_long!r}.")
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}.")
         self.processor = processor
-        self.encoder = ConversationEncoder(processor.tokenizer)
-        self.pixels = PixelEncoder(
-            processor, vision_input_type=vision_input_type, max_tiles=max_tiles, num_frames=num_frames
-        )
+        self.encoder = ConversationEncoder(processor.tokenizer, keep_media_order=keep_media_order)
+        self.pixels = PixelEncoder(processor, vision_input_type=vision_input_type, max_tiles=max_tiles,
+                                   num_frames=num_frames, multi_image_tiles=multi_image_tiles)
         self.max_length = max_length
         self.train_on = train_on
         self.on_too_long = on_too_long
@@ -188,7 +196,8 @@ class PLMCollator:
     def encode(self, sample: dict[str, Any], *, add_generation_prompt: bool = False) -> EncodedSample | None:
         """Encode one sample; returns None if it was rejected as too long (and ``on_too_long="skip"``)."""
         turns = normalize_messages(sample)
-        images = [self.pixels.image(e, sample.get("max_tiles")) for e in sample.get("images") or []]
+        tiling = self.pixels.image_budget(sample)
+        images = [self.pixels.image(e, tiling[1], tiling[0]) for e in sample.get("images") or []]
         videos = [self.pixels.video(e, sample.get("num_frames")) for e in sample.get("videos") or []]
         counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
         encoded = self.encoder.encode(
@@ -243,8 +252,9 @@ class PLMCollator:
             raise ValueError(f"sample{self._describe(sample)} has no user message to answer.")
         used = {k: sorted({p.index for t in turns for p in t.parts if p.kind == k}) for k in ("image", "video")}
         entries = {"image": sample.get("images") or [], "video": sample.get("videos") or []}
+        tiling = self.pixels.image_budget(sample)
         media = {
-            "image": {i: self.pixels.image(entries["image"][i], sample.get("max_tiles")) for i in used["image"]},
+            "image": {i: self.pixels.image(entries["image"][i], tiling[1], tiling[0]) for i in used["image"]},
             "video": {i: self.pixels.video(entries["video"][i], sample.get("num_frames")) for i in used["video"]},
         }
         counts = {k: [media[k][i][1] if i in media[k] else 0 for i in range(len(entries[k]))] for k in media}
@@ -269,7 +279,7 @@ class PLMCollator:
         Returns ``(images, encoded)`` of the fitted sample, or None when even 1 tile per image is too long
         (the caller then applies the turn policy to the sample as it was asked for).
         """
-        if not images or self.pixels.vision_input_type != "thumb+tile":
+        if not images or self.pixels.image_budget(sample)[0] != "thumb+tile":
             return None
 
         def grid(tiles: torch.Tensor) -> int:

@@ -14,9 +14,22 @@ The layout is PLM's chat template (``plm_tune.testing.PLM_CHAT_TEMPLATE``)::
 Where the template is right we match it token for token. Where it is wrong we do what it means:
 
 * string content: the template iterates over the characters and renders nothing; we render the text.
-* media order: the template moves all images, then all videos, before the message's text; we keep the
-  order of the parts as given (they are the same when media come first, the usual case).
 * a system message given as a list of parts: the template prints the Python list; we join its text parts.
+
+Media placement follows PLM's trainer (perception_models ``core/data/conversation.py``,
+``Conversation.get_conversation_dict_list``): a sample's single image or video opens its turn, before the
+text (as the template also does: every image, then every video, first); a sample of several images keeps
+them where they were written (the trainer's ``multi_image`` path, for interleaved prompts such as "compare
+<image> with <image>", where the template would move them). ``keep_media_order=True`` keeps every sample's
+media where written.
+
+Labels (``train_on``): ``"assistant"`` (default) labels each answer and its ``<|eot_id|>``; ``"plm"`` labels
+what PLM's trainer labels (``apps/plm/tokenizer.py``, ``PLMTokenizer.__call__``: the whole assistant block,
+header included, and the ``<|end_of_text|>`` its template appends after the last answer); ``"all"`` labels
+every token but the media (the model card's script). The default departs from PLM's trainer on purpose: the
+header is the same fixed tokens after every user turn, so training on it teaches nothing a finetune needs,
+and ``<|end_of_text|>`` is a token PLM's chat template never writes, so a model finetuned to emit it after
+``<|eot_id|>`` learns a habit generation never uses (``generate`` stops at ``<|eot_id|>``).
 
 Each text part is stripped of surrounding whitespace, as the template's ``| trim`` does.
 """
@@ -27,11 +40,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from plm_tune.sample import Turn
+from plm_tune.sample import Part, Turn
 
-__all__ = ["TrainOn", "EncodedConversation", "ConversationEncoder", "DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["TrainOn", "EncodedConversation", "ConversationEncoder", "DEFAULT_SYSTEM_PROMPT", "media_first"]
 
-TrainOn = Literal["assistant", "all"]
+TrainOn = Literal["assistant", "all", "plm"]
+TRAIN_ON = ("assistant", "all", "plm")
 IGNORE_INDEX = -100
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -44,8 +58,10 @@ DEFAULT_SYSTEM_PROMPT = (
 class EncodedConversation:
     """Token ids and labels of one conversation, plus the block structure used for truncation.
 
-    ``blocks[i]`` is the (start, end) token span of message ``i`` (after the system prefix); ``prefix_len``
-    is the length of ``<|begin_of_text|>`` + the system block.
+    ``blocks[i]`` is ``(start, end)`` of message ``i`` (after the system prefix): where it starts, and the
+    length of the conversation cut after it (its last token, plus the closing ``<|end_of_text|>`` that
+    ``train_on="plm"`` adds after an answer); ``prefix_len`` is the length of ``<|begin_of_text|>`` + the
+    system block.
     """
 
     input_ids: list[int]
@@ -61,10 +77,14 @@ class ConversationEncoder:
         tokenizer: PLM's tokenizer (must know ``<|begin_of_text|>``, ``<|start_header_id|>``,
             ``<|end_header_id|>``, ``<|eot_id|>``, ``<|image|>``, ``<|video|>``).
         default_system_prompt: used when a conversation has no system message (PLM's own default).
+        keep_media_order: keep every medium where it was written, instead of placing them as PLM's trainer
+            did (module docstring).
     """
 
-    def __init__(self, tokenizer, default_system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+    def __init__(self, tokenizer, default_system_prompt: str = DEFAULT_SYSTEM_PROMPT, *,
+                 keep_media_order: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.keep_media_order = keep_media_order
         ids = {}
         for name in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                      "<|image|>", "<|video|>"):
@@ -77,6 +97,8 @@ class ConversationEncoder:
         self.end_header_id = ids["<|end_header_id|>"]
         self.eot_id = ids["<|eot_id|>"]
         self.media_ids = {"image": ids["<|image|>"], "video": ids["<|video|>"]}
+        end_of_text = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+        self.end_of_text_id = None if end_of_text in (None, tokenizer.unk_token_id) else end_of_text
         self._header_cache: dict[str, list[int]] = {}
         self._system_prefix = self._system_block(default_system_prompt)
 
@@ -112,14 +134,17 @@ class ConversationEncoder:
             media_token_counts: ``{"image": [tokens of image 0, ...], "video": [...]}``, the exact number of
                 placeholder tokens each media item expands to.
             train_on: ``"assistant"``: label each assistant turn's content and its closing ``<|eot_id|>``;
-                ``"all"``: label every token except media placeholders (the model card's baseline).
+                ``"plm"``: also its header, and a closing ``<|end_of_text|>`` after the last answer (PLM's
+                trainer); ``"all"``: label every token except media placeholders (the model card's baseline).
             add_generation_prompt: append an open assistant header (for generation; nothing labelled there).
 
         Returns:
             ``EncodedConversation`` with ``len(input_ids) == len(labels)``.
         """
-        if train_on not in ("assistant", "all"):
-            raise ValueError(f"train_on must be 'assistant' or 'all', got {train_on!r}.")
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}.")
+        if train_on == "plm" and self.end_of_text_id is None:
+            raise ValueError("train_on='plm' needs the tokenizer's <|end_of_text|> token, and this one has none.")
         input_ids: list[int] = []
         labels: list[int] = []
 
@@ -135,18 +160,29 @@ class ConversationEncoder:
             prefix = self._system_prefix
         emit(prefix, train_on == "all")
         blocks = []
+        # PLM's trainer keeps several images where written; one medium (or images with a video) opens its turn.
+        several_images = len(media_token_counts.get("image", ())) > 1 and not media_token_counts.get("video")
+        keep_order = self.keep_media_order or several_images
+        closes = train_on == "plm" and not add_generation_prompt
         for turn in body:
             start = len(input_ids)
             content_trained = train_on == "all" or turn.role == "assistant"
-            emit(self.header(turn.role), train_on == "all")
-            for part in turn.parts:
+            emit(self.header(turn.role), train_on == "all" or (train_on == "plm" and turn.role == "assistant"))
+            for part in turn.parts if keep_order else media_first(turn.parts):
                 if part.kind == "text":
                     emit(self.text_ids(part.text.strip()), content_trained)
                 else:
                     count = media_token_counts[part.kind][part.index]
                     emit([self.media_ids[part.kind]] * count, False)  # media tokens are inputs, never targets
             emit([self.eot_id], content_trained)
-            blocks.append((start, len(input_ids)))
+            blocks.append((start, len(input_ids) + (1 if closes and turn.role == "assistant" else 0)))
+        if closes and body and body[-1].role == "assistant":
+            emit([self.end_of_text_id], True)
         if add_generation_prompt:
             emit(self.header("assistant"), False)
         return EncodedConversation(input_ids, labels, prefix_len=len(prefix), blocks=blocks)
+
+
+def media_first(parts: Sequence[Part]) -> list[Part]:
+    """A turn's parts as PLM's chat template orders them: every image, then every video, then the text."""
+    return sorted(parts, key=lambda part: ("image", "video", "text").index(part.kind))

@@ -24,6 +24,10 @@ class PixelEncoder:
         max_tiles: default tile budget per image (the processor's ``max_num_tiles`` if None); a sample's
             ``"max_tiles"`` key overrides it.
         num_frames: default frames per video (PLM uses 32); a sample's ``"num_frames"`` overrides it.
+        multi_image_tiles: how a sample of several images tiles them (``image_budget``): 1 (default) one
+            plain tile each, as PLM's trainer processes them (perception_models ``core/data/preprocessor.py``
+            sends a multi-image row through the video transform: one resized frame per image); N > 1: a
+            thumbnail plus up to N tiles each; None: as a single image (``max_tiles`` / the sample's).
     """
 
     def __init__(
@@ -33,7 +37,11 @@ class PixelEncoder:
         vision_input_type: VisionInputType | None = None,
         max_tiles: int | None = None,
         num_frames: int = 32,
+        multi_image_tiles: int | None = 1,
     ) -> None:
+        if multi_image_tiles is not None and (isinstance(multi_image_tiles, bool) or multi_image_tiles < 1):
+            raise ValueError(f"multi_image_tiles must be a positive number of tiles or None, got {multi_image_tiles!r}.")
+        self.multi_image_tiles = multi_image_tiles
         self.image_processor = processor.image_processor
         self.video_processor = processor.video_processor
         self.vision_input_type = vision_input_type or self.image_processor.vision_input_type
@@ -58,12 +66,25 @@ class PixelEncoder:
             self._by_tiles[max_tiles] = clone
         return self._by_tiles[max_tiles]
 
-    def image(self, entry: Any, max_tiles: int | None = None) -> tuple[torch.Tensor, int]:
+    def image_budget(self, sample: dict[str, Any]) -> tuple[VisionInputType, int]:
+        """``(vision_input_type, max_tiles)`` for every image of ``sample``: the one tiling decision.
+
+        A sample of several images follows ``multi_image_tiles``; a single image is ``thumb+tile`` with the
+        sample's ``"max_tiles"`` (else ``max_tiles``). ``"vanilla"`` (the collator's setting) is one tile always.
+        """
+        if self.vision_input_type == "vanilla":
+            return "vanilla", 1
+        if len(sample.get("images") or []) > 1 and self.multi_image_tiles is not None:
+            return ("vanilla", 1) if self.multi_image_tiles == 1 else ("thumb+tile", self.multi_image_tiles)
+        return "thumb+tile", sample.get("max_tiles") or self.max_tiles
+
+    def image(self, entry: Any, max_tiles: int | None = None,
+              vision_input_type: VisionInputType | None = None) -> tuple[torch.Tensor, int]:
         """Returns ``(tiles, n_tokens)``: tiles ``(n_tiles, 3, T, T)`` float32 and the placeholder count."""
         budget = max_tiles or self.max_tiles
         pil = load_image(entry)
         out = self._image_processor_for(budget)(
-            images=[pil], vision_input_type=self.vision_input_type, return_tensors="pt"
+            images=[pil], vision_input_type=vision_input_type or self.vision_input_type, return_tensors="pt"
         )
         tiles = out["pixel_values"][0]  # (n_tiles, 3, T, T)
         return tiles, tiles.shape[0] * self.tokens_per_tile(*tiles.shape[-2:])

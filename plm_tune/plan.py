@@ -148,9 +148,9 @@ class _Geometry:
         self.frame_tokens = pixels.tokens_per_tile(height, width)
         self._cache: dict[tuple[int, int, int], int] = {}
 
-    def tiles(self, size: tuple[int, int], budget: int) -> int:
+    def tiles(self, size: tuple[int, int], budget: int, vision_input_type: str = "thumb+tile") -> int:
         """Tiles PLM's image processor makes of a ``size`` image with ``budget`` tiles (thumbnail included)."""
-        if self.pixels.vision_input_type == "vanilla":
+        if vision_input_type == "vanilla":
             return 1
         key = (*size, budget)
         if key not in self._cache:
@@ -192,9 +192,9 @@ def estimate_cost(sample: dict[str, Any], collator: PLMCollator, *, _geometry: _
     """
     geometry = _geometry or _Geometry(collator)
     turns = normalize_messages(sample)
-    budget = sample.get("max_tiles") or collator.pixels.max_tiles
+    tiling, budget = collator.pixels.image_budget(sample)  # the collator's own tiling decision
     sizes = [image_size(entry) for entry in sample.get("images") or []]
-    tiles = [geometry.tiles(size, budget) for size in sizes]
+    tiles = [geometry.tiles(size, budget, tiling) for size in sizes]
     frames = [video_frame_count(entry, sample.get("num_frames") or collator.pixels.num_frames)
               for entry in sample.get("videos") or []]
 
@@ -209,8 +209,7 @@ def estimate_cost(sample: dict[str, Any], collator: PLMCollator, *, _geometry: _
     outcome: Outcome = "fits"
     dropped = removed = 0
     kept = {"image": set(range(len(tiles))), "video": set(range(len(frames)))}
-    if limit is not None and full > limit and collator.fit_tiles and tiles \
-            and collator.pixels.vision_input_type == "thumb+tile":
+    if limit is not None and full > limit and collator.fit_tiles and tiles and tiling == "thumb+tile":
         fitted = _fit_tiles(sizes, tiles, geometry, lambda t: len(encode(turns, t).input_ids) <= limit)
         if fitted is not None:
             removed = sum(tiles) - sum(fitted)

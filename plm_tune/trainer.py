@@ -125,6 +125,8 @@ def build_trainer(
     max_tiles: int | None = None,
     num_frames: int = 32,
     vision_input_type: str | None = None,
+    multi_image_tiles: int | None = 1,
+    keep_media_order: bool = False,
     vision_lr: float | None = None,
     projector_lr: float | None = None,
     callbacks: list[Any] | None = None,
@@ -152,8 +154,9 @@ def build_trainer(
             go one per process with similar cost. The costs are computed once, before training, with a
             progress bar, from media headers (``plm_tune.plan.estimate_cost``); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
-            ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
-            and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
+            ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's),
+            ``multi_image_tiles``, ``keep_media_order`` (``PLMCollator``: by default several images get one
+            plain tile each and media are placed as PLM's trainer did) and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
             is refused (ValueError): the trainer does that itself (below).
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
@@ -209,6 +212,8 @@ def build_trainer(
             max_tiles=max_tiles,
             num_frames=num_frames,
             vision_input_type=vision_input_type,
+            multi_image_tiles=multi_image_tiles,
+            keep_media_order=keep_media_order,
             pixel_dtype=vision_dtype(model),
             padding_free=padding_free,
         )

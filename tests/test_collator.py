@@ -88,6 +88,28 @@ def test_tile_counts_follow_max_tiles_per_sample_and_globally(processor):
     assert vanilla["pixel_values"].shape[1] == 1
 
 
+def test_several_images_get_one_plain_tile_each_by_default_as_plms_trainer(processor):
+    """perception_models' preprocessor sends a multi-image row through the video transform: one resized frame per
+    image. Single images keep thumb+tile."""
+    images = [make_image(300, 120, seed=7), make_image(90, 140, seed=8)]
+    two = {"messages": qa("Compare them.", "Different.", ["image", "image"]), "images": images, "max_tiles": 9}
+    one = [{"messages": qa("Describe.", "Noise.", ["image"]), "images": [image], "max_tiles": 9} for image in images]
+    default = PLMCollator(processor)([two])["pixel_values"]
+    plain = [PLMCollator(processor, vision_input_type="vanilla")([s])["pixel_values"] for s in one]
+    assert default.shape[1] == 2
+    torch.testing.assert_close(default, torch.cat(plain, dim=1), rtol=0, atol=0)  # the vanilla tile of each
+    singles = [PLMCollator(processor)([s])["pixel_values"] for s in one]
+    assert all(t.shape[1] > 2 for t in singles)  # a single image is still thumb+tile with max_tiles
+    # The old behaviour, explicitly: several images tiled like single ones (the sample's max_tiles each).
+    as_single = PLMCollator(processor, multi_image_tiles=None)([two])["pixel_values"]
+    torch.testing.assert_close(as_single, torch.cat(singles, dim=1), rtol=0, atol=0)
+    # A budget of their own: thumb+tile with at most 4 tiles each.
+    four = PLMCollator(processor, multi_image_tiles=4)([two])["pixel_values"]
+    assert 2 < four.shape[1] <= 2 * 5 and four.shape[1] < as_single.shape[1]
+    with pytest.raises(ValueError, match="multi_image_tiles must be a positive number of tiles or None"):
+        PLMCollator(processor, multi_image_tiles=0)
+
+
 def test_num_frames_per_sample_overrides_default(processor):
     sample = {"messages": qa("What happens?", "Noise.", ["video"]), "videos": [make_frames(20)]}
     assert PLMCollator(processor, num_frames=8)([sample])["pixel_values_videos"].shape[1] == 8
@@ -150,18 +172,24 @@ def _long_conversation():
     }
 
 
-def test_max_length_drops_whole_trailing_turns_with_their_media(processor):
+@pytest.mark.parametrize("multi_image_tiles", [None, 1])
+def test_max_length_drops_whole_trailing_turns_with_their_media(processor, multi_image_tiles):
+    """The kept image keeps the tiling of the sample it came from: with multi_image_tiles=None a two-image sample
+    tiles like single images, so its first exchange equals the one-image sample; by default (1) its images get
+    one plain tile each, also the one left after truncation (PLM's trainer decides per row, before cutting)."""
     sample = _long_conversation()
-    full = PLMCollator(processor)([sample])
+    options = {"multi_image_tiles": multi_image_tiles, "vision_input_type": "vanilla" if multi_image_tiles else None}
+    full = PLMCollator(processor, multi_image_tiles=multi_image_tiles)([sample])
     full_len = full["input_ids"].shape[1]
-    one_exchange = PLMCollator(processor)([{**sample, "messages": sample["messages"][:2],
-                                            "images": sample["images"][:1]}])
+    one_exchange = PLMCollator(processor, **options)([{**sample, "messages": sample["messages"][:2],
+                                                       "images": sample["images"][:1]}])
     limit = one_exchange["input_ids"].shape[1] + 3  # room for the first exchange only
-    collator = PLMCollator(processor, max_length=limit)
+    collator = PLMCollator(processor, max_length=limit, multi_image_tiles=multi_image_tiles)
     batch = collator([sample])
     assert batch["input_ids"].shape[1] <= limit < full_len
     assert torch.equal(batch["input_ids"], one_exchange["input_ids"])
     assert torch.equal(batch["pixel_values"], one_exchange["pixel_values"])  # the second image went too
+    assert batch["pixel_values"].shape[1] == (1 if multi_image_tiles == 1 else 2)  # 1 plain tile / thumb + 1 tile
     assert collator.stats["truncated_samples"] == 1
     assert collator.stats["dropped_turns"] == 4
     assert collator.stats["dropped_images"] == 1

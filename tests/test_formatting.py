@@ -179,15 +179,19 @@ def test_string_content_is_rendered_where_the_template_renders_nothing(processor
     assert collator([as_string])["input_ids"].tolist() == collator([as_list])["input_ids"].tolist()
 
 
-def test_media_keep_their_position_where_the_template_moves_them_first(processor):
-    sample = {
+def _image_after_text():
+    return {
         "messages": [
             {"role": "user", "content": [_text("Look:"), {"type": "image"}, _text("What is it?")]},
             {"role": "assistant", "content": "A square."},
         ],
         "images": [make_image(56, 56)],
     }
-    ids = PLMCollator(processor, vision_input_type="vanilla")([sample])["input_ids"][0].tolist()
+
+
+def test_keep_media_order_keeps_an_image_where_written_where_the_template_moves_it_first(processor):
+    sample = _image_after_text()
+    ids = PLMCollator(processor, vision_input_type="vanilla", keep_media_order=True)([sample])["input_ids"][0].tolist()
     tok = processor.tokenizer
     look = tok("Look:", add_special_tokens=False)["input_ids"]
     first_image = ids.index(processor.image_token_id)
@@ -195,6 +199,81 @@ def test_media_keep_their_position_where_the_template_moves_them_first(processor
     # The template would have rendered the image before "Look:".
     rendered = processor.apply_chat_template(_with_inline_media(sample), tokenize=False)
     assert rendered.index("<|image|>") < rendered.index("Look:")
+
+
+def test_by_default_a_single_image_opens_its_turn_as_plms_trainer_and_the_template_do(processor):
+    """PLM's trainer puts a single image before the first human turn's text (core/data/conversation.py,
+    place_image_token); the HF template moves it first too: the ids equal the template's. (One text part: the
+    template glues several together without a space.)"""
+    sample = {"messages": [{"role": "user", "content": [_text("What is it?"), {"type": "image"}]},
+                           {"role": "assistant", "content": [_text("A square.")]}],
+              "images": [make_image(56, 56)]}
+    ours = PLMCollator(processor)([sample])
+    ref = _reference(processor, sample)
+    assert ours["input_ids"].tolist() == ref["input_ids"].tolist()
+    torch.testing.assert_close(ours["pixel_values"], ref["pixel_values"], rtol=0, atol=0)
+
+
+def test_an_image_and_a_video_after_text_open_the_turn_images_first_as_the_template(processor):
+    sample = {
+        "messages": [{"role": "user", "content": [_text("Compare them."), {"type": "video"}, {"type": "image"}]},
+                     {"role": "assistant", "content": [_text("Same colours.")]}],
+        "images": [make_image(56, 56, seed=3)], "videos": [make_frames(3, seed=4)],
+    }
+    assert PLMCollator(processor)([sample])["input_ids"].tolist() == _reference(processor, sample)["input_ids"].tolist()
+
+
+def test_several_images_stay_where_written_as_plms_multi_image_path(processor):
+    """PLM's trainer keeps multi-image <image> tags in place (conversation.py, media_type "multi_image");
+    the template would move both images before "Compare"."""
+    sample = {
+        "messages": [{"role": "user", "content": [_text("Compare"), {"type": "image"}, _text("with"),
+                                                   {"type": "image"}, _text(".")]},
+                     {"role": "assistant", "content": "The first is brighter."}],
+        "images": [make_image(56, 56, seed=1), make_image(80, 40, seed=2)],
+    }
+    ids = PLMCollator(processor)([sample])["input_ids"][0].tolist()
+    tok = processor.tokenizer
+    compare, with_ = (tok(t, add_special_tokens=False)["input_ids"] for t in ("Compare", "with"))
+    image = processor.image_token_id
+    first = ids.index(image)
+    assert ids[first - len(compare):first] == compare
+    after_first = first + ids[first:].index(next(t for t in ids[first:] if t != image))
+    assert ids[after_first:after_first + len(with_)] == with_ and ids[after_first + len(with_)] == image
+    rendered = processor.apply_chat_template(_with_inline_media(sample), tokenize=False)
+    assert rendered.index("<|image|>") < rendered.index("Compare")  # where the template differs
+
+
+def test_train_on_plm_labels_the_assistant_block_and_a_closing_end_of_text(processor):
+    """apps/plm/tokenizer.py labels every token of each assistant block (header + answer + <|eot_id|>), and the
+    plm_sft template appends <|end_of_text|> to the last answer."""
+    sample = PARITY_CASES["multi_turn"]
+    default = PLMCollator(processor)([sample])
+    plm = PLMCollator(processor, train_on="plm")([sample])
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids("<|end_of_text|>")
+    # The same sequence with one more token at the end.
+    assert plm["input_ids"][0, :-1].tolist() == default["input_ids"][0].tolist()
+    assert plm["input_ids"][0, -1].item() == eos
+    spans = [tok.decode(span) for span in _labelled_spans(plm["labels"][0].tolist())]
+    header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert spans == [header + "Red.<|eot_id|>", header + "Three.<|eot_id|><|end_of_text|>"]
+    ids, labels = plm["input_ids"][0], plm["labels"][0]
+    assert torch.equal(ids[labels != -100], labels[labels != -100])
+
+
+def test_train_on_plm_truncation_counts_the_closing_token(processor):
+    sample = PARITY_CASES["multi_turn"]
+    first = {**sample, "messages": sample["messages"][:2]}
+    one_exchange = PLMCollator(processor, train_on="plm")([first])["input_ids"].shape[1]
+    # max_length of exactly the first exchange with its <|end_of_text|>: the second exchange goes, the first stays.
+    collator = PLMCollator(processor, train_on="plm", max_length=one_exchange)
+    batch = collator([sample])
+    assert batch["input_ids"].shape[1] == one_exchange and batch["input_ids"][0, -1].item() == \
+        processor.tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    assert collator.stats["truncated_samples"] == 1
+    with pytest.raises(ValueError, match="too long"):
+        PLMCollator(processor, train_on="plm", max_length=one_exchange - 1, on_too_long="raise")([sample])
 
 
 def test_system_given_as_parts_is_joined_not_printed_as_a_python_list(processor):

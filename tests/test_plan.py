@@ -59,6 +59,10 @@ def varied_samples(media) -> list[dict]:
                for i, path in enumerate(p)]
     samples += [
         {"messages": [user("image", "image"), answer("Two views.")], "images": [p[1], p[3]], "id": "two"},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image"},
+                                                   {"type": "text", "text": "with"}, {"type": "image"},
+                                                   {"type": "image"}]}, answer("All differ.")],
+         "images": [p[0], p[6], p[7]], "max_tiles": 16, "id": "three-interleaved"},
         {"messages": [user("image"), answer()], "images": [make_image(640, 480, seed=3)], "id": "pil"},
         {"messages": [user("image"), answer()], "images": [media["jpeg_bytes"]], "id": "bytes"},
         {"messages": [user("image"), answer()], "images": [{"path": p[4], "bytes": None}], "id": "dict"},
@@ -93,12 +97,14 @@ def assert_same(estimate, encoded, sample):
     assert (estimate.images, estimate.videos) == (len(encoded.images), len(encoded.videos)), sid
 
 
-@pytest.mark.parametrize("max_tiles, vision_input_type, num_frames", [
-    (1, "thumb+tile", 4), (4, "thumb+tile", 8), (9, "thumb+tile", 32), (36, "thumb+tile", 4), (36, "vanilla", 2),
+@pytest.mark.parametrize("max_tiles, vision_input_type, num_frames, multi_image_tiles", [
+    (1, "thumb+tile", 4, 1), (4, "thumb+tile", 8, 1), (9, "thumb+tile", 32, 1), (36, "thumb+tile", 4, 1),
+    (36, "vanilla", 2, 1), (9, "thumb+tile", 8, None), (36, "thumb+tile", 4, 4),
 ])
-def test_estimate_equals_the_collators_encoding(processor, media, max_tiles, vision_input_type, num_frames):
+def test_estimate_equals_the_collators_encoding(processor, media, max_tiles, vision_input_type, num_frames,
+                                                multi_image_tiles):
     collator = PLMCollator(processor, max_tiles=max_tiles, vision_input_type=vision_input_type,
-                           num_frames=num_frames)
+                           num_frames=num_frames, multi_image_tiles=multi_image_tiles)
     seen_tiles = set()
     for sample in varied_samples(media):
         estimate = estimate_cost(sample, collator)
@@ -137,16 +143,20 @@ def test_estimate_reads_headers_only_a_truncated_image_still_counts(processor, t
         collator.encode(sample)  # decoding the pixels fails: the estimate never decoded them
 
 
-def test_plan_dataset_totals_padding_and_report(processor, media):
+@pytest.mark.parametrize("multi_image_tiles, max_length", [(None, 160), (1, 120)])
+def test_plan_dataset_totals_padding_and_report(processor, media, multi_image_tiles, max_length):
+    """multi_image_tiles=None (several images tiled as single ones) is the setting this test was written for;
+    the default (one plain tile per image of a multi-image sample) makes samples shorter, so a lower limit."""
     samples = varied_samples(media)
-    collator = PLMCollator(processor, max_length=160, max_tiles=16, num_frames=8)
+    collator = PLMCollator(processor, max_length=max_length, max_tiles=16, num_frames=8,
+                           multi_image_tiles=multi_image_tiles)
     plan = plan_dataset(samples, collator, batch_size=4, progress=False)
     encoded = [e for e in (collator.encode(s) for s in samples) if e is not None]
     totals = plan.totals()
     assert totals["tokens"] == sum(len(e.input_ids) for e in encoded)
     assert totals["tiles"] == sum(t.shape[0] for e in encoded for t in e.images)
     assert totals["rejected"] == len(samples) - len(encoded) and totals["over_max_length"] > 0
-    assert plan.token_stats()["max"] == max(len(e.input_ids) for e in encoded) <= 160
+    assert plan.token_stats()["max"] == max(len(e.input_ids) for e in encoded) <= max_length
     assert plan.padding["packed"] == 0.0 and 0 < plan.padding["grouped"] < plan.padding["random"]
     assert plan.worst_batch()[0] == plan.token_stats()["max"]
     memory = {"1B": estimate_memory("1B", batch_size=4, seq_len=plan.worst_batch()[0])}
