@@ -1,9 +1,12 @@
-"""LLaVA-style conversation records, shared by the ``llava`` and ``plm_jsonl`` adapters.
+"""Conversation records, shared by the ``llava``, ``plm_jsonl`` and ``hf`` adapters.
 
-Reading a JSON list or JSON lines file of records (``read_json_records``), ``{"from", "value"}`` turns ->
-canonical messages with media parts where the placeholders were (``conversation_messages``), and a record's
-``image`` / ``video`` / ``id`` keys: counting (``media_count``), resolving and checking the media
-(``resolve_images``, ``resolve_video``) and naming the record in errors (``record_name``).
+Reading a JSON list or JSON lines file of records (``read_json_records``); turns -> canonical messages with
+media parts where the placeholders were (``conversation_messages``), the turns being LLaVA / ShareGPT
+``{"from", "value"}`` or LLaMA-Factory / TRL ``{"role", "content"}`` (string content, or TRL's list of
+parts); a whole record -> a sample (``conversation_sample``: LLaVA's and PLM's ``conversations`` / ``image`` /
+``video`` keys, LLaMA-Factory's ``messages`` / ``images`` / ``videos`` / ``system``); counting a record's
+media (``media_count``), resolving and checking them (``resolve_images``, ``resolve_video``) and naming the
+record in errors (``record_name``).
 """
 
 from __future__ import annotations
@@ -12,20 +15,22 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_adapters._fields import checked_sample
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import BadRecord, media_part, resolve_media_path, text_part
 
 __all__ = [
-    "PLACEHOLDERS", "SPEAKERS", "conversation_messages", "media_count", "read_json_records", "record_name",
-    "resolve_images", "resolve_video",
+    "PLACEHOLDERS", "SPEAKERS", "conversation_messages", "conversation_sample", "media_count",
+    "read_json_records", "record_name", "resolve_images", "resolve_video",
 ]
 
 SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
+QWEN_VL_IMAGE = re.compile(r"<img>.*?</img>", re.DOTALL)  # Qwen-VL's "Picture 1: <img>path</img>"
 
 
 def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | str]]:
@@ -54,51 +59,56 @@ def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, 
 def conversation_messages(conversations: Any, *, record: str, counts: dict[str, int],
                           placeholders: dict[str, str] = PLACEHOLDERS,
                           system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """``[{"from", "value"}, ...]`` -> canonical messages, media parts where the placeholders were.
+    """A record's turns -> canonical messages, media parts where the placeholders were.
 
     Args:
-        conversations: the record's turns.
+        conversations: the record's turns: ``{"from", "value"}`` (LLaVA, ShareGPT, PLM) or ``{"role",
+            "content"}`` (LLaMA-Factory, TRL), the content a string or TRL's list of ``{"type": ...}`` parts.
         record: names the record in errors.
         counts: how many media of each kind the record has (``{"image": 2, "video": 0}``).
         placeholders: placeholder text -> media kind.
         system_prompt: prepended as a system message unless the conversation starts with one.
 
     Raises:
-        BadRecord: no turns, an unknown speaker, an empty answer, a placeholder outside a human turn, or a
-            placeholder count that differs from the media count (when there are placeholders at all).
+        BadRecord: no turns, an unknown speaker, an empty answer, a placeholder outside a human turn, a
+            Qwen-VL ``<img>...</img>`` tag, or a placeholder count that differs from the media count (when
+            there are placeholders at all: without any, the media open the first human turn, as LLaVA and
+            TRL put them).
     """
     if not isinstance(conversations, list) or not conversations:
-        raise BadRecord(record, "no conversation", f"'conversations' is {_short(conversations)}.",
-                        'give a list of {"from": "human" | "gpt", "value": ...} turns.')
+        raise BadRecord(record, "no conversation", f"'conversations' / 'messages' is {_short(conversations)}.",
+                        'give a list of {"from": "human" | "gpt", "value": ...} or {"role": "user" | '
+                        '"assistant", "content": ...} turns.')
     pattern = re.compile("(" + "|".join(re.escape(p) for p in placeholders) + ")")
     messages: list[dict[str, Any]] = []
     seen: Counter = Counter()
     for i, turn in enumerate(conversations):
-        speaker = turn.get("from") if isinstance(turn, dict) else None
+        speaker, value = _speaker_and_value(turn)
         role = SPEAKERS.get(speaker.lower()) if isinstance(speaker, str) else None
         if role is None:
             raise BadRecord(record, "unknown speaker", f"turn {i} is from {speaker!r}; expected one of "
                             f"{', '.join(SPEAKERS)}.", "rename the speaker or remove the turn.")
-        value = turn.get("value")
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
-        if role == "assistant" and (not isinstance(value, str) or not value.strip()):
+        pieces = [] if value is None else _pieces(value, record=record, where=f"turn {i} ({speaker})")
+        if role == "assistant" and not any(kind == "text" and text.strip() for kind, text in pieces):
             raise BadRecord(record, "no answer text", f"turn {i} ({speaker}) has value {_short(value)}.",
                             "fill in the answer, or remove the record.")
-        if not isinstance(value, str):
-            raise BadRecord(record, "bad turn", f"turn {i} ({speaker}): 'value' must be a string, got "
-                            f"{_short(value)}.", "fix the turn.")
+        if value is None:
+            raise BadRecord(record, "bad turn", f"turn {i} ({speaker}) has no text.", "fix the turn.")
         parts = []
-        for piece in pattern.split(value):
-            if piece in placeholders:
-                if role != "user":
-                    raise BadRecord(record, "misplaced placeholder", f"turn {i} ({speaker}) contains "
-                                    f"{piece}; media can only be placed in human turns.",
-                                    f"remove {piece} from that turn.")
-                seen[placeholders[piece]] += 1
-                parts.append(media_part(placeholders[piece]))
-            elif piece.strip():
-                parts.append(text_part(piece.strip()))
+        for kind, text in pieces:  # a TRL media part is one piece of its own kind
+            for piece in pattern.split(text) if kind == "text" else [kind]:
+                media = placeholders.get(piece) if kind == "text" else kind
+                if media is not None:
+                    if role != "user":
+                        raise BadRecord(record, "misplaced placeholder", f"turn {i} ({speaker}) contains "
+                                        f"{piece}; media can only be placed in human turns.",
+                                        f"remove {piece} from that turn.")
+                    seen[media] += 1
+                    parts.append(media_part(media))
+                elif piece.strip():
+                    parts.append(text_part(piece.strip()))
         messages.append({"role": role, "content": parts})
     unplaced = []
     for kind in ("image", "video"):
@@ -122,23 +132,53 @@ def conversation_messages(conversations: Any, *, record: str, counts: dict[str, 
     return messages
 
 
+def _speaker_and_value(turn: Any) -> tuple[Any, Any]:
+    if not isinstance(turn, dict):
+        return None, None
+    if "from" not in turn and ("role" in turn or "content" in turn):
+        return turn.get("role"), turn.get("content")
+    return turn.get("from"), turn.get("value")
+
+
+def _pieces(value: Any, *, record: str, where: str) -> list[tuple[str, str]]:
+    """A turn's content as ``(kind, text)`` pieces: ``("text", ...)``, or ``("image" | "video", "")`` for a
+    TRL media part. Refuses Qwen-VL's inline ``<img>path</img>``, which would otherwise train as plain text."""
+    items = value if isinstance(value, list) else [{"type": "text", "text": value}]
+    pieces = []
+    for item in items:
+        kind = item.get("type") if isinstance(item, dict) else None
+        text = item.get("text") if kind == "text" else ""
+        if kind not in ("text", "image", "video") or not isinstance(text, str):
+            raise BadRecord(record, "bad turn", f"{where}: the content must be a string or a list of text / "
+                            f"image / video parts, got {_short(value)}.", "fix the turn.")
+        tag = QWEN_VL_IMAGE.search(text)
+        if tag:
+            raise BadRecord(record, "inline image tag", f"{where} holds {_short(tag.group(0))}: Qwen-VL's "
+                            "inline image syntax, which plm-tune does not read (the image would be lost and the "
+                            "tag trained as text).", "put the image's path in the record's 'image' / 'images' "
+                            "and write <image> where the tag was.")
+        pieces.append((kind, text))
+    return pieces
+
+
 def media_count(value: Any, key: str, record: str) -> int:
-    """How many media a record's ``image`` (None, a path or a list) or ``video`` (None or a path) holds."""
+    """How many media a record's ``image`` / ``images`` / ``videos`` (None, a path or a list) or ``video``
+    (None or a path) holds."""
     if value is None:
         return 0
     if isinstance(value, str):
         return 1
-    if key == "image" and isinstance(value, list) and all(isinstance(p, str) for p in value):
+    if key != "video" and isinstance(value, list) and all(isinstance(p, str) for p in value):
         return len(value)
-    expected = "a path or a list of paths" if key == "image" else "one path"
+    expected = "a path or a list of paths" if key != "video" else "one path"
     raise BadRecord(record, "bad media path", f"'{key}' must be {expected}, got {_short(value)}.",
                     f"fix the record's '{key}'.")
 
 
 def resolve_images(value: Any, *, root: str | os.PathLike, record: str,
                    allow_outside_root: bool) -> list[str]:
-    """A record's ``image`` (None, a path or a list of paths) -> checked absolute paths."""
-    media_count(value, "image", record)
+    """A record's ``image`` / ``images`` (None, a path or a list of paths) -> checked absolute paths."""
+    media_count(value, "images", record)
     resolved = []
     for relative in [] if value is None else [value] if isinstance(value, str) else value:
         path = resolve_media_path(root, relative, record=record, allow_outside_root=allow_outside_root)
@@ -153,6 +193,48 @@ def resolve_video(value: str, *, root: str | os.PathLike, record: str,
     media_count(value, "video", record)
     path = resolve_media_path(root, value, record=record, allow_outside_root=allow_outside_root)
     return path, probe_video(path, record)
+
+
+def conversation_sample(row: dict[str, Any], name: str, *, root: str | os.PathLike,
+                        system_prompt: str | None, max_tiles: int | None, num_frames: int | None,
+                        allow_outside_root: bool,
+                        video_entry: Callable[[str, float], Any] = lambda path, duration: path) -> dict[str, Any]:
+    """One conversation record -> a canonical sample.
+
+    The record is LLaVA's / PLM's (``conversations``; ``image``: a path or a list; ``video``: a path) or
+    LLaMA-Factory's multimodal ShareGPT (``messages`` or ``conversations``; ``images`` / ``videos``: lists;
+    an optional ``system``). ``video_entry(path, duration)`` makes each video's entry (PLM's adapter adds the
+    clip times). A record with videos and no images may say ``<image>`` for its video (LLaVA-Video, PLM).
+
+    Raises:
+        BadRecord: anything ``conversation_messages``, ``media_count`` or the media checks refuse; a record
+            with both ``image`` and ``images`` (or ``video`` and ``videos``); audio (PLM has no audio input).
+    """
+    values = {}
+    for kind, keys in (("image", ("image", "images")), ("video", ("video", "videos"))):
+        given = [key for key in keys if row.get(key) is not None]
+        if len(given) > 1:
+            raise BadRecord(name, "ambiguous media", f"the record has both {given[0]!r} and {given[1]!r}.",
+                            f"keep one list of {kind}s.")
+        values[kind] = (given[0], row[given[0]]) if given else (keys[0], None)
+    if row.get("audios"):
+        raise BadRecord(name, "audio", "the record has 'audios': PLM takes images and videos, not audio.",
+                        "drop the audio (and its <audio> placeholder), or the record.")
+    counts = {kind: media_count(value, key, name) for kind, (key, value) in values.items()}
+    video_only = counts["video"] and not counts["image"]
+    placeholders = {"<image>": "video", "<video>": "video"} if video_only else PLACEHOLDERS
+    system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else system_prompt
+    turns = row.get("messages") if row.get("conversations") is None else row.get("conversations")
+    messages = conversation_messages(turns, record=name, placeholders=placeholders, counts=counts,
+                                     system_prompt=system)
+    options = dict(root=root, record=name, allow_outside_root=allow_outside_root)
+    images = resolve_images(values["image"][1], **options)
+    video_value = values["video"][1]
+    paths = [] if video_value is None else [video_value] if isinstance(video_value, str) else video_value
+    videos = [video_entry(*resolve_video(path, **options)) for path in paths]
+    return checked_sample(name, messages, images=images, videos=videos,
+                          sample_id=None if row.get("id") is None else str(row["id"]),
+                          max_tiles=max_tiles, num_frames=num_frames)
 
 
 def record_name(where: str, row: dict[str, Any]) -> str:

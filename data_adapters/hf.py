@@ -19,6 +19,16 @@ copied into the sample table (streaming=True avoids holding them), and ``images`
 path strings of the file adapters (``data_adapters.mix`` unifies the two). Each image's header is opened with
 PIL when the table is built (no pixel decode), so a corrupt image is a named bad record now rather than a
 crash mid-training.
+
+Conversational datasets (TRL's ``messages`` + ``images`` or ``image``; LLaMA-Factory's ``messages`` with
+``<image>`` placeholders) are read whole with ``messages_column="messages"``. A TRL row and its sample::
+
+    {"messages": [{"role": "user", "content": "What is in the picture?"},
+                  {"role": "assistant", "content": "A cat on a sofa."}], "images": [<PNG>]}
+
+    {"messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                               {"type": "text", "text": "What is in the picture?"}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "A cat on a sofa."}]}], ...}
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_adapters._conversations import conversation_messages
 from data_adapters._fields import checked_sample, prompt_builder, text_cell
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import (
@@ -51,11 +62,21 @@ def row_to_sample(record: tuple[int, dict[str, Any]], *, source: str, image_colu
                   video_column: str | None, question: Any, answer_column: str, id_column: str | None = None,
                   label_names: list[str] | None = None, system_prompt: str | None = None,
                   media_root: str = ".", allow_outside_root: bool = False, max_tiles: int | None = None,
-                  num_frames: int | None = None) -> dict[str, Any]:
-    """``(row index, row)`` -> a canonical sample: the row's media first, then the question; the answer."""
+                  num_frames: int | None = None, messages_column: str | None = None) -> dict[str, Any]:
+    """``(row index, row)`` -> a canonical sample: the row's media first, then the question; the answer. With
+    ``messages_column``: the row's conversation, its media where its placeholders are (else opening the first
+    user turn, as TRL puts them)."""
     index, row = record
     sample_id = row.get(id_column) if id_column else None
     where = f"{source} row {index}" + (f" ({id_column}={sample_id!r})" if sample_id is not None else "")
+    if messages_column is not None:
+        images = _media(row, image_column, where, media_root, allow_outside_root, _image_entry)
+        videos = _media(row, video_column, where, media_root, allow_outside_root, _video_entry)
+        messages = conversation_messages(row.get(messages_column), record=where, system_prompt=system_prompt,
+                                         counts={"image": len(images), "video": len(videos)})
+        return checked_sample(where, messages, images=images, videos=videos,
+                              sample_id=None if sample_id is None else str(sample_id),
+                              max_tiles=max_tiles, num_frames=num_frames)
     answer = row.get(answer_column)
     if label_names is not None and isinstance(answer, int):  # a ClassLabel; -1 means "no label"
         answer = label_names[answer] if 0 <= answer < len(label_names) else None
@@ -77,6 +98,8 @@ def _media(row, column, where, media_root, allow_outside_root, entry) -> list[An
     if column is None:
         return []
     value = row.get(column)
+    if value is None and column == "images":  # TRL's conversational rows: an empty cell is no image
+        return []
     values = value if isinstance(value, list) else [value]  # a list column: several media per row
     return [entry(v, f"{where} column '{column}'", media_root, allow_outside_root) for v in values]
 
@@ -126,6 +149,7 @@ def from_hf_dataset(
     prompt: str = "Describe this image.",
     answer_column: str = "caption",
     system_prompt: str | None = None,
+    messages_column: str | None = None,
     split: str = "train",
     streaming: bool = False,
     media_root: str | os.PathLike | None = None,
@@ -146,6 +170,12 @@ def from_hf_dataset(
             template filled from the row (``"Describe the {modality} image."``); otherwise fixed text.
         answer_column: the column with the expected answer (a ``ClassLabel`` gives its class name).
         system_prompt: a system message for every sample (default: none, so PLM's default applies).
+        messages_column: a column of whole conversations instead of ``prompt`` / ``answer_column``: TRL's and
+            LLaMA-Factory's ``messages`` (``role`` / ``content``; the content a string, with ``<image>`` /
+            ``<video>`` placeholders where the media go or none, which puts them at the start of the first
+            user turn as TRL does; or TRL's list of ``{"type": ...}`` parts). The images come from
+            ``image_column``: TRL's ``images`` list (taken when ``image_column`` is left at ``"image"`` and the
+            dataset has no such column) or a singular ``image``.
         split: which split to read.
         streaming: return an ``IterableDataset`` that converts rows as they are read (nothing held in memory;
             bad records surface while iterating).
@@ -168,11 +198,14 @@ def from_hf_dataset(
     """
     data, source, local_root = _load(name_or_path, split, streaming)
     columns = _columns(data)
-    for flag, column in (("image_column", image_column), ("video_column", video_column),
-                         ("answer_column", answer_column)):
+    if messages_column is not None and image_column == "image" and "image" not in columns:
+        image_column = "images" if "images" in columns else None  # TRL's list column, or none
+    checked = (("image_column", image_column), ("video_column", video_column),
+               ("messages_column", messages_column) if messages_column else ("answer_column", answer_column))
+    for flag, column in checked:
         if column is not None and column not in columns:
             raise ValueError(f"{source}: {flag}={column!r} is not a column (columns: {columns}). "
-                             f"Pass {flag}=<one of them>" + (" or None." if flag != "answer_column" else "."))
+                             f"Pass {flag}=<one of them>" + (" or None." if flag.startswith(("image", "video")) else "."))
     data = _keep_media_encoded(data, [c for c in (image_column, video_column) if c is not None])
     features = data.features or {}
     answer_feature = features.get(answer_column)
@@ -182,7 +215,7 @@ def from_hf_dataset(
         question=prompt_builder(prompt, columns), answer_column=answer_column, id_column=id_column,
         label_names=getattr(answer_feature, "names", None), system_prompt=system_prompt,
         media_root=str(media_root or local_root or os.getcwd()), allow_outside_root=allow_outside_root,
-        max_tiles=max_tiles, num_frames=num_frames,
+        max_tiles=max_tiles, num_frames=num_frames, messages_column=messages_column,
     )
     return build_dataset(lambda: enumerate(data), to_sample, source=source, on_error=on_error,
                          streaming=streaming)

@@ -1,4 +1,4 @@
-"""LLaVA / ShareGPT conversation files: a JSON list (``llava_v1_5_mix665k.json``) or JSON lines.
+"""LLaVA / ShareGPT conversation files (and LLaMA-Factory's multimodal ShareGPT): a JSON list or JSON lines.
 
 A record and the sample it becomes (``image``: one path or a list; paths are relative to ``image_root``)::
 
@@ -13,12 +13,23 @@ A record and the sample it becomes (``image``: one path or a list; paths are rel
      "images": ["/data/llava/coco/train2017/000000033471.jpg"], "videos": [],
      "max_tiles": None, "num_frames": None}
 
+LLaMA-Factory's layout (``data/mllm_demo.json``: ``messages`` of ``role`` / ``content`` strings, ``images`` and
+``videos`` lists, an optional ``system``; paths relative to its ``data`` folder, so ``image_root="data"``)
+reads the same way::
+
+    {"messages": [{"role": "user", "content": "<image>Who are they?"},
+                  {"role": "assistant", "content": "They're Kane and Gretzka from Bayern Munich."},
+                  {"role": "user", "content": "What are they doing?"},
+                  {"role": "assistant", "content": "They are celebrating on the soccer field."}],
+     "images": ["mllm_demo_data/1.jpg"]}
+
 Speakers: ``human`` / ``user`` -> user, ``gpt`` / ``assistant`` -> assistant, ``system`` -> system. Each
 ``<image>`` in a human turn becomes an image part in place (the text around it becomes stripped text parts);
 the n-th placeholder takes the n-th image. A record with images but no placeholder gets them all at the start
-of its first human turn (LLaVA's convention). Records without ``image`` are text-only samples. A ``video`` key
-(LLaVA-Video style) gives one video; such records spell its placeholder ``<video>`` or, when the record has no
-images, ``<image>``.
+of its first human turn (LLaVA's and TRL's convention). Records without ``image`` are text-only samples. A
+``video`` key (LLaVA-Video style) gives one video, ``videos`` any number; such records spell the placeholder
+``<video>`` or, when the record has no images, ``<image>``. Qwen-VL's inline ``Picture 1: <img>path</img>`` is
+refused (a bad record naming the turn): read as text, its image would silently be lost.
 
 Each image's header is opened with PIL and each video's container header with PyAV when the dataset is built
 (no pixels decoded), so missing and non-media files are named bad records now, not crashes mid-training.
@@ -30,16 +41,8 @@ import os
 from functools import partial
 from typing import Any
 
-from data_adapters._conversations import (
-    PLACEHOLDERS,
-    conversation_messages,
-    media_count,
-    read_json_records,
-    record_name,
-    resolve_images,
-    resolve_video,
-)
-from data_adapters._fields import checked_sample, parse_row
+from data_adapters._conversations import conversation_sample, read_json_records, record_name
+from data_adapters._fields import parse_row
 from data_adapters._records import OnError, build_dataset
 
 __all__ = ["from_llava_json", "record_to_sample"]
@@ -48,23 +51,11 @@ __all__ = ["from_llava_json", "record_to_sample"]
 def record_to_sample(record: tuple[str, dict[str, Any] | str], *, image_root: str | os.PathLike,
                      system_prompt: str | None = None, max_tiles: int | None = None,
                      num_frames: int | None = None, allow_outside_root: bool = False) -> dict[str, Any]:
-    """One ``(where, record)`` of a LLaVA file -> a canonical sample (see the module docstring)."""
+    """One ``(where, record)`` of a LLaVA or LLaMA-Factory file -> a canonical sample (module docstring)."""
     where, raw = record
     row = parse_row(raw, where)
-    name = record_name(where, row)
-    image_value, video_value = row.get("image"), row.get("video")
-    n_images, n_videos = media_count(image_value, "image", name), media_count(video_value, "video", name)
-    # LLaVA-Video records say <image> for their video.
-    placeholders = {"<image>": "video", "<video>": "video"} if n_videos and not n_images else PLACEHOLDERS
-    messages = conversation_messages(row.get("conversations"), record=name, placeholders=placeholders,
-                                     counts={"image": n_images, "video": n_videos},
-                                     system_prompt=system_prompt)
-    options = dict(root=image_root, record=name, allow_outside_root=allow_outside_root)
-    images = resolve_images(image_value, **options)
-    videos = [resolve_video(video_value, **options)[0]] if n_videos else []
-    return checked_sample(name, messages, images=images, videos=videos,
-                          sample_id=None if row.get("id") is None else str(row["id"]),
-                          max_tiles=max_tiles, num_frames=num_frames)
+    return conversation_sample(row, record_name(where, row), root=image_root, system_prompt=system_prompt,
+                               max_tiles=max_tiles, num_frames=num_frames, allow_outside_root=allow_outside_root)
 
 
 def from_llava_json(

@@ -39,16 +39,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from data_adapters._conversations import (
-    PLACEHOLDERS,
-    conversation_messages,
-    media_count,
-    read_json_records,
-    record_name,
-    resolve_images,
-    resolve_video,
-)
-from data_adapters._fields import checked_sample, parse_row
+from data_adapters._conversations import conversation_sample, media_count, read_json_records, record_name
+from data_adapters._fields import parse_row
 from data_adapters._probe import clip_times
 from data_adapters._records import BadRecord, OnError, build_dataset
 from plm_tune.sample import normalize_messages
@@ -66,33 +58,23 @@ def record_to_sample(record: tuple[str, dict[str, Any] | str], *, media_root: st
     where, raw = record
     row = parse_row(raw, where)
     name = record_name(where, row)
-    image_value, video_value = row.get("image"), row.get("video")
-    n_images, n_videos = media_count(image_value, "image", name), media_count(video_value, "video", name)
     region = [key for key in ("bbox", "bbox_map") if key in row]
     if region:
         raise BadRecord(name, "region task", f"the line has {region}: PLM's region tasks (RCap, RTLoc, "
                         "RDCap, image regions) rewrite the conversation with the boxes; plm-tune does not.",
                         "drop these lines, or draw the region into the question yourself.")
-    if n_images and n_videos:
+    if media_count(row.get("image"), "image", name) and media_count(row.get("video"), "video", name):
         raise BadRecord(name, "image and video", "the line has both 'image' and 'video'; PLM's trainer reads "
                         "only the image.", "split it into an image line and a video line.")
-    conversations = row.get("conversations")
-    if conversations is None and row.get("text") is not None:  # a caption line
-        conversations = [{"from": "human", "value": ""}, {"from": "assistant", "value": row["text"]}]
-    placeholders = {"<image>": "video", "<video>": "video"} if n_videos else PLACEHOLDERS
-    messages = conversation_messages(conversations, record=name, placeholders=placeholders,
-                                     counts={"image": n_images, "video": n_videos},
-                                     system_prompt=system_prompt)
-    options = dict(root=media_root, record=name, allow_outside_root=allow_outside_root)
-    images = resolve_images(image_value, **options)
-    videos = []
-    if n_videos:
-        path, duration = resolve_video(video_value, **options)
+    if row.get("conversations") is None and row.get("text") is not None:  # a caption line
+        row = {**row, "conversations": [{"from": "human", "value": ""}, {"from": "assistant", "value": row["text"]}]}
+
+    def timed(path: str, duration: float) -> dict[str, Any]:
         start, end = clip_times(row.get("start_time"), row.get("end_time"), duration, name)
-        videos.append({"path": path, "start": start, "end": end})
-    return checked_sample(name, messages, images=images, videos=videos,
-                          sample_id=None if row.get("id") is None else str(row["id"]),
-                          max_tiles=max_tiles, num_frames=num_frames)
+        return {"path": path, "start": start, "end": end}
+
+    return conversation_sample(row, name, root=media_root, system_prompt=system_prompt, max_tiles=max_tiles,
+                               num_frames=num_frames, allow_outside_root=allow_outside_root, video_entry=timed)
 
 
 def from_plm_jsonl(

@@ -120,9 +120,16 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
     for kind, key in (("image", "images"), ("video", "videos")):
         given = len(sample.get(key) or [])
         if counters[kind] != given:
+            hint = ""
+            if counters[kind] == 0:  # TRL's string-content rows put their media at the first user turn
+                hint = (" Rows in TRL's form (string content, images beside it) or LLaMA-Factory's (<image> in the "
+                        "text) become samples with data_adapters.from_hf_dataset(..., messages_column='messages').")
+            elif given == 0 and sample.get(kind) is not None:
+                hint = f" The sample has '{kind}' (singular): a canonical sample lists them under '{key}'."
             raise ValueError(f"{sid}{counters[kind]} {{'type': '{kind}'}} placeholder(s) in the messages but "
                              f"{given} entr{'y' if given == 1 else 'ies'} in '{key}'. Each placeholder takes the "
-                             f"next entry of '{key}' in order: add or remove placeholders so the counts match.")
+                             f"next entry of '{key}' in order: add or remove placeholders so the counts match."
+                             + hint)
     return turns
 
 
