@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from plm_tune import PLMCollator
 from plm_tune.media import load_video, pick_uniform, select_frame_indices
@@ -164,3 +165,18 @@ def test_collator_and_plan_agree_on_the_short_clip_rule(processor, videos):
     assert encoded.videos[0].shape[0] == 16
     estimate = estimate_cost(sample, collator)
     assert (estimate.frames, estimate.tokens) == (16, len(encoded.input_ids))
+
+
+def test_generation_prompts_take_a_clip_through_the_video_entry(processor, videos):
+    """generate encodes prompts with encode_prompt: a {"path", "start", "end"} entry gives that clip's frames,
+    the same as training (what `plm-tune generate --video PATH --start S --end E` needs)."""
+    clip = {"path": videos["25fps_40s"], "start": 3.0, "end": 30.0}
+    prompt = {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}],
+              "videos": [clip], "num_frames": 8}
+    encoded, reference = PLMCollator(processor).encode_prompt(prompt)
+    trained = PLMCollator(processor).encode({**prompt, "messages": [*prompt["messages"],
+                                                                    {"role": "assistant", "content": "Colours."}]})
+    assert reference is None and encoded.videos[0].shape[0] == 8
+    assert torch.equal(encoded.videos[0], trained.videos[0])
+    whole = PLMCollator(processor).encode_prompt({**prompt, "videos": [clip["path"]]})[0]
+    assert not torch.equal(encoded.videos[0], whole.videos[0])  # the clip, not the whole video
