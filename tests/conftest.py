@@ -60,7 +60,8 @@ def qa(question: str, answer: str, media: tuple[str, ...] | list[str] = ()) -> l
 
 
 def mixed_samples(*, text_only: bool = False) -> list[dict]:
-    """Ragged in every way: two tiled images, a video, a multi-turn conversation (and a text-only sample)."""
+    """Ragged in every way: two images (one plain tile each by default), a video, a multi-turn conversation (and a
+    text-only sample)."""
     multi_turn = qa("Describe.", "Noise.", ["image"]) + qa("And the colour?", "Mostly grey, some red.")
     samples = [
         {"messages": qa("Compare them.", "The left is brighter.", ["image", "image"]),

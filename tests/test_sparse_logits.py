@@ -51,13 +51,14 @@ def test_same_loss_and_gradients_as_full_logits(processor, model, train_on):
 
 
 def test_logits_cover_only_the_labelled_positions(processor, model):
-    # Image-heavy: four images of up to 16 tiles + thumbnail each, answers of a few tokens.
+    # Image-heavy: four images of up to 16 tiles + thumbnail each (multi_image_tiles=None: tiled as single images,
+    # not the default one plain tile each), answers of a few tokens.
     samples = [
         {"messages": qa("Describe.", "Noise.", ["image"] * 4), "max_tiles": 16,
          "images": [make_image(400, 300, seed=4 * s + i) for i in range(4)]}
         for s in range(2)
     ]
-    batch = PLMCollator(processor, labelled_logits_only=True)(samples)
+    batch = PLMCollator(processor, labelled_logits_only=True, multi_image_tiles=None)(samples)
     labels = batch["labels"]
     expected = sorted({t for row in labels.tolist() for t in range(len(row) - 1) if row[t + 1] != IGNORE_INDEX})
 
