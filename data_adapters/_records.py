@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plm_tune.sample import table_messages
+
 __all__ = [
     "BadRecord", "OnError", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
     "resolve_media_path", "text_part",
@@ -161,20 +163,14 @@ def make_sample(messages: list[dict[str, Any]], *, images: list[Any] | None = No
     """A canonical sample with the same keys and part shapes for every adapter.
 
     Every adapter builds its samples here so that datasets from different adapters share one schema
-    (and so can be mixed or concatenated): string content becomes one text part, every part has both
-    ``type`` and ``text``, a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` /
-    ``num_frames`` are present (None: the collator's default).
+    (``plm_tune.sample.sample_features``, so they can be mixed or concatenated): messages in their table form
+    (``plm_tune.sample.table_messages``: string content becomes one text part, every part has both ``type``
+    and ``text``), a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` / ``num_frames``
+    are present (None: the collator's default).
     """
-    normalised = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            content = [text_part(content)]
-        normalised.append({"role": message["role"],
-                           "content": [{"type": p["type"], "text": p.get("text")} for p in content]})
     return {
         "id": sample_id,
-        "messages": normalised,
+        "messages": table_messages(messages),
         "images": list(images or []),
         "videos": [v if isinstance(v, dict) else {"path": v, "start": None, "end": None} for v in videos or []],
         "max_tiles": max_tiles,

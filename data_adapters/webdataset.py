@@ -51,7 +51,7 @@ from data_adapters._records import (
     media_part,
     text_part,
 )
-from plm_tune.sample import normalize_messages
+from plm_tune.sample import normalize_messages, sample_features
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
 
@@ -345,20 +345,6 @@ def _generate(shards: list[str], *, report: SkipReport, on_error: OnError, **opt
     yield from iter_samples(_read_shards(shards), partial(_to_sample, **options), on_error=on_error, report=report)
 
 
-def _features():
-    from datasets import Features, List, Value  # noqa: PLC0415 - keep `import data_adapters` light
-
-    return Features({
-        "id": Value("string"),
-        "messages": List({"role": Value("string"),
-                          "content": List({"type": Value("string"), "text": Value("string")})}),
-        "images": List(Value("binary")),
-        "videos": List({"path": Value("string"), "start": Value("float64"), "end": Value("float64")}),
-        "max_tiles": Value("int64"),
-        "num_frames": Value("int64"),
-    })
-
-
 # ---------------------------------------------------------------- the adapter
 def from_webdataset(
     urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
@@ -420,6 +406,6 @@ def from_webdataset(
     report = SkipReport(f"webdataset ({len(shards)} shard{'s' if len(shards) != 1 else ''}, from {shards[0]})")
     generate = partial(_generate, report=report, on_error=on_error, caption_key=caption_key, prompt=prompt,
                        video_dir=video_dir, max_tiles=max_tiles, num_frames=num_frames)
-    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=_features())
+    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=sample_features(images="bytes"))
     dataset.skip_report = report
     return dataset

@@ -20,6 +20,7 @@ from typing import Any
 from plm_tune.evaluation import EvalResult, evaluate, save_eval
 from plm_tune.export import push_adapter, write_training_info
 from plm_tune.report import write_report
+from plm_tune.sample import to_table
 
 __all__ = ["EvalArguments", "RunOutputs", "save_run"]
 
@@ -127,7 +128,7 @@ def save_run(
     write_training_info(output_dir, info)
 
     if eval_set is not None and len(eval_set) > 0:
-        _as_table(eval_set).save_to_disk(str(output_dir / EVAL_DATA))
+        to_table(eval_set).save_to_disk(str(output_dir / EVAL_DATA))
         if generate_eval and _zero3(trainer):
             print("Generation eval skipped under ZeRO-3 (sharded weights); after training run: "
                   f"plm-tune eval --adapter {output_dir}")
@@ -155,23 +156,3 @@ def save_run(
         outputs.hub_url = push_adapter(output_dir, hub_model_id, private=hub_private_repo, metrics=metrics)
     return outputs
 
-
-def _as_table(samples: Any) -> Any:
-    """A ``datasets`` table to save: a list of samples (or ``build_trainer``'s in-memory view of one) becomes
-    Arrow rows with one type per column: string content becomes one text part, every part gets a "text", and
-    keys missing from a sample are None (Arrow would otherwise keep only the first sample's keys)."""
-    import datasets
-
-    if isinstance(samples, datasets.Dataset) and samples.format.get("type") != "custom":
-        return samples
-    rows = [samples[i] for i in range(len(samples))]
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    table = []
-    for row in rows:
-        messages = []
-        for message in row["messages"]:
-            content = message["content"]
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
-        table.append({**{key: row.get(key) for key in keys}, "messages": messages})
-    return datasets.Dataset.from_list(table)

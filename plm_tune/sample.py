@@ -16,16 +16,24 @@ A sample is a plain dict, so it round-trips through ``datasets`` tables and JSON
 
 ``content`` is a string (one text part) or a list of parts. Parts read back from a ``datasets`` table carry
 every key of the union schema (an image part has ``"text": None``); that is accepted as it comes.
+
+The table form (Arrow, ``datasets``) of samples is written here too, once: ``table_messages`` (every message
+``{"role", "content"}``, every part ``{"type", "text"}``), ``sample_columns`` (the union of the samples' keys),
+``to_table`` (both, for a table saved to disk) and ``sample_features`` (the column types adapters declare).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from plm_tune.media import describe_media, load_image, load_video
 
-__all__ = ["validate_sample", "Part", "Turn", "normalize_messages", "ROLES"]
+__all__ = [
+    "validate_sample", "Part", "Turn", "normalize_messages", "ROLES", "sample_columns", "sample_features",
+    "table_messages", "to_table",
+]
 
 ROLES = ("system", "user", "assistant")
 MEDIA_KINDS = ("image", "video")
@@ -168,3 +176,80 @@ def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> Non
             load_video(entry, num_frames=1)
         except ValueError as err:
             raise ValueError(f"{sid}videos[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------- table form
+
+
+def table_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` in their table form: each ``{"role", "content"}``, content a list of ``{"type", "text"}`` parts.
+
+    Arrow gives every row of a column one type, so string content becomes one text part and every part gets
+    both keys (a media part ``"text": None``). Other message keys are not part of the format and are left out.
+
+    Example:
+        >>> table_messages([{"role": "assistant", "content": "A circle."}])
+        [{'role': 'assistant', 'content': [{'type': 'text', 'text': 'A circle.'}]}]
+    """
+    table = []
+    for message in messages:
+        content = message["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        table.append({"role": message["role"], "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
+    return table
+
+
+def sample_columns(samples: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Samples as columns over the union of their keys; a key a sample lacks is None in its row.
+
+    (``datasets.Dataset.from_list`` keeps only the first sample's keys: a video set after an image-only sample
+    would lose its videos.)
+
+    Example:
+        >>> sample_columns([{"images": ["a.png"]}, {"videos": ["b.mp4"]}])
+        {'images': [['a.png'], None], 'videos': [None, ['b.mp4']]}
+    """
+    keys = list(dict.fromkeys(key for sample in samples for key in sample))
+    return {key: [sample.get(key) for sample in samples] for key in keys}
+
+
+def to_table(samples: Any) -> Any:
+    """A ``datasets.Dataset`` to save: samples with ``table_messages`` over ``sample_columns``.
+
+    Args:
+        samples: a list of samples, anything indexable that yields them (``build_trainer``'s in-memory view of
+            a list), or a ``datasets.Dataset``, returned as it is unless it has a custom transform.
+    """
+    import datasets
+
+    if isinstance(samples, datasets.Dataset) and samples.format.get("type") != "custom":
+        return samples
+    rows = [samples[i] for i in range(len(samples))]
+    return datasets.Dataset.from_dict(
+        sample_columns([{**row, "messages": table_messages(row["messages"])} for row in rows])
+    )
+
+
+def sample_features(*, images: Literal["image", "bytes"] = "image",
+                    videos: Literal["files", "frames"] = "files") -> Any:
+    """The ``datasets.Features`` of a canonical sample table (the columns ``make_sample`` fills in adapters).
+
+    Args:
+        images: ``"image"``: an ``Image(decode=False)`` column (``{"bytes", "path"}``, decoded once, by the
+            collator); ``"bytes"``: raw encoded bytes.
+        videos: ``"files"``: ``{"path", "start", "end"}`` entries; ``"frames"``: each video a list of images.
+    """
+    from datasets import Features, Image, List, Value
+
+    image = Image(decode=False) if images == "image" else Value("binary")
+    video = (List(Image(decode=False)) if videos == "frames"
+             else {"path": Value("string"), "start": Value("float64"), "end": Value("float64")})
+    return Features({
+        "id": Value("string"),
+        "messages": List({"role": Value("string"),
+                          "content": List({"type": Value("string"), "text": Value("string")})}),
+        "images": List(image),
+        "videos": List(video),
+        "max_tiles": Value("int64"),
+        "num_frames": Value("int64"),
+    })

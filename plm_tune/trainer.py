@@ -21,6 +21,7 @@ from plm_tune.collator import CollatorStats, PLMCollator
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
+from plm_tune.sample import sample_columns
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
 from plm_tune.sparse_logits import project_labelled_only
 
@@ -380,9 +381,7 @@ class _InMemoryRows:
         self.samples = samples
 
     def __call__(self, batch: dict[str, list[int]]) -> dict[str, list[Any]]:
-        rows = [self.samples[i] for i in batch[_ROW]]
-        keys = list(dict.fromkeys(key for row in rows for key in row))
-        return {key: [row.get(key) for row in rows] for key in keys}
+        return sample_columns([self.samples[i] for i in batch[_ROW]])
 
 
 class _PartOptimizer:
