@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from plm_tune.run_folder import EVAL_DATA
+
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
 
 
@@ -186,7 +188,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ after training: generate, eval, report, export
-EVAL_DATA = "eval_data"  # the recipes save their held-out split here, inside the output folder
 
 
 def _media_sample(args: argparse.Namespace) -> dict:
@@ -207,7 +208,7 @@ def _media_sample(args: argparse.Namespace) -> dict:
 
 def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
     """Unset --max-tiles / --num-frames default to what the adapter (or model) folder was trained with."""
-    from plm_tune.export import read_training_info
+    from plm_tune.run_folder import read_training_info
 
     info = read_training_info(folder) if folder else {}
     for key in ("max_tiles", "num_frames"):
@@ -215,22 +216,12 @@ def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
             setattr(args, key, info[key])
 
 
-def _adapter_base(adapter: str | None) -> str | None:
-    """The base model an adapter folder was trained on (its adapter_config.json), or None."""
-    import json
-    from pathlib import Path
-
-    config = Path(adapter) / "adapter_config.json" if adapter else None
-    if config is None or not config.is_file():
-        return None
-    return json.loads(config.read_text()).get("base_model_name_or_path")
-
-
 def _generate(args: argparse.Namespace) -> int:
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
+    from plm_tune.run_folder import base_model
 
-    args.model = args.model or _adapter_base(args.adapter) or DEFAULT_MODEL
+    args.model = args.model or base_model(args.adapter) or DEFAULT_MODEL
     _training_defaults(args, args.adapter or args.model)
     model, processor = load_for_inference(args.model, args.adapter)
     answer = generate(model, processor, [_media_sample(args)], max_new_tokens=args.max_new_tokens,
@@ -279,9 +270,10 @@ def _eval(args: argparse.Namespace) -> int:
     from plm_tune.evaluation import evaluate, save_eval
     from plm_tune.model import load_for_inference
     from plm_tune.report import write_report
+    from plm_tune.run_folder import base_model
 
     config = _eval_config(args)
-    args.model = args.model or config.get("model_name_or_path") or _adapter_base(args.adapter) or DEFAULT_MODEL
+    args.model = args.model or config.get("model_name_or_path") or base_model(args.adapter) or DEFAULT_MODEL
     for key in ("max_tiles", "num_frames"):
         if getattr(args, key) is None and config.get(key) is not None:
             setattr(args, key, config[key])
@@ -340,7 +332,7 @@ def _report(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     import torch
 
-    from plm_tune.export import merge_adapter
+    from plm_tune.merge import merge_adapter
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = merge_adapter(args.adapter, args.output, base_model=args.base_model, dtype=dtype)
@@ -349,7 +341,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from plm_tune.export import files_to_upload, push_adapter
+    from plm_tune.push import files_to_upload, push_adapter
 
     if args.dry_run:
         print("\n".join(files_to_upload(args.adapter)))
