@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from plm_tune.run_folder import adapter_config, adapter_folder, check_training_info, read_training_info
+from plm_tune.run_folder import base_model as recorded_base_model
 
 __all__ = ["write_model_card"]
 
@@ -77,7 +78,7 @@ def write_model_card(
         info["metrics"] = dict(metrics)
     if datasets is not None:
         info["datasets"] = [datasets] if isinstance(datasets, str) else list(datasets)
-    base = base_model or config.get("base_model_name_or_path") or NOT_RECORDED
+    base = base_model or recorded_base_model(adapter_dir) or NOT_RECORDED
     method = info.get("method") or ("dora" if config.get("use_dora") else "lora")
     data_names = _as_list(info.get("datasets"))
 
