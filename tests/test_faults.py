@@ -323,7 +323,7 @@ TRAIN = textwrap.dedent("""
     from trl import SFTConfig
     from data_adapters.synthetic import synthetic_shapes
     from plm_tune import build_trainer, load_model
-    model, processor = load_model(sys.argv[1], method="lora", seed=0)
+    model, processor = load_model(sys.argv[1], method="lora")
     args = SFTConfig(output_dir=sys.argv[2], max_steps=2, save_steps=1, per_device_train_batch_size=2,
                      report_to="none", bf16=False, max_length=None, disable_tqdm=True, seed=0)
     trainer = build_trainer(model, processor, synthetic_shapes(4, seed=0, max_tiles=1), args=args)
@@ -353,7 +353,7 @@ def test_disk_full_mid_save_is_one_line_and_resume_skips_the_partial_checkpoint(
     assert whole.returncode == 0, whole.stderr[-2000:]
     (out / "checkpoint-1").rename(out / "checkpoint-9")  # a newer, incomplete checkpoint beside a complete one
     (tmp_path / "whole" / "checkpoint-1").rename(out / "checkpoint-1")
-    model, processor = load_model(tiny_plm_path, method="lora", seed=0)
+    model, processor = load_model(tiny_plm_path, method="lora")
     from trl import SFTConfig
 
     from data_adapters.synthetic import synthetic_shapes
