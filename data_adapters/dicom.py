@@ -139,7 +139,8 @@ def from_dicom(
 
     Raises:
         BadRecord: (``on_error="raise"``) a missing, non-DICOM, truncated or undecodable file, one with no
-            pixel data, or one without a caption.
+            pixel data, one without a caption, or (``free_text_phi="refuse"``) one whose free-text tags hold
+            identifying text.
         ValueError: not exactly one of ``caption`` / ``captions_table``; a template naming an unknown,
             non-text or identifying tag; an unreadable or ambiguous captions table.
         ImportError: pydicom is not installed (``pip install "plm-tune[dicom]"``).
