@@ -117,7 +117,7 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
     Raises:
         ValueError: naming the sample and message, for any of: no messages, unknown role, a system
             message that is not first, empty content, no assistant turn, a first non-system message that is not
-            the user's, a last message that is not the assistant's (``require_answer``), text that is not UTF-8,
+            the user's or a last one that is not the assistant's (both with ``require_answer``), text that is not UTF-8,
             a ``max_tiles`` / ``num_frames`` that is not a positive integer, or placeholder / media count mismatch.
     """
     sid = _sample_id(sample)
@@ -149,7 +149,7 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
         raise ValueError(f"{sid}no assistant turn: there is nothing to train on. "
                          "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
     first = next((i for i, t in enumerate(turns) if t.role != "system"), None)
-    if first is not None and turns[first].role != "user":
+    if require_answer and first is not None and turns[first].role != "user":
         raise ValueError(f"{sid}message {first}: the conversation starts with the assistant; PLM's template "
                          "expects a user message first. Add the question as a user message before it.")
     if require_answer and turns[-1].role != "assistant":
