@@ -86,6 +86,9 @@ def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
     if not isinstance(relative, str) or not relative:
         raise BadRecord(record, "missing media path", f"expected a file path, got {relative!r}.",
                         "fill the media column for this record.")
+    if "\x00" in relative:  # the OS refuses such a path with a bare ValueError naming no file
+        raise BadRecord(record, "bad media path", f"{relative!r} contains a NUL character.",
+                        "fix the path in the manifest (a NUL usually means a corrupt or binary file).")
     base = Path(root).resolve()
     candidate = Path(relative)
     full = (candidate if candidate.is_absolute() else base / candidate).resolve()
@@ -116,6 +119,15 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
                 raise
             report.add(err)
             continue
+        except ImportError:
+            raise  # a missing package is not the record's fault: skipping would drop every record
+        except Exception as err:  # anything else is still this record's problem: name it, skip only it
+            bad = BadRecord(_name_of(record), f"unexpected {type(err).__name__}", str(err),
+                            "report this record's contents if the error is not about the data.")
+            if on_error == "raise":
+                raise bad from err
+            report.add(bad)
+            continue
         if sample is not None:
             report.kept += 1
             yield sample
@@ -123,6 +135,18 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
         logger.warning(report.summary())
     else:
         logger.info(report.summary())
+
+
+def _name_of(record: Any) -> str:
+    """How the adapters' raw records name themselves: ``(where, row)`` pairs, objects with a ``name``, a shard
+    and key; otherwise a short repr."""
+    if isinstance(record, tuple) and record and isinstance(record[0], str):
+        return record[0]
+    if isinstance(getattr(record, "name", None), str):
+        return record.name
+    if getattr(record, "shard", None) is not None and getattr(record, "key", None) is not None:
+        return f"{record.shard} key '{record.key}'"
+    return repr(record)[:120]
 
 
 def build_dataset(records: Callable[[], Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,

@@ -42,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from data_adapters._probe import check_image
 from data_adapters._records import (
     BadRecord,
     OnError,
@@ -325,6 +326,8 @@ def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json"
                         f"expected an image (.{', .'.join(IMAGE_EXTENSIONS)}) or a video "
                         f"(.{', .'.join(VIDEO_EXTENSIONS)}) with the same key.",
                         "write the media member under this key, or remove the stray members.")
+    for content in images:  # the header now, so a bad member is named by shard and key, not by the collator
+        check_image(content, where)
     media = [media_part("image")] * len(images) + [media_part("video")] * len(clips)
     prompt = prompt or ("Describe the image." if images else "Describe the video.")
     read = _json_messages if caption_key == "json" else _txt_messages

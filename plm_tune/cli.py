@@ -42,9 +42,20 @@ ADAPTERS = {
 
 
 def _parse_value(text: str):
+    """An ``--arg`` value: YAML (numbers, booleans, lists), else the text as it is.
+
+    Text that is not valid YAML, or that YAML would read as a mapping other than a ``{key: value}`` one
+    (``{Modality}``, a caption template; ``Question: what?``, a prompt), is kept as the string typed.
+    """
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, dict) and (not text.lstrip().startswith("{") or None in value.values()):
+        return text
+    return value
 
 
 def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:

@@ -86,6 +86,7 @@ def load_model(
     lora_targets: LoraTargets = "language",
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    seed: int | None = None,
     trust_remote_code: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> tuple[Any, Any]:
@@ -110,6 +111,10 @@ def load_model(
         gradient_checkpointing: recompute activations in the backward pass, in the Llama decoder layers and
             the timm vision blocks (``enable_gradient_checkpointing``). The Trainer's own
             ``gradient_checkpointing=True`` alone would miss the vision tower.
+        seed: seeds the adapter's random initialisation (LoRA's A matrices) without touching the global RNG;
+            pass the training seed (``SFTConfig.seed``, as the recipes do) and two runs start from, and train,
+            bit-identical adapters. None: torch's global RNG as it stands (the Trainer seeds only after the
+            model exists, so the adapters then differ from run to run).
         trust_remote_code: passed to ``from_pretrained``; PLM is native to transformers and never needs it.
         **from_pretrained_kwargs: more arguments for the model's ``from_pretrained`` (``device_map``,
             ``attn_implementation``, ``revision``...). Hub ones (``revision``, ``cache_dir``, ``token``,
@@ -181,7 +186,10 @@ def load_model(
             modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()), enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
+            model = get_peft_model(model, config)
 
     _check_frozen(model, frozen)
     logger.info("%s", _summary(model, method, how))

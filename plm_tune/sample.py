@@ -24,6 +24,7 @@ The table form (Arrow, ``datasets``) of samples is written here too, once: ``tab
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,8 +32,8 @@ from typing import Any, Literal
 from plm_tune.media import describe_media, load_image, load_video
 
 __all__ = [
-    "validate_sample", "Part", "Turn", "normalize_messages", "ROLES", "sample_columns", "sample_features",
-    "table_messages", "to_table",
+    "validate_sample", "Part", "Turn", "normalize_messages", "ROLES", "bad_text", "sample_columns",
+    "sample_features", "table_messages", "to_table",
 ]
 
 ROLES = ("system", "user", "assistant")
@@ -63,10 +64,36 @@ def _sample_id(sample: dict[str, Any]) -> str:
     return ""
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def bad_text(text: str) -> str | None:
+    """What makes ``text`` untokenisable, or None: a surrogate code point, which no UTF-8 text can hold.
+
+    They come from bytes that are not UTF-8 read with ``errors="surrogateescape"`` (U+DC80..U+DCFF, one per
+    byte) or from a JSON escape of half a surrogate pair (``"\\ud800"``).
+    """
+    found = _SURROGATES.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+            else f"a lone surrogate U+{code:04X} (half of a UTF-16 pair)")
+    return f"{what}, at character {found.start()}"
+
+
+def _text_part(text: str, where: str) -> Part:
+    problem = bad_text(text)
+    if problem is not None:
+        raise ValueError(f"{where}: the text holds {problem}. Re-encode the data as UTF-8 "
+                         "(and write whole surrogate pairs in JSON escapes).")
+    return Part("text", text=text)
+
+
 def _parts_of(content: Any, where: str, counters: dict[str, int]) -> tuple[Part, ...]:
     """Normalise one message's content, numbering media parts in order of appearance."""
     if isinstance(content, str):
-        return (Part("text", text=content),)
+        return (_text_part(content, where),)
     if not isinstance(content, list | tuple):
         raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}.")
     parts: list[Part] = []
@@ -79,7 +106,7 @@ def _parts_of(content: Any, where: str, counters: dict[str, int]) -> tuple[Part,
             text = item.get("text")
             if not isinstance(text, str):
                 raise ValueError(f"{where}, part {j}: a text part needs a string 'text', got {text!r}.")
-            parts.append(Part("text", text=text))
+            parts.append(_text_part(text, f"{where}, part {j}"))
         elif kind in MEDIA_KINDS:
             parts.append(Part(kind, index=counters[kind]))
             counters[kind] += 1
@@ -97,13 +124,17 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
 
     Raises:
         ValueError: naming the sample and message, for any of: no messages, unknown role, a system
-            message that is not first, empty content, no assistant turn, or placeholder / media count mismatch.
+            message that is not first, empty content, no assistant turn, a first non-system message that is not
+            the user's or a last one that is not the assistant's (both with ``require_answer``), text that is not UTF-8,
+            a ``max_tiles`` / ``num_frames`` that is not a positive integer, or placeholder / media count mismatch.
     """
     sid = _sample_id(sample)
     messages = sample.get("messages")
     if not isinstance(messages, list | tuple) or len(messages) == 0:
         raise ValueError(f"{sid}'messages' must be a non-empty list of {{'role', 'content'}} dicts, "
                          f"got {type(messages).__name__}.")
+    _check_positive_int(sample, "max_tiles")  # here, so the collator and the planner refuse 0 as validation does
+    _check_positive_int(sample, "num_frames")
     counters = {"image": 0, "video": 0}
     turns: list[Turn] = []
     for i, message in enumerate(messages):
@@ -125,6 +156,13 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
     if require_answer and not any(t.role == "assistant" for t in turns):
         raise ValueError(f"{sid}no assistant turn: there is nothing to train on. "
                          "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
+    first = next((i for i, t in enumerate(turns) if t.role != "system"), None)
+    if require_answer and first is not None and turns[first].role != "user":
+        raise ValueError(f"{sid}message {first}: the conversation starts with the assistant; PLM's template "
+                         "expects a user message first. Add the question as a user message before it.")
+    if require_answer and turns[-1].role != "assistant":
+        raise ValueError(f"{sid}message {len(turns) - 1}: the conversation ends with a user message, which is a "
+                         "prompt, not a training sample. Add its answer, or remove the trailing user message.")
     for kind, key in (("image", "images"), ("video", "videos")):
         given = len(sample.get(key) or [])
         if counters[kind] != given:
@@ -161,8 +199,6 @@ def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> Non
     if not isinstance(sample, dict):
         raise ValueError(f"A sample must be a dict with a 'messages' key, got {type(sample).__name__}.")
     normalize_messages(sample)
-    _check_positive_int(sample, "max_tiles")
-    _check_positive_int(sample, "num_frames")
     if not decode_media:
         return
     sid = _sample_id(sample)
