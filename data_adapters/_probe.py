@@ -62,7 +62,33 @@ def probe_video(path: str, record: str) -> float:
         if stream.frames == 0 and duration <= 0:
             raise BadRecord(record, "no video frames", f"'{path}' has a video stream with no frames.",
                             "re-export the video or remove the record.")
+        if duration > 0:
+            _check_packets_reach_end(container, stream, duration, path, record)
     return duration
+
+
+def _check_packets_reach_end(container: Any, stream: Any, duration: float, path: str, record: str) -> None:
+    """``BadRecord`` when the packets stop well before the duration the header gives (a cut download or copy).
+
+    Reads packets (not frames) from the keyframe before the last second: a header written first (MP4
+    ``faststart``) keeps promising frames that a truncated file no longer has.
+    """
+    import av
+
+    slack = 1.5 / float(stream.average_rate) if stream.average_rate else 0.5
+    last = None
+    try:
+        container.seek(int(max(0.0, duration - 1.0) / stream.time_base), stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                end = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                last = end if last is None else max(last, end)
+    except (av.FFmpegError, OSError, ValueError):
+        pass  # judged by the packets read before the error
+    if last is None or last < duration - slack:
+        where = "no packets near its end" if last is None else f"packets stop at {last:.2f}s"
+        raise BadRecord(record, "truncated video", f"'{path}' header says {duration:.2f}s, but {where}.",
+                        "re-download or re-encode the file, or remove the record.")
 
 
 def clip_times(start: Any, end: Any, duration: float, record: str) -> tuple[float | None, float | None]:

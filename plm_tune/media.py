@@ -22,8 +22,8 @@ from PIL import Image
 from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 
 __all__ = [
-    "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform", "read_image_entry",
-    "select_frame_indices",
+    "as_viewed", "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform",
+    "read_image_entry", "select_frame_indices", "viewed_size",
 ]
 
 T = TypeVar("T")
@@ -54,9 +54,56 @@ def load_image(entry: Any) -> Image.Image:
     Raises:
         ValueError: the entry is missing, unreadable or not an image; the message names the entry.
     """
-    if isinstance(entry, Image.Image) and entry.mode == "RGB":
+    if isinstance(entry, Image.Image) and entry.mode == "RGB" and _orientation(entry) == 1:
         return entry
-    return read_image_entry(entry, lambda img: img.convert("RGB"), _load_dicom_image, reading="decode")
+    return read_image_entry(entry, as_viewed, _load_dicom_image, reading="decode")
+
+
+# EXIF orientations 5-8 turn the image a quarter: the stored width is the shown height.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored), read from the header without decoding pixels."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block: show the image as stored, as viewers do
+        return 1
+
+
+def viewed_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an image as a viewer shows it (EXIF rotation applied), from the header only."""
+    width, height = img.size
+    return (height, width) if _orientation(img) in _QUARTER_TURNS else (width, height)
+
+
+def as_viewed(img: Image.Image) -> Image.Image:
+    """An opened image as a viewer shows it, in RGB: the one rule every reader of pixels goes through.
+
+    - EXIF orientation applied (``ImageOps.exif_transpose``, as ``transformers.image_utils.load_image`` does).
+    - High bit depth scaled, not clipped: 16-bit greyscale (``I;16*``, and ``I`` as PNG / TIFF decode it)
+      maps 0..65535 onto 0..255; 32-bit float (``F``) maps its own min..max onto 0..255.
+    - Transparency composited on white, as ``transformers.image_transforms.convert_to_rgb`` does (an alpha
+      band, or a palette / greyscale image with a ``transparency`` entry), so hidden colours stay hidden.
+    """
+    from PIL import ImageOps
+
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        img = Image.fromarray(np.rint(scaled).astype(np.uint8))
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dicom: Callable[[str], T], *,
@@ -276,7 +323,7 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
         return _load_dicom_video(path, start, end, num_frames)
     with open_video_stream(path) as (container, stream):
         indices = clip_frame_indices(container, stream, path, start, end, num_frames)
-        frames = _decode_indices(container, stream, indices)
+        frames = _decode_indices(container, stream, indices, path)
     if not frames:
         raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
     return np.stack(frames)
@@ -313,15 +360,22 @@ def _duration_seconds(container: Any, stream: Any) -> float:
     return 0.0
 
 
-def _decode_indices(container: Any, stream: Any, indices: list[int]) -> list[np.ndarray]:
-    """Decode the frames at these (increasing) indices, counted in presentation order, in one forward pass."""
+def _decode_indices(container: Any, stream: Any, indices: list[int], path: str) -> list[np.ndarray]:
+    """Decode the frames at these (increasing) indices, counted in presentation order, in one forward pass.
+
+    Raises:
+        ValueError: frames stop decoding (a truncated or corrupt file) more than one frame before a wanted
+            index: the header promised frames that are not there, and repeating the last good frame would
+            train on a still image labelled as motion.
+    """
     picked: list[np.ndarray] = []
     wanted = iter(indices)
     target = next(wanted, None)
-    last = None  # the last decoded frame
+    last = None  # (index, frame) of the last decoded frame
+    broke = None
     try:
         for index, frame in enumerate(container.decode(stream)):
-            last = frame
+            last = (index, frame)
             if index == target:
                 picked.append(frame.to_ndarray(format="rgb24"))
                 target = next(wanted, None)
@@ -329,11 +383,19 @@ def _decode_indices(container: Any, stream: Any, indices: list[int]) -> list[np.
                     break
     except Exception as err:  # corrupt packets surface as av errors mid-stream
         if last is None:
-            raise ValueError(f"Could not decode video frames: {err}") from err
-    # Indices past the last decodable frame (a frame count in the header slightly high) take the last frame,
-    # so the frame count stays the one planned from the header.
+            raise ValueError(f"Could not decode video frames of '{path}': {err}") from err
+        broke = err
+    if target is not None and last is not None and target - last[0] > 1:
+        # A frame count in the header one too high is normal: the last frame serves that index.
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        at = f"{last[0] / rate:.2f}s" if rate else f"frame {last[0]}"
+        until = f"{indices[-1] / rate:.2f}s" if rate else f"frame {indices[-1]}"
+        why = f" ({type(broke).__name__}: {broke})" if broke is not None else ""
+        raise ValueError(
+            f"Video '{path}' stops decoding at {at} but its header promises frames up to {until}{why}: the "
+            f"file is truncated or corrupt. Re-download or re-encode it, or end the clip before {at}.")
     while target is not None and last is not None:
-        picked.append(last.to_ndarray(format="rgb24"))
+        picked.append(last[1].to_ndarray(format="rgb24"))
         target = next(wanted, None)
     return picked
 

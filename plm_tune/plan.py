@@ -38,6 +38,7 @@ from plm_tune.media import (
     read_image_entry,
     require_video_file,
     video_file,
+    viewed_size,
 )
 from plm_tune.memory import MemoryEstimate
 from plm_tune.sample import normalize_messages
@@ -96,7 +97,7 @@ def image_size(entry: Any) -> tuple[int, int]:
                              "it in the sample's 'videos' with a {'type': 'video'} placeholder.")
         return int(header.Columns), int(header.Rows)
 
-    return read_image_entry(entry, lambda img: img.size, dicom_size, reading="read the header of")
+    return read_image_entry(entry, viewed_size, dicom_size, reading="read the header of")
 
 
 def video_frame_count(entry: Any, num_frames: int) -> int:
