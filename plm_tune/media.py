@@ -1,7 +1,10 @@
-"""Decoding media entries of a canonical sample into pixels.
+"""Media entries of a canonical sample: decoded into pixels, or measured from their headers alone.
 
 Images become RGB ``PIL.Image``s; videos become ``(T, H, W, 3)`` uint8 arrays of sampled frames.
 Videos are decoded with PyAV (transformers' own loader needs torchcodec, which we do not require).
+This is the one module that opens media files: ``image_size``, ``video_duration`` and ``video_frame_count``
+read headers only (PIL's lazy open, PyAV's container metadata, pydicom's header), for the adapters' checks
+and for cost estimates (``plm_tune.costs``); their errors are ``MediaError``s with a stable ``reason``.
 
 Frame sampling follows PLM's trainer: candidate timestamps at 1 frame per second inside
 ``[start, end]``, then a uniform pick of ``num_frames`` of them that keeps both ends. A clip shorter than
@@ -22,9 +25,26 @@ from PIL import Image
 
 from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 
-__all__ = ["load_image", "load_video", "read_image_entry", "sample_frame_times", "pick_uniform", "describe_media"]
+__all__ = ["load_image", "load_video", "read_image_entry", "sample_frame_times", "pick_uniform", "describe_media",
+           "MediaError", "image_size", "video_duration", "video_frame_count"]
 
 T = TypeVar("T")
+
+
+class MediaError(ValueError):
+    """A media file that cannot be read.
+
+    Args:
+        reason: a short stable code (``"missing file"``, ``"unreadable video"``, ``"no video frames"``), used by
+            the adapters to group skipped records.
+        detail: what was expected and what was found, naming the file.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, reason: str, detail: str, fix: str = "") -> None:
+        self.reason, self.detail, self.fix = reason, detail, fix
+        super().__init__(f"{detail} {fix}" if fix else detail)
+
 
 def describe_media(entry: Any) -> str:
     """A short human description of a media entry, for error messages."""
@@ -191,7 +211,7 @@ def _frames_from_array_or_images(entry: Any) -> np.ndarray:
 def require_video_file(path: str) -> None:
     """Raise a ValueError naming ``path`` and the fix when the video file does not exist."""
     if not os.path.exists(path):
-        raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
+        raise MediaError("missing file", f"Video file '{path}' does not exist.", "Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
 
 
@@ -200,24 +220,26 @@ def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
     """``(container, first video stream)`` of a video file opened with PyAV (nothing decoded yet).
 
     Raises:
-        ValueError: the file cannot be opened or has no video stream; the message names it and the fix.
+        MediaError: the file cannot be opened or has no video stream; the message names it and the fix.
     """
     import av  # noqa: PLC0415 - imported lazily: only video users pay for it
 
     try:
         container = av.open(path)
     except Exception as err:  # av raises its own error hierarchy for bad containers
-        raise ValueError(f"Could not open video '{path}': {err}. Re-encode it (e.g. H.264 MP4).") from err
+        raise MediaError("unreadable video", f"Could not open video '{path}': {err}.",
+                         "Re-encode it (e.g. H.264 MP4).") from err
     with container:
         if not container.streams.video:
-            raise ValueError(f"'{path}' has no video stream.")
+            raise MediaError("no video frames", f"'{path}' has no video stream.",
+                             "Re-export the video (an empty or audio-only file).")
         yield container, container.streams.video[0]
 
 
 def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
     require_video_file(path)
     if is_dicom_path(path):
-        return _load_dicom_video(path, start, end, num_frames)
+        return dicom_to_frames(path, frames=_dicom_video_frames(path, start, end, num_frames))
     with open_video_stream(path) as (container, stream):
         times = _clip_times(container, stream, path, start, end, num_frames)
         frames = _decode_at(container, stream, times)
@@ -277,18 +299,91 @@ def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarr
 
 def _load_dicom_image(path: str) -> Image.Image:
     """A single-frame ``.dcm`` rendered as a viewer shows it (window, MONOCHROME1 inversion, colour)."""
-    count = dicom_frame_count(read_dicom_header(path))  # before decoding: a cine can hold hundreds of frames
+    _single_frame_dicom(path)  # before decoding: a cine can hold hundreds of frames
+    return Image.fromarray(dicom_to_frames(path)[0])
+
+
+def _single_frame_dicom(path: str) -> Any:
+    """The header of a ``.dcm`` given as an image; a ValueError naming the fix when it has several frames."""
+    header = read_dicom_header(path)
+    count = dicom_frame_count(header)
     if count > 1:
         raise ValueError(f"DICOM file '{path}' has {count} frames (a cine, ultrasound loop or multi-frame "
                          "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
                          "{'type': 'video'} placeholder instead of 'images'.")
-    return Image.fromarray(dicom_to_frames(path)[0])
+    return header
 
 
-def _load_dicom_video(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
-    """``num_frames`` frames of a multi-frame ``.dcm``, picked uniformly with both ends kept."""
+def _dicom_video_frames(path: str, start: float | None, end: float | None, num_frames: int) -> list[int]:
+    """Indices of the ``num_frames`` frames of a multi-frame ``.dcm`` to use, picked uniformly with both ends kept."""
     if start is not None or end is not None:
         raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported for "
                          "DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
-    count = dicom_frame_count(read_dicom_header(path))
-    return dicom_to_frames(path, frames=pick_uniform(count, num_frames))
+    return pick_uniform(dicom_frame_count(read_dicom_header(path)), num_frames)
+
+
+# ------------------------------------------------------------------------------------------ headers only
+def image_size(entry: Any) -> tuple[int, int]:
+    """``(width, height)`` of an image entry from its header only (the pixels are not decoded).
+
+    Args:
+        entry: as ``load_image``: a PIL image, a path (``.dcm`` included), bytes, or a ``{"bytes", "path"}`` dict.
+
+    Raises:
+        ValueError: a missing file, an unreadable header, an empty image, a multi-frame DICOM given as an
+            image; the message names the entry and the fix.
+    """
+
+    def dicom_size(path: str) -> tuple[int, int]:
+        header = _single_frame_dicom(path)
+        return int(header.Columns), int(header.Rows)
+
+    width, height = read_image_entry(entry, lambda img: img.size, dicom_size, reading="read the header of")
+    if width < 1 or height < 1:
+        raise ValueError(f"Image {describe_media(entry)} has size {width}x{height}. Re-export the image.")
+    return width, height
+
+
+def video_duration(path: str) -> float:
+    """A video file's duration in seconds from its container header (0.0 when not recorded); nothing decoded.
+
+    Raises:
+        MediaError: the file is missing (``"missing file"``), cannot be opened (``"unreadable video"``) or has
+            no video frames (``"no video frames"``).
+    """
+    require_video_file(path)
+    with open_video_stream(path) as (container, stream):
+        duration = _duration_seconds(container, stream)
+        if stream.frames == 0 and duration <= 0:
+            raise MediaError("no video frames", f"'{path}' has a video stream with no frames.",
+                             "Re-export the video.")
+    return duration
+
+
+def video_frame_count(entry: Any, num_frames: int) -> int:
+    """Frames ``load_video`` will return for a video entry, from metadata only (no decode).
+
+    Args:
+        entry: as ``load_video``: a path (``.dcm`` included), ``{"path", "start", "end"}``, a ``(T, H, W, 3)``
+            array or a list of frames.
+        num_frames: the most frames to sample.
+
+    Raises:
+        ValueError: a missing or unreadable file, a bad clip, an empty frame list.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    if isinstance(entry, np.ndarray):
+        if entry.ndim != 4 or entry.shape[0] == 0:
+            raise ValueError(f"Video frames must be a non-empty (T, H, W, 3) array, got shape {tuple(entry.shape)}.")
+        return len(pick_uniform(entry.shape[0], num_frames))
+    if is_frames(entry):
+        if len(entry) == 0:
+            raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")
+        return len(pick_uniform(len(entry), num_frames))
+    path, start, end = video_file(entry)
+    require_video_file(path)
+    if is_dicom_path(path):
+        return len(_dicom_video_frames(path, start, end, num_frames))
+    with open_video_stream(path) as (container, stream):
+        return len(_clip_times(container, stream, path, start, end, num_frames))
