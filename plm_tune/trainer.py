@@ -7,7 +7,6 @@ DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's param
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -17,11 +16,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from plm_tune.collator import CollatorStats, PLMCollator
+from plm_tune.collator import PLMCollator
+from plm_tune.costs import dataset_costs
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
-from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.sparse_logits import project_labelled_only
 
 __all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
@@ -150,7 +150,7 @@ def build_trainer(
             over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
-            progress bar, from media headers (``plm_tune.plan.estimate_cost``); a streaming dataset keeps its order.
+            progress bar, from media headers (``plm_tune.costs.dataset_costs``); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's)
             and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
@@ -332,28 +332,6 @@ def _plm_trainer_class() -> type:
             return loss
 
     return PLMTrainer
-
-
-def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True) -> list[tuple[int, int]]:
-    """``(tokens, tiles + frames)`` of every sample of ``dataset`` as ``collator`` will encode it, with a progress bar.
-
-    From media headers (``plm_tune.plan.estimate_cost``: exact, no pixel decoding); a sample whose media headers
-    cannot be read that way is encoded in full (``sample_cost``, with the collator's counters left alone).
-    """
-    from tqdm.auto import tqdm
-
-    from plm_tune.plan import estimate_cost
-
-    counting = copy.copy(collator)
-    counting.stats = CollatorStats()
-    costs = []
-    for i in tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress):
-        sample = dataset[i]
-        try:
-            costs.append(estimate_cost(sample, counting).cost)
-        except ValueError:
-            costs.append(sample_cost(sample, counting))  # raises the collator's own error if the sample is bad
-    return costs
 
 
 def _as_dataset(samples: Any) -> Any:
