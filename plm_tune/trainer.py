@@ -1,8 +1,9 @@
 """TRL's ``SFTTrainer`` wired for PLM: our collator, per-part learning rates, and the numbers worth watching.
 
-``build_trainer`` composes public APIs only: the library owns the loop (TRL / transformers / accelerate /
+``build_trainer`` composes public APIs: the library owns the loop (TRL / transformers / accelerate /
 DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's parameter groups
-(``parameter_groups``) and a callback that logs what the collator saw.
+(``parameter_groups``) and a callback that logs what the collator saw. Two opt-in features reach into
+private Trainer hooks, and ``PLMTrainer``'s docstring names each one and why.
 """
 
 from __future__ import annotations
@@ -265,7 +266,22 @@ def _plm_trainer_class() -> type:
     class PLMTrainer(SFTTrainer):
         """``SFTTrainer`` with ``train_sampling_strategy="group_by_length"`` done by ``LengthGroupedBatchSampler``
         (costs are (tokens, tiles + frames) per sample, and each step's batches go to the processes in turn),
-        and optionally its loss from the logits of the labelled positions only (``labelled_logits_only``)."""
+        and optionally its loss from the logits of the labelled positions only (``labelled_logits_only``).
+
+        What it overrides, and the non-public parts it relies on (as of transformers 5.24 / TRL 1.16):
+
+        * ``_get_train_sampler`` (a private Trainer method) for ``group_by_length``: the public
+          ``get_train_dataloader`` only hands it to the private ``_get_dataloader``, and overriding the public
+          one would re-implement the loader (workers, seeding, accelerate's preparation). transformers' own
+          grouping reads one length column; ours groups by two costs and balances ranks. It reads
+          ``_train_batch_size`` (the per-device batch the Trainer will use). Off: ``super()``'s sampler.
+        * ``compute_loss`` (public) for ``labelled_logits_only``: ``_labelled_logits_loss`` then appends to
+          TRL's private ``_metrics`` and ``_total_train_tokens``, the store TRL's ``log()`` averages and empties
+          at every logging step, so ``entropy``, ``mean_token_accuracy`` and ``num_tokens`` are logged as TRL
+          logs them; no public hook adds per-step values to that average. Off, or any case TRL handles
+          specially (``return_outputs``, a custom loss, label smoothing, aux loss, non-``nll`` loss):
+          ``super().compute_loss``.
+        """
 
         plm_group_by_length = False
         plm_labelled_logits_only = False
