@@ -34,7 +34,8 @@ def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, 
     JSON lines come as raw text, so one malformed line is a bad record of its own (``parse_row``).
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    # Bytes that are not UTF-8 become surrogate escapes, named with their record by parse_row / the sample check.
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         text = f.read() if path.suffix != ".jsonl" else None
     if text is not None and text.lstrip().startswith("["):
         try:
@@ -45,7 +46,7 @@ def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, 
         for i, item in enumerate(items):
             yield f"{path.name} item {i}", item if isinstance(item, dict) else json.dumps(item)
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
             if line.strip():
                 yield f"{path.name} line {line_no}", line

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from data_adapters._records import BadRecord, make_sample, media_part, text_part
-from plm_tune.sample import normalize_messages
+from plm_tune.sample import bad_text, normalize_messages
 
 __all__ = [
     "checked_sample", "parse_row", "prompt_builder", "question_answer", "read_table", "table_columns",
@@ -30,15 +30,16 @@ def read_table(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | 
 
     CSV rows come as dicts of strings. JSONL rows come as their raw text, so that one malformed line becomes
     a ``BadRecord`` of that line (see ``parse_row``) instead of stopping the whole read. Blank lines are
-    skipped.
+    skipped. Bytes that are not UTF-8 are read as surrogate escapes, so that ``parse_row`` names their line.
     """
     path = Path(path)
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            for line_no, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
-                yield f"{path.name} line {line_no}", row
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield f"{path.name} line {reader.line_num}", row
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     yield f"{path.name} line {line_no}", line
@@ -57,9 +58,22 @@ def table_columns(path: str | os.PathLike) -> list[str]:
 
 
 def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
-    """A row from ``read_table`` as a dict; a JSONL line that is not a JSON object is a ``BadRecord``."""
+    """A row from ``read_table`` as a dict.
+
+    Raises:
+        BadRecord: a JSONL line that is not a JSON object; a CSV row with more fields than the header (an
+            unquoted comma would otherwise silently cut the text); a row whose text is not UTF-8.
+    """
     if isinstance(row, dict):
+        if None in row:  # csv.DictReader's key for the fields past the header's
+            extra = row[None]
+            raise BadRecord(record, "extra csv fields", f"the row has {len(row) - 1 + len(extra)} fields but "
+                            f"the header has {len(row) - 1}; the extra ones are {extra!r}.",
+                            'quote text that holds commas ("a, b"), or fix the header.')
+        for value in row.values():
+            _check_text(value, record)
         return row
+    _check_text(row, record)
     try:
         parsed = json.loads(row)
     except json.JSONDecodeError as err:
@@ -69,6 +83,13 @@ def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
         raise BadRecord(record, "bad json", f"expected a JSON object, got {type(parsed).__name__}.",
                         "write each record as one {...} object.")
     return parsed
+
+
+def _check_text(value: Any, record: str) -> None:
+    problem = bad_text(value) if isinstance(value, str) else None
+    if problem is not None:
+        raise BadRecord(record, "not UTF-8 text", f"the row holds {problem}.",
+                        "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).")
 
 
 def prompt_builder(prompt: str, columns: Collection[str]) -> Callable[[dict[str, Any], str], str]:

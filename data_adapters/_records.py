@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plm_tune.sample import table_messages
+
 __all__ = [
     "BadRecord", "OnError", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
     "resolve_media_path", "text_part",
@@ -84,6 +86,9 @@ def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
     if not isinstance(relative, str) or not relative:
         raise BadRecord(record, "missing media path", f"expected a file path, got {relative!r}.",
                         "fill the media column for this record.")
+    if "\x00" in relative:  # the OS refuses such a path with a bare ValueError naming no file
+        raise BadRecord(record, "bad media path", f"{relative!r} contains a NUL character.",
+                        "fix the path in the manifest (a NUL usually means a corrupt or binary file).")
     base = Path(root).resolve()
     candidate = Path(relative)
     full = (candidate if candidate.is_absolute() else base / candidate).resolve()
@@ -114,6 +119,15 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
                 raise
             report.add(err)
             continue
+        except ImportError:
+            raise  # a missing package is not the record's fault: skipping would drop every record
+        except Exception as err:  # anything else is still this record's problem: name it, skip only it
+            bad = BadRecord(_name_of(record), f"unexpected {type(err).__name__}", str(err),
+                            "report this record's contents if the error is not about the data.")
+            if on_error == "raise":
+                raise bad from err
+            report.add(bad)
+            continue
         if sample is not None:
             report.kept += 1
             yield sample
@@ -121,6 +135,18 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
         logger.warning(report.summary())
     else:
         logger.info(report.summary())
+
+
+def _name_of(record: Any) -> str:
+    """How the adapters' raw records name themselves: ``(where, row)`` pairs, objects with a ``name``, a shard
+    and key; otherwise a short repr."""
+    if isinstance(record, tuple) and record and isinstance(record[0], str):
+        return record[0]
+    if isinstance(getattr(record, "name", None), str):
+        return record.name
+    if getattr(record, "shard", None) is not None and getattr(record, "key", None) is not None:
+        return f"{record.shard} key '{record.key}'"
+    return repr(record)[:120]
 
 
 def build_dataset(records: Callable[[], Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,
@@ -161,20 +187,14 @@ def make_sample(messages: list[dict[str, Any]], *, images: list[Any] | None = No
     """A canonical sample with the same keys and part shapes for every adapter.
 
     Every adapter builds its samples here so that datasets from different adapters share one schema
-    (and so can be mixed or concatenated): string content becomes one text part, every part has both
-    ``type`` and ``text``, a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` /
-    ``num_frames`` are present (None: the collator's default).
+    (``plm_tune.sample.sample_features``, so they can be mixed or concatenated): messages in their table form
+    (``plm_tune.sample.table_messages``: string content becomes one text part, every part has both ``type``
+    and ``text``), a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` / ``num_frames``
+    are present (None: the collator's default).
     """
-    normalised = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, str):
-            content = [text_part(content)]
-        normalised.append({"role": message["role"],
-                           "content": [{"type": p["type"], "text": p.get("text")} for p in content]})
     return {
         "id": sample_id,
-        "messages": normalised,
+        "messages": table_messages(messages),
         "images": list(images or []),
         "videos": [v if isinstance(v, dict) else {"path": v, "start": None, "end": None} for v in videos or []],
         "max_tiles": max_tiles,

@@ -20,7 +20,10 @@ A file and the sample it becomes, with ``caption="{Modality} {BodyPartExamined}:
 
 Captions come from a template over DICOM keywords or from a sidecar table. Tags that identify the patient
 (``PHI_TAGS``, and every person name, date and time) never reach the text unless named in ``allow_phi_tags``.
-Free-text tags (``StudyDescription``, ...) are copied as they are: they are not scanned for names.
+The other tags a template names (free text such as ``StudyDescription``) are scanned for the file's own
+identifying values and for date / identifier shapes (``data_adapters._phi``): what is found is removed
+(``free_text_phi="redact"``, the default) or the file is a counted bad record (``"refuse"``). Captions from a
+table are the user's own text and are not scanned.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
+from data_adapters._phi import find_phi, identifying_values, redact_phi
 from data_adapters._records import (
     BadRecord,
     OnError,
@@ -48,6 +52,7 @@ from data_adapters._records import (
     text_part,
 )
 from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
+from plm_tune.sample import bad_text
 
 __all__ = ["PHI_TAGS", "from_dicom"]
 
@@ -97,6 +102,7 @@ def from_dicom(
     prompt: str = "Describe this image.",
     system_prompt: str | None = None,
     allow_phi_tags: Sequence[str] = (),
+    free_text_phi: Literal["redact", "refuse"] = "redact",
     recursive: bool = True,
     max_tiles: int | None = None,
     num_frames: int | None = None,
@@ -116,6 +122,10 @@ def from_dicom(
         prompt: the user's text after the image / video.
         system_prompt: a system message for every sample (default: none, so PLM's default applies).
         allow_phi_tags: identifying tags the template may use (see ``PHI_TAGS``), e.g. ``("PatientAge",)``.
+        free_text_phi: what to do when a tag the template names holds identifying text (the file's own
+            name, IDs, dates, accession number... or a date / ID shape; see ``data_adapters._phi``):
+            ``"redact"`` removes it from the caption (logged with a count, values never printed);
+            ``"refuse"`` makes the file a bad record ("identifying text"), raised or counted per ``on_error``.
         recursive: search folders at any depth (False: only their top level).
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad file, or ``"skip"`` and count it in ``.skip_report``.
@@ -129,7 +139,8 @@ def from_dicom(
 
     Raises:
         BadRecord: (``on_error="raise"``) a missing, non-DICOM, truncated or undecodable file, one with no
-            pixel data, or one without a caption.
+            pixel data, one without a caption, or (``free_text_phi="refuse"``) one whose free-text tags hold
+            identifying text.
         ValueError: not exactly one of ``caption`` / ``captions_table``; a template naming an unknown,
             non-text or identifying tag; an unreadable or ambiguous captions table.
         ImportError: pydicom is not installed (``pip install "plm-tune[dicom]"``).
@@ -142,19 +153,54 @@ def from_dicom(
     if (caption is None) == (captions_table is None):
         raise ValueError("from_dicom: pass exactly one of caption= (a template such as "
                          "'{Modality} {BodyPartExamined}: {StudyDescription}') or captions_table= (a csv / jsonl).")
+    if free_text_phi not in ("redact", "refuse"):
+        raise ValueError(f"free_text_phi must be 'redact' or 'refuse', got {free_text_phi!r}.")
     if caption is not None:
         _template_keywords(caption, allow_phi_tags)  # fail now, before reading any file
     captions = None if captions_table is None else _read_captions_table(captions_table)
     files = _find_files(paths_or_dir, recursive)
-    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt,
+    phi = _FreeTextPolicy(free_text_phi, frozenset(allow_phi_tags))
+    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt, phi=phi,
                         system_prompt=system_prompt, max_tiles=max_tiles, num_frames=num_frames,
                         check_pixels=check_pixels, same_name=Counter(os.path.basename(f.relative) for f in files))
     source = ", ".join(os.fspath(p) for p in _as_list(paths_or_dir))
-    return build_dataset(lambda: files, to_sample, source=f"from_dicom({source})", on_error=on_error,
-                         streaming=streaming)
+    dataset = build_dataset(lambda: files, to_sample, source=f"from_dicom({source})", on_error=on_error,
+                            streaming=streaming)
+    if phi.redacted:
+        logger.warning(f"from_dicom: removed identifying text from the captions of {phi.redacted} file(s) "
+                       f"(free_text_phi='redact'; {', '.join(f'{n} {what}' for what, n in phi.kinds.items())}). "
+                       "Pass free_text_phi='refuse' to drop those files instead.")
+    return dataset
 
 
-def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | None, prompt: str,
+class _FreeTextPolicy:
+    """``free_text_phi`` and what it removed (counts by kind; never the values)."""
+
+    def __init__(self, mode: str, allowed: frozenset[str]) -> None:
+        self.mode, self.allowed = mode, allowed
+        self.redacted = 0
+        self.kinds: Counter = Counter()
+
+    def clean(self, values: dict[str, str], header: Any, record: str) -> dict[str, str]:
+        own = identifying_values(header, self.allowed, PHI_TAGS)
+        found = {keyword: find_phi(text, own) for keyword, text in values.items()
+                 if keyword not in self.allowed and keyword not in PHI_TAGS}
+        found = {keyword: spans for keyword, spans in found.items() if spans}
+        if not found:
+            return values
+        what = "; ".join(f"{keyword} holds {', '.join(sorted({w for *_, w in spans}))}"
+                         for keyword, spans in found.items())
+        if self.mode == "refuse":
+            raise BadRecord(record, "identifying text", f"{what}.",
+                            "de-identify these tags, leave them out of the template, or pass "
+                            "free_text_phi='redact' to remove such text.")
+        self.redacted += 1
+        self.kinds.update(w for spans in found.values() for *_, w in spans)
+        return {keyword: redact_phi(text, found[keyword]) if keyword in found else text
+                for keyword, text in values.items()}
+
+
+def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | None, prompt: str, phi: _FreeTextPolicy,
                     system_prompt: str | None, max_tiles: int | None, num_frames: int | None,
                     check_pixels: bool, same_name: Counter) -> dict[str, Any]:
     """One DICOM file -> a canonical sample (an image if it has one frame, else a video)."""
@@ -172,7 +218,7 @@ def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | 
     if captions is not None:
         answer = _caption_from_table(captions, file, header, same_name)
     else:
-        answer = _caption_from_template(template, header, file.name)
+        answer = _caption_from_template(template, header, file.name, phi)
     kind = "video" if frames > 1 else "image"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages += [{"role": "user", "content": [media_part(kind), text_part(prompt)]},
@@ -268,9 +314,10 @@ def _tidy(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip(" ,;:-/|")
 
 
-def _caption_from_template(template: str, header: Any, record: str) -> str:
+def _caption_from_template(template: str, header: Any, record: str, phi: _FreeTextPolicy) -> str:
     keywords = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    text = _tidy(template.format_map({k: _tag_text(header, k) for k in keywords}))
+    values = phi.clean({k: _tag_text(header, k) for k in keywords}, header, record)
+    text = _tidy(template.format_map(values))
     if not text:
         raise BadRecord(record, "no caption", f"the caption template {template!r} renders empty: the file has "
                         f"none of {', '.join(keywords)}.", "name tags this file has, or give a captions_table.")
@@ -283,10 +330,10 @@ def _read_captions_table(path: str | os.PathLike) -> _Captions:
         raise ValueError(f"captions_table '{path}' does not exist.")
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.lower().endswith(".csv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             rows = [(f"{path} row {i}", row) for i, row in enumerate(csv.DictReader(f), start=2)]
     elif path.lower().endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for i, line in enumerate(f, start=1):
                 if line.strip():
                     try:
@@ -308,6 +355,9 @@ def _read_captions_table(path: str | os.PathLike) -> _Captions:
         text = row.get("caption")
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{where}: 'caption' must be text, got {text!r}.")
+        problem = next(filter(None, (bad_text(v) for v in row.values() if isinstance(v, str))), None)
+        if problem is not None:
+            raise ValueError(f"{where}: the row holds {problem}. Re-encode '{path}' as UTF-8.")
         for key in _TABLE_KEYS:
             value = str(row.get(key) or "").strip()
             if key == "file_name":

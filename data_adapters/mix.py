@@ -31,6 +31,7 @@ import numpy as np
 
 from data_adapters._records import make_sample
 from plm_tune.media import describe_media
+from plm_tune.sample import sample_features
 
 __all__ = ["mix", "MEDIA_SETTINGS"]
 
@@ -73,22 +74,6 @@ def _video_kind(dataset: Any) -> VideoKind | None:
     if inner is None or (isinstance(inner, datasets.Value) and inner.dtype == "null"):
         return None
     return "frames" if isinstance(inner, datasets.List | datasets.LargeList) else "files"
-
-
-def _features(video_kind: VideoKind):
-    from datasets import Features, Image, List, Value  # noqa: PLC0415
-
-    videos = (List(List(Image(decode=False))) if video_kind == "frames"
-              else List({"path": Value("string"), "start": Value("float64"), "end": Value("float64")}))
-    return Features({
-        "id": Value("string"),
-        "messages": List({"role": Value("string"),
-                          "content": List({"type": Value("string"), "text": Value("string")})}),
-        "images": List(Image(decode=False)),
-        "videos": videos,
-        "max_tiles": Value("int64"),
-        "num_frames": Value("int64"),
-    })
 
 
 def _image(entry: Any, where: str) -> dict[str, Any]:
@@ -172,7 +157,7 @@ def mix(members: Sequence[tuple[Any, float] | tuple[Any, float, dict[str, int]]]
         raise ValueError(f"mix members {files} hold video files but members {frames} hold in-table frames; one "
                          "mix holds one kind. Mix them separately, or turn the frames into video files first.")
     kind: VideoKind = "frames" if "frames" in kinds.values() else "files"
-    features = _features(kind)
+    features = sample_features(videos=kind)
     streams = []
     for i, (dataset, _, settings) in enumerate(parsed):
         if isinstance(dataset, datasets.Dataset):

@@ -42,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from data_adapters._probe import check_image
 from data_adapters._records import (
     BadRecord,
     OnError,
@@ -51,7 +52,7 @@ from data_adapters._records import (
     media_part,
     text_part,
 )
-from plm_tune.sample import normalize_messages
+from plm_tune.sample import normalize_messages, sample_features
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
 
@@ -325,6 +326,8 @@ def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json"
                         f"expected an image (.{', .'.join(IMAGE_EXTENSIONS)}) or a video "
                         f"(.{', .'.join(VIDEO_EXTENSIONS)}) with the same key.",
                         "write the media member under this key, or remove the stray members.")
+    for content in images:  # the header now, so a bad member is named by shard and key, not by the collator
+        check_image(content, where)
     media = [media_part("image")] * len(images) + [media_part("video")] * len(clips)
     prompt = prompt or ("Describe the image." if images else "Describe the video.")
     read = _json_messages if caption_key == "json" else _txt_messages
@@ -343,20 +346,6 @@ def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json"
 def _generate(shards: list[str], *, report: SkipReport, on_error: OnError, **options: Any) -> Iterator[dict]:
     # ``shards`` is this DataLoader worker's share: datasets splits the gen_kwargs list across workers.
     yield from iter_samples(_read_shards(shards), partial(_to_sample, **options), on_error=on_error, report=report)
-
-
-def _features():
-    from datasets import Features, List, Value  # noqa: PLC0415 - keep `import data_adapters` light
-
-    return Features({
-        "id": Value("string"),
-        "messages": List({"role": Value("string"),
-                          "content": List({"type": Value("string"), "text": Value("string")})}),
-        "images": List(Value("binary")),
-        "videos": List({"path": Value("string"), "start": Value("float64"), "end": Value("float64")}),
-        "max_tiles": Value("int64"),
-        "num_frames": Value("int64"),
-    })
 
 
 # ---------------------------------------------------------------- the adapter
@@ -420,6 +409,6 @@ def from_webdataset(
     report = SkipReport(f"webdataset ({len(shards)} shard{'s' if len(shards) != 1 else ''}, from {shards[0]})")
     generate = partial(_generate, report=report, on_error=on_error, caption_key=caption_key, prompt=prompt,
                        video_dir=video_dir, max_tiles=max_tiles, num_frames=num_frames)
-    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=_features())
+    dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=sample_features(images="bytes"))
     dataset.skip_report = report
     return dataset

@@ -10,8 +10,9 @@ The public API:
 * ``evaluate``, ``save_eval``, ``load_eval``: score a finetuned (and the base) model on an eval split
   (``plm_tune.evaluation``); ``score_answers``: exact match, accuracy, BLEU, ROUGE-L (``plm_tune.metrics``).
 * ``write_report``: a self-contained HTML report of an evaluation, base vs finetuned (``plm_tune.report``).
-* ``merge_adapter``, ``write_model_card``, ``push_adapter``, ``write_training_info``: ship an adapter
-  (``plm_tune.export``).
+* ``merge_adapter`` (``plm_tune.merge``), ``write_model_card`` (``plm_tune.model_card``), ``push_adapter``,
+  ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
+  folder (``plm_tune.run_folder``, which owns the output folder's layout).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
@@ -22,22 +23,19 @@ The public API:
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
 from plm_tune.costs import SampleEstimate, estimate_cost
 from plm_tune.evaluation import EvalRecord, EvalResult, base_model_context, evaluate, load_eval, save_eval
-from plm_tune.export import (
-    files_to_upload,
-    merge_adapter,
-    push_adapter,
-    write_model_card,
-    write_training_info,
-)
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.generation import Generation, generate
 from plm_tune.media import load_image, load_video, sample_frame_times
 from plm_tune.memory import MemoryEstimate, estimate_memory, plm_config
+from plm_tune.merge import merge_adapter
 from plm_tune.metrics import score_answers
 from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
+from plm_tune.model_card import write_model_card
 from plm_tune.pixels import PixelEncoder
 from plm_tune.plan import Plan, plan_dataset, plan_report
+from plm_tune.push import files_to_upload, push_adapter
 from plm_tune.report import write_report
+from plm_tune.run_folder import write_training_info
 from plm_tune.sample import normalize_messages, validate_sample
 from plm_tune.trainer import GenerationEvalCallback, PLMMetricsCallback, build_trainer, loss_change
 

@@ -189,8 +189,8 @@ class PLMCollator:
     def encode(self, sample: dict[str, Any], *, add_generation_prompt: bool = False) -> EncodedSample | None:
         """Encode one sample; returns None if it was rejected as too long (and ``on_too_long="skip"``)."""
         turns = normalize_messages(sample)
-        images = [self.pixels.image(e, sample.get("max_tiles")) for e in sample.get("images") or []]
-        videos = [self.pixels.video(e, sample.get("num_frames")) for e in sample.get("videos") or []]
+        images = [self._pixels(sample, "image", i) for i in range(len(sample.get("images") or []))]
+        videos = [self._pixels(sample, "video", i) for i in range(len(sample.get("videos") or []))]
         counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
         encoded = self.encoder.encode(
             turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
@@ -235,10 +235,7 @@ class PLMCollator:
             raise ValueError(f"sample{describe_sample(sample)} has no user message to answer.")
         used = {k: sorted({p.index for t in turns for p in t.parts if p.kind == k}) for k in ("image", "video")}
         entries = {"image": sample.get("images") or [], "video": sample.get("videos") or []}
-        media = {
-            "image": {i: self.pixels.image(entries["image"][i], sample.get("max_tiles")) for i in used["image"]},
-            "video": {i: self.pixels.video(entries["video"][i], sample.get("num_frames")) for i in used["video"]},
-        }
+        media = {kind: {i: self._pixels(sample, kind, i) for i in used[kind]} for kind in ("image", "video")}
         counts = {k: [media[k][i][1] if i in media[k] else 0 for i in range(len(entries[k]))] for k in media}
         encoded = self.encoder.encode(turns, counts, add_generation_prompt=True)
         return EncodedSample(
@@ -314,6 +311,17 @@ class PLMCollator:
             raise ValueError(reason + fix)
         self.stats.add("rejected_too_long")
         logger.warning("Skipping %s", reason)
+
+    def _pixels(self, sample: dict[str, Any], kind: str, index: int) -> tuple[torch.Tensor, int]:
+        """The pixels of ``sample``'s ``index``-th image / video; a media error names the sample and entry."""
+        entry = sample["images" if kind == "image" else "videos"][index]
+        try:
+            if kind == "image":
+                return self.pixels.image(entry, sample.get("max_tiles"))
+            return self.pixels.video(entry, sample.get("num_frames"))
+        except ValueError as err:
+            where = describe_sample(sample).strip() or "a sample without an id"
+            raise ValueError(f"{where}, {kind}s[{index}]: {err}") from err
 
     # ---------------------------------------------------------------- the batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -30,8 +30,8 @@ from plm_tune.dicom_render import RenderError, render_colour, render_grey
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["DICOM_SUFFIXES", "DicomError", "dicom_frame_count", "dicom_to_frames", "is_dicom_path",
-           "read_dicom_header"]
+__all__ = ["DICOM_SUFFIXES", "DicomError", "dicom_frame_count", "dicom_image_size", "dicom_to_frames",
+           "dicom_video_frames", "is_dicom_path", "read_dicom_header"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -122,6 +122,35 @@ def dicom_frame_count(ds: Dataset) -> int:
         raise DicomError(_name_of(ds), "corrupt header", f"NumberOfFrames is {value!r}, expected an integer.",
                          _REEXPORT)
     return max(count, 1)
+
+
+def dicom_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a DICOM file given as an image, from its header.
+
+    Raises:
+        DicomError: as ``read_dicom_header``.
+        ValueError: the file has several frames (a cine, ultrasound loop or multi-frame volume: a video).
+    """
+    header = read_dicom_header(path)
+    count = dicom_frame_count(header)
+    if count > 1:
+        raise ValueError(f"DICOM file '{os.fspath(path)}' has {count} frames (a cine, ultrasound loop or multi-frame "
+                         "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
+                         "{'type': 'video'} placeholder instead of 'images'.")
+    return int(header.Columns), int(header.Rows)
+
+
+def dicom_video_frames(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> int:
+    """Frames of a DICOM file given as a video: the whole series, from its header.
+
+    Raises:
+        DicomError: as ``read_dicom_header``.
+        ValueError: clip bounds were given (DICOM series have no time axis to cut).
+    """
+    if start is not None or end is not None:
+        raise ValueError(f"DICOM video '{os.fspath(path)}': clip bounds (start={start}, end={end}) are not supported "
+                         "for DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
+    return dicom_frame_count(read_dicom_header(path))
 
 
 def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,

@@ -23,23 +23,17 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
+from plm_tune.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
 
 __all__ = ["load_image", "load_video", "read_image_entry", "sample_frame_times", "pick_uniform", "describe_media",
-           "MediaError", "image_size", "video_duration", "video_frame_count"]
+           "as_viewed", "viewed_size", "MediaError", "image_size", "video_duration", "video_frame_count"]
 
 T = TypeVar("T")
 
 
 class MediaError(ValueError):
-    """A media file that cannot be read.
-
-    Args:
-        reason: a short stable code (``"missing file"``, ``"unreadable video"``, ``"no video frames"``), used by
-            the adapters to group skipped records.
-        detail: what was expected and what was found, naming the file.
-        fix: what the user can do about it.
-    """
+    """A media file that cannot be read: ``reason`` is a short stable code (``"missing file"``, ``"unreadable
+    video"``, ...) the adapters group skipped records by; ``detail`` names the file, ``fix`` the remedy."""
 
     def __init__(self, reason: str, detail: str, fix: str = "") -> None:
         self.reason, self.detail, self.fix = reason, detail, fix
@@ -72,9 +66,56 @@ def load_image(entry: Any) -> Image.Image:
     Raises:
         ValueError: the entry is missing, unreadable or not an image; the message names the entry.
     """
-    if isinstance(entry, Image.Image) and entry.mode == "RGB":
+    if isinstance(entry, Image.Image) and entry.mode == "RGB" and _orientation(entry) == 1:
         return entry
-    return read_image_entry(entry, lambda img: img.convert("RGB"), _load_dicom_image, reading="decode")
+    return read_image_entry(entry, as_viewed, _load_dicom_image, reading="decode")
+
+
+# EXIF orientations 5-8 turn the image a quarter: the stored width is the shown height.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored), read from the header without decoding pixels."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block: show the image as stored, as viewers do
+        return 1
+
+
+def viewed_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an image as a viewer shows it (EXIF rotation applied), from the header only."""
+    width, height = img.size
+    return (height, width) if _orientation(img) in _QUARTER_TURNS else (width, height)
+
+
+def as_viewed(img: Image.Image) -> Image.Image:
+    """An opened image as a viewer shows it, in RGB: the one rule every reader of pixels goes through.
+
+    - EXIF orientation applied (``ImageOps.exif_transpose``, as ``transformers.image_utils.load_image`` does).
+    - High bit depth scaled, not clipped: 16-bit greyscale (``I;16*``, and ``I`` as PNG / TIFF decode it)
+      maps 0..65535 onto 0..255; 32-bit float (``F``) maps its own min..max onto 0..255.
+    - Transparency composited on white, as ``transformers.image_transforms.convert_to_rgb`` does (an alpha
+      band, or a palette / greyscale image with a ``transparency`` entry), so hidden colours stay hidden.
+    """
+    from PIL import ImageOps
+
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        img = Image.fromarray(np.rint(scaled).astype(np.uint8))
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dicom: Callable[[str], T], *,
@@ -239,10 +280,10 @@ def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
 def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
     require_video_file(path)
     if is_dicom_path(path):
-        return dicom_to_frames(path, frames=_dicom_video_frames(path, start, end, num_frames))
+        return dicom_to_frames(path, frames=pick_uniform(dicom_video_frames(path, start, end), num_frames))
     with open_video_stream(path) as (container, stream):
         times = _clip_times(container, stream, path, start, end, num_frames)
-        frames = _decode_at(container, stream, times)
+        frames = _decode_at(container, stream, times, path)
     if not frames:
         raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
     return np.stack(frames)
@@ -269,12 +310,19 @@ def _duration_seconds(container: Any, stream: Any) -> float:
     return 0.0
 
 
-def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarray]:
-    """Decode the frame nearest to each (sorted) timestamp in one forward pass."""
+def _decode_at(container: Any, stream: Any, times: list[float], path: str) -> list[np.ndarray]:
+    """Decode the frame nearest to each (sorted) timestamp in one forward pass.
+
+    Raises:
+        ValueError: frames stop decoding (a truncated or corrupt file) more than a frame and a half before a
+            wanted timestamp: the header promised frames that are not there, and repeating the last good
+            frame would train on a still image labelled as motion.
+    """
     picked: list[np.ndarray] = []
     wanted = iter(times)
     target = next(wanted, None)
     previous = None  # (time, frame) of the last decoded frame before the target
+    broke = None
     try:
         for frame in container.decode(stream):
             t = float(frame.time) if frame.time is not None else 0.0
@@ -289,8 +337,17 @@ def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarr
             previous = (t, frame)
     except Exception as err:  # corrupt packets surface as av errors mid-stream
         if not picked and previous is None:
-            raise ValueError(f"Could not decode video frames: {err}") from err
-    # Timestamps past the last decodable frame (duration metadata slightly long) take the last frame.
+            raise ValueError(f"Could not decode video frames of '{path}': {err}") from err
+        broke = err
+    if target is not None and previous is not None:
+        # Duration metadata a little past the last frame is normal: that frame serves the last timestamps.
+        slack = 1.5 / float(stream.average_rate) if stream.average_rate else 0.5
+        if target - previous[0] > slack:
+            why = f" ({type(broke).__name__}: {broke})" if broke is not None else ""
+            raise ValueError(
+                f"Video '{path}' stops decoding at {previous[0]:.2f}s but its header promises frames up to "
+                f"{times[-1]:.2f}s{why}: the file is truncated or corrupt. Re-download or re-encode it, or end "
+                f"the clip before {previous[0]:.2f}s.")
     while target is not None and previous is not None:
         picked.append(previous[1].to_ndarray(format="rgb24"))
         target = next(wanted, None)
@@ -299,27 +356,8 @@ def _decode_at(container: Any, stream: Any, times: list[float]) -> list[np.ndarr
 
 def _load_dicom_image(path: str) -> Image.Image:
     """A single-frame ``.dcm`` rendered as a viewer shows it (window, MONOCHROME1 inversion, colour)."""
-    _single_frame_dicom(path)  # before decoding: a cine can hold hundreds of frames
+    dicom_image_size(path)  # one frame, checked before decoding: a cine can hold hundreds
     return Image.fromarray(dicom_to_frames(path)[0])
-
-
-def _single_frame_dicom(path: str) -> Any:
-    """The header of a ``.dcm`` given as an image; a ValueError naming the fix when it has several frames."""
-    header = read_dicom_header(path)
-    count = dicom_frame_count(header)
-    if count > 1:
-        raise ValueError(f"DICOM file '{path}' has {count} frames (a cine, ultrasound loop or multi-frame "
-                         "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
-                         "{'type': 'video'} placeholder instead of 'images'.")
-    return header
-
-
-def _dicom_video_frames(path: str, start: float | None, end: float | None, num_frames: int) -> list[int]:
-    """Indices of the ``num_frames`` frames of a multi-frame ``.dcm`` to use, picked uniformly with both ends kept."""
-    if start is not None or end is not None:
-        raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported for "
-                         "DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
-    return pick_uniform(dicom_frame_count(read_dicom_header(path)), num_frames)
 
 
 # ------------------------------------------------------------------------------------------ headers only
@@ -333,23 +371,19 @@ def image_size(entry: Any) -> tuple[int, int]:
         ValueError: a missing file, an unreadable header, an empty image, a multi-frame DICOM given as an
             image; the message names the entry and the fix.
     """
-
-    def dicom_size(path: str) -> tuple[int, int]:
-        header = _single_frame_dicom(path)
-        return int(header.Columns), int(header.Rows)
-
-    width, height = read_image_entry(entry, lambda img: img.size, dicom_size, reading="read the header of")
+    width, height = read_image_entry(entry, viewed_size, dicom_image_size, reading="read the header of")
     if width < 1 or height < 1:
         raise ValueError(f"Image {describe_media(entry)} has size {width}x{height}. Re-export the image.")
     return width, height
 
 
 def video_duration(path: str) -> float:
-    """A video file's duration in seconds from its container header (0.0 when not recorded); nothing decoded.
+    """A video file's duration in seconds from its container header (0.0 when not recorded); no frame decoded.
 
     Raises:
-        MediaError: the file is missing (``"missing file"``), cannot be opened (``"unreadable video"``) or has
-            no video frames (``"no video frames"``).
+        MediaError: the file is missing (``"missing file"``), cannot be opened (``"unreadable video"``), has
+            no video frames (``"no video frames"``), or its packets stop well before the duration its header
+            gives (``"truncated video"``: a cut download; this reads the packets of the last second).
     """
     require_video_file(path)
     with open_video_stream(path) as (container, stream):
@@ -357,7 +391,34 @@ def video_duration(path: str) -> float:
         if stream.frames == 0 and duration <= 0:
             raise MediaError("no video frames", f"'{path}' has a video stream with no frames.",
                              "Re-export the video.")
+        if duration > 0:
+            _check_packets_reach_end(container, stream, duration, path)
     return duration
+
+
+def _check_packets_reach_end(container: Any, stream: Any, duration: float, path: str) -> None:
+    """``MediaError("truncated video")`` when the packets stop well before the header's duration (a cut
+    download or copy).
+
+    Reads packets (not frames) from the keyframe before the last second: a header written first (MP4
+    ``faststart``) keeps promising frames that a truncated file no longer has.
+    """
+    import av  # noqa: PLC0415 - imported lazily: only video users pay for it
+
+    slack = 1.5 / float(stream.average_rate) if stream.average_rate else 0.5
+    last = None
+    try:
+        container.seek(int(max(0.0, duration - 1.0) / stream.time_base), stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                end = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                last = end if last is None else max(last, end)
+    except (av.FFmpegError, OSError, ValueError):
+        pass  # judged by the packets read before the error
+    if last is None or last < duration - slack:
+        where = "no packets near its end" if last is None else f"packets stop at {last:.2f}s"
+        raise MediaError("truncated video", f"'{path}' header says {duration:.2f}s, but {where}.",
+                         "Re-download or re-encode the file.")
 
 
 def video_frame_count(entry: Any, num_frames: int) -> int:
@@ -384,6 +445,6 @@ def video_frame_count(entry: Any, num_frames: int) -> int:
     path, start, end = video_file(entry)
     require_video_file(path)
     if is_dicom_path(path):
-        return len(_dicom_video_frames(path, start, end, num_frames))
+        return len(pick_uniform(dicom_video_frames(path, start, end), num_frames))
     with open_video_stream(path) as (container, stream):
         return len(_clip_times(container, stream, path, start, end, num_frames))

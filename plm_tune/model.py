@@ -23,14 +23,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing"]
+from plm_tune.run_folder import ADAPTER_CONFIG, has_processor, is_adapter, resolve_base_model
+
+__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _part_of(name: str) -> Part:
     return "language"
 
 
-def _default_dtype() -> torch.dtype:
+def default_dtype() -> torch.dtype:
     """bfloat16 on a CUDA GPU that supports it, float32 otherwise (CPU, older GPUs)."""
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -85,6 +86,7 @@ def load_model(
     lora_targets: LoraTargets = "language",
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    seed: int | None = None,
     trust_remote_code: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> tuple[Any, Any]:
@@ -109,6 +111,10 @@ def load_model(
         gradient_checkpointing: recompute activations in the backward pass, in the Llama decoder layers and
             the timm vision blocks (``enable_gradient_checkpointing``). The Trainer's own
             ``gradient_checkpointing=True`` alone would miss the vision tower.
+        seed: seeds the adapter's random initialisation (LoRA's A matrices) without touching the global RNG;
+            pass the training seed (``SFTConfig.seed``, as the recipes do) and two runs start from, and train,
+            bit-identical adapters. None: torch's global RNG as it stands (the Trainer seeds only after the
+            model exists, so the adapters then differ from run to run).
         trust_remote_code: passed to ``from_pretrained``; PLM is native to transformers and never needs it.
         **from_pretrained_kwargs: more arguments for the model's ``from_pretrained`` (``device_map``,
             ``attn_implementation``, ``revision``...). Hub ones (``revision``, ``cache_dir``, ``token``,
@@ -131,7 +137,7 @@ def load_model(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
-    dtype = dtype or _default_dtype()
+    dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
     if method == "qlora":
         kwargs["quantization_config"] = _qlora_config()
@@ -180,7 +186,10 @@ def load_model(
             modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()), enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
+            model = get_peft_model(model, config)
 
     _check_frozen(model, frozen)
     logger.info("%s", _summary(model, method, how))
@@ -363,30 +372,28 @@ def load_for_inference(
         (it is the one training used), else from ``model``.
 
     Raises:
-        FileNotFoundError: an adapter folder without ``adapter_config.json``.
+        FileNotFoundError: an adapter folder without ``adapter_config.json``; an adapter folder as ``model``
+            whose base is a local folder that does not exist.
+        ValueError: an adapter folder as ``model`` whose ``adapter_config.json`` names no base.
 
     Example:
         >>> model, processor = load_for_inference("facebook/Perception-LM-1B", "outputs/radiology-lora")  # doctest: +SKIP
     """
-    from pathlib import Path
-
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+    if adapter is None and is_adapter(model):
         adapter = model
-        model = json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json there, so it is not a peft adapter "
+        model = resolve_base_model(adapter)
+    if adapter is not None and not is_adapter(adapter):
+        raise FileNotFoundError(f"--adapter {adapter}: no {ADAPTER_CONFIG} there, so it is not a peft adapter "
                                 "folder. Pass the folder the recipe saved (its output_dir), or a merged model as "
                                 "--model without --adapter.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     base = AutoModelForImageTextToText.from_pretrained(
-        model, dtype=dtype or _default_dtype(), use_safetensors=True, trust_remote_code=False
+        model, dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=False
     ).to(device)
-    has_processor = adapter is not None and any(
-        (Path(adapter) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
-    )
-    processor = AutoProcessor.from_pretrained(adapter if has_processor else model, trust_remote_code=False)
+    from_adapter = adapter is not None and has_processor(adapter)
+    processor = AutoProcessor.from_pretrained(adapter if from_adapter else model, trust_remote_code=False)
     if adapter is None:
         return base.eval(), processor
     from peft import PeftModel

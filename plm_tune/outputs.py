@@ -1,14 +1,8 @@
 """The end of a training run: save, evaluate by generation, write the report, push. What every recipe does last.
 
-``save_run`` leaves one output folder that is useful on its own::
-
-    output_dir/
-        adapter_config.json, adapter_model.safetensors   (or config.json + model.safetensors: full finetuning)
-        processor / tokenizer files, chat_template.jinja
-        plm_tune_training.json     how it was trained (read by the model card and `plm-tune merge`)
-        eval_data/                 the held-out split (`plm-tune eval --adapter output_dir` reuses it)
-        eval/eval.json             answers, references and scores of the finetuned (and base) model
-        eval/report.html           the same as a self-contained page: metrics table and a gallery
+``save_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
+``plm_tune_training.json``, the held-out split in ``eval_data/`` and ``eval/eval.json`` + ``eval/report.html``
+(``plm_tune.run_folder`` owns that layout and documents it).
 """
 
 from __future__ import annotations
@@ -18,12 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from plm_tune.evaluation import EvalResult, evaluate, save_eval
-from plm_tune.export import push_adapter, write_training_info
+from plm_tune.push import push_adapter
 from plm_tune.report import write_report
+from plm_tune.run_folder import (
+    EVAL_DATA,
+    EVAL_DIR,
+    EVAL_JSON,
+    REPORT_HTML,
+    base_model,
+    is_adapter,
+    write_training_info,
+)
+from plm_tune.sample import to_table
 
 __all__ = ["EvalArguments", "RunOutputs", "save_run"]
-
-EVAL_DATA = "eval_data"
 
 
 @dataclass
@@ -62,14 +64,6 @@ class RunOutputs:
         return "\n".join(lines)
 
 
-def _model_name(model: Any) -> str:
-    """The base model's id or folder: from the peft config for an adapter, else the model's own config."""
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config:
-        return str(next(iter(peft_config.values())).base_model_name_or_path)
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-
-
 def _zero3(trainer: Any) -> bool:
     plugin = getattr(getattr(trainer, "accelerator", None), "state", None)
     plugin = getattr(plugin, "deepspeed_plugin", None)
@@ -94,7 +88,7 @@ def save_run(
     Args:
         trainer: the trained ``build_trainer`` result (its ``plm_collator`` formats the eval answers).
         eval_set: the held-out samples; saved to ``output_dir/eval_data`` and answered when ``generate_eval``.
-        training_info: ``plm_tune.export.TRAINING_INFO_KEYS`` facts for ``plm_tune_training.json``; the step
+        training_info: ``plm_tune.run_folder.TRAINING_INFO_KEYS`` facts for ``plm_tune_training.json``; the step
             count and final losses are added here.
         generate_eval: answer ``eval_set`` by greedy generation and score it (exact match, BLEU, ROUGE-L, ...).
             Skipped under DeepSpeed ZeRO-3, whose sharded weights every process must take part in: run
@@ -103,7 +97,7 @@ def save_run(
             report's before / after columns. Costs a second generation pass.
         max_new_tokens, eval_batch_size: generation settings for the eval answers.
         push_to_hub, hub_model_id, hub_private_repo: upload the folder (model card included, eval data
-            never) with ``plm_tune.export.push_adapter``. Only adapters are pushed this way.
+            never) with ``plm_tune.push.push_adapter``. Only adapters are pushed this way.
 
     Returns:
         ``RunOutputs`` with the paths made.
@@ -116,7 +110,7 @@ def save_run(
         return outputs
 
     model = trainer.model
-    is_adapter = (output_dir / "adapter_config.json").is_file()
+    adapter = is_adapter(output_dir)
     history = trainer.state.log_history
     info = dict(training_info or {})
     info.setdefault("global_step", trainer.state.global_step)
@@ -127,24 +121,28 @@ def save_run(
     write_training_info(output_dir, info)
 
     if eval_set is not None and len(eval_set) > 0:
-        _as_table(eval_set).save_to_disk(str(output_dir / EVAL_DATA))
+        to_table(eval_set).save_to_disk(str(output_dir / EVAL_DATA))
         if generate_eval and _zero3(trainer):
             print("Generation eval skipped under ZeRO-3 (sharded weights); after training run: "
                   f"plm-tune eval --adapter {output_dir}")
         elif generate_eval:
-            base = "disable_adapter" if compare_base and is_adapter else None
+            base = "disable_adapter" if compare_base and adapter else None
             result = evaluate(model, trainer.plm_collator.processor, eval_set, base_model=base,
                               max_new_tokens=max_new_tokens, batch_size=eval_batch_size,
                               collator=trainer.plm_collator)
-            result.info.update(model=_model_name(model),
-                               adapter=str(output_dir) if is_adapter else None,
+            # The base an adapter was trained on, as its saved adapter_config.json names it; a full finetune's
+            # starting point, which no file in the folder records.
+            config = getattr(model, "config", None)
+            started_from = base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
+            result.info.update(model=str(started_from or ""),
+                               adapter=str(output_dir) if adapter else None,
                                data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None})
             outputs.eval_result = result
-            outputs.eval_json = save_eval(result, output_dir / "eval" / "eval.json")
-            outputs.report = write_report(result, eval_set, output_dir / "eval" / "report.html")
+            outputs.eval_json = save_eval(result, output_dir / EVAL_DIR / EVAL_JSON)
+            outputs.report = write_report(result, eval_set, output_dir / EVAL_DIR / REPORT_HTML)
 
     if push_to_hub:
-        if not is_adapter:
+        if not adapter:
             raise ValueError("push_to_hub: plm-tune pushes adapters with their model card; for a full finetune "
                              "use huggingface_hub.upload_folder on the output folder.")
         if not hub_model_id:
@@ -155,23 +153,3 @@ def save_run(
         outputs.hub_url = push_adapter(output_dir, hub_model_id, private=hub_private_repo, metrics=metrics)
     return outputs
 
-
-def _as_table(samples: Any) -> Any:
-    """A ``datasets`` table to save: a list of samples (or ``build_trainer``'s in-memory view of one) becomes
-    Arrow rows with one type per column: string content becomes one text part, every part gets a "text", and
-    keys missing from a sample are None (Arrow would otherwise keep only the first sample's keys)."""
-    import datasets
-
-    if isinstance(samples, datasets.Dataset) and samples.format.get("type") != "custom":
-        return samples
-    rows = [samples[i] for i in range(len(samples))]
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    table = []
-    for row in rows:
-        messages = []
-        for message in row["messages"]:
-            content = message["content"]
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            messages.append({**message, "content": [{"type": p["type"], "text": p.get("text")} for p in parts]})
-        table.append({**{key: row.get(key) for key in keys}, "messages": messages})
-    return datasets.Dataset.from_list(table)

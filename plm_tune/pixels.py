@@ -39,8 +39,8 @@ class PixelEncoder:
         self.vision_input_type = vision_input_type or self.image_processor.vision_input_type
         if self.vision_input_type not in ("thumb+tile", "vanilla"):
             raise ValueError(f"vision_input_type must be 'thumb+tile' or 'vanilla', got {self.vision_input_type!r}.")
-        self.max_tiles = max_tiles or self.image_processor.max_num_tiles
-        self.num_frames = num_frames
+        self.max_tiles = self.image_processor.max_num_tiles if max_tiles is None else _positive(max_tiles, "max_tiles")
+        self.num_frames = _positive(num_frames, "num_frames")
         self.patch_size = processor.patch_size
         self.pooling_ratio = processor.pooling_ratio
         self._by_tiles: dict[int, Any] = {}
@@ -60,7 +60,7 @@ class PixelEncoder:
 
     def image(self, entry: Any, max_tiles: int | None = None) -> tuple[torch.Tensor, int]:
         """Returns ``(tiles, n_tokens)``: tiles ``(n_tiles, 3, T, T)`` float32 and the placeholder count."""
-        budget = max_tiles or self.max_tiles
+        budget = self.max_tiles if max_tiles is None else _positive(max_tiles, "max_tiles")
         pil = load_image(entry)
         out = self._image_processor_for(budget)(
             images=[pil], vision_input_type=self.vision_input_type, return_tensors="pt"
@@ -70,7 +70,16 @@ class PixelEncoder:
 
     def video(self, entry: Any, num_frames: int | None = None) -> tuple[torch.Tensor, int]:
         """Returns ``(frames, n_tokens)``: frames ``(T, 3, S, S)`` float32 and the placeholder count."""
-        frames = load_video(entry, num_frames=num_frames or self.num_frames)  # (T, H, W, 3) uint8
+        count = self.num_frames if num_frames is None else _positive(num_frames, "num_frames")
+        frames = load_video(entry, num_frames=count)  # (T, H, W, 3) uint8
         out = self.video_processor(videos=[frames], return_tensors="pt")
         pixels = out["pixel_values_videos"][0]  # (T, 3, S, S)
         return pixels, pixels.shape[0] * self.tokens_per_tile(*pixels.shape[-2:])
+
+
+def _positive(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1; 0 or a negative budget is an error, never "use the default"."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"'{name}' must be a positive integer, got {value!r}. Leave it unset (None) for the "
+                         "collator's default.")
+    return value

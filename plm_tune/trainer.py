@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import dataset_costs
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
+from plm_tune.sample import sample_columns
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.sparse_logits import project_labelled_only
 
@@ -220,6 +222,9 @@ def build_trainer(
             "row, so attention costs row_tokens**2 per layer (on the CPU benchmark, a demo mix trained about half as "
             "fast packed as padded). Load the model with attn_implementation='flash_attention_2' (varlen kernels, no "
             "mask) to pack, or use train_sampling_strategy='group_by_length' without padding_free.", attention)
+    if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+        raise ValueError("build_trainer: train_dataset is empty: there is nothing to train on. Check the data "
+                         "source (an adapter's .skip_report says what it skipped).")
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
@@ -286,6 +291,9 @@ def _plm_trainer_class() -> type:
         plm_group_by_length = False
         plm_labelled_logits_only = False
         plm_collator: PLMCollator
+
+        def train(self, resume_from_checkpoint=None, **kwargs):
+            return guarded_train(super().train, self.args.output_dir, resume_from_checkpoint, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -374,9 +382,7 @@ class _InMemoryRows:
         self.samples = samples
 
     def __call__(self, batch: dict[str, list[int]]) -> dict[str, list[Any]]:
-        rows = [self.samples[i] for i in batch[_ROW]]
-        keys = list(dict.fromkeys(key for row in rows for key in row))
-        return {key: [row.get(key) for row in rows] for key in keys}
+        return sample_columns([self.samples[i] for i in batch[_ROW]])
 
 
 class _PartOptimizer:

@@ -125,6 +125,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         freeze=model_args.freeze,
         dtype=torch.float32,
         gradient_checkpointing=training_args.activation_checkpointing,
+        seed=training_args.seed,
     )
     training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 

@@ -162,6 +162,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         lora_dropout=model_args.lora_dropout,
         lora_targets=model_args.lora_targets,
         gradient_checkpointing=training_args.activation_checkpointing,
+        seed=training_args.seed,
     )
     training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 

@@ -129,6 +129,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         gradient_checkpointing=training_args.activation_checkpointing,
+        seed=training_args.seed,
     )
     training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 

@@ -21,16 +21,10 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plm_tune import PLMCollator, load_model
-from plm_tune.export import (
-    IGNORE_PATTERNS,
-    TRAINING_INFO_FILE,
-    TRAINING_INFO_KEYS,
-    files_to_upload,
-    merge_adapter,
-    push_adapter,
-    write_model_card,
-    write_training_info,
-)
+from plm_tune.merge import merge_adapter
+from plm_tune.model_card import write_model_card
+from plm_tune.push import IGNORE_PATTERNS, files_to_upload, push_adapter
+from plm_tune.run_folder import TRAINING_INFO_FILE, TRAINING_INFO_KEYS, write_training_info
 
 TOKEN = "hf_SECRET123"
 LORA_R, LORA_ALPHA = 8, 24  # not load_model's defaults, so the card must read them from adapter_config.json
@@ -121,7 +115,7 @@ def test_merged_folder_loads_alone_and_gives_the_adapters_logits(
         expected = _logits(model, batch)
     assert (expected - _logits(_base(tiny_plm_path), batch)).abs().max() > 1e-2  # the adapter matters
 
-    with caplog.at_level(logging.WARNING, logger="plm_tune.export"):
+    with caplog.at_level(logging.WARNING, logger="plm_tune.merge"):
         out = merge_adapter(adapter_dir, tmp_path / "merged", dtype=torch.float32)
 
     assert out == tmp_path / "merged"

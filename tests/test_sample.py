@@ -440,3 +440,48 @@ def test_bad_video_frames_array_raises_only_when_decoding():
     ):
         validate_sample(sample)
     validate_sample(sample, decode_media=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Table form
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_to_table_keeps_every_key_and_the_same_conversation(tmp_path):
+    from plm_tune.sample import sample_columns, to_table
+
+    image = tmp_path / "a.png"
+    _image().save(image)
+    with_image = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+                               {"role": "assistant", "content": "A scan."}], "images": [str(image)]}
+    with_video = {"id": "v", "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                          {"role": "assistant", "content": "It moves."}],
+                  "videos": [{"path": "clip.mp4", "start": 1.0, "end": 2.0}]}
+    assert sample_columns([with_image, with_video])["videos"] == [None, with_video["videos"]]
+    table = to_table([with_image, with_video])
+    assert set(table.column_names) == {"messages", "images", "id", "videos"}
+    assert table[1]["videos"] == with_video["videos"] and table[0]["videos"] is None
+    assert table[0]["messages"][1]["content"] == [{"type": "text", "text": "A scan."}]
+    for row, sample in zip(table, (with_image, with_video), strict=True):
+        assert normalize_messages(row) == normalize_messages(sample)
+    assert to_table(table) is table  # a plain table is saved as it is
+
+
+@pytest.mark.parametrize(("images", "videos"), [("image", "files"), ("bytes", "files"), ("image", "frames")])
+def test_make_sample_fills_exactly_the_features_schema(images, videos):
+    import datasets
+
+    from data_adapters._records import make_sample, media_part, text_part
+    from plm_tune.sample import sample_features
+
+    png = _image().tobytes() if images == "bytes" else {"bytes": None, "path": "a.png"}
+    sample = make_sample([{"role": "user", "content": [media_part("image"), media_part("video"), text_part("Q?")]},
+                          {"role": "assistant", "content": "A."}], images=[png], videos=["clip.mp4"],
+                         sample_id="s1", max_tiles=2)
+    if videos == "frames":
+        sample["videos"] = [[{"bytes": None, "path": "f0.png"}, {"bytes": None, "path": "f1.png"}]]
+    features = sample_features(images=images, videos=videos)
+    assert list(sample) == list(features)
+    row = datasets.Dataset.from_list([sample], features=features)[0]
+    assert row == sample
+    assert normalize_messages(row) == normalize_messages(sample)
