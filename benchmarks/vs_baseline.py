@@ -237,7 +237,8 @@ def demo_mix_padding(model_path: Path) -> list[tuple[str, float]]:
     from transformers import AutoProcessor
 
     from plm_tune import PLMCollator
-    from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+    from plm_tune.costs import sample_cost
+    from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 
     processor = AutoProcessor.from_pretrained(model_path)
     samples = dicom_samples(vanilla_single_frame=False)

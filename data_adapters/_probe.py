@@ -1,94 +1,47 @@
-"""Cheap media checks run while a dataset is built: image headers (PIL), video container headers (PyAV).
+"""Media checks run while a dataset is built, and the parsing of a clip's ``start`` / ``end``.
 
-Nothing is decoded: a missing, empty or non-media file becomes a named ``BadRecord`` when the sample table is
-built, not a crash mid-training. Also the parsing and checking of a clip's ``start`` / ``end`` against the
-probed duration.
+``plm_tune.media`` reads the headers (PIL, PyAV, pydicom; nothing decoded); here its errors become named
+``BadRecord``s, so a missing, empty or non-media file is reported when the sample table is built, not a crash
+mid-training.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 from data_adapters._records import BadRecord
+from plm_tune.dicom import DicomError
+from plm_tune.media import MediaError, image_size, video_duration
 
 __all__ = ["check_image", "clip_times", "probe_video"]
 
 
 def check_image(entry: str | bytes, record: str) -> None:
-    """Open an image's header (a path or encoded bytes) with PIL; ``BadRecord`` if it is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    source = io.BytesIO(entry) if isinstance(entry, bytes | bytearray) else entry
-    what = f"{len(entry)} bytes" if isinstance(entry, bytes | bytearray) else f"'{entry}'"
+    """Read an image's header (a path or encoded bytes); ``BadRecord`` if it is not a readable image."""
     try:
-        with Image.open(source) as img:
-            width, height = img.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        raise BadRecord(record, "undecodable image", f"{what} is not a readable image ({err}).",
-                        "re-export it as PNG or JPEG, or remove the record.") from err
-    if width < 1 or height < 1:
-        raise BadRecord(record, "undecodable image", f"{what} has size {width}x{height}.",
-                        "re-export the image.")
+        image_size(entry)
+    except ValueError as err:
+        raise _bad_record(record, err, "undecodable image", "re-export it as PNG or JPEG, or remove the record.") from err
 
 
 def probe_video(path: str, record: str) -> float:
-    """Open a video's container header with PyAV and return its duration in seconds (0.0 if not recorded).
+    """A video's duration in seconds from its container header (0.0 if not recorded).
 
     Raises:
         BadRecord: the file cannot be opened as a video, or it has no video frames.
     """
     try:
-        import av
-    except ImportError as err:
-        raise ImportError('Reading videos needs PyAV: pip install "plm-tune[video]"') from err
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise BadRecord(record, "unreadable video", f"'{path}' cannot be opened as a video ({err}).",
-                        "re-encode it (e.g. H.264 MP4) or remove the record.") from err
-    with container:
-        if not container.streams.video:
-            raise BadRecord(record, "no video frames", f"'{path}' has no video stream (an empty or "
-                            "audio-only file).", "re-export the video or remove the record.")
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # av.time_base: microseconds
-        else:
-            duration = 0.0
-        if stream.frames == 0 and duration <= 0:
-            raise BadRecord(record, "no video frames", f"'{path}' has a video stream with no frames.",
-                            "re-export the video or remove the record.")
-        if duration > 0:
-            _check_packets_reach_end(container, stream, duration, path, record)
-    return duration
+        return video_duration(path)
+    except ValueError as err:
+        raise _bad_record(record, err, "unreadable video", "re-encode it (e.g. H.264 MP4) or remove the record.") from err
 
 
-def _check_packets_reach_end(container: Any, stream: Any, duration: float, path: str, record: str) -> None:
-    """``BadRecord`` when the packets stop well before the duration the header gives (a cut download or copy).
-
-    Reads packets (not frames) from the keyframe before the last second: a header written first (MP4
-    ``faststart``) keeps promising frames that a truncated file no longer has.
-    """
-    import av
-
-    slack = 1.5 / float(stream.average_rate) if stream.average_rate else 0.5
-    last = None
-    try:
-        container.seek(int(max(0.0, duration - 1.0) / stream.time_base), stream=stream, backward=True)
-        for packet in container.demux(stream):
-            if packet.size and packet.pts is not None:
-                end = float((packet.pts + (packet.duration or 0)) * stream.time_base)
-                last = end if last is None else max(last, end)
-    except (av.FFmpegError, OSError, ValueError):
-        pass  # judged by the packets read before the error
-    if last is None or last < duration - slack:
-        where = "no packets near its end" if last is None else f"packets stop at {last:.2f}s"
-        raise BadRecord(record, "truncated video", f"'{path}' header says {duration:.2f}s, but {where}.",
-                        "re-download or re-encode the file, or remove the record.")
+def _bad_record(record: str, err: ValueError, reason: str, fix: str) -> BadRecord:
+    """``err`` as a ``BadRecord``: its own reason when it has one (``MediaError``, ``DicomError``), else ``reason``."""
+    if isinstance(err, MediaError | DicomError):
+        return BadRecord(record, err.reason, err.detail, err.fix or fix)
+    return BadRecord(record, reason, str(err), fix)
 
 
 def clip_times(start: Any, end: Any, duration: float, record: str) -> tuple[float | None, float | None]:

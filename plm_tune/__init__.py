@@ -14,12 +14,14 @@ The public API:
   ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
   folder (``plm_tune.run_folder``, which owns the output folder's layout).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
-* ``estimate_cost``, ``plan_dataset``, ``plan_report``: exact token counts from media headers, padding waste
+* ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
+  ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
   (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
+from plm_tune.costs import SampleEstimate, estimate_cost
 from plm_tune.evaluation import EvalRecord, EvalResult, base_model_context, evaluate, load_eval, save_eval
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
 from plm_tune.generation import Generation, generate
@@ -30,7 +32,7 @@ from plm_tune.metrics import score_answers
 from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
 from plm_tune.model_card import write_model_card
 from plm_tune.pixels import PixelEncoder
-from plm_tune.plan import Plan, SampleEstimate, estimate_cost, plan_dataset, plan_report
+from plm_tune.plan import Plan, plan_dataset, plan_report
 from plm_tune.push import files_to_upload, push_adapter
 from plm_tune.report import write_report
 from plm_tune.run_folder import write_training_info

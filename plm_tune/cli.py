@@ -108,7 +108,7 @@ def _data_setup(args: argparse.Namespace):
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
-    from data_adapters.preflight import inspect_samples
+    from plm_tune.preflight import inspect_samples
 
     dataset, collator = _data_setup(args)
     inspect_samples(dataset, collator, n=args.n)
@@ -116,7 +116,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from data_adapters.preflight import check_dataset
+    from plm_tune.preflight import check_dataset
 
     dataset, collator = _data_setup(args)
     result = check_dataset(dataset, collator, progress=not args.no_progress)

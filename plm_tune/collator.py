@@ -20,9 +20,10 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, EncodedConversation, TrainOn
+from plm_tune.length_policy import Fit, SampleCounts, fit_sample
 from plm_tune.media import load_image
 from plm_tune.pixels import PixelEncoder, VisionInputType
-from plm_tune.sample import normalize_messages
+from plm_tune.sample import describe_sample, normalize_messages
 from plm_tune.sparse_logits import keep_labelled_logits
 
 __all__ = ["PLMCollator", "EncodedSample", "CollatorStats"]
@@ -203,27 +204,18 @@ class PLMCollator:
             turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
         )
         self.stats.add("samples")
-        if self.fit_tiles and self.max_length is not None and len(encoded.input_ids) > self.max_length:
-            fitted = self._fit_tiles(sample, turns, images, counts, add_generation_prompt)
-            if fitted is not None:
-                images, encoded = fitted
-        keep_turns = len(turns)
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
-            keep_turns = self._turns_that_fit(turns, encoded, sample)
-            if keep_turns == 0:
+            fitted = self._apply_length_policy(sample, turns, encoded, images, counts["video"])
+            if fitted is None:
                 return None
-            dropped = turns[keep_turns:]
-            turns = turns[:keep_turns]
-            kept_media = {k: {p.index for t in turns for p in t.parts if p.kind == k} for k in ("image", "video")}
-            self.stats.add("truncated_samples")
-            self.stats.add("dropped_turns", len(dropped))
-            self.stats.add("dropped_images", len(images) - len(kept_media["image"]))
-            self.stats.add("dropped_videos", len(videos) - len(kept_media["video"]))
+            fit, images = fitted
+            turns = turns[: fit.kept_turns]
+            counts["image"] = [n for _, n in images]
             encoded = self.encoder.encode(
                 turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
             )
-            images = [m for i, m in enumerate(images) if i in kept_media["image"]]
-            videos = [m for i, m in enumerate(videos) if i in kept_media["video"]]
+            images = [images[i] for i in fit.images]
+            videos = [videos[i] for i in fit.videos]
         return EncodedSample(
             input_ids=encoded.input_ids,
             labels=encoded.labels,
@@ -248,7 +240,7 @@ class PLMCollator:
             reference = "".join(p.text.strip() for p in turns[-1].parts if p.kind == "text")
             turns = turns[:-1]
         if not any(t.role == "user" for t in turns):
-            raise ValueError(f"sample{self._describe(sample)} has no user message to answer.")
+            raise ValueError(f"sample{describe_sample(sample)} has no user message to answer.")
         used = {k: sorted({p.index for t in turns for p in t.parts if p.kind == k}) for k in ("image", "video")}
         entries = {"image": sample.get("images") or [], "video": sample.get("videos") or []}
         media = {kind: {i: self._pixels(sample, kind, i) for i in used[kind]} for kind in ("image", "video")}
@@ -261,101 +253,75 @@ class PLMCollator:
             videos=[media["video"][i][0] for i in used["video"]],
         ), reference
 
-    def _fit_tiles(
+    def _apply_length_policy(
         self,
         sample: dict[str, Any],
         turns: list,
+        encoded: EncodedConversation,
         images: list[tuple[torch.Tensor, int]],
-        counts: dict[str, list[int]],
-        add_generation_prompt: bool,
-    ) -> tuple[list[tuple[torch.Tensor, int]], EncodedConversation] | None:
-        """Lower image tile budgets, the largest grid first, until every turn fits ``max_length``.
+        video_tokens: list[int],
+    ) -> tuple[Fit, list[tuple[torch.Tensor, int]]] | None:
+        """``plm_tune.length_policy`` on a too-long sample: the ``Fit`` and the images to build (re-processed at
+        lower budgets when fitted), counted in ``stats`` and logged; None when rejected (or raises)."""
+        pils: dict[int, Any] = {}  # each image decoded once for every budget tried
+        lowered: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (image, tiles) -> (tiles, n_tokens)
 
-        Returns ``(images, encoded)`` of the fitted sample, or None when even 1 tile per image is too long
-        (the caller then applies the turn policy to the sample as it was asked for).
-        """
-        if not images or self.pixels.image_budget(sample)[0] != "thumb+tile":
-            return None
+        tiling, _ = self.pixels.image_budget(sample)  # the sample's own tiling decision (multi-image: vanilla)
 
-        def grid(tiles: torch.Tensor) -> int:
-            return tiles.shape[0] - 1  # thumb+tile: the thumbnail, then the grid of tiles
+        def tiles_at(index: int, budget: int) -> int:
+            if index not in pils:
+                pils[index] = load_image(sample["images"][index])
+            tiles, n = self.pixels.image(pils[index], budget, tiling)
+            lowered[(index, tiles.shape[0])] = (tiles, n)
+            return tiles.shape[0]
 
-        def encode(candidate: list[tuple[torch.Tensor, int]]) -> EncodedConversation:
-            candidate_counts = {"image": [n for _, n in candidate], "video": counts["video"]}
-            return self.encoder.encode(
-                turns, candidate_counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
-            )
-
-        pils = [load_image(entry) for entry in sample["images"]]  # decoded once for every budget tried
-
-        def lowered(current: list[tuple[torch.Tensor, int]], cap: int) -> list[tuple[torch.Tensor, int]]:
-            # Only the images whose grid exceeds the cap are processed again, at that budget.
-            return [self.pixels.image(pil, cap) if grid(t) > cap else (t, n)
-                    for pil, (t, n) in zip(pils, current, strict=True)]
-
-        # The floor first: a sample that cannot fit costs one processor call per image, not the whole ladder.
-        floor = lowered(images, 1)
-        encoded = encode(floor)
-        if len(encoded.input_ids) > self.max_length:
-            return None
-        fitted = images
-        while (cap := max(grid(t) for t, _ in fitted) - 1) > 1:
-            fitted = lowered(fitted, cap)
-            candidate = encode(fitted)
-            if len(candidate.input_ids) <= self.max_length:
-                encoded = candidate
-                break
-        else:
-            fitted = floor  # the tiles a budget of 1 gives
-        pairs = list(zip(images, fitted, strict=True))
-        self.stats.add("fitted_samples")
-        self.stats.add("tiles_removed", sum(grid(old) - grid(new) for (old, _), (new, _) in pairs))
-        changes = ", ".join(
-            f"image {i}: {grid(old)} -> {grid(new)}"
-            for i, ((old, _), (new, _)) in enumerate(pairs) if grid(old) != grid(new)
+        asked = [tiles.shape[0] for tiles, _ in images]
+        counts = SampleCounts.measure(
+            turns, encoded, image_tiles=asked, tile_tokens=images[0][1] // asked[0] if images else 0,
+            video_tokens=video_tokens, thumbnails=tiling == "thumb+tile",
         )
-        before = len(encoded.input_ids) + sum(n for _, n in images) - sum(n for _, n in fitted)
-        logger.warning(
-            "Fitted sample%s into max_length=%d by lowering its image tiles (fit_tiles=True; tiles besides "
-            "the thumbnail): %s; %d -> %d tokens, every turn kept.",
-            self._describe(sample), self.max_length, changes, before, len(encoded.input_ids),
-        )
-        return fitted, encoded
-
-    def _turns_that_fit(self, turns: list, encoded: EncodedConversation, sample: dict[str, Any]) -> int:
-        """How many leading messages to keep: whole exchanges (ending on an assistant turn) that fit."""
-        has_system = turns[0].role == "system"
-        offset = 1 if has_system else 0  # blocks exclude the system message
-        best = 0
-        for i, (_, end) in enumerate(encoded.blocks):
-            if end > self.max_length:
-                break
-            if turns[i + offset].role == "assistant":
-                best = i + offset + 1
-        if best == 0:
-            first_end = next(
-                (end for i, (_, end) in enumerate(encoded.blocks) if turns[i + offset].role == "assistant"),
-                len(encoded.input_ids),
+        # Only thumb+tile images have a tile budget to lower; one plain tile per image has nothing to give.
+        fit = fit_sample(counts, max_length=self.max_length, fit_tiles=self.fit_tiles and tiling == "thumb+tile",
+                         truncate_turns=self.truncate_turns, tiles_at=tiles_at)
+        if fit.outcome == "rejected":
+            self._reject(sample, fit)
+            return None
+        if fit.outcome == "truncated":
+            self.stats.add("truncated_samples")
+            self.stats.add("dropped_turns", len(turns) - fit.kept_turns)
+            self.stats.add("dropped_images", len(images) - len(fit.images))
+            self.stats.add("dropped_videos", len(video_tokens) - len(fit.videos))
+        if fit.outcome == "fitted":
+            images = [lowered[(i, new)] if new != old else image
+                      for i, (image, old, new) in enumerate(zip(images, asked, fit.image_tiles, strict=True))]
+            self.stats.add("fitted_samples")
+            self.stats.add("tiles_removed", fit.tiles_removed)
+            changes = ", ".join(f"image {i}: {old - 1} -> {new - 1}"  # tiles besides the thumbnail
+                                for i, (old, new) in enumerate(zip(asked, fit.image_tiles, strict=True)) if old != new)
+            logger.warning(
+                "Fitted sample%s into max_length=%d by lowering its image tiles (fit_tiles=True; tiles besides "
+                "the thumbnail): %s; %d -> %d tokens, every turn kept.",
+                describe_sample(sample), self.max_length, changes, fit.full_tokens, fit.tokens,
             )
+        return fit, images
+
+    def _reject(self, sample: dict[str, Any], fit: Fit) -> None:
+        """Raise, or count and log, a sample the length policy rejected (``on_too_long``)."""
+        fix = ""
+        if fit.first_exchange_tokens > self.max_length:
             reason = (
-                f"sample{self._describe(sample)} is too long: its first exchange needs {first_end} tokens "
-                f"(the whole sample {len(encoded.input_ids)}) but max_length is {self.max_length}. "
+                f"sample{describe_sample(sample)} is too long: its first exchange needs {fit.first_exchange_tokens} "
+                f"tokens (the whole sample {fit.full_tokens}) but max_length is {self.max_length}. "
                 "Raise max_length, lower max_tiles / num_frames for this data, or shorten the text."
             )
-            if self.on_too_long == "raise":
-                raise ValueError(reason)
-            self.stats.add("rejected_too_long")
-            logger.warning("Skipping %s", reason)
-            return 0
-        if not self.truncate_turns:
-            reason = (f"sample{self._describe(sample)} has {len(encoded.input_ids)} tokens > max_length "
+        else:
+            reason = (f"sample{describe_sample(sample)} has {fit.full_tokens} tokens > max_length "
                       f"{self.max_length} and truncate_turns=False.")
-            if self.on_too_long == "raise":
-                raise ValueError(reason + " Raise max_length or allow truncate_turns.")
-            self.stats.add("rejected_too_long")
-            logger.warning("Skipping %s", reason)
-            return 0
-        return best
+            fix = " Raise max_length or allow truncate_turns."
+        if self.on_too_long == "raise":
+            raise ValueError(reason + fix)
+        self.stats.add("rejected_too_long")
+        logger.warning("Skipping %s", reason)
 
     def _pixels(self, sample: dict[str, Any], kind: str, index: int) -> tuple[torch.Tensor, int]:
         """The pixels of ``sample``'s ``index``-th image / video; a media error names the sample and entry."""
@@ -366,15 +332,8 @@ class PLMCollator:
                 return self.pixels.image(entry, budget, tiling)
             return self.pixels.video(entry, sample.get("num_frames"))
         except ValueError as err:
-            where = self._describe(sample).strip() or "a sample without an id"
+            where = describe_sample(sample).strip() or "a sample without an id"
             raise ValueError(f"{where}, {kind}s[{index}]: {err}") from err
-
-    @staticmethod
-    def _describe(sample: dict[str, Any]) -> str:
-        for key in ("id", "sample_id", "image_id", "uid"):
-            if sample.get(key) is not None:
-                return f" {key}={sample[key]!r}"
-        return ""
 
     # ---------------------------------------------------------------- the batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

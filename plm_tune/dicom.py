@@ -1,11 +1,13 @@
 """DICOM files -> 8-bit RGB frames, rendered the way a radiologist's viewer shows them.
 
-Greyscale (DICOM PS3.4 N.2): stored values -> Modality LUT (rescale slope / intercept or a LUT: Hounsfield
-units for CT) -> VOI (the file's window centre / width or VOI LUT; a min-max stretch when it has neither)
--> 8 bit, inverted for MONOCHROME1 (where the lowest value is shown white, as in many CR / DX radiographs).
-Enhanced multi-frame files keep rescale and window per frame in functional groups: they apply per frame.
-Colour: PALETTE COLOR through its palette, YBR_FULL / YBR_FULL_422 converted to RGB, RGB kept; deeper than
-8 bits keeps the top 8 bits.
+This module reads and checks the file (header, pixel data against the header and the file size, transfer
+syntax against the installed decoders) and decodes the stored values; ``plm_tune.dicom_render`` turns them into
+what a viewer shows. Greyscale (DICOM PS3.4 N.2): stored values -> Modality LUT (rescale slope / intercept or a
+LUT: Hounsfield units for CT) -> VOI (the file's window centre / width or VOI LUT; a min-max stretch when it has
+neither) -> 8 bit, inverted for MONOCHROME1 (where the lowest value is shown white, as in many CR / DX
+radiographs). Enhanced multi-frame files keep rescale and window per frame in functional groups: they apply
+per frame. Colour: PALETTE COLOR through its palette, YBR_FULL / YBR_FULL_422 converted to RGB, RGB kept;
+deeper than 8 bits keeps the top 8 bits.
 
     >>> frames = dicom_to_frames("chest.dcm")     # doctest: +SKIP
     >>> frames.shape, frames.dtype                 # doctest: +SKIP
@@ -23,22 +25,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from plm_tune.dicom_render import RenderError, render_colour, render_grey
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["DICOM_SUFFIXES", "DicomError", "dicom_frame_count", "dicom_to_frames", "is_dicom_path",
-           "read_dicom_header"]
+__all__ = ["DICOM_SUFFIXES", "DicomError", "dicom_frame_count", "dicom_image_size", "dicom_to_frames",
+           "dicom_video_frames", "is_dicom_path", "read_dicom_header"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 # Elements an image needs before its pixels can be decoded (PS3.3 C.7.6.3, Image Pixel Module).
 _IMAGE_TAGS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
                "PhotometricInterpretation")
-# What the greyscale pipeline reads; enhanced files override some of it per frame (PS3.3 C.7.6.16.2).
-_PIPELINE_TAGS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope",
-                  "RescaleIntercept", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
-                  "VOILUTSequence")
-_FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 _REEXPORT = "re-export the file from the PACS / modality, or skip it (on_error=\"skip\" in the adapters)."
 _INSTALL_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000)"
 
@@ -125,6 +124,35 @@ def dicom_frame_count(ds: Dataset) -> int:
     return max(count, 1)
 
 
+def dicom_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a DICOM file given as an image, from its header.
+
+    Raises:
+        DicomError: as ``read_dicom_header``.
+        ValueError: the file has several frames (a cine, ultrasound loop or multi-frame volume: a video).
+    """
+    header = read_dicom_header(path)
+    count = dicom_frame_count(header)
+    if count > 1:
+        raise ValueError(f"DICOM file '{os.fspath(path)}' has {count} frames (a cine, ultrasound loop or multi-frame "
+                         "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
+                         "{'type': 'video'} placeholder instead of 'images'.")
+    return int(header.Columns), int(header.Rows)
+
+
+def dicom_video_frames(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> int:
+    """Frames of a DICOM file given as a video: the whole series, from its header.
+
+    Raises:
+        DicomError: as ``read_dicom_header``.
+        ValueError: clip bounds were given (DICOM series have no time axis to cut).
+    """
+    if start is not None or end is not None:
+        raise ValueError(f"DICOM video '{os.fspath(path)}': clip bounds (start={start}, end={end}) are not supported "
+                         "for DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
+    return dicom_frame_count(read_dicom_header(path))
+
+
 def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,
                     frames: Sequence[int] | None = None) -> np.ndarray:
     """Render a DICOM image as a viewer would (see the module docstring) into 8-bit RGB frames.
@@ -172,13 +200,13 @@ def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,
     colour_space = properties["photometric_interpretation"]
     try:
         if colour_space in ("MONOCHROME1", "MONOCHROME2"):
-            grey = _render_grey(ds, stored, indices)  # (T, H, W)
+            grey = render_grey(ds, stored, indices)  # (T, H, W)
             if colour_space == "MONOCHROME1":
                 grey = 255 - grey
             return np.repeat(grey[..., None], 3, axis=-1)
-        return np.stack([_render_colour(ds, a, colour_space, properties["bits_stored"], name) for a in stored])
-    except DicomError:
-        raise
+        return np.stack([render_colour(ds, a, colour_space, properties["bits_stored"]) for a in stored])
+    except RenderError as err:
+        raise DicomError(name, err.reason, err.detail, err.fix or _REEXPORT) from err
     except Exception as err:  # malformed windows or LUTs surface as assorted pydicom / numpy errors
         raise DicomError(name, "corrupt header", f"rendering failed on its LUT or window values: "
                          f"{type(err).__name__}: {err}", _REEXPORT) from err
@@ -363,133 +391,3 @@ def _check_fragments(fp: BinaryIO, size: int, name: str) -> None:
                              f"bytes but the file ends {position + 8 + length - size} bytes short.", _REEXPORT)
         fp.seek(length, os.SEEK_CUR)
         fragments += 1
-
-
-# -------------------------------------------------------------------------------------------------- rendering
-def _render_grey(ds: Dataset, stored: list[np.ndarray], indices: list[int]) -> np.ndarray:
-    """Modality LUT, then VOI (or min-max), to uint8 ``(T, H, W)``."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    views = [_frame_view(ds, i) for i in indices]
-    values = [apply_modality_lut(array, view) for array, view in zip(stored, views, strict=True)]
-    # Without a window in the file, one min-max range for all rendered frames keeps a clip's brightness steady.
-    unwindowed = [value for value, view in zip(values, views, strict=True) if not _has_voi(view)]
-    low = min((float(v.min()) for v in unwindowed), default=0.0)
-    high = max((float(v.max()) for v in unwindowed), default=0.0)
-    rendered = []
-    for value, view in zip(values, views, strict=True):
-        if not _has_voi(view):
-            rendered.append(_to_uint8(value, low, high))
-            continue
-        if _has_voi_lut(view) and not np.issubdtype(value.dtype, np.integer):
-            value = np.rint(value).astype(np.int64)  # a VOI LUT is indexed by integer modality values
-        rendered.append(_to_uint8(apply_voi_lut(value, view), *_voi_output_range(view)))
-    return np.stack(rendered)
-
-
-def _frame_view(ds: Dataset, index: int) -> Dataset:
-    """The pipeline elements for one frame: top level, overridden by shared then per-frame functional groups."""
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if not shared and not per_frame:
-        return ds
-    from pydicom.dataset import Dataset
-
-    view = Dataset()
-    for tag in _PIPELINE_TAGS:
-        if tag in ds:
-            view[tag] = ds[tag]
-    # LUT data stored as OW is decoded with the file's byte order.
-    view.file_meta = getattr(ds, "file_meta", Dataset())
-    view.set_original_encoding(*ds.original_encoding)
-    groups = [shared[0] if shared else None, per_frame[index] if per_frame and index < len(per_frame) else None]
-    for group in groups:
-        for sequence in _FRAME_GROUPS:
-            if group is not None and group.get(sequence):
-                for element in group[sequence][0]:
-                    view[element.tag] = element
-    return view
-
-
-def _present(ds: Dataset, tag: str) -> bool:
-    value = ds.get(tag)
-    return value is not None and value != ""
-
-
-def _has_voi_lut(view: Dataset) -> bool:
-    sequence = view.get("VOILUTSequence")
-    return bool(sequence) and _present(sequence[0], "LUTDescriptor") and _present(sequence[0], "LUTData")
-
-
-def _has_voi(view: Dataset) -> bool:
-    return _has_voi_lut(view) or (_present(view, "WindowCenter") and _present(view, "WindowWidth"))
-
-
-def _voi_output_range(view: Dataset) -> tuple[float, float]:
-    """The range apply_voi_lut maps the VOI onto (the ends of the window), for scaling to 8 bit."""
-    if _has_voi_lut(view):  # apply_voi_lut prefers the LUT when both are present
-        return 0.0, float(2 ** int(view.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    # A window maps onto the full range the modality transform can output (PS3.3 C.11.2.1.2).
-    if view.get("ModalityLUTSequence"):
-        low, high = 0.0, float(2 ** int(view.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    elif int(view.PixelRepresentation) == 0:
-        low, high = 0.0, float(2 ** int(view.BitsStored) - 1)
-    else:
-        low, high = float(-(2 ** (int(view.BitsStored) - 1))), float(2 ** (int(view.BitsStored) - 1) - 1)
-    if _present(view, "RescaleSlope") and _present(view, "RescaleIntercept") and not view.get("ModalityLUTSequence"):
-        slope, intercept = float(view.RescaleSlope), float(view.RescaleIntercept)
-        low, high = low * slope + intercept, high * slope + intercept
-    return low, high
-
-
-def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Linear map of ``[low, high]`` onto 0..255 (``low > high`` inverts), clipped and rounded."""
-    if high == low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (np.asarray(values, dtype=np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _render_colour(ds: Dataset, array: np.ndarray, colour_space: str, bits_stored: int, name: str) -> np.ndarray:
-    """One colour frame to uint8 ``(H, W, 3)``."""
-    from pydicom.pixels import apply_color_lut, convert_color_space
-
-    if colour_space == "PALETTE COLOR":
-        rgb = apply_color_lut(array, _palette_view(ds))[..., :3]  # drop alpha when the palette has one
-        bits = rgb.dtype.itemsize * 8
-    elif colour_space in ("YBR_FULL", "YBR_FULL_422"):
-        if array.dtype != np.uint8:
-            raise DicomError(name, "unsupported image type", f"{colour_space} with {bits_stored}-bit samples; "
-                             "only 8-bit YBR is converted to RGB.", "convert it to RGB before training.")
-        rgb, bits = convert_color_space(array, colour_space, "RGB"), 8
-    elif colour_space in ("RGB", "YBR_ICT", "YBR_RCT"):
-        rgb, bits = array, int(bits_stored)  # JPEG 2000 decoders undo ICT / RCT themselves: this is RGB
-    else:
-        raise DicomError(name, "unsupported image type", f"photometric interpretation {colour_space!r}; "
-                         "supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL(_422), YBR_ICT, YBR_RCT.",
-                         "convert it to RGB before training.")
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise DicomError(name, "corrupt header", f"a colour frame decoded to shape {rgb.shape}, not (H, W, 3).",
-                         _REEXPORT)
-    # Keep the top 8 bits: data written from 8-bit sources as v*256 or v*257 maps back to exactly v.
-    return (rgb >> (bits - 8)).astype(np.uint8) if bits > 8 else rgb.astype(np.uint8)
-
-
-def _palette_view(ds: Dataset) -> Dataset:
-    """Palette LUTs as apply_color_lut reads them: pydicom 3.0 takes (unsegmented) 16-bit LUT data as little
-    endian whatever the file's byte order, so a big-endian file's tables are byte-swapped here."""
-    if ds.original_encoding[1] is not False or "RedPaletteColorLookupTableData" not in ds:
-        return ds
-    from pydicom.dataset import Dataset
-
-    view = Dataset()
-    for colour in ("Red", "Green", "Blue", "Alpha"):
-        descriptor, data = f"{colour}PaletteColorLookupTableDescriptor", f"{colour}PaletteColorLookupTableData"
-        if descriptor in ds:
-            view[descriptor] = ds[descriptor]
-        if data in ds:
-            entries = ds[descriptor].value[0] or 2**16
-            raw = ds[data].value
-            swapped = np.frombuffer(raw, ">u2").astype("<u2").tobytes() if len(raw) == 2 * entries else raw
-            view.add_new(data, "OW", swapped)
-    return view

@@ -1,11 +1,14 @@
-"""Decoding media entries of a canonical sample into pixels.
+"""Media entries of a canonical sample: decoded into pixels, or measured from their headers alone.
 
 Images become RGB ``PIL.Image``s; videos become ``(T, H, W, 3)`` uint8 arrays of sampled frames.
 Videos are decoded with PyAV (transformers' own loader needs torchcodec, which we do not require).
+This is the one module that opens media files: ``image_size``, ``video_duration`` and ``video_frame_count``
+read headers only (PIL's lazy open, PyAV's container metadata, pydicom's header), for the adapters' checks
+and for cost estimates (``plm_tune.costs``); their errors are ``MediaError``s with a stable ``reason``.
 
 Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
 a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
-its frames); decoding (``load_video``) and header-only counting (``plm_tune.plan``) both call it.
+its frames); decoding (``load_video``) and header-only counting (``plm_tune.costs``) both call it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,26 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from plm_tune.dicom import dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
+from plm_tune.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
+from plm_tune.frame_selection import pick_uniform, select_frame_indices
 
 __all__ = [
     "as_viewed", "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform",
-    "read_image_entry", "select_frame_indices", "viewed_size",
+    "read_image_entry", "select_frame_indices", "viewed_size", "MediaError", "image_size", "video_duration",
+    "video_frame_count",
 ]
 
 T = TypeVar("T")
+
+
+class MediaError(ValueError):
+    """A media file that cannot be read: ``reason`` is a short stable code (``"missing file"``, ``"unreadable
+    video"``, ...) the adapters group skipped records by; ``detail`` names the file, ``fix`` the remedy."""
+
+    def __init__(self, reason: str, detail: str, fix: str = "") -> None:
+        self.reason, self.detail, self.fix = reason, detail, fix
+        super().__init__(f"{detail} {fix}" if fix else detail)
+
 
 def describe_media(entry: Any) -> str:
     """A short human description of a media entry, for error messages."""
@@ -151,84 +166,6 @@ def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dico
                      "use a PIL image, a file path or encoded bytes.")
 
 
-def select_frame_indices(total_frames: int, fps: float, start: float | None, end: float | None,
-                         max_frames: int) -> list[int]:
-    """The frame indices PLM's trainer decodes from a clip: the one rule for decoding and for counting.
-
-    Meta's rule (perception_models ``core/transforms/video_transform.py``, ``VideoTransform.load_video`` and
-    ``uniform_sample``), on frame indices, never timestamps:
-
-    1. the clip is frames ``int(start * fps)`` .. ``int(end * fps)`` (whole video when unset; the end clamped
-       to the last frame); a clip whose two ends fall on the same frame is widened to that frame and the next;
-    2. candidates at 1 frame per second: every ``round(fps)``-th frame from the clip's first;
-    3. more candidates than ``max_frames``: ``max_frames`` of them, the i-th at ``int(round(i * stride))``
-       with ``stride = (candidates - 1) / (max_frames - 1)`` (Python's ``round``, as the trainer);
-    4. fewer candidates than ``max_frames`` (a short clip): ``max_frames`` frames picked the same way over
-       every frame of the clip (all of them when the clip has fewer);
-    5. exactly ``max_frames`` candidates: all of them.
-
-    Where the trainer would fail we decide instead: ``end`` before ``start`` is refused (the trainer swaps
-    them silently; a reversed clip is usually a data error), a start past the last frame is refused (the
-    trainer would ask for frames that do not exist), a one-frame clip at the very last frame stays one frame
-    (the trainer would ask for the frame after it), and ``fps`` under 0.5 uses a stride of 1 (the trainer's
-    ``round(fps)`` would be 0).
-
-    Args:
-        total_frames: frames in the video (its stream's frame count).
-        fps: its average frame rate.
-        start, end: the clip in seconds (None: the video's first / last frame).
-        max_frames: the most frames to pick (PLM: 32).
-
-    Returns:
-        Strictly increasing frame indices in ``[0, total_frames)``.
-
-    Raises:
-        ValueError: no frames, a non-positive fps or ``max_frames``, ``end < start``, a start past the end.
-
-    >>> select_frame_indices(250, 25.0, None, None, 4)      # 10 s at 25 fps: 1 fps candidates, 4 of 10 picked
-    [0, 75, 150, 225]
-    >>> len(select_frame_indices(125, 25.0, None, None, 32))  # 5 s: 5 candidates < 32, so 32 of its 125 frames
-    32
-    """
-    if total_frames < 1:
-        raise ValueError("The video has no frames.")
-    if max_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {max_frames}.")
-    if not fps > 0:
-        raise ValueError(f"The video's frame rate must be positive, got {fps}.")
-    if start is not None and end is not None and end < start:
-        raise ValueError(f"Clip end ({end}s) is before its start ({start}s). Swap or fix the times.")
-    last = total_frames - 1
-    first = 0 if start is None else int(start * fps)
-    if first > last:
-        raise ValueError(f"Clip start {start}s is past the end of the video ({total_frames} frames at "
-                         f"{fps:g} fps: {total_frames / fps:.2f}s).")
-    stop = last if end is None else min(int(end * fps), last)
-    if stop == first:
-        stop = min(first + 1, last)
-    candidates = list(range(first, stop + 1, max(1, round(fps))))
-    if len(candidates) > max_frames:
-        return [candidates[i] for i in uniform_indices(len(candidates), max_frames)]
-    if len(candidates) < max_frames:
-        span = stop - first + 1
-        return [first + i for i in uniform_indices(span, min(span, max_frames))]
-    return candidates
-
-
-def uniform_indices(total: int, wanted: int) -> list[int]:
-    """``wanted <= total`` indices over ``total`` items, first and last kept: PLM's ``uniform_sample``."""
-    stride = (total - 1) / (wanted - 1) if wanted > 1 else 0
-    return [int(round(i * stride)) for i in range(wanted)]
-
-
-def pick_uniform(total: int, wanted: int) -> list[int]:
-    """Indices of ``wanted`` items spread uniformly over ``total`` (all of them when fewer), ends kept.
-
-    For frames given directly and DICOM cines, which have no frame rate: PLM's ``uniform_sample`` rounding.
-    """
-    return uniform_indices(total, min(total, wanted)) if total > 0 else []
-
-
 def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
     """Decode one video entry into sampled frames.
 
@@ -294,7 +231,7 @@ def _frames_from_array_or_images(entry: Any) -> np.ndarray:
 def require_video_file(path: str) -> None:
     """Raise a ValueError naming ``path`` and the fix when the video file does not exist."""
     if not os.path.exists(path):
-        raise ValueError(f"Video file '{path}' does not exist. Fix the path in your data, "
+        raise MediaError("missing file", f"Video file '{path}' does not exist.", "Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
 
 
@@ -303,24 +240,26 @@ def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
     """``(container, first video stream)`` of a video file opened with PyAV (nothing decoded yet).
 
     Raises:
-        ValueError: the file cannot be opened or has no video stream; the message names it and the fix.
+        MediaError: the file cannot be opened or has no video stream; the message names it and the fix.
     """
     import av  # noqa: PLC0415 - imported lazily: only video users pay for it
 
     try:
         container = av.open(path)
     except Exception as err:  # av raises its own error hierarchy for bad containers
-        raise ValueError(f"Could not open video '{path}': {err}. Re-encode it (e.g. H.264 MP4).") from err
+        raise MediaError("unreadable video", f"Could not open video '{path}': {err}.",
+                         "Re-encode it (e.g. H.264 MP4).") from err
     with container:
         if not container.streams.video:
-            raise ValueError(f"'{path}' has no video stream.")
+            raise MediaError("no video frames", f"'{path}' has no video stream.",
+                             "Re-export the video (an empty or audio-only file).")
         yield container, container.streams.video[0]
 
 
 def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
     require_video_file(path)
     if is_dicom_path(path):
-        return _load_dicom_video(path, start, end, num_frames)
+        return dicom_to_frames(path, frames=pick_uniform(dicom_video_frames(path, start, end), num_frames))
     with open_video_stream(path) as (container, stream):
         indices = clip_frame_indices(container, stream, path, start, end, num_frames)
         frames = _decode_indices(container, stream, indices, path)
@@ -402,18 +341,95 @@ def _decode_indices(container: Any, stream: Any, indices: list[int], path: str) 
 
 def _load_dicom_image(path: str) -> Image.Image:
     """A single-frame ``.dcm`` rendered as a viewer shows it (window, MONOCHROME1 inversion, colour)."""
-    count = dicom_frame_count(read_dicom_header(path))  # before decoding: a cine can hold hundreds of frames
-    if count > 1:
-        raise ValueError(f"DICOM file '{path}' has {count} frames (a cine, ultrasound loop or multi-frame "
-                         "volume), so it is a video, not an image. Put it in the sample's 'videos' with a "
-                         "{'type': 'video'} placeholder instead of 'images'.")
+    dicom_image_size(path)  # one frame, checked before decoding: a cine can hold hundreds
     return Image.fromarray(dicom_to_frames(path)[0])
 
 
-def _load_dicom_video(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
-    """``num_frames`` frames of a multi-frame ``.dcm``, picked uniformly with both ends kept."""
-    if start is not None or end is not None:
-        raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported for "
-                         "DICOM files. Remove 'start' / 'end' from the entry to use the whole series.")
-    count = dicom_frame_count(read_dicom_header(path))
-    return dicom_to_frames(path, frames=pick_uniform(count, num_frames))
+# ------------------------------------------------------------------------------------------ headers only
+def image_size(entry: Any) -> tuple[int, int]:
+    """``(width, height)`` of an image entry from its header only (the pixels are not decoded).
+
+    Args:
+        entry: as ``load_image``: a PIL image, a path (``.dcm`` included), bytes, or a ``{"bytes", "path"}`` dict.
+
+    Raises:
+        ValueError: a missing file, an unreadable header, an empty image, a multi-frame DICOM given as an
+            image; the message names the entry and the fix.
+    """
+    width, height = read_image_entry(entry, viewed_size, dicom_image_size, reading="read the header of")
+    if width < 1 or height < 1:
+        raise ValueError(f"Image {describe_media(entry)} has size {width}x{height}. Re-export the image.")
+    return width, height
+
+
+def video_duration(path: str) -> float:
+    """A video file's duration in seconds from its container header (0.0 when not recorded); no frame decoded.
+
+    Raises:
+        MediaError: the file is missing (``"missing file"``), cannot be opened (``"unreadable video"``), has
+            no video frames (``"no video frames"``), or its packets stop well before the duration its header
+            gives (``"truncated video"``: a cut download; this reads the packets of the last second).
+    """
+    require_video_file(path)
+    with open_video_stream(path) as (container, stream):
+        duration = _duration_seconds(container, stream)
+        if stream.frames == 0 and duration <= 0:
+            raise MediaError("no video frames", f"'{path}' has a video stream with no frames.",
+                             "Re-export the video.")
+        if duration > 0:
+            _check_packets_reach_end(container, stream, duration, path)
+    return duration
+
+
+def _check_packets_reach_end(container: Any, stream: Any, duration: float, path: str) -> None:
+    """``MediaError("truncated video")`` when the packets stop well before the header's duration (a cut
+    download or copy).
+
+    Reads packets (not frames) from the keyframe before the last second: a header written first (MP4
+    ``faststart``) keeps promising frames that a truncated file no longer has.
+    """
+    import av  # noqa: PLC0415 - imported lazily: only video users pay for it
+
+    slack = 1.5 / float(stream.average_rate) if stream.average_rate else 0.5
+    last = None
+    try:
+        container.seek(int(max(0.0, duration - 1.0) / stream.time_base), stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                end = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+                last = end if last is None else max(last, end)
+    except (av.FFmpegError, OSError, ValueError):
+        pass  # judged by the packets read before the error
+    if last is None or last < duration - slack:
+        where = "no packets near its end" if last is None else f"packets stop at {last:.2f}s"
+        raise MediaError("truncated video", f"'{path}' header says {duration:.2f}s, but {where}.",
+                         "Re-download or re-encode the file.")
+
+
+def video_frame_count(entry: Any, num_frames: int) -> int:
+    """Frames ``load_video`` will return for a video entry, from metadata only (no decode).
+
+    Args:
+        entry: as ``load_video``: a path (``.dcm`` included), ``{"path", "start", "end"}``, a ``(T, H, W, 3)``
+            array or a list of frames.
+        num_frames: the most frames to sample.
+
+    Raises:
+        ValueError: a missing or unreadable file, a bad clip, an empty frame list.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    if isinstance(entry, np.ndarray):
+        if entry.ndim != 4 or entry.shape[0] == 0:
+            raise ValueError(f"Video frames must be a non-empty (T, H, W, 3) array, got shape {tuple(entry.shape)}.")
+        return len(pick_uniform(entry.shape[0], num_frames))
+    if is_frames(entry):
+        if len(entry) == 0:
+            raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")
+        return len(pick_uniform(len(entry), num_frames))
+    path, start, end = video_file(entry)
+    require_video_file(path)
+    if is_dicom_path(path):
+        return len(pick_uniform(dicom_video_frames(path, start, end), num_frames))
+    with open_video_stream(path) as (container, stream):
+        return len(clip_frame_indices(container, stream, path, start, end, num_frames))

@@ -1,18 +1,12 @@
-"""Plan before you train: exact per-sample token counts from media headers, padding waste, peak memory.
+"""Plan before you train: the token distribution, padding waste and peak memory of a dataset, from headers.
 
-``estimate_cost`` gives the exact sequence length the collator will build for a sample, without decoding a
-pixel: image sizes come from file headers (``PIL.Image.open(...).size``, lazy), DICOM sizes and frame counts
-from their headers (pydicom, ``stop_before_pixels``), video durations from container metadata (PyAV, no
-decode). Tile grids are chosen by PLM's own image processor code (its canvas-fitting methods, on the size
-alone); frame counts follow ``plm_tune.media``'s sampling; the text goes through the collator's own
-``ConversationEncoder`` and its ``max_length`` policy (trailing turns dropped, sample rejected, or tiles
-lowered with ``fit_tiles``). ``plan_dataset`` runs it over a dataset and reports the token distribution,
-over-length samples and padding waste with random, length-grouped and packed batches.
+Each sample's cost comes from ``plm_tune.costs`` (exact, media headers only, under the collator's
+``max_length`` policy). ``plan_dataset`` runs it over a dataset and reports the token distribution,
+over-length samples and padding waste with random, length-grouped and packed batches; ``plan_report`` adds
+the peak memory of the configured method (``plm_tune.memory``) and is what ``plm-tune plan`` prints.
 
 Example:
     >>> collator = PLMCollator(processor, max_length=4096, max_tiles=16)        # doctest: +SKIP
-    >>> estimate_cost(sample, collator).tokens == len(collator.encode(sample).input_ids)   # doctest: +SKIP
-    True
     >>> print(plan_dataset(dataset, collator, batch_size=8).report())          # doctest: +SKIP
 """
 
@@ -24,246 +18,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from plm_tune.collator import PLMCollator
-from plm_tune.dicom import dicom_frame_count, is_dicom_path, read_dicom_header
-from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.media import (
-    clip_frame_indices,
-    is_frames,
-    open_video_stream,
-    pick_uniform,
-    read_image_entry,
-    require_video_file,
-    video_file,
-    viewed_size,
-)
+from plm_tune.costs import CostEstimator, SampleEstimate
 from plm_tune.memory import MemoryEstimate
-from plm_tune.sample import normalize_messages
+from plm_tune.sample import describe_sample
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 
-__all__ = ["SampleEstimate", "Plan", "estimate_cost", "plan_dataset", "plan_report", "image_size", "video_frame_count"]
-
-Outcome = Literal["fits", "truncated", "fitted", "rejected"]
-
-
-@dataclass
-class SampleEstimate:
-    """What the collator will make of one sample, known without decoding its media.
-
-    ``tokens``, ``tiles``, ``frames`` and the other counts describe the sample after the collator's
-    ``max_length`` policy (0 for a rejected sample); ``full_tokens`` is its length before the policy.
-    """
-
-    tokens: int  # sequence length (== len(collator.encode(sample).input_ids))
-    text_tokens: int  # tokens that are not image / video placeholders
-    media_tokens: int  # image and video placeholder tokens
-    labelled_tokens: int  # tokens with a label (the loss is computed on these)
-    tiles: int  # image tiles, thumbnails included (== sum of the pixel tensors' first dims)
-    frames: int  # video frames
-    images: int  # images kept
-    videos: int  # videos kept
-    full_tokens: int  # length before the max_length policy
-    outcome: Outcome = "fits"  # what the max_length policy did
-    dropped_turns: int = 0  # messages dropped (outcome "truncated")
-    tiles_removed: int = 0  # tiles lowered away (outcome "fitted")
-
-    @property
-    def cost(self) -> tuple[int, int]:
-        """``(tokens, tiles + frames)``: the key ``LengthGroupedBatchSampler`` groups by."""
-        return (self.tokens, self.tiles + self.frames)
-
-
-# ------------------------------------------------------------------------------------------ media headers
-def image_size(entry: Any) -> tuple[int, int]:
-    """``(width, height)`` of an image entry from its header only (the pixels are not decoded).
-
-    Args:
-        entry: what ``plm_tune.media.load_image`` takes: a PIL image, a path (``.dcm`` included), bytes, or a
-            ``{"bytes", "path"}`` dict.
-
-    Raises:
-        ValueError: a missing file, an unreadable header, a multi-frame DICOM given as an image; the message
-            names the entry and the fix.
-    """
-
-    def dicom_size(path: str) -> tuple[int, int]:
-        header = read_dicom_header(path)
-        count = dicom_frame_count(header)
-        if count > 1:
-            raise ValueError(f"DICOM file '{path}' has {count} frames, so it is a video, not an image. Put "
-                             "it in the sample's 'videos' with a {'type': 'video'} placeholder.")
-        return int(header.Columns), int(header.Rows)
-
-    return read_image_entry(entry, viewed_size, dicom_size, reading="read the header of")
-
-
-def video_frame_count(entry: Any, num_frames: int) -> int:
-    """Frames ``plm_tune.media.load_video`` will return for a video entry, from metadata only (no decode).
-
-    Args:
-        entry: a path (``.dcm`` included), ``{"path", "start", "end"}``, a ``(T, H, W, 3)`` array or a list of
-            frames.
-        num_frames: the most frames to sample.
-
-    Raises:
-        ValueError: a missing or unreadable file, a bad clip, an empty frame list.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
-    if isinstance(entry, np.ndarray):
-        if entry.ndim != 4 or entry.shape[0] == 0:
-            raise ValueError(f"Video frames must be a non-empty (T, H, W, 3) array, got shape {tuple(entry.shape)}.")
-        return len(pick_uniform(entry.shape[0], num_frames))
-    if is_frames(entry):
-        if len(entry) == 0:
-            raise ValueError("Video given as an empty list of frames: a video needs at least one frame.")
-        return len(pick_uniform(len(entry), num_frames))
-    return _video_file_frames(*video_file(entry), num_frames)
-
-
-def _video_file_frames(path: str, start: float | None, end: float | None, num_frames: int) -> int:
-    require_video_file(path)
-    if is_dicom_path(path):
-        if start is not None or end is not None:
-            raise ValueError(f"DICOM video '{path}': clip bounds (start={start}, end={end}) are not supported "
-                             "for DICOM files. Remove 'start' / 'end' from the entry.")
-        return len(pick_uniform(dicom_frame_count(read_dicom_header(path)), num_frames))
-    with open_video_stream(path) as (container, stream):
-        return len(clip_frame_indices(container, stream, path, start, end, num_frames))
-
-
-# ------------------------------------------------------------------------------------------ one sample
-class _Geometry:
-    """Tile counts and tokens per tile / frame of one collator, from image sizes alone."""
-
-    def __init__(self, collator: PLMCollator) -> None:
-        pixels = collator.pixels
-        self.pixels = pixels
-        tile = pixels.image_processor.tile_size
-        self.image_tokens = pixels.tokens_per_tile(tile, tile)
-        size = pixels.video_processor.size
-        height, width = (size["height"], size["width"]) if isinstance(size, Mapping) else (size.height, size.width)
-        self.frame_tokens = pixels.tokens_per_tile(height, width)
-        self._cache: dict[tuple[int, int, int], int] = {}
-
-    def tiles(self, size: tuple[int, int], budget: int, vision_input_type: str = "thumb+tile") -> int:
-        """Tiles PLM's image processor makes of a ``size`` image with ``budget`` tiles (thumbnail included)."""
-        if vision_input_type == "vanilla":
-            return 1
-        key = (*size, budget)
-        if key not in self._cache:
-            # The processor's own grid choice (PerceptionLMImageProcessor.resize): fit the image on the canvas
-            # that upsamples it most, else the closest aspect ratio; both read the budget from the attribute.
-            processor = self.pixels._image_processor_for(budget)
-            width, height = size
-            if budget > 1:
-                tile = processor.tile_size
-                grid = processor._fit_image_to_canvas(img_width=width, img_height=height, tile_size=tile)
-                grid = grid or processor._find_closest_aspect_ratio(img_width=width, img_height=height, tile_size=tile)
-            else:
-                grid = (1, 1)
-            self._cache[key] = 1 + grid[0] * grid[1]  # the thumbnail, then the grid
-        return self._cache[key]
-
-
-def estimate_cost(sample: dict[str, Any], collator: PLMCollator, *, _geometry: _Geometry | None = None) -> SampleEstimate:
-    """What ``collator.encode(sample)`` will produce, from media headers only.
-
-    Exact: ``tokens == len(collator.encode(sample).input_ids)`` and ``tiles`` / ``frames`` equal the first dims
-    of its pixel tensors, under the collator's ``max_length``, ``fit_tiles``, ``truncate_turns``, ``max_tiles``,
-    ``num_frames`` and ``vision_input_type`` (a sample's own ``max_tiles`` / ``num_frames`` keys included).
-    Nothing is counted in ``collator.stats`` and nothing is logged.
-
-    Args:
-        sample: a canonical sample (``plm_tune.sample``).
-        collator: the training collator.
-
-    Returns:
-        A ``SampleEstimate``; a sample the collator would reject has ``outcome="rejected"`` and 0 tokens.
-
-    Raises:
-        ValueError: a malformed sample or an unreadable media header, naming the entry.
-
-    Example:
-        >>> estimate_cost({"messages": [...], "images": ["scan.png"]}, collator)   # doctest: +SKIP
-        SampleEstimate(tokens=9586, text_tokens=114, media_tokens=9472, ..., tiles=37, frames=0, ...)
-    """
-    geometry = _geometry or _Geometry(collator)
-    turns = normalize_messages(sample)
-    tiling, budget = collator.pixels.image_budget(sample)  # the collator's own tiling decision
-    sizes = [image_size(entry) for entry in sample.get("images") or []]
-    tiles = [geometry.tiles(size, budget, tiling) for size in sizes]
-    frames = [video_frame_count(entry, sample.get("num_frames") or collator.pixels.num_frames)
-              for entry in sample.get("videos") or []]
-
-    def encode(kept_turns: list, image_tiles: list[int]):
-        counts = {"image": [t * geometry.image_tokens for t in image_tiles],
-                  "video": [f * geometry.frame_tokens for f in frames]}
-        return collator.encoder.encode(kept_turns, counts, train_on=collator.train_on)
-
-    encoded = encode(turns, tiles)
-    full = len(encoded.input_ids)
-    limit = collator.max_length
-    outcome: Outcome = "fits"
-    dropped = removed = 0
-    kept = {"image": set(range(len(tiles))), "video": set(range(len(frames)))}
-    if limit is not None and full > limit and collator.fit_tiles and tiles and tiling == "thumb+tile":
-        fitted = _fit_tiles(sizes, tiles, geometry, lambda t: len(encode(turns, t).input_ids) <= limit)
-        if fitted is not None:
-            removed = sum(tiles) - sum(fitted)
-            tiles, encoded, outcome = fitted, encode(turns, fitted), "fitted"
-    if limit is not None and len(encoded.input_ids) > limit:
-        keep = _turns_that_fit(turns, encoded, limit) if collator.truncate_turns else 0
-        if keep == 0 or not collator.truncate_turns:
-            return SampleEstimate(0, 0, 0, 0, 0, 0, 0, 0, full_tokens=full, outcome="rejected")
-        dropped = len(turns) - keep
-        turns = turns[:keep]
-        kept = {k: {p.index for t in turns for p in t.parts if p.kind == k} for k in ("image", "video")}
-        encoded, outcome = encode(turns, tiles), "truncated"
-    media_ids = set(collator.encoder.media_ids.values())
-    media = sum(1 for token in encoded.input_ids if token in media_ids)
-    return SampleEstimate(
-        tokens=len(encoded.input_ids),
-        text_tokens=len(encoded.input_ids) - media,
-        media_tokens=media,
-        labelled_tokens=sum(1 for label in encoded.labels if label != IGNORE_INDEX),
-        tiles=sum(t for i, t in enumerate(tiles) if i in kept["image"]),
-        frames=sum(f for i, f in enumerate(frames) if i in kept["video"]),
-        images=len(kept["image"]),
-        videos=len(kept["video"]),
-        full_tokens=full,
-        outcome=outcome,
-        dropped_turns=dropped,
-        tiles_removed=removed,
-    )
-
-
-def _fit_tiles(sizes, tiles: list[int], geometry: _Geometry, fits) -> list[int] | None:
-    """The collator's ``fit_tiles`` ladder on tile counts: the largest grid lowered first, one size at a time."""
-    floor = [geometry.tiles(size, 1) for size in sizes]
-    if not fits(floor):
-        return None
-    fitted = tiles
-    while (cap := max(t - 1 for t in fitted) - 1) > 1:
-        fitted = [geometry.tiles(size, cap) if t - 1 > cap else t for size, t in zip(sizes, fitted, strict=True)]
-        if fits(fitted):
-            return fitted
-    return floor
-
-
-def _turns_that_fit(turns: list, encoded: Any, limit: int) -> int:
-    """Leading messages the collator keeps: whole exchanges (ending on an assistant turn) within ``limit``."""
-    offset = 1 if turns[0].role == "system" else 0
-    best = 0
-    for i, (_, end) in enumerate(encoded.blocks):
-        if end > limit:
-            break
-        if turns[i + offset].role == "assistant":
-            best = i + offset + 1
-    return best
+__all__ = ["Plan", "plan_dataset", "plan_report"]
 
 
 # ------------------------------------------------------------------------------------------ a dataset
@@ -387,14 +150,14 @@ def plan_dataset(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    geometry = _Geometry(collator)
+    estimator = CostEstimator(collator)
     estimates, skipped = [], []
     total = len(samples) if hasattr(samples, "__len__") else None
     for index, sample in enumerate(tqdm(samples, total=total, desc="plan", unit="sample", disable=not progress)):
         try:
-            estimates.append(estimate_cost(sample, collator, _geometry=geometry))
+            estimates.append(estimator.estimate(sample))
         except (ValueError, OSError) as err:
-            where = f"sample {index}{PLMCollator._describe(sample) if isinstance(sample, dict) else ''}"
+            where = f"sample {index}{describe_sample(sample) if isinstance(sample, dict) else ''}"
             if on_error == "raise":
                 raise ValueError(f"{where}: {err} (plan with on_error='skip' to list every bad sample)") from err
             skipped.append(f"{where}: {err}")
@@ -464,15 +227,15 @@ def plan_report(
     labelled = sum(e.labelled_tokens for e in sorted(plan.kept, key=lambda e: e.cost, reverse=True)[:batch_size])
     if seq_len == 0:
         return plan.report()
-    geometry = _Geometry(collator)
+    tile_tokens = CostEstimator(collator).image_tokens
     common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(freeze), lora_r=lora_r,
                   lora_dropout=lora_dropout, lora_targets=lora_targets,
                   gradient_checkpointing=gradient_checkpointing)
     note = ""
     plm_seq = seq_len
-    if geometry.image_tokens != PLM_TOKENS_PER_TILE:
+    if tile_tokens != PLM_TOKENS_PER_TILE:
         plm_seq = max(e.text_tokens + (e.tiles + e.frames) * PLM_TOKENS_PER_TILE for e in plan.kept)
-        note = (f"this processor makes {geometry.image_tokens} tokens per tile, PLM's {PLM_TOKENS_PER_TILE}: "
+        note = (f"this processor makes {tile_tokens} tokens per tile, PLM's {PLM_TOKENS_PER_TILE}: "
                 f"1B/3B/8B rows at {plm_seq:,} tokens per row")
     rows = {}
     for size in PLM_SIZES:

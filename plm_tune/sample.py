@@ -32,7 +32,7 @@ from typing import Any, Literal
 from plm_tune.media import describe_media, load_image, load_video
 
 __all__ = [
-    "validate_sample", "Part", "Turn", "normalize_messages", "ROLES", "bad_text", "sample_columns",
+    "validate_sample", "Part", "Turn", "normalize_messages", "describe_sample", "ROLES", "bad_text", "sample_columns",
     "sample_features", "table_messages", "to_table",
 ]
 
@@ -57,11 +57,21 @@ class Turn:
     parts: tuple[Part, ...]
 
 
-def _sample_id(sample: dict[str, Any]) -> str:
+def describe_sample(sample: dict[str, Any]) -> str:
+    """``" key=value"`` naming a sample in messages (its ``id``, ``sample_id``, ``image_id`` or ``uid``), or ``""``.
+
+    >>> "sample" + describe_sample({"id": "scan-7", "messages": []})
+    "sample id='scan-7'"
+    """
     for key in ("id", "sample_id", "image_id", "uid"):
         if sample.get(key) is not None:
-            return f"sample {key}={sample[key]!r}: "
+            return f" {key}={sample[key]!r}"
     return ""
+
+
+def _sample_id(sample: dict[str, Any]) -> str:
+    name = describe_sample(sample)
+    return f"sample{name}: " if name else ""
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")

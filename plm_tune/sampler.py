@@ -5,9 +5,11 @@ or a 32-frame video is thousands. Random batches pad every row to the longest on
 works like transformers' ``LengthGroupedSampler``: shuffle, cut into mega-batches, sort each mega-batch by
 cost, cut into batches, shuffle the batch order. Batches stay random across the epoch but homogeneous inside.
 
+Costs come from ``plm_tune.costs`` (``sample_cost``, ``dataset_costs``: media headers only).
+
 Example:
     >>> collator = PLMCollator(processor, max_length=4096)                       # doctest: +SKIP
-    >>> costs = [sample_cost(s, collator) for s in dataset]                       # doctest: +SKIP
+    >>> costs = dataset_costs(dataset, collator)                                  # doctest: +SKIP
     >>> sampler = LengthGroupedBatchSampler(costs, batch_size=8, seed=0)          # doctest: +SKIP
     >>> loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)  # doctest: +SKIP
     >>> for epoch in range(3):                                                    # doctest: +SKIP
@@ -19,43 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
-from plm_tune.collator import PLMCollator
+__all__ = ["GroupedOrder", "LengthGroupedBatchSampler", "padding_fraction"]
 
-__all__ = ["GroupedOrder", "LengthGroupedBatchSampler", "padding_fraction", "sample_cost"]
-
-Cost = tuple[int, int]  # (tokens, tiles + frames)
-
-
-def sample_cost(sample: dict[str, Any], collator: PLMCollator) -> Cost:
-    """The cost of one canonical sample as ``collator`` would encode it.
-
-    This runs ``collator.encode``, so every image and video is decoded once (and counted in
-    ``collator.stats["samples"]``): for large corpora compute the costs once and cache them. A cheap estimate
-    from media headers (image size, video frame count) without decoding pixels is future work.
-
-    Args:
-        sample: a canonical sample (``plm_tune.sample``).
-        collator: the collator used for training (its ``max_length``, ``max_tiles``, ``num_frames`` and
-            truncation policy decide the cost).
-
-    Returns:
-        ``(tokens, tiles + frames)``: the sequence length in tokens and the number of image tiles plus video
-        frames the vision encoder sees. ``(0, 0)`` for a sample the collator rejects as too long.
-
-    Example:
-        >>> sample_cost({"messages": [...], "images": [image]}, collator)           # doctest: +SKIP
-        (143, 2)
-    """
-    encoded = collator.encode(sample)
-    if encoded is None:
-        return (0, 0)
-    vision = sum(t.shape[0] for t in encoded.images) + sum(f.shape[0] for f in encoded.videos)
-    return (len(encoded.input_ids), int(vision))
+Cost = tuple[int, int]  # (tokens, tiles + frames), as plm_tune.costs computes it
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -69,7 +41,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     Rank ``r`` yields batch ``r`` of every step.
 
     Args:
-        costs: one ``(tokens, tiles + frames)`` per dataset index (``sample_cost``).
+        costs: one ``(tokens, tiles + frames)`` per dataset index (``plm_tune.costs.dataset_costs``).
         batch_size: samples per batch, per rank.
         seed: shuffling seed; every rank must use the same one.
         mega_batch_mult: mega-batch size in batches per rank (50 as transformers). Larger groups better
@@ -124,11 +96,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return n // step if self.drop_last else math.ceil(n / step)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self._steps():
+        for step in self.steps():
             if self.rank < len(step):
                 yield step[self.rank]
 
-    def _steps(self) -> list[list[list[int]]]:
+    def steps(self) -> list[list[list[int]]]:
         """This epoch's steps, each ``num_replicas`` batches of similar cost, most expensive step first."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.costs), generator=generator).tolist()
@@ -178,7 +150,7 @@ class GroupedOrder(Sampler[int]):
         self.batches.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        for step in self.batches._steps():
+        for step in self.batches.steps():
             for batch in step:
                 yield from batch
 

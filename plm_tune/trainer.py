@@ -1,13 +1,13 @@
 """TRL's ``SFTTrainer`` wired for PLM: our collator, per-part learning rates, and the numbers worth watching.
 
-``build_trainer`` composes public APIs only: the library owns the loop (TRL / transformers / accelerate /
+``build_trainer`` composes public APIs: the library owns the loop (TRL / transformers / accelerate /
 DeepSpeed), plm-tune supplies the batch (``PLMCollator``), the optimizer's parameter groups
-(``parameter_groups``) and a callback that logs what the collator saw.
+(``parameter_groups``) and a callback that logs what the collator saw. Two opt-in features reach into
+private Trainer hooks, and ``PLMTrainer``'s docstring names each one and why.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -18,12 +18,13 @@ import torch
 from transformers import TrainerCallback
 
 from plm_tune.checkpoints import guarded_train
-from plm_tune.collator import CollatorStats, PLMCollator
+from plm_tune.collator import PLMCollator
+from plm_tune.costs import dataset_costs
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
 from plm_tune.sample import sample_columns
-from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.sparse_logits import project_labelled_only
 
 __all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
@@ -154,7 +155,7 @@ def build_trainer(
             over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
-            progress bar, from media headers (``plm_tune.plan.estimate_cost``); a streaming dataset keeps its order.
+            progress bar, from media headers (``plm_tune.costs.dataset_costs``); a streaming dataset keeps its order.
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's),
             ``multi_image_tiles``, ``keep_media_order`` (``PLMCollator``: by default several images get one
@@ -275,7 +276,22 @@ def _plm_trainer_class() -> type:
     class PLMTrainer(SFTTrainer):
         """``SFTTrainer`` with ``train_sampling_strategy="group_by_length"`` done by ``LengthGroupedBatchSampler``
         (costs are (tokens, tiles + frames) per sample, and each step's batches go to the processes in turn),
-        and optionally its loss from the logits of the labelled positions only (``labelled_logits_only``)."""
+        and optionally its loss from the logits of the labelled positions only (``labelled_logits_only``).
+
+        What it overrides, and the non-public parts it relies on (as of transformers 5.24 / TRL 1.16):
+
+        * ``_get_train_sampler`` (a private Trainer method) for ``group_by_length``: the public
+          ``get_train_dataloader`` only hands it to the private ``_get_dataloader``, and overriding the public
+          one would re-implement the loader (workers, seeding, accelerate's preparation). transformers' own
+          grouping reads one length column; ours groups by two costs and balances ranks. It reads
+          ``_train_batch_size`` (the per-device batch the Trainer will use). Off: ``super()``'s sampler.
+        * ``compute_loss`` (public) for ``labelled_logits_only``: ``_labelled_logits_loss`` then appends to
+          TRL's private ``_metrics`` and ``_total_train_tokens``, the store TRL's ``log()`` averages and empties
+          at every logging step, so ``entropy``, ``mean_token_accuracy`` and ``num_tokens`` are logged as TRL
+          logs them; no public hook adds per-step values to that average. Off, or any case TRL handles
+          specially (``return_outputs``, a custom loss, label smoothing, aux loss, non-``nll`` loss):
+          ``super().compute_loss``.
+        """
 
         plm_group_by_length = False
         plm_labelled_logits_only = False
@@ -345,28 +361,6 @@ def _plm_trainer_class() -> type:
             return loss
 
     return PLMTrainer
-
-
-def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True) -> list[tuple[int, int]]:
-    """``(tokens, tiles + frames)`` of every sample of ``dataset`` as ``collator`` will encode it, with a progress bar.
-
-    From media headers (``plm_tune.plan.estimate_cost``: exact, no pixel decoding); a sample whose media headers
-    cannot be read that way is encoded in full (``sample_cost``, with the collator's counters left alone).
-    """
-    from tqdm.auto import tqdm
-
-    from plm_tune.plan import estimate_cost
-
-    counting = copy.copy(collator)
-    counting.stats = CollatorStats()
-    costs = []
-    for i in tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress):
-        sample = dataset[i]
-        try:
-            costs.append(estimate_cost(sample, counting).cost)
-        except ValueError:
-            costs.append(sample_cost(sample, counting))  # raises the collator's own error if the sample is bad
-    return costs
 
 
 def _as_dataset(samples: Any) -> Any:

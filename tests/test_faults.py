@@ -34,8 +34,8 @@ from data_adapters import from_image_folder, from_llava_json, from_plm_jsonl, fr
 from data_adapters._records import BadRecord
 from plm_tune import PLMCollator, build_trainer, load_image, load_model, validate_sample
 from plm_tune.cli import _parse_value
-from plm_tune.media import load_video
-from plm_tune.plan import estimate_cost, image_size
+from plm_tune.costs import estimate_cost
+from plm_tune.media import image_size, load_video
 
 BAD_INPUTS = (
     "DICOM free text with the patient's name, ID, birth date, accession number (redacted)",

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from plm_tune import PLMCollator
-from plm_tune.media import load_video, pick_uniform, select_frame_indices
-from plm_tune.plan import estimate_cost, video_frame_count
+from plm_tune.costs import estimate_cost
+from plm_tune.media import load_video, pick_uniform, select_frame_indices, video_frame_count
 
 av = pytest.importorskip("av")
 

@@ -45,3 +45,16 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("data_adapters."):
                 imported = node.module.split(".")[1]
                 assert imported not in adapters or path.stem == "__init__", f"{path.name} imports {node.module}"
+
+
+def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
+    """Adapters build samples: they may check structure and read media headers, never collate or train."""
+    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom"}
+    for path in (ROOT / "data_adapters").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for module in modules:
+                if module.split(".")[0] == "plm_tune":
+                    assert module in allowed, f"{path.name} imports {module}"
+

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plm_tune.media import load_image, load_video, pick_uniform, select_frame_indices
+from plm_tune.media import (
+    MediaError,
+    image_size,
+    load_image,
+    load_video,
+    pick_uniform,
+    select_frame_indices,
+    video_duration,
+    video_frame_count,
+)
 
 av = pytest.importorskip("av")
 
@@ -350,3 +359,28 @@ def test_load_image_corrupt_file_names_it(tmp_path):
 def test_load_image_unsupported_type_raises():
     with pytest.raises(ValueError, match="Unsupported image entry of type int"):
         load_image(3)
+
+
+# ------------------------------------------------------------------------------------------ headers only
+def test_headers_agree_with_decoding(clip_10s, tmp_path):
+    """image_size / video_frame_count read headers only, and say what load_image / load_video will give."""
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (123, 45)).save(path)
+    for entry in (str(path), path.read_bytes(), {"bytes": None, "path": str(path)}, Image.open(path)):
+        assert image_size(entry) == load_image(entry).size == (123, 45)
+    assert video_duration(str(clip_10s)) == pytest.approx(10.0, abs=0.25)
+    for entry, num_frames in [(str(clip_10s), 4), ({"path": str(clip_10s), "start": 2.0, "end": 5.0}, 32),
+                              (np.zeros((7, 8, 8, 3), dtype=np.uint8), 5)]:
+        assert video_frame_count(entry, num_frames) == len(load_video(entry, num_frames=num_frames))
+
+
+def test_header_errors_carry_a_stable_reason(tmp_path):
+    """The adapters group skipped records by ``MediaError.reason``."""
+    (tmp_path / "text.mp4").write_text("not a video")
+    cases = [(tmp_path / "missing.mp4", "missing file"), (tmp_path / "text.mp4", "unreadable video")]
+    for path, reason in cases:
+        with pytest.raises(MediaError, match=path.name) as caught:
+            video_duration(str(path))
+        assert caught.value.reason == reason
+    with pytest.raises(ValueError, match="text.mp4"):
+        image_size(str(tmp_path / "text.mp4"))

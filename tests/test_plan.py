@@ -19,8 +19,9 @@ from conftest import ROOT, make_frames, make_image
 from test_media import encode_grey_video
 
 from plm_tune import PLMCollator
+from plm_tune.costs import estimate_cost
 from plm_tune.memory import count_parameters, estimate_memory, plm_config
-from plm_tune.plan import estimate_cost, plan_dataset
+from plm_tune.plan import plan_dataset
 
 SIZES = [(64, 64), (300, 100), (100, 300), (1000, 700), (57, 1999), (20, 20), (56, 56), (500, 90)]
 
@@ -127,6 +128,65 @@ def test_estimate_follows_every_max_length_outcome(processor, media):
                 assert_same(estimate, collator.encode(sample), sample)
                 outcomes.add(estimate.outcome)
     assert outcomes == {"fits", "truncated", "fitted", "rejected"}
+
+
+def test_planner_and_collator_agree_on_every_outcome_through_one_policy(processor, media):
+    """One ``length_policy.fit_sample`` decides for both: the estimate's outcome, dropped turns and media, and
+    lowered tiles are exactly what the collator counts in its stats for the same sample."""
+    samples = varied_samples(media)
+    outcomes = set()
+    for fit_tiles, truncate_turns in [(False, True), (True, True), (False, False)]:
+        for max_length in (100, 160, 220):
+            collator = PLMCollator(processor, max_length=max_length, max_tiles=16, num_frames=8,
+                                   fit_tiles=fit_tiles, truncate_turns=truncate_turns)
+            for sample in samples:
+                estimate = estimate_cost(sample, collator)
+                before = {key: collator.stats[key] for key in collator.stats.keys()}
+                collator.encode(sample)
+                counted = {key: collator.stats[key] - before[key] for key in collator.stats.keys()}
+                truncated = estimate.outcome == "truncated"
+                expected = {
+                    "truncated_samples": int(truncated), "dropped_turns": estimate.dropped_turns,
+                    "dropped_images": len(sample.get("images") or []) - estimate.images if truncated else 0,
+                    "dropped_videos": len(sample.get("videos") or []) - estimate.videos if truncated else 0,
+                    "fitted_samples": int(estimate.outcome == "fitted"), "tiles_removed": estimate.tiles_removed,
+                    "rejected_too_long": int(estimate.outcome == "rejected"),
+                }
+                assert {key: counted[key] for key in expected} == expected, (sample.get("id"), max_length)
+                outcomes.add(estimate.outcome)
+    assert outcomes == {"fits", "truncated", "fitted", "rejected"}
+
+
+def test_tile_grid_is_the_image_processors_on_many_sizes_and_budgets(processor):
+    """``plm_tune.tiling`` against PLM's image processor (its public ``resize``, which returns the grid it
+    picked) on random and edge sizes, for every budget shape: both branches (upscale onto a canvas, or shrink
+    to the closest aspect ratio) and the tie-breaks."""
+    import copy
+    import random
+
+    import torch
+
+    from plm_tune.tiling import image_tiles, tile_grid
+
+    rng = random.Random(0)
+    tile = 28
+    sizes = [(rng.randint(1, 320), rng.randint(1, 320)) for _ in range(60)]
+    sizes += [(s, s) for s in (1, 27, 28, 29, 56, 84, 168, 300)] + [(1, 300), (300, 1), (57, 28), (28, 57)]
+    for budget in (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 24, 25, 36):
+        reference = copy.copy(processor.image_processor)
+        reference.max_num_tiles = budget  # the processor reads the budget from the attribute
+        for width, height in sizes:
+            _, grid = reference.resize(torch.zeros(1, 3, height, width), tile_size=tile, max_num_tiles=budget)
+            assert tile_grid(width, height, tile_size=tile, max_tiles=budget) == tuple(grid), (width, height, budget)
+    # The tile count of real processing, thumbnail included, at the tiny processor's own tile size.
+    size = processor.image_processor.tile_size
+    for budget, (width, height) in [(36, (333, 111)), (9, (100, 300)), (4, (1000, 700)), (1, (64, 64))]:
+        reference = copy.copy(processor.image_processor)
+        reference.max_num_tiles = budget
+        pixels = reference(images=[make_image(width, height)], vision_input_type="thumb+tile",
+                           return_tensors="pt")["pixel_values"]
+        assert image_tiles((width, height), tile_size=size, max_tiles=budget,
+                           vision_input_type="thumb+tile") == pixels.shape[1]
 
 
 def test_estimate_reads_headers_only_a_truncated_image_still_counts(processor, tmp_path):

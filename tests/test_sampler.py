@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from data_adapters.synthetic import synthetic_shapes
 from plm_tune import PLMCollator
-from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction, sample_cost
+from plm_tune.costs import sample_cost
+from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 
 
 def _samples():

@@ -273,7 +273,8 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
 def test_group_by_length_and_padding_free_from_the_training_arguments(tiny_plm_path, tmp_path):
     """`train_sampling_strategy="group_by_length"` and `padding_free=True`, as a recipe passes them in SFTConfig:
     the Trainer's batches are LengthGroupedBatchSampler's, and packing leaves no padding."""
-    from plm_tune.sampler import GroupedOrder, LengthGroupedBatchSampler, sample_cost
+    from plm_tune.costs import sample_cost
+    from plm_tune.sampler import GroupedOrder, LengthGroupedBatchSampler
 
     samples = synthetic_shapes(16, seed=0, image_size=56)
     samples = [{**samples[i], "max_tiles": 1 + i % 4, "id": i} for i in range(len(samples))]  # 2 to 5 tiles: ragged

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from plm_tune import PLMCollator
+from plm_tune.collator import PLMCollator
 
 __all__ = ["inspect_samples", "check_dataset", "CheckResult", "render_sample"]
 
