@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-EXTRAS ?= dev,dicom,video,deepspeed,qlora
+EXTRAS ?= dev,dicom,video,deepspeed,qlora,real-tokenizer
 # torch/torchvision pinned to the builds this project is tested with (served from local disk here).
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 
