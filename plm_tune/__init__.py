@@ -18,6 +18,7 @@ The public API:
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
   (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
+* ``plm_tune.testing_real.build_random_plm``: PLM-1B / 3B / 8B at random init with the real tokenizer, offline.
 """
 
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator

@@ -20,10 +20,20 @@ DEFAULT_MODEL = "facebook/Perception-LM-1B"
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from plm_tune.testing import build_tiny_plm
+    if not args.size and (args.text_layers or args.vision_layers):
+        raise SystemExit("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
+                         "add --size 1B.")
+    if args.size:  # the released architecture and real tokenizer at random init (the real-tokenizer extra)
+        from plm_tune.testing_real import build_random_plm
 
-    path = build_tiny_plm(args.path, seed=args.seed)
-    print(f"Wrote a tiny random-init PLM to {path}")
+        path = build_random_plm(args.path, args.size, seed=args.seed, text_layers=args.text_layers,
+                                vision_layers=args.vision_layers)
+        print(f"Wrote a random-init PLM-{args.size} (real tokenizer, random weights) to {path}")
+    else:
+        from plm_tune.testing import build_tiny_plm
+
+        path = build_tiny_plm(args.path, seed=args.seed)
+        print(f"Wrote a tiny random-init PLM to {path}")
     print(f"Load it with AutoModelForImageTextToText.from_pretrained('{path}') and AutoProcessor.from_pretrained('{path}').")
     return 0
 
@@ -207,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write a tiny random-init PLM (offline tests and demos)")
     tiny.add_argument("path", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed (same seed, same weights)")
+    tiny.add_argument("--size", choices=("1B", "3B", "8B"),
+                      help="instead of the tiny model: PLM-SIZE's released architecture and real tokenizer")
+    tiny.add_argument("--text-layers", dest="text_layers", type=int, help="with --size: fewer decoder layers")
+    tiny.add_argument("--vision-layers", dest="vision_layers", type=int, help="with --size: fewer vision blocks")
     tiny.set_defaults(func=_tiny_model)
 
     data = sub.add_parser("data", help="look at and check a dataset before training")
