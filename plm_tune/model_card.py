@@ -109,6 +109,7 @@ def model_card_text(
     if datasets is not None:
         info["datasets"] = [datasets] if isinstance(datasets, str) else list(datasets)
     base = base_model or recorded_base_model(adapter_dir) or NOT_RECORDED
+    base = _cached_hub_id(base) or base
     method = info.get("method") or ("dora" if config.get("use_dora") else "lora")
     data_names = _as_list(info.get("datasets"))
 
@@ -261,6 +262,15 @@ def _frozen(config: dict, info: dict) -> list[str] | str | None:
     if how is not None:  # exact for plm-tune adapters: every part neither adapted nor saved was frozen
         return [part for part, way in how.items() if way == "frozen"] or "none"
     return info.get("freeze")
+
+
+def _cached_hub_id(path: str) -> str | None:
+    """The Hub id of a folder in the Hub's download cache (``.../models--org--name/snapshots/REV``), else None.
+
+    A base loaded from the Hub and recorded by its cache path is that Hub model: the card names it so.
+    """
+    match = re.search(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", path.replace("\\", "/"))
+    return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
 def _is_hub_id(name: str) -> bool:

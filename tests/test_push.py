@@ -176,3 +176,82 @@ def test_push_refuses_extra_files_and_allowlisted_symlinks(adapter, monkeypatch)
     real.symlink_to(moved)
     with pytest.raises(ValueError, match="tokenizer.json is a symlink, which a push never follows"):
         push_plan(adapter, "me/plm-lora")
+
+
+# ------------------------------------------------------------------------------------------ the card
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tiny_plm_path, tmp_path_factory):
+    """The README quickstart on the tiny PLM, 2 steps with a checkpoint: TRL writes its card, peft amends it."""
+    from conftest import make_image
+    from trl import SFTConfig
+
+    from data_adapters import from_image_folder
+    from plm_tune import build_trainer, load_model
+    from plm_tune.outputs import save_run
+
+    folder = tmp_path_factory.mktemp("quickstart")
+    photos = folder / "my_photos"
+    photos.mkdir()
+    rows = ["file_name,caption"]
+    for n in range(6):
+        make_image(64, 48, seed=n).save(photos / f"photo_{n}.png")
+        rows.append(f"photo_{n}.png,A noisy picture number {n}.")
+    (photos / "metadata.csv").write_text("\n".join(rows) + "\n")
+    samples = from_image_folder(str(photos), prompt="Describe this image.").train_test_split(test_size=2, seed=0)
+    model, processor = load_model(str(tiny_plm_path), method="lora", freeze=["vision"], seed=0)
+    args = SFTConfig(output_dir=str(folder / "outputs/my-photos"), max_steps=2, save_steps=2,
+                     per_device_train_batch_size=2, learning_rate=2e-4, max_length=4096, logging_steps=1,
+                     report_to="none", bf16=False, disable_tqdm=True, activation_checkpointing=False)
+    trainer = build_trainer(model, processor, samples["train"], args=args, max_tiles=1)
+    trainer.train()
+    save_run(trainer, eval_set=samples["test"], training_info={"method": "lora", "max_tiles": 1}, max_new_tokens=2)
+    return folder / "outputs/my-photos"
+
+
+def test_dry_run_shows_plm_tunes_card_in_place_of_trls(quickstart_run, tiny_plm_path):
+    readme = (quickstart_run / "README.md").read_text()
+    assert "fine-tuned version of" in readme  # TRL's card is what training left
+    assert (quickstart_run / "checkpoint-2").is_dir()
+
+    result = _cli("push", "--adapter", str(quickstart_run), "--repo-id", "you/plm-1b-my-photos", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "https://huggingface.co/you/plm-1b-my-photos" in out
+    files, card = out.split("README.md, plm-tune's card:\n")
+    assert "checkpoint-" not in files and "eval/" not in files and "eval_data" not in files
+    assert "fine-tuned version of" not in card and "TRL" not in card
+    assert f"`{tiny_plm_path}` (a local folder)" in card  # the real base, from adapter_config.json
+    assert "**Method:** LoRA" in card and "# plm-1b-my-photos" in card
+    assert "**Image tiles (max_tiles):** 1" in card
+    assert (quickstart_run / "README.md").read_text() == readme  # a dry run writes nothing
+
+
+def test_a_hand_written_card_is_kept_unless_overwrite_card(adapter):
+    (adapter / "README.md").write_text("# My adapter\n\nTrained on my cat pictures.\n")
+    result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/cats", "--dry-run")
+    assert "README.md, your own card (--overwrite-card replaces it):\n# My adapter" in result.stdout
+    result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/cats", "--dry-run", "--overwrite-card")
+    assert "README.md, plm-tune's card:\n---" in result.stdout and "# cats" in result.stdout
+
+
+@pytest.mark.parametrize(("text", "generated"), [
+    ("---\nlibrary_name: peft\n---\n# Model Card for Model ID\n", True),  # peft's template
+    ("---\nbase_model: .cache/tiny-plm\ntags: [trl]\n---\n# Model Card for my-photos\n", True),
+    ("---\nbase_model: facebook/Perception-LM-1B\n---\n# Radiology captions\n\nbase_model: ./mine\n", False),
+    ("<!-- This model card has been generated automatically according to the information the Trainer had", True),
+    ("# Notes\n\nThis model is great.\n", False),
+])
+def test_which_cards_are_generated(text, generated):
+    from plm_tune.model_card import is_generated_card
+
+    assert is_generated_card(text) is generated
+
+
+def test_a_base_from_the_hub_cache_is_named_by_its_hub_id(adapter):
+    snapshot = "/root/.cache/huggingface/hub/models--facebook--Perception-LM-1B/snapshots/0123abc"
+    card = push_plan(adapter, "me/plm-lora", base_model=snapshot).card
+    assert "base_model: facebook/Perception-LM-1B" in card
+    assert "[facebook/Perception-LM-1B](https://huggingface.co/facebook/Perception-LM-1B)" in card
+    assert "snapshots" not in card
