@@ -251,20 +251,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error (a bad file, record or option) prints one message and exits 1.
+    """Run one command; any error prints one line and exits 1 (``PLM_TUNE_DEBUG=1``: the traceback instead).
 
-    Set ``PLM_TUNE_DEBUG=1`` for the full traceback.
+    A user's mistake (a bad file, record, option or path; the Hub out of reach) is its message with the fix;
+    anything else is the exception's type and message with the hint to set ``PLM_TUNE_DEBUG=1``. Hub tokens
+    are removed from the line (``plm_tune.push.redact``).
     """
     import os
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except Exception as error:
         if os.environ.get("PLM_TUNE_DEBUG"):
             raise
-        print(f"plm-tune {args.command}: error: {error}\n(PLM_TUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"plm-tune {args.command}: error: {_error_line(error)}", file=sys.stderr)
         return 1
+
+
+# A user's mistake is named by the message plm-tune (or the library it called) raised, fix included.
+_USER_ERRORS = (ValueError, FileNotFoundError, ImportError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _error_line(error: Exception) -> str:
+    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception."""
+    from plm_tune.push import PushError, redact
+
+    if _hub_unreachable(error):
+        line = ("cannot reach the Hugging Face Hub, and what this needs is not in the local cache: pass a local "
+                "folder (e.g. --model outputs/RUN, or `plm-tune tiny-model .cache/tiny-plm` to try things "
+                "offline), or connect and run again")
+    elif isinstance(error, (*_USER_ERRORS, PushError)):
+        line = str(error)
+    else:
+        line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
+    return " ".join(redact(line).split())
+
+
+def _hub_unreachable(error: BaseException | None) -> bool:
+    """Whether ``error`` or an exception behind it says the Hub could not be reached (offline, no network)."""
+    # By class name: huggingface_hub's offline errors and the transport errors of requests / httpx / httpcore.
+    names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "ConnectError",
+             "ConnectTimeout", "NetworkError", "TimeoutException"}
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if names & {cls.__name__ for cls in type(error).__mro__} or "couldn't connect to" in str(error):
+            return True
+        # `raise ... from None` hides the context on purpose (a push's error may quote the token): so do we.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return False
 
 
 if __name__ == "__main__":
