@@ -23,6 +23,11 @@ def _media_sample(args: argparse.Namespace) -> dict:
     from plm_tune.dicom import dicom_frame_count, read_dicom_header
 
     images, videos = list(args.image or []), list(args.video or [])
+    if args.start is not None or args.end is not None:
+        if not videos:
+            raise ValueError("--start / --end cut a clip out of --video, but no --video was given: add --video PATH.")
+        # A {"path", "start", "end"} entry: the collator picks the clip's frames as training does.
+        videos = [{"path": path, "start": args.start, "end": args.end} for path in videos]
     for path in args.dicom or []:
         # A multi-frame DICOM (cine, ultrasound loop) is a video to PLM; a single frame an image.
         (videos if dicom_frame_count(read_dicom_header(path)) > 1 else images).append(path)
@@ -48,8 +53,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     args.model = args.model or base_model(args.adapter) or args.default_model
     _training_defaults(args, args.adapter or args.model)
+    sample = _media_sample(args)  # before loading: a flag mistake is reported without the wait
     model, processor = load_for_inference(args.model, args.adapter)
-    answer = generate(model, processor, [_media_sample(args)], max_new_tokens=args.max_new_tokens,
+    answer = generate(model, processor, [sample], max_new_tokens=args.max_new_tokens,
                       do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, progress=False)[0]
     print(answer)
     return 0
@@ -198,6 +204,10 @@ def add_after_training_commands(
     generate.add_argument("--video", action="append", metavar="FILE", help="a video file (repeatable)")
     generate.add_argument("--dicom", action="append", metavar="FILE",
                           help="a .dcm file: one frame is an image, several a video (repeatable)")
+    generate.add_argument("--start", type=float, metavar="SECONDS",
+                          help="with --video: the clip starts here (default: the video's start)")
+    generate.add_argument("--end", type=float, metavar="SECONDS",
+                          help="with --video: the clip ends here (default: the video's end)")
     generate.add_argument("--prompt", required=True, help="the question or instruction")
     generate.add_argument("--system", help="system prompt (default: PLM's)")
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
