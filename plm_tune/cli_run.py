@@ -13,9 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plm_tune.run_folder import EVAL_DATA, EVAL_DIR, EVAL_JSON, REPORT_HTML, base_model, read_training_info
+from plm_tune.run_folder import (
+    EVAL_DATA,
+    EVAL_DIR,
+    EVAL_JSON,
+    REPORT_HTML,
+    base_model,
+    read_training_info,
+    run_path,
+)
 
 __all__ = ["add_after_training_commands"]
+
+DEFAULT_MAX_NEW_TOKENS = 128  # when the folder records none: the recipes' eval_max_new_tokens default
 
 
 def _media_sample(args: argparse.Namespace) -> dict:
@@ -23,6 +33,11 @@ def _media_sample(args: argparse.Namespace) -> dict:
     from plm_tune.dicom import dicom_frame_count, read_dicom_header
 
     images, videos = list(args.image or []), list(args.video or [])
+    if args.start is not None or args.end is not None:
+        if not videos:
+            raise ValueError("--start / --end cut a clip out of --video, but no --video was given: add --video PATH.")
+        # A {"path", "start", "end"} entry: the collator picks the clip's frames as training does.
+        videos = [{"path": path, "start": args.start, "end": args.end} for path in videos]
     for path in args.dicom or []:
         # A multi-frame DICOM (cine, ultrasound loop) is a video to PLM; a single frame an image.
         (videos if dicom_frame_count(read_dicom_header(path)) > 1 else images).append(path)
@@ -35,11 +50,14 @@ def _media_sample(args: argparse.Namespace) -> dict:
 
 
 def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
-    """Unset --max-tiles / --num-frames default to what the adapter (or model) folder was trained with."""
+    """Unset --max-tiles / --num-frames default to what the adapter (or model) folder was trained with, and
+    --max-new-tokens to its eval's (a checkpoint folder reads its run's: ``read_training_info``)."""
     info = read_training_info(folder) if folder else {}
     for key in ("max_tiles", "num_frames"):
         if getattr(args, key, None) is None and info.get(key) is not None:
             setattr(args, key, info[key])
+    if args.max_new_tokens is None:
+        args.max_new_tokens = info.get("eval_max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -48,8 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     args.model = args.model or base_model(args.adapter) or args.default_model
     _training_defaults(args, args.adapter or args.model)
+    sample = _media_sample(args)  # before loading: a flag mistake is reported without the wait
     model, processor = load_for_inference(args.model, args.adapter)
-    answer = generate(model, processor, [_media_sample(args)], max_new_tokens=args.max_new_tokens,
+    answer = generate(model, processor, [sample], max_new_tokens=args.max_new_tokens,
                       do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, progress=False)[0]
     print(answer)
     return 0
@@ -68,7 +87,7 @@ def _eval_samples(args: argparse.Namespace, config: dict):
     """The samples to evaluate and how to find them again (recorded in eval.json for `plm-tune report`)."""
     import datasets
 
-    saved = Path(args.adapter or args.model) / EVAL_DATA
+    saved = run_path(args.adapter or args.model, EVAL_DATA)  # a checkpoint's is its run's
     if args.data_adapter or config.get("data"):
         dataset, _ = args.read_data(args)
         if args.eval_split:
@@ -88,7 +107,7 @@ def _eval_samples(args: argparse.Namespace, config: dict):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from plm_tune.evaluation import evaluate, save_eval
+    from plm_tune.evaluation import evaluate, metrics_table, save_eval
     from plm_tune.model import load_for_inference
     from plm_tune.report import write_report
 
@@ -99,27 +118,36 @@ def _eval(args: argparse.Namespace) -> int:
         if getattr(args, key) is None and config.get(key) is not None:
             setattr(args, key, config[key])
     _training_defaults(args, args.adapter or args.model)
+    output = _eval_output(args)
     samples, source = _eval_samples(args, config)
     model, processor = load_for_inference(args.model, args.adapter)
     base = "disable_adapter" if args.adapter and not args.no_base else None
     result = evaluate(model, processor, samples, base_model=base, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, max_tiles=args.max_tiles, num_frames=args.num_frames or 32)
-    result.info.update(model=args.model, adapter=args.adapter, data=source)
-    output = Path(args.output or Path(args.adapter or ".") / EVAL_DIR)
+    result.info.update(model=args.model, adapter=args.adapter, data=source, max_tiles=args.max_tiles,
+                       num_frames=args.num_frames, training=read_training_info(args.adapter or args.model))
     save_eval(result, output / EVAL_JSON)
-    print(_metrics_table(result))
+    print(metrics_table(result))
     print(f"Wrote {output / EVAL_JSON}")
     if not args.no_report:
         print(f"Report: {write_report(result, samples, output / REPORT_HTML)}")
     return 0
 
 
-def _metrics_table(result) -> str:
-    rows = [f"{'metric':<14} {'base':>10} {'finetuned':>10}"]
-    for name, value in result.metrics.items():
-        base = (result.base_metrics or {}).get(name)
-        rows.append(f"{name:<14} {'-' if base is None else f'{base:.4g}':>10} {value:>10.4g}")
-    return "\n".join(rows)
+def _eval_output(args: argparse.Namespace) -> Path:
+    """Where ``eval`` writes: --output (refused if it holds an eval, unless --overwrite), else a new folder
+    ADAPTER/eval, eval-2, eval-3, ... so that the recipe's own eval is never replaced without a word."""
+    if args.output:
+        output = Path(args.output)
+        if (output / EVAL_JSON).exists() and not args.overwrite:
+            raise ValueError(f"{output / EVAL_JSON} exists: pass --overwrite to replace it, or another --output.")
+        return output
+    folder = Path(args.adapter or ".")
+    output, n = folder / EVAL_DIR, 1
+    while (output / EVAL_JSON).exists() and not args.overwrite:
+        n += 1
+        output = folder / f"{EVAL_DIR}-{n}"
+    return output
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -209,6 +237,10 @@ def add_after_training_commands(
     generate.add_argument("--video", action="append", metavar="FILE", help="a video file (repeatable)")
     generate.add_argument("--dicom", action="append", metavar="FILE",
                           help="a .dcm file: one frame is an image, several a video (repeatable)")
+    generate.add_argument("--start", type=float, metavar="SECONDS",
+                          help="with --video: the clip starts here (default: the video's start)")
+    generate.add_argument("--end", type=float, metavar="SECONDS",
+                          help="with --video: the clip ends here (default: the video's end)")
     generate.add_argument("--prompt", required=True, help="the question or instruction")
     generate.add_argument("--system", help="system prompt (default: PLM's)")
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -229,9 +261,13 @@ def add_after_training_commands(
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N samples")
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     evaluate.add_argument("--no-base", dest="no_base", action="store_true", help="skip the base model's answers")
-    evaluate.add_argument("--output", help="folder for eval.json and report.html (default: ADAPTER/eval)")
+    evaluate.add_argument("--output", help="folder for eval.json and report.html (default: ADAPTER/eval, or "
+                          "eval-2, eval-3, ... when it holds an eval already)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an eval.json already in the folder")
     evaluate.add_argument("--no-report", dest="no_report", action="store_true", help="no HTML report")
-    evaluate.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=256, help="longest answer")
+    evaluate.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                          help="longest answer (default: the run's eval_max_new_tokens, else "
+                          f"{DEFAULT_MAX_NEW_TOKENS})")
     evaluate.set_defaults(func=_eval, read_data=read_data, default_model=default_model)
 
     report = sub.add_parser("report", help="(re)write the HTML report of an eval.json")

@@ -28,7 +28,7 @@ from plm_tune.metrics import ScoreKind, score_answers
 from plm_tune.sample import normalize_messages
 from plm_tune.sparse_logits import labelled_positions
 
-__all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "save_eval", "load_eval"]
+__all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "metrics_table", "save_eval", "load_eval"]
 
 ID_KEYS = ("id", "sample_id", "image_id", "uid")  # where a sample's id may live, first found wins
 
@@ -219,6 +219,28 @@ def evaluate(
         **info,
     }
     return EvalResult(metrics=metrics, records=records, base_metrics=base_metrics, info=info)
+
+
+def metrics_table(result: EvalResult) -> str:
+    """The metrics as a plain-text table, base and finetuned side by side (``-`` where no base was evaluated).
+
+    Example:
+        >>> print(metrics_table(result))                                                 # doctest: +SKIP
+        metric               base  finetuned
+        exact_match             0       0.75
+        eval_loss           6.808      1.234
+        samples                12         12
+    """
+    base = result.base_metrics or {}
+    names = list(result.metrics) + [name for name in base if name not in result.metrics]
+    rows = [f"{'metric':<14} {'base':>10} {'finetuned':>10}"]
+    for name in names:
+        rows.append(f"{name:<14} {_cell(base.get(name)):>10} {_cell(result.metrics.get(name)):>10}")
+    return "\n".join(rows)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def save_eval(result: EvalResult, path: str | Path) -> Path:

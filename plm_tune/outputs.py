@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plm_tune.evaluation import EvalResult, evaluate, save_eval
+from plm_tune.evaluation import EvalResult, evaluate, metrics_table, save_eval
 from plm_tune.push import push_adapter
 from plm_tune.report import write_report
 from plm_tune.run_folder import (
@@ -21,6 +21,7 @@ from plm_tune.run_folder import (
     REPORT_HTML,
     base_model,
     is_adapter,
+    read_training_info,
     write_training_info,
 )
 from plm_tune.sample import to_table
@@ -56,12 +57,20 @@ class RunOutputs:
     def summary(self) -> str:
         """What the end of the run made, for the recipes' last lines: held-out scores, report, Hub URL."""
         lines = []
-        if self.report is not None and self.eval_result is not None:
-            metrics = ", ".join(f"{k} {v:.3g}" for k, v in self.eval_result.metrics.items() if k != "samples")
-            lines.append(f"Eval answers: {metrics}. Report: {self.report}")
+        if self.eval_result is not None:
+            answered = self.eval_result.info.get("answered", len(self.eval_result.records))
+            lines += [f"Held-out answers ({answered} samples), base vs finetuned:", metrics_table(self.eval_result)]
+        if self.report is not None:
+            lines.append(f"Report: {self.report}")
         if self.hub_url:
             lines.append(f"Pushed to {self.hub_url}")
         return "\n".join(lines)
+
+
+def _loss_curve(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The losses of the Trainer's log history, one ``{"step", "loss" | "eval_loss"}`` per logged value."""
+    return [{"step": entry.get("step", 0), key: entry[key]}
+            for entry in history for key in ("loss", "eval_loss") if key in entry]
 
 
 def _zero3(trainer: Any) -> bool:
@@ -118,6 +127,14 @@ def save_run(
     final = {key: entry[key] for entry in history for key in ("loss", "eval_loss") if key in entry}
     if final:
         info.setdefault("metrics", {("train_loss" if k == "loss" else k): v for k, v in final.items()})
+    info.setdefault("log_history", _loss_curve(history))
+    runtime = next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), None)
+    if runtime is not None:
+        info.setdefault("train_seconds", round(runtime, 1))
+    for key, dataset in (("train_samples", trainer.train_dataset), ("eval_samples", eval_set)):
+        if hasattr(dataset, "__len__"):  # a streamed (iterable) dataset has no length
+            info.setdefault(key, len(dataset))
+    info.setdefault("eval_max_new_tokens", max_new_tokens)  # also for a later `plm-tune eval` (ZeRO-3)
     write_training_info(output_dir, info)
 
     if eval_set is not None and len(eval_set) > 0:
@@ -136,7 +153,8 @@ def save_run(
             started_from = base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
             result.info.update(model=str(started_from or ""),
                                adapter=str(output_dir) if adapter else None,
-                               data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None})
+                               data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None},
+                               training=read_training_info(output_dir))
             outputs.eval_result = result
             outputs.eval_json = save_eval(result, output_dir / EVAL_DIR / EVAL_JSON)
             outputs.report = write_report(result, eval_set, output_dir / EVAL_DIR / REPORT_HTML)

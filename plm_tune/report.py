@@ -7,14 +7,15 @@ the worst, ranked by how much the finetuned model gained over the base model on 
     result = evaluate(...)                                   # an EvalResult
     write_report(result, eval_samples, "runs/radiology/report.html")
 
-Stable hooks for tools and tests: ``table#metrics`` with one ``tr[data-metric=NAME]`` per metric, sections
+The page opens with a human summary and the loss curve (``plm_tune.report_summary``); the raw run facts
+follow, folded. Stable hooks for tools and tests: ``section#summary`` with ``li[data-fact=trained|data|time|
+change]``, ``svg#loss-curve`` (``path.loss``, ``path.eval_loss``), ``table#metrics`` with one ``tr[data-metric=NAME]`` per metric, sections
 ``#best``, ``#worst`` and ``#unscored``, cards ``.case[data-index=I]``, media errors ``.media-error``.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -26,6 +27,7 @@ from PIL import Image
 
 from plm_tune.evaluation import EvalRecord, EvalResult
 from plm_tune.media import describe_media, load_image, load_video
+from plm_tune.report_summary import html_text, summary_html
 
 __all__ = ["write_report", "rank_records"]
 
@@ -153,7 +155,10 @@ def _gain(record: EvalRecord, metric: str | None, with_base: bool) -> float | No
 
 
 def _header(result: EvalResult, title: str, shown: int, metric: str | None, media_errors: list[str]) -> str:
+    summary = summary_html(result.info, result.metrics, result.base_metrics)
     info = dict(result.info)
+    info.pop("training", None)  # told by the summary above
+    info.pop("samples", None)  # the "samples" row below says it with the number shown
     lead = [("model", info.pop("model", None)), ("adapter", info.pop("adapter", None)),
             ("samples", f"{len(result.records)} evaluated, {shown} shown")]
     if metric is not None:
@@ -165,7 +170,8 @@ def _header(result: EvalResult, title: str, shown: int, metric: str | None, medi
         warning = (f'<p class="warning" id="media-warning">{len(media_errors)} media '
                    f'entr{"y" if len(media_errors) == 1 else "ies"} could not be shown; '
                    "see the red boxes below.</p>")
-    return f'<header><h1>{_e(title)}</h1><dl id="info">{rows}</dl>{warning}</header>'
+    return (f'<header><h1>{_e(title)}</h1>{summary}{warning}<details id="details"><summary>run details</summary>'
+            f'<dl id="info">{rows}</dl></details></header>')
 
 
 def _metrics_table(result: EvalResult) -> str:
@@ -288,11 +294,13 @@ def _num(value: Any) -> str:
 
 
 def _text_of(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"  # 1.027, not 1.027413005000085
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html_text(value)
 
 
 _CSS = """
@@ -301,6 +309,10 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans
 h1 { margin: 0 0 8px; font-size: 24px; } h2 { margin: 28px 0 12px; font-size: 18px; }
 h3 { margin: 0 0 10px; font-size: 14px; display: flex; gap: 10px; align-items: center; }
 h4 { margin: 0 0 2px; font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: #68717d; }
+#summary { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; margin: 0 0 12px; }
+#summary ul { flex: 1 1 420px; margin: 0; padding-left: 18px; font-size: 15px; }
+#summary li { margin: 0 0 4px; } #loss-curve { background: #fff; border-radius: 4px; }
+details#details { margin: 0 0 16px; } details#details summary { cursor: pointer; color: #68717d; }
 dl#info { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 0 0 16px; }
 dt { color: #68717d; } dd { margin: 0; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
 table { border-collapse: collapse; background: #fff; }

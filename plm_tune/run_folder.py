@@ -49,6 +49,7 @@ __all__ = [
     "missing_processor_files",
     "read_training_info",
     "resolve_base_model",
+    "run_path",
     "write_training_info",
 ]
 
@@ -78,7 +79,13 @@ TRAINING_INFO_KEYS = {
     "max_steps": "planned optimizer steps",
     "global_step": "optimizer steps done",
     "metrics": '{name: final value}, e.g. {"train_loss": 0.41, "eval_loss": 0.52}',
+    "train_samples": "samples in the training set",
+    "eval_samples": "samples in the held-out split",
+    "train_seconds": "wall-clock seconds of trainer.train()",
+    "eval_max_new_tokens": "longest generated eval answer (plm-tune eval reuses it, so its scores match)",
+    "log_history": 'the loss curve: [{"step": 5, "loss": 6.1}, {"step": 5, "eval_loss": 6.3}, ...]',
 }
+CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's checkpoint-<step> folders inside a run folder
 
 
 # ------------------------------------------------------------------------------------ what a folder holds
@@ -184,9 +191,26 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
 
 
 def read_training_info(folder: str | Path) -> dict[str, Any]:
-    """The folder's ``plm_tune_training.json`` as a dict; empty when it has none."""
-    path = Path(folder) / TRAINING_INFO_FILE
+    """The folder's ``plm_tune_training.json`` as a dict; empty when it has none.
+
+    A Trainer checkpoint (``RUN/checkpoint-200``) has none of its own: its run's file, in the parent folder, is
+    read instead, so that a checkpoint is answered and evaluated with the tiles / frames it was trained with.
+    """
+    path = run_path(folder, TRAINING_INFO_FILE)
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_path(folder: str | Path, name: str) -> Path:
+    """``folder / name``; for a Trainer checkpoint (``RUN/checkpoint-200``) lacking it, its run's ``RUN / name``.
+
+    A checkpoint holds the adapter at that step, but the run's ``plm_tune_training.json`` and ``eval_data/``
+    are written once, in the run folder above it.
+    """
+    folder = Path(folder)
+    path = folder / name
+    if not path.exists() and folder.name.startswith(CHECKPOINT_PREFIX) and (folder.parent / name).exists():
+        return folder.parent / name
+    return path
 
 
 def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -197,7 +221,8 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
     optional (the card says "not recorded" for a missing one); ``TRAINING_INFO_KEYS`` lists them:
 
     ``method``, ``lora_r``, ``lora_alpha``, ``target_modules``, ``freeze``, ``max_tiles``, ``num_frames``,
-    ``datasets``, ``data_mix``, ``max_steps``, ``global_step``, ``metrics``.
+    ``datasets``, ``data_mix``, ``max_steps``, ``global_step``, ``metrics``, ``train_samples``, ``eval_samples``,
+    ``train_seconds``, ``eval_max_new_tokens``, ``log_history``.
 
     Args:
         output_dir: the adapter (or model) folder; it must exist.

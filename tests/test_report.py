@@ -30,6 +30,10 @@ SCREENSHOT_COPY = Path("/tmp/plm-report-screenshot.png")
 METRICS = {"exact_match": 0.4, "bleu": 0.31, "rouge_l": 0.52, "eval_loss": 1.25}
 BASE_METRICS = {"exact_match": 0.1, "bleu": 0.12, "rouge_l": 0.3, "eval_loss": 2.5}
 INJECTION = "<script>alert(1)</script>"
+CONTROL = "\x07\x1b[0m\x00"  # a bell, an ANSI escape and a NUL, as random models print
+TRAINING = {"method": "lora", "train_samples": 105, "datasets": ["pydicom-testdata"], "global_step": 40,
+            "train_seconds": 71.4, "log_history": [{"step": s, "loss": 6.8 - 0.1 * s} for s in (1, 5, 10, 15, 20)]
+            + [{"step": 0, "eval_loss": 6.9}, {"step": 20, "eval_loss": 5.1}]}
 # index -> (finetuned rouge_l, base rouge_l); gains 0.6, -0.2, 0.3, -0.5, 0.0
 ROUGE = {0: (0.9, 0.3), 1: (0.2, 0.4), 2: (0.7, 0.4), 3: (0.1, 0.6), 4: (0.5, 0.5)}
 FRAMES_IN_STRIP = 6
@@ -83,7 +87,7 @@ def _samples() -> list[dict]:
 
 def _records() -> list[EvalRecord]:
     answers = ["A red square on noise.", "A clip of moving noise.", "Axial CT slice of the abdomen.",
-               f"Sure! {INJECTION} done", "MR series, ten frames."]
+               f"Sure! {INJECTION} done", f"MR series,{CONTROL} ten frames."]
     return [
         EvalRecord(index=i, sample_id=f"s{i}", prompt=f"Question {i}: what is shown?", reference=f"Reference {i}.",
                    answer=answers[i], base_answer=f"base answer {i}",
@@ -97,7 +101,8 @@ def _records() -> list[EvalRecord]:
 def report(tmp_path_factory) -> tuple[Path, EvalResult, list[dict]]:
     result = EvalResult(metrics=dict(METRICS), records=_records(), base_metrics=dict(BASE_METRICS),
                         info={"model": "facebook/Perception-LM-1B", "adapter": "runs/radiology/adapter",
-                              "timings": {"generate_s": 12.5}})
+                              "timings": {"generate_s": 12.5}, "answered": 5, "training": TRAINING,
+                              "base_generation_seconds": 1.027413005000085})
     samples = _samples()
     path = write_report(result, samples, tmp_path_factory.mktemp("report") / "out" / "report.html",
                         title="radiology LoRA <eval>", frames_per_video=FRAMES_IN_STRIP, self_check=True)
@@ -199,6 +204,42 @@ def test_missing_or_unreadable_media_shows_a_placeholder_with_the_error(tmp_path
     assert page.find("p", id="media-warning")
 
 
+def test_the_page_opens_with_a_human_summary_and_a_loss_curve(report):
+    path, _, _ = report
+    html = path.read_text()
+    page = _Page(html)
+    facts = {a["data-fact"] for a in page.find("li") if "data-fact" in a}
+    assert facts == {"trained", "data", "time", "change"}
+    text = " ".join(page.text)
+    assert "Trained a LoRA adapter on facebook/Perception-LM-1B, saved in runs/radiology/adapter." in text
+    assert "105 training samples from pydicom-testdata; evaluated on 5 held-out samples." in text
+    assert "40 optimizer steps in 1 min 11 s." in text
+    assert "Held-out: exact_match 0.1 (base) \u2192 0.4 (finetuned); eval_loss 2.5 (base) \u2192 1.25" in text
+    # The summary comes before the metrics table and the raw facts, which are folded and rounded.
+    assert html.index('id="summary"') < html.index('id="metrics"') and html.index('id="details"') < html.index(
+        'id="metrics"')
+    assert "1.027" in text and "1.027413" not in html
+    # One path per loss series, one dot per logged value, plus the axes.
+    assert len(page.find("path", **{"class": "loss"})) == len(page.find("path", **{"class": "eval_loss"})) == 1
+    assert len(page.find("circle")) == 7 and page.find("path", **{"class": "axes"})
+
+
+def test_control_characters_never_reach_the_page(report):
+    path, _, _ = report
+    html = path.read_text()
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", html)
+    assert "MR series,\\x07\\x1b[0m\\x00 ten frames." in html  # shown as visible escapes
+
+
+def test_without_training_facts_the_summary_says_only_what_is_known(tmp_path):
+    result = EvalResult(metrics={"rouge_l": 0.5}, records=_records()[:1], info={"model": "m"})
+    html = write_report(result, _samples()[:1], tmp_path / "r.html").read_text()
+    page = _Page(html)
+    assert {a["data-fact"] for a in page.find("li") if "data-fact" in a} == {"trained", "data", "change"}
+    assert "rouge_l 0.5 (finetuned; no base model evaluated)" in " ".join(page.text)
+    assert "<svg" not in html  # no log history, no curve
+
+
 @pytest.mark.parametrize("bad", [{"max_samples": 0}, {"frames_per_video": 0}, {"thumb_size": 8}])
 def test_out_of_range_options_are_refused(tmp_path, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -232,6 +273,11 @@ def test_chromium_decodes_every_image_and_renders_a_non_blank_page(report, tmp_p
     counts = {k: int(v) for k, v in re.findall(r'data-([a-z-]+)="(\d+)"', body)}
     assert counts == {"images-total": IMAGES_SHOWN, "images-ok": IMAGES_SHOWN, "metric-rows": len(METRICS)}
     assert "alert(1)" not in re.sub(r"&lt;script&gt;alert\(1\)&lt;/script&gt;", "", dom)
+    # The browser's own DOM: the summary's sentences, an SVG whose loss path has points, no control byte.
+    assert "Trained a LoRA adapter on facebook/Perception-LM-1B" in dom and "40 optimizer steps" in dom
+    curve = re.search(r'<svg id="loss-curve".*?</svg>', dom, re.S).group(0)
+    assert re.search(r'<path class="loss" d="M[\d.]+,[\d.]+( L[\d.]+,[\d.]+){4}"', curve)
+    assert "\x07" not in dom and "\x1b" not in dom
 
     shot = tmp_path / "report.png"
     _run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000", url)

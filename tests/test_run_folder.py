@@ -86,3 +86,15 @@ def test_training_info_round_trips_and_is_empty_when_absent(tmp_path):
         write_training_info(tmp_path, {"method": "lora4"})
     with pytest.raises(FileNotFoundError, match="save the adapter there first"):
         write_training_info(tmp_path / EVAL_DATA, {})
+
+
+def test_a_checkpoint_folder_reads_its_runs_training_info(tmp_path):
+    write_training_info(tmp_path, {"max_tiles": 4, "num_frames": 8, "eval_max_new_tokens": 64})
+    checkpoint = tmp_path / "checkpoint-200"
+    checkpoint.mkdir()
+    assert read_training_info(checkpoint) == {"max_tiles": 4, "num_frames": 8, "eval_max_new_tokens": 64}
+    # Its own file wins; a folder that is not a checkpoint never looks at its parent.
+    write_training_info(checkpoint, {"max_tiles": 2})
+    assert read_training_info(checkpoint) == {"max_tiles": 2}
+    (tmp_path / "other").mkdir()
+    assert read_training_info(tmp_path / "other") == {}
