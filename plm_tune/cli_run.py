@@ -13,7 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plm_tune.run_folder import EVAL_DATA, EVAL_DIR, EVAL_JSON, REPORT_HTML, base_model, read_training_info
+from plm_tune.run_folder import (
+    EVAL_DATA,
+    EVAL_DIR,
+    EVAL_JSON,
+    REPORT_HTML,
+    base_model,
+    check_model_path,
+    read_training_info,
+)
 
 __all__ = ["add_after_training_commands"]
 
@@ -42,7 +50,15 @@ def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
             setattr(args, key, info[key])
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """A typo'd --model / --adapter folder is "no such folder" at once, before torch is even imported."""
+    for path in (args.model, args.adapter):
+        if path is not None:
+            check_model_path(path)
+
+
 def _generate(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
@@ -88,6 +104,7 @@ def _eval_samples(args: argparse.Namespace, config: dict):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.evaluation import evaluate, save_eval
     from plm_tune.model import load_for_inference
     from plm_tune.report import write_report
