@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from plm_tune.cli_run import add_after_training_commands
+from plm_tune.run_folder import check_model_path
 
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
 
@@ -102,9 +103,23 @@ def _dataset_from_args(args: argparse.Namespace):
     adapter, kwargs, settings = _load_data_spec(args)
     module_name, function_name = ADAPTERS[adapter].split(":")
     build = getattr(importlib.import_module(module_name), function_name)
+    _check_adapter_args(adapter, build, kwargs)
     if getattr(args, "command_data", None) == "check":
         kwargs.setdefault("on_error", "skip")  # walk everything; problems are tabulated, not fatal
     return build(**kwargs), settings
+
+
+def _check_adapter_args(adapter: str, build, kwargs: dict) -> None:
+    """Refuse argument names the data adapter does not take, listing the ones it does (before it runs)."""
+    import inspect
+
+    parameters = inspect.signature(build).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [key for key in kwargs if key not in parameters]
+    if unknown:
+        raise ValueError(f"the {adapter} data adapter has no argument {', '.join(map(repr, unknown))} (from --arg or "
+                         f"the config's data: section); its arguments: {', '.join(parameters)}")
 
 
 def _data_setup(args: argparse.Namespace):
@@ -113,6 +128,7 @@ def _data_setup(args: argparse.Namespace):
     from plm_tune import PLMCollator
 
     dataset, settings = _dataset_from_args(args)
+    check_model_path(args.model_name_or_path or DEFAULT_MODEL)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path or DEFAULT_MODEL)
     return dataset, PLMCollator(processor, **settings)
 
@@ -172,8 +188,6 @@ def _recipe_of(config: str) -> str | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    import subprocess
-
     recipe = _recipe_of(args.config) if args.config else None
     if recipe is not None:
         # The recipe builds its own dataset from its DataArguments; its --plan prints this report and exits.
@@ -186,7 +200,7 @@ def _plan(args: argparse.Namespace) -> int:
                 command += [f"--{key}", str(value)]
         if args.gradient_checkpointing is not None:
             command += ["--activation_checkpointing", str(args.gradient_checkpointing).lower()]
-        return subprocess.run(command).returncode
+        return _run_recipe(command)
     import yaml
 
     from plm_tune.plan import plan_report
@@ -196,6 +210,7 @@ def _plan(args: argparse.Namespace) -> int:
         with open(args.config) as f:
             config = yaml.safe_load(f) or {}
     dataset, settings = _dataset_from_args(args)
+    check_model_path(args.model_name_or_path or DEFAULT_MODEL)
     checkpointing = args.gradient_checkpointing
     if checkpointing is None:
         checkpointing = bool(config.get("gradient_checkpointing", config.get("activation_checkpointing", False)))
@@ -210,9 +225,58 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is its error, with its usage (argparse would hand it to the top)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+class RecipeError(Exception):
+    """A recipe run by the CLI (``plm-tune plan`` on a recipe config) failed; the message is its last error line."""
+
+
+def _run_recipe(command: list[str]) -> int:
+    """Run a recipe in a child process, its output passed through live, except the traceback it may die with.
+
+    That traceback becomes a ``RecipeError`` with the exception's line, which ``main`` prints as one line
+    (``PLM_TUNE_DEBUG=1``: the child's traceback as it is).
+    """
+    import os
+    import subprocess
+
+    if os.environ.get("PLM_TUNE_DEBUG"):
+        return subprocess.run(command).returncode
+    marker = b"Traceback (most recent call last):"
+    child = subprocess.Popen(command, stderr=subprocess.PIPE)
+    out, pending, traceback = sys.stderr.buffer, b"", None
+    for chunk in iter(lambda: child.stderr.read1(65536), b""):
+        if traceback is not None:
+            traceback += chunk
+            continue
+        pending += chunk
+        at = pending.find(marker)
+        if at >= 0:
+            traceback, pending = pending[at:], pending[:at]
+        # Hold back a tail that may be the start of the marker; pass the rest on now (progress bars stay live).
+        keep = 0 if traceback is not None else len(marker) - 1
+        out.write(pending[: len(pending) - keep])
+        pending = pending[len(pending) - keep:]
+        out.flush()
+    out.write(pending)
+    code = child.wait()
+    if code and traceback:
+        lines = [line for line in traceback.decode(errors="replace").splitlines() if line.strip()]
+        raise RecipeError(lines[-1].strip())
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plm-tune", description="Finetune Perception Language Models (PLM).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-init PLM (offline tests and demos)")
     tiny.add_argument("path", help="output folder")
@@ -265,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if os.environ.get("PLM_TUNE_DEBUG"):
             raise
-        print(f"plm-tune {args.command}: error: {_error_line(error)}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "command_data", None))))
+        print(f"plm-tune {command}: error: {_error_line(error)}", file=sys.stderr)
         return 1
 
 
@@ -277,30 +342,38 @@ def _error_line(error: Exception) -> str:
     """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception."""
     from plm_tune.push import PushError, redact
 
-    if _hub_unreachable(error):
-        line = ("cannot reach the Hugging Face Hub, and what this needs is not in the local cache: pass a local "
-                "folder (e.g. --model outputs/RUN, or `plm-tune tiny-model .cache/tiny-plm` to try things "
-                "offline), or connect and run again")
-    elif isinstance(error, (*_USER_ERRORS, PushError)):
+    repo = _hub_unreachable(error)
+    if repo is not None:
+        line = (f"cannot reach the Hugging Face Hub (offline or no network) for {repo or 'what this needs'}, and it "
+                "is not in the local cache: connect and run again, or use a local folder instead "
+                "(`plm-tune tiny-model .cache/tiny-plm` makes a tiny model to try things offline)")
+    elif isinstance(error, (*_USER_ERRORS, PushError, RecipeError)):
         line = str(error)
     else:
         line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
     return " ".join(redact(line).split())
 
 
-def _hub_unreachable(error: BaseException | None) -> bool:
-    """Whether ``error`` or an exception behind it says the Hub could not be reached (offline, no network)."""
-    # By class name: huggingface_hub's offline errors and the transport errors of requests / httpx / httpcore.
+def _hub_unreachable(error: BaseException | None) -> str | None:
+    """None, unless ``error`` or an exception behind it says the Hub could not be reached (offline, no network):
+    then the quoted ``'org/name'`` one of their messages names, or ``""``."""
+    import re
+
+    # By class name: huggingface_hub's offline errors and the transport errors of requests / httpx / httpcore;
+    # by text: what transformers and datasets say when they wrap them (a recipe's error comes as text only).
     names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "ConnectError",
              "ConnectTimeout", "NetworkError", "TimeoutException"}
-    seen = set()
+    texts = ("couldn't connect to", "couldn't reach", "offlinemodeisenabled")
+    found, repo, seen = False, "", set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if names & {cls.__name__ for cls in type(error).__mro__} or "couldn't connect to" in str(error):
-            return True
+        text = str(error)
+        if names & {cls.__name__ for cls in type(error).__mro__} or any(t in text.lower() for t in texts):
+            found = True
+        repo = repo or next(iter(re.findall(r"'([\w.-]+/[\w.-]+)'", text)), "")
         # `raise ... from None` hides the context on purpose (a push's error may quote the token): so do we.
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return False
+    return (repr(repo) if repo else "") if found else None
 
 
 if __name__ == "__main__":

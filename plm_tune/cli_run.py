@@ -19,6 +19,7 @@ from plm_tune.run_folder import (
     EVAL_JSON,
     REPORT_HTML,
     base_model,
+    check_model_path,
     read_training_info,
     run_path,
 )
@@ -60,7 +61,15 @@ def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
         args.max_new_tokens = info.get("eval_max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """A typo'd --model / --adapter folder is "no such folder" at once, before torch is even imported."""
+    for path in (args.model, args.adapter):
+        if path is not None:
+            check_model_path(path)
+
+
 def _generate(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
@@ -107,6 +116,7 @@ def _eval_samples(args: argparse.Namespace, config: dict):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.evaluation import evaluate, metrics_table, save_eval
     from plm_tune.model import load_for_inference
     from plm_tune.report import write_report

@@ -30,7 +30,13 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, settings_from
-from plm_tune.run_folder import ADAPTER_CONFIG, has_processor, is_adapter, resolve_base_model
+from plm_tune.run_folder import (
+    ADAPTER_CONFIG,
+    check_model_path,
+    has_processor,
+    is_adapter,
+    resolve_base_model,
+)
 
 __all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype",
            "part_of", "LORA_LINEARS"]
@@ -131,6 +137,8 @@ def load_model(
     Raises:
         ValueError: unknown method, part or lora_targets; a part both frozen and a LoRA target; nothing left
             to train; ``quantization_config`` passed by hand.
+        FileNotFoundError: ``name_or_path`` looks like a local folder (``./x``, ``outputs/x`` when ``outputs/``
+            exists...) that does not exist: "no such folder", before any Hub call.
         ImportError: ``method="qlora"`` without bitsandbytes.
         RuntimeError: bitsandbytes cannot quantise to 4-bit on this machine.
 
@@ -149,6 +157,7 @@ def load_model(
         if args.attn_implementation:
             from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
     frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
+    check_model_path(name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
     dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
     if method == "qlora":
@@ -384,8 +393,9 @@ def load_for_inference(
         (it is the one training used), else from ``model``.
 
     Raises:
-        FileNotFoundError: an adapter folder without ``adapter_config.json``; an adapter folder as ``model``
-            whose base is a local folder that does not exist.
+        FileNotFoundError: ``model`` or ``adapter`` looks like a local folder that does not exist ("no such
+            folder"); an adapter folder without ``adapter_config.json``; an adapter folder as ``model`` whose
+            base is a local folder that does not exist.
         ValueError: an adapter folder as ``model`` whose ``adapter_config.json`` names no base.
 
     Example:
@@ -393,6 +403,9 @@ def load_for_inference(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    for path in (model, adapter):
+        if path is not None:
+            check_model_path(path)
     if adapter is None and is_adapter(model):
         adapter = model
         model = resolve_base_model(adapter)
