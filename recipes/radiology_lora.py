@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_dicom, from_hf_dataset
+from data_adapters import from_dicom, from_hf_dataset, held_out_split
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
 from plm_tune.plan import plan_report
@@ -75,6 +75,8 @@ class DataArguments:
         "help": "csv / jsonl with file_name (or SOPInstanceUID) and caption; replaces dicom_caption."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
+    eval_stratify: bool = field(default=False, metadata={
+        "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
     max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
     num_frames: int = field(default=32, metadata={"help": "Frames sampled from a multi-frame DICOM."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
@@ -136,8 +138,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         )
     train_set, eval_set = samples, None
     if data_args.eval_split > 0:
-        split = samples.train_test_split(test_size=data_args.eval_split, seed=training_args.seed)
-        train_set, eval_set = split["train"], split["test"]
+        train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
+                                             stratify=data_args.eval_stratify)
 
     if data_args.plan:  # `plm-tune plan CONFIG`: counts from media headers and a memory estimate, no weights
         print(plan_report(train_set, path, batch_size=training_args.per_device_train_batch_size,
