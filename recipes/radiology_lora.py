@@ -26,6 +26,7 @@ Several GPUs: `accelerate launch --num_processes 8 ...`; DeepSpeed: `--config_fi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -38,6 +39,7 @@ from data_adapters import from_dicom, from_hf_dataset, held_out_split
 from plm_tune import build_trainer, load_model, loss_change
 from plm_tune.outputs import EvalArguments, save_run
 from plm_tune.plan import plan_report
+from plm_tune.quiet_log import VERBOSE_ENV
 from plm_tune.testing import build_tiny_plm
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -80,6 +82,8 @@ class DataArguments:
     max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
     num_frames: int = field(default=32, metadata={"help": "Frames sampled from a multi-frame DICOM."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Print every skipped file and the Trainer's full log dicts (same as PLM_TUNE_VERBOSE=1)."})
     plan: bool = field(default=False, metadata={
         "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})
 
@@ -108,6 +112,8 @@ def dicom_folders(dicom_dir: str) -> list[str]:
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig,
          eval_args: EvalArguments) -> None:
+    if data_args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the data adapters' skip summaries and the training log
     ################
     # The model's folder (the offline demos build a tiny PLM there)
     ################
