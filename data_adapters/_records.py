@@ -56,8 +56,11 @@ class SkipReport:
     kept: int = 0
     max_examples: int = 5
 
+    names: dict[str, list[str]] = field(default_factory=dict)  # every skipped record, by reason
+
     def add(self, error: BadRecord) -> None:
         self.counts[error.reason] += 1
+        self.names.setdefault(error.reason, []).append(error.record)
         names = self.examples.setdefault(error.reason, [])
         if len(names) < self.max_examples:
             names.append(error.record)
@@ -66,13 +69,34 @@ class SkipReport:
     def skipped(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self) -> str:
+    def summary(self, verbose: bool | None = None) -> str:
+        """One line per reason: the count and up to 3 short record names (a path's file name); with ``verbose``
+        (default: the ``PLM_TUNE_VERBOSE`` environment variable) every record, as named."""
         if not self.counts:
             return f"{self.source}: {self.kept} records, none skipped."
+        verbose = _verbose() if verbose is None else verbose
         lines = [f"{self.source}: kept {self.kept} records, skipped {self.skipped}:"]
         for reason, n in self.counts.most_common():
-            lines.append(f"  {n:6d}  {reason}  (e.g. {', '.join(self.examples[reason])})")
+            names = self.names.get(reason) or self.examples[reason]
+            shown = names if verbose else [_short_name(name) for name in names[:3]]
+            more = f" (+{n - len(shown)} more)" if n > len(shown) else ""
+            lines.append(f"  {n:6d}  {reason}: {', '.join(shown)}{more}")
+        if not verbose and any(n > 3 for n in self.counts.values()):
+            lines.append(f"  (every name: {_VERBOSE_ENV}=1 or --verbose)")
         return "\n".join(lines)
+
+
+# plm_tune.quiet_log.VERBOSE_ENV: the same switch (adapters do not import the training side of plm_tune).
+_VERBOSE_ENV = "PLM_TUNE_VERBOSE"
+
+
+def _verbose() -> bool:
+    return os.environ.get(_VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _short_name(record: str) -> str:
+    """A record named by an absolute path (a DICOM file) is shown by its file name; other names stay whole."""
+    return os.path.basename(record) if os.path.isabs(record) else record
 
 
 def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,

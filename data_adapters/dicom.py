@@ -255,7 +255,7 @@ def _find_files(paths_or_dir: Any, recursive: bool) -> list[_File]:
     if passed_over:
         # PACS exports often name DICOM files IM0001 or 1.2.840...: say so rather than silently drop them.
         logger.warning(f"from_dicom: passed over {len(passed_over)} file(s) not named *.dcm / *.dicom (e.g. "
-                       f"{', '.join(passed_over[:3])}). If they are DICOM, rename them to end in .dcm.")
+                       f"{', '.join(os.path.basename(p) for p in passed_over[:3])}). If they are DICOM, rename them to end in .dcm.")
     return files
 
 

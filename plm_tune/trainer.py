@@ -24,6 +24,7 @@ from plm_tune.costs import dataset_costs
 from plm_tune.generation import generate, vision_dtype
 from plm_tune.metrics import score_answers
 from plm_tune.model import parameter_groups
+from plm_tune.quiet_log import quiet_training_log
 from plm_tune.sample import sample_columns
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.sparse_logits import project_labelled_only
@@ -264,6 +265,7 @@ def build_trainer(
     )
     # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
     trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
+    quiet_training_log(trainer)  # short console lines; PLM_TUNE_VERBOSE=1 prints the full dicts
     trainer.plm_collator = collator
     trainer.plm_group_by_length = group_by_length
     if labelled_logits_only is None:

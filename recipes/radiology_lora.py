@@ -26,6 +26,7 @@ Several GPUs: `accelerate launch --num_processes 8 ...`; DeepSpeed: `--config_fi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -33,9 +34,10 @@ from typing import Literal
 
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_dicom, from_hf_dataset
+from data_adapters import from_dicom, from_hf_dataset, held_out_split
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser, split_eval
+from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
+from plm_tune.quiet_log import VERBOSE_ENV
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 PYDICOM_TESTDATA = "pydicom-testdata"  # a dicom_dir value: the example files pydicom and pydicom-data install
@@ -56,6 +58,10 @@ class DataArguments:
         "help": "csv / jsonl with file_name (or SOPInstanceUID) and caption; replaces dicom_caption."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
+    eval_stratify: bool = field(default=False, metadata={
+        "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Print every skipped file and the Trainer's full log dicts (same as PLM_TUNE_VERBOSE=1)."})
 
 
 def make_parser() -> TrlParser:
@@ -79,6 +85,8 @@ def dicom_folders(dicom_dir: str) -> list[str]:
 
 def main(model_args: ModelArguments, media_args: MediaArguments, data_args: DataArguments,
          training_args: SFTConfig, eval_args: EvalArguments) -> None:
+    if data_args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the data adapters' skip summaries and the training log
     build_tiny_if_asked(model_args, training_args)  # the offline demos build a tiny PLM first
 
     ################
@@ -101,7 +109,10 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             prompt=data_args.prompt,
             on_error=data_args.on_error,
         )
-    train_set, eval_set = split_eval(samples, data_args.eval_split, training_args.seed)
+    train_set, eval_set = samples, None
+    if data_args.eval_split > 0:
+        train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
+                                             stratify=data_args.eval_stratify)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)
