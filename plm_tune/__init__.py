@@ -13,6 +13,8 @@ The public API:
 * ``merge_adapter`` (``plm_tune.merge``), ``write_model_card`` (``plm_tune.model_card``), ``push_adapter``,
   ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
   folder (``plm_tune.run_folder``, which owns the output folder's layout).
+* ``ModelArguments``, ``MediaArguments``, ``EvalArguments``, ``training_info``: a run's settings, as the recipes
+  and ``plm-tune plan`` parse them, and what ``plm_tune_training.json`` records of them (``plm_tune.arguments``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
@@ -20,6 +22,7 @@ The public API:
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
 """
 
+from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
 from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
 from plm_tune.costs import SampleEstimate, estimate_cost
 from plm_tune.evaluation import EvalRecord, EvalResult, base_model_context, evaluate, load_eval, save_eval
@@ -52,6 +55,7 @@ __all__ = [
     "EncodedSample",
     "estimate_cost",
     "estimate_memory",
+    "EvalArguments",
     "EvalRecord",
     "EvalResult",
     "evaluate",
@@ -65,8 +69,10 @@ __all__ = [
     "load_model",
     "load_video",
     "loss_change",
+    "MediaArguments",
     "MemoryEstimate",
     "merge_adapter",
+    "ModelArguments",
     "normalize_messages",
     "parameter_groups",
     "PixelEncoder",
@@ -81,6 +87,7 @@ __all__ = [
     "select_frame_indices",
     "save_eval",
     "score_answers",
+    "training_info",
     "validate_sample",
     "write_model_card",
     "write_report",
