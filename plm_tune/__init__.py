@@ -13,6 +13,8 @@ The public API:
 * ``merge_adapter`` (``plm_tune.merge``), ``write_model_card`` (``plm_tune.model_card``), ``push_adapter``,
   ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
   folder (``plm_tune.run_folder``, which owns the output folder's layout).
+* ``ModelArguments``, ``MediaArguments``, ``EvalArguments``, ``training_info``: a run's settings, as the recipes
+  and ``plm-tune plan`` parse them, and what ``plm_tune_training.json`` records of them (``plm_tune.arguments``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
@@ -28,6 +30,10 @@ import importlib
 # name -> module. The names are imported on first use (PEP 562), so `import plm_tune` and the CLI's
 # `--help` stay fast: most modules import torch, transformers or peft.
 _EXPORTS = {
+    "EvalArguments": "plm_tune.arguments",
+    "MediaArguments": "plm_tune.arguments",
+    "ModelArguments": "plm_tune.arguments",
+    "training_info": "plm_tune.arguments",
     "CollatorStats": "plm_tune.collator",
     "EncodedSample": "plm_tune.collator",
     "PLMCollator": "plm_tune.collator",

@@ -166,62 +166,55 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, adapter_flags: tuple[str
 
 
 # ------------------------------------------------------------------ plan: tokens, padding and memory before training
-# A recipe config names its script on its first line: "# accelerate launch recipes/NAME.py --config ...".
-RECIPE_COMMAND = r"#\s*accelerate launch\s+(\S+\.py)"
-
-
-def _recipe_of(config: str) -> str | None:
-    """The recipe script a recipe config names on its first line (None for a config with a data: section)."""
-    import re
-    from pathlib import Path
-
-    with open(config) as f:
-        match = re.match(RECIPE_COMMAND, f.readline())
-    if not match:
-        return None
-    script = Path(match.group(1))
-    for candidate in (script, Path(config).resolve().parents[2] / script):  # from here, or from the repo root
-        if candidate.is_file():
-            return str(candidate)
-    raise SystemExit(f"{config} is a recipe config for {script}, which was found neither here nor next to "
-                     "recipes/configs/; run plm-tune plan from the repository root.")
+# Flags of `plm-tune plan` and the run settings they set (plm_tune.arguments / SFTConfig field names).
+PLAN_FLAGS = {"model_name_or_path": "model_name_or_path", "max_length": "max_length", "max_tiles": "max_tiles",
+              "num_frames": "num_frames", "train_on": "train_on", "vision_input_type": "vision_input_type",
+              "batch_size": "per_device_train_batch_size", "method": "method",
+              "gradient_checkpointing": "activation_checkpointing"}
 
 
 def _plan(args: argparse.Namespace) -> int:
-    recipe = _recipe_of(args.config) if args.config else None
-    if recipe is not None:
-        # The recipe builds its own dataset from its DataArguments; its --plan prints this report and exits.
-        flags = {"model_name_or_path": args.model_name_or_path, "max_length": args.max_length,
-                 "max_tiles": args.max_tiles, "num_frames": args.num_frames,
-                 "per_device_train_batch_size": args.batch_size, "method": args.method}
-        command = [sys.executable, recipe, "--config", args.config, "--plan", "true"]
-        for key, value in flags.items():
-            if value is not None:
-                command += [f"--{key}", str(value)]
-        if args.gradient_checkpointing is not None:
-            command += ["--activation_checkpointing", str(args.gradient_checkpointing).lower()]
-        return _run_recipe(command)
+    """The config's run settings parsed as the recipes parse them; the data from its data: section or flags.
+
+    A recipe config has no data: section: its corpus keys are its recipe's, which the library does not import.
+    With --data-adapter they are listed as ignored; without it, the error says how to plan that config.
+    """
+    import difflib
+
     import yaml
 
+    from plm_tune.finetune import parse_settings, settings_keys
     from plm_tune.plan import plan_report
 
     config = {}
     if args.config:
         with open(args.config) as f:
             config = yaml.safe_load(f) or {}
-    dataset, settings = _dataset_from_args(args)
-    check_model_path(args.model_name_or_path or DEFAULT_MODEL)
-    checkpointing = args.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = bool(config.get("gradient_checkpointing", config.get("activation_checkpointing", False)))
-    print(plan_report(
-        dataset, args.model_name_or_path or DEFAULT_MODEL,
-        batch_size=args.batch_size or config.get("per_device_train_batch_size", 8),
-        method=args.method or config.get("method", "lora"), freeze=config.get("freeze", ["vision"]),
-        lora_r=config.get("lora_r", 16), lora_dropout=config.get("lora_dropout", 0.0),
-        lora_targets=config.get("lora_targets", "language"), gradient_checkpointing=checkpointing,
-        progress=not args.no_progress, **settings,
-    ))
+    has_data = "data" in config
+    config.pop("data", None)
+    valid = [key for names in settings_keys().values() for key in names]
+    other = sorted(key for key in config if key not in valid)
+    typos = {key: difflib.get_close_matches(key, valid, n=1, cutoff=0.8) for key in other}
+    typos = {key: match[0] for key, match in typos.items() if match}
+    if other and (has_data or typos):  # a data config has no corpus keys; a near miss is a typo anyway
+        parse_settings({key: config[key] for key in (other if has_data else typos)})  # raises, naming them
+    if other and not args.data_adapter:
+        raise ValueError(f"{args.config} has no data: section and sets {', '.join(other)}: a recipe's corpus keys, "
+                         "read by its recipe. Plan it with the recipe itself (add --plan true to its command: "
+                         "python recipes/RECIPE.py --config CONFIG --plan true), or give the data here with "
+                         "--data-adapter NAME --arg KEY=VALUE.")
+    if other:
+        print(f"Ignored {', '.join(other)}: corpus keys of a recipe config (the data comes from --data-adapter).",
+              file=sys.stderr)
+    flags = {setting: getattr(args, flag) for flag, setting in PLAN_FLAGS.items() if getattr(args, flag) is not None}
+    model_args, media_args, training_args, _ = parse_settings(
+        {**{k: v for k, v in config.items() if k not in other}, **flags})
+    check_model_path(model_args.model_name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
+    dataset, _ = _dataset_from_args(args)
+    print(plan_report(dataset, model_args, media=media_args, max_length=training_args.max_length,
+                      batch_size=training_args.per_device_train_batch_size,
+                      gradient_checkpointing=bool(training_args.activation_checkpointing),
+                      progress=not args.no_progress))
     return 0
 
 
@@ -233,45 +226,6 @@ class _CommandParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
-
-
-class RecipeError(Exception):
-    """A recipe run by the CLI (``plm-tune plan`` on a recipe config) failed; the message is its last error line."""
-
-
-def _run_recipe(command: list[str]) -> int:
-    """Run a recipe in a child process, its output passed through live, except the traceback it may die with.
-
-    That traceback becomes a ``RecipeError`` with the exception's line, which ``main`` prints as one line
-    (``PLM_TUNE_DEBUG=1``: the child's traceback as it is).
-    """
-    import os
-    import subprocess
-
-    if os.environ.get("PLM_TUNE_DEBUG"):
-        return subprocess.run(command).returncode
-    marker = b"Traceback (most recent call last):"
-    child = subprocess.Popen(command, stderr=subprocess.PIPE)
-    out, pending, traceback = sys.stderr.buffer, b"", None
-    for chunk in iter(lambda: child.stderr.read1(65536), b""):
-        if traceback is not None:
-            traceback += chunk
-            continue
-        pending += chunk
-        at = pending.find(marker)
-        if at >= 0:
-            traceback, pending = pending[at:], pending[:at]
-        # Hold back a tail that may be the start of the marker; pass the rest on now (progress bars stay live).
-        keep = 0 if traceback is not None else len(marker) - 1
-        out.write(pending[: len(pending) - keep])
-        pending = pending[len(pending) - keep:]
-        out.flush()
-    out.write(pending)
-    code = child.wait()
-    if code and traceback:
-        lines = [line for line in traceback.decode(errors="replace").splitlines() if line.strip()]
-        raise RecipeError(lines[-1].strip())
-    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,11 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     plan = sub.add_parser("plan", help="token counts, padding waste and peak memory from media headers, "
-                          "before training (a config with a data: section, or a recipe config)")
+                          "before training (a config with a data: section and the recipes' run settings)")
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
-                      help="per-device batch size (default: the config's per_device_train_batch_size, else 8)")
-    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"], help="default: the config's, else lora")
+                      help="per-device batch size (default: the config's per_device_train_batch_size, else SFTConfig's)")
+    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"],
+                      help="default: the config's, else ModelArguments'")
     plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                       action=argparse.BooleanOptionalAction, help="default: the config's")
     plan.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -347,7 +302,7 @@ def _error_line(error: Exception) -> str:
         line = (f"cannot reach the Hugging Face Hub (offline or no network) for {repo or 'what this needs'}, and it "
                 "is not in the local cache: connect and run again, or use a local folder instead "
                 "(`plm-tune tiny-model .cache/tiny-plm` makes a tiny model to try things offline)")
-    elif isinstance(error, (*_USER_ERRORS, PushError, RecipeError)):
+    elif isinstance(error, (*_USER_ERRORS, PushError)):
         line = str(error)
     else:
         line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"

@@ -11,7 +11,7 @@ from conftest import make_image
 from transformers import AutoModelForImageTextToText
 
 from plm_tune import PLMCollator
-from plm_tune.model import part_of, enable_gradient_checkpointing, load_model, parameter_groups
+from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups, part_of
 
 LANGUAGE_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 VISION_LINEARS = {"qkv", "proj", "fc1", "fc2"}
