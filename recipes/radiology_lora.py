@@ -58,7 +58,7 @@ class DataArguments:
         "help": "csv / jsonl with file_name (or SOPInstanceUID) and caption; replaces dicom_caption."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
-    eval_stratify: bool = field(default=False, metadata={
+    stratify_eval: bool = field(default=False, metadata={
         "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
     verbose: bool = field(default=False, metadata={
         "help": "Print every skipped file and the Trainer's full log dicts (same as PLM_TUNE_VERBOSE=1)."})
@@ -112,7 +112,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
     train_set, eval_set = samples, None
     if data_args.eval_split > 0:
         train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
-                                             stratify=data_args.eval_stratify)
+                                             stratify=data_args.stratify_eval)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)
