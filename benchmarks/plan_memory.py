@@ -146,7 +146,7 @@ def estimate(path: Path, method: str, *, gradient_checkpointing: bool, batch_siz
 
     return estimate_memory(str(path), method, batch_size=batch_size, seq_len=seq_len, tiles_per_sample=tiles,
                            gradient_checkpointing=gradient_checkpointing, dtype=torch.float32, freeze=("vision",),
-                           lora_r=lora_r, device="cpu")
+                           lora_r=lora_r, lora_dropout=0.0, device="cpu")  # as measure() loads it
 
 
 def main() -> None:

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"],
                       help="default: the config's, else ModelArguments'")
     plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
-                      action=argparse.BooleanOptionalAction, help="default: the config's")
+                      action=argparse.BooleanOptionalAction,
+                      help="default: the config's activation_checkpointing, else SFTConfig's (on)")
     plan.add_argument("--no-progress", action="store_true", help="no progress bar")
     plan.set_defaults(func=_plan)
 

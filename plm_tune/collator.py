@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import torch
 
+from plm_tune.arguments import MediaArguments
 from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, EncodedConversation, TrainOn
-from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.length_policy import Fit, SampleCounts, fit_sample
 from plm_tune.media import load_image
 from plm_tune.pixels import PixelEncoder, VisionInputType
@@ -160,12 +160,12 @@ class PLMCollator:
         processor: Any,
         *,
         max_length: int | None = None,
-        train_on: TrainOn = "assistant",
-        vision_input_type: VisionInputType | None = None,
-        max_tiles: int | None = None,
-        num_frames: int = NUM_FRAMES,
-        multi_image_tiles: int | None = 1,
-        keep_media_order: bool = False,
+        train_on: TrainOn = MediaArguments.train_on,
+        vision_input_type: VisionInputType | None = MediaArguments.vision_input_type,
+        max_tiles: int | None = MediaArguments.max_tiles,
+        num_frames: int = MediaArguments.num_frames,
+        multi_image_tiles: int | None = MediaArguments.multi_image_tiles,
+        keep_media_order: bool = MediaArguments.keep_media_order,
         on_too_long: OnTooLong = "skip",
         truncate_turns: bool = True,
         fit_tiles: bool = False,

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from plm_tune.arguments import MediaArguments
 from plm_tune.sample import Part, Turn
 
 __all__ = ["TrainOn", "EncodedConversation", "ConversationEncoder", "DEFAULT_SYSTEM_PROMPT", "media_first"]
@@ -86,7 +87,7 @@ class ConversationEncoder:
     """
 
     def __init__(self, tokenizer, default_system_prompt: str = DEFAULT_SYSTEM_PROMPT, *,
-                 keep_media_order: bool = False) -> None:
+                 keep_media_order: bool = MediaArguments.keep_media_order) -> None:
         self.tokenizer = tokenizer
         self.keep_media_order = keep_media_order
         ids = {}
@@ -128,7 +129,7 @@ class ConversationEncoder:
         turns: Sequence[Turn],
         media_token_counts: dict[str, Sequence[int]],
         *,
-        train_on: TrainOn = "assistant",
+        train_on: TrainOn = MediaArguments.train_on,
         add_generation_prompt: bool = False,
     ) -> EncodedConversation:
         """Encode a conversation.

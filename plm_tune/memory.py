@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import torch
 
+from plm_tune.arguments import ModelArguments
+
 __all__ = ["MemoryEstimate", "PLM_SIZES", "estimate_memory", "plm_config", "count_parameters"]
 
 PLM_SIZES = ("1B", "3B", "8B")
@@ -266,10 +268,10 @@ def estimate_memory(
     frames_per_sample: float = 0,
     gradient_checkpointing: bool = False,
     dtype: torch.dtype = torch.bfloat16,
-    freeze: Iterable[str] = ("vision",),
-    lora_r: int = 16,
-    lora_dropout: float = 0.0,
-    lora_targets: str = "language",
+    freeze: Iterable[str] = tuple(ModelArguments().freeze),
+    lora_r: int = ModelArguments.lora_r,
+    lora_dropout: float = ModelArguments.lora_dropout,
+    lora_targets: str = ModelArguments.lora_targets,
     optimizer: Optimizer = "adamw",
     logit_tokens: int | None = None,
     fused_lm_head: bool = False,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from plm_tune.frame_selection import NUM_FRAMES
+from plm_tune.arguments import MediaArguments
 from plm_tune.media import load_image, load_video
 
 __all__ = ["PixelEncoder", "VisionInputType"]
@@ -35,10 +35,10 @@ class PixelEncoder:
         self,
         processor: Any,
         *,
-        vision_input_type: VisionInputType | None = None,
-        max_tiles: int | None = None,
-        num_frames: int = NUM_FRAMES,
-        multi_image_tiles: int | None = 1,
+        vision_input_type: VisionInputType | None = MediaArguments.vision_input_type,
+        max_tiles: int | None = MediaArguments.max_tiles,
+        num_frames: int = MediaArguments.num_frames,
+        multi_image_tiles: int | None = MediaArguments.multi_image_tiles,
     ) -> None:
         if multi_image_tiles is not None and (isinstance(multi_image_tiles, bool) or multi_image_tiles < 1):
             raise ValueError(f"multi_image_tiles must be a positive number of tiles or None, got {multi_image_tiles!r}.")

@@ -77,14 +77,14 @@ def test_one_default_per_setting():
     """Unset, a setting has the same value in the recipes, in `plm-tune plan` and in the library's keywords."""
     import inspect
 
-    from plm_tune import build_trainer, load_model, plan_report
+    from plm_tune import PLMCollator, build_trainer, estimate_memory, generate, load_model, plan_report
     from plm_tune.arguments import MediaArguments, ModelArguments
     from plm_tune.finetune import parse_settings
 
     model_args, media_args, _, _, _ = load_recipe(ROOT / "recipes/video_lora.py").make_parser().parse_args_and_config([])
     assert parse_settings({})[:2] == (model_args, media_args) == (ModelArguments(), MediaArguments())
     assert model_args.lora_dropout == 0.05 and media_args.num_frames == 32
-    for function in (load_model, build_trainer, plan_report):
+    for function in (load_model, build_trainer, plan_report, PLMCollator, estimate_memory, generate):
         parameters = inspect.signature(function).parameters
         for name, value in {**vars(model_args), **vars(media_args)}.items():
             if name in parameters and parameters[name].default is not inspect.Parameter.empty:
