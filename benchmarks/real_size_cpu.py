@@ -104,7 +104,8 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
                                dtype=torch.float32, freeze=freeze, lora_r=16, device="cpu")
     model.eval()
     started = time.perf_counter()
-    answer = generate(model, processor, [sample(max_tiles)], max_new_tokens=4, batch_size=1, progress=False)[0]
+    generation = generate(model, processor, [sample(max_tiles)], max_new_tokens=4, batch_size=1, progress=False,
+                          details=True)[0]
     generate_s = time.perf_counter() - started
     merge_s, merge_diff = None, None
     if name in ("lora", "dora"):
@@ -116,7 +117,7 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
             merge_diff = float((merged(**warm).logits - before).abs().max())
     return {"method": name, "tiles": tiles, "seq_len": seq_len, "loss": float(loss), "load_s": load_s,
             "step_s": step_s, "measured": measured, "estimated": estimate.peak, "generate_s": generate_s,
-            "answer_tokens": len(processor.tokenizer(answer, add_special_tokens=False).input_ids),
+            "prompt_tokens": generation.prompt_tokens, "new_tokens": generation.new_tokens,
             "merge_s": merge_s, "merge_max_logit_diff": merge_diff,
             "trainable": estimate.trainable_params, "total": estimate.total_params}
 
