@@ -104,7 +104,7 @@ def processor_with_real_geometry(workdir: Path, smoke: bool):
     return path, AutoProcessor.from_pretrained(path)
 
 
-def build_model(size: str, processor, tiny_path: Path, device: torch.device, smoke: bool):
+def build_model(size: str, processor, tiny_path: Path, device: torch.device, smoke: bool, attn: str = "sdpa"):
     from transformers import AutoModelForImageTextToText, PerceptionLMForConditionalGeneration
 
     from plm_tune.memory import plm_config
@@ -116,7 +116,7 @@ def build_model(size: str, processor, tiny_path: Path, device: torch.device, smo
     config.image_token_id = tokenizer.convert_tokens_to_ids("<|image|>")
     config.video_token_id = tokenizer.convert_tokens_to_ids("<|video|>")
     with device:
-        return PerceptionLMForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        return PerceptionLMForConditionalGeneration._from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
 
 
 def flops_per_step(model, batches_tokens: list[list[int]], patches: int) -> float:
@@ -147,7 +147,7 @@ def run(variant: str, size: str, method: str, args, workdir: Path, device: torch
     tiny_path, processor = processor_with_real_geometry(workdir, args.smoke)
     samples = make_samples(args.samples)
     processor.image_processor.max_num_tiles = args.max_tiles  # for every run: TRL's collator reads only this
-    model = build_model(size, processor, tiny_path, device, args.smoke)
+    model = build_model(size, processor, tiny_path, device, args.smoke, args.attn)
     for param in model.model.vision_tower.parameters():
         param.requires_grad = False
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_LINEARS["language"],
@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-tiles", type=int, default=9)
     parser.add_argument("--smoke", action="store_true", help="tiny PLM on the CPU, to check the script runs")
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "flash_attention_2"),
+                        help="attention kernel (flash_attention_2: varlen packing; needs flash-attn)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.smoke:
