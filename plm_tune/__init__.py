@@ -26,6 +26,9 @@ The public API:
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import warnings
 
 # name -> module. The names are imported on first use (PEP 562), so `import plm_tune` and the CLI's
 # `--help` stay fast: most modules import torch, transformers or peft.
@@ -95,3 +98,26 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _DropNotice(logging.Filter):
+    """Drops one import-time notice of another library, unless ``keep()`` says this run needs it."""
+
+    def __init__(self, text: str, keep=lambda: False) -> None:
+        super().__init__()
+        self.text, self.keep = text, keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.keep() or self.text not in record.getMessage()
+
+
+# DeepSpeed says it falls back to the CPU whenever it is imported, and accelerate imports it on every model save
+# once it is installed (the `deepspeed` extra): kept only for runs that use it (accelerate sets this variable).
+# bitsandbytes, imported by peft, asks for the `kernels` package (fetched from the Hub) on CPUs with AVX-512 BF16:
+# it only speeds up QLoRA on a CPU. Both loggers are filtered before the libraries create them.
+logging.getLogger("DeepSpeed").addFilter(_DropNotice(
+    "Setting accelerator to CPU", keep=lambda: os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")))
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropNotice("Failed to load CPU gemm_4bit_forward"))
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: a FutureWarning
+# about peft's code on every load_model / load_for_inference / merge, which no user setting can change.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -157,7 +157,6 @@ def load_model(
         if args.attn_implementation:
             from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
     frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
-    check_model_path(name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
     dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
     if method == "qlora":
@@ -168,6 +167,7 @@ def load_model(
 
             kwargs["device_map"] = {"": PartialState().local_process_index}
 
+    check_model_path(name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
     model = AutoModelForImageTextToText.from_pretrained(
         name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
     )

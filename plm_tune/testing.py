@@ -132,7 +132,8 @@ def plm_tokenizer(raw: Any) -> Any:
         pad_token="<|end_of_text|>",
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=11520,
-        clean_up_tokenization_spaces=True,
+        # PLM's config says True, which transformers ignores for BPE tokenizers, with a warning on every load.
+        clean_up_tokenization_spaces=False,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
     )
 
