@@ -206,6 +206,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: SF
         trainer,
         eval_set=eval_set,
         training_info={"method": model_args.method, "freeze": list(model_args.freeze),
+                       # A Hub id goes to the card's metadata; "DICOM files in ..." only to its text.
+                       "datasets": [f"DICOM files in {data_args.dicom_dir}" if data_args.dicom_dir
+                                    else data_args.dataset],
                        "max_tiles": data_args.max_tiles, "num_frames": data_args.num_frames},
         generate_eval=eval_args.generate_eval,
         compare_base=eval_args.compare_base,
