@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     plan = sub.add_parser("plan", help="token counts, padding waste and peak memory from media headers, "
-                          "before training (a config with a data: section, or a recipe config)")
+                          "before training (a config with a data: section, or a recipe config)",
+                          description="CONFIG is a YAML with a data: section or a recipe's own config, e.g. "
+                          "plm-tune plan recipes/configs/radiology_demo.yaml")
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
                       help="per-device batch size (default: the config's per_device_train_batch_size, else 8)")

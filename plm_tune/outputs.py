@@ -41,7 +41,8 @@ class EvalArguments:
     generation_eval_steps: int = field(default=0, metadata={
         "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})
-    generation_eval_samples: int = field(default=8, metadata={"help": "How many eval samples that answers."})
+    generation_eval_samples: int = field(default=8, metadata={
+        "help": "How many eval samples each generation_eval_steps check answers."})
 
 
 @dataclass

@@ -39,8 +39,8 @@ RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what 
 class ModelArguments:
     model_name_or_path: str = field(default="facebook/Perception-LM-1B", metadata={"help": "Hub id or folder."})
     freeze: list[str] = field(default_factory=lambda: ["vision"], metadata={"help": "Parts that do not train."})
-    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR (default: learning_rate)."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
     tiny_preset: Literal["test", "learner"] = field(
@@ -58,10 +58,10 @@ class DataArguments:
     synthetic_shapes: int = field(default=0, metadata={"help": "Instead of `dataset`: this many generated images."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
-    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
+    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image; None: the processor's."})
     vision_input_type: Literal["thumb+tile", "vanilla"] | None = field(default=None, metadata={
-        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image (default: the "
-                "processor's)."})
+        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image; None: the "
+                "processor's."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
     plan: bool = field(default=False, metadata={
         "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})

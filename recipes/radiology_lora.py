@@ -56,8 +56,8 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_targets: Literal["language", "language+vision"] = field(
         default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
-    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR (default: learning_rate)."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
 
@@ -79,7 +79,7 @@ class DataArguments:
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
     eval_stratify: bool = field(default=False, metadata={
         "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
-    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
+    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image; None: the processor's."})
     num_frames: int = field(default=32, metadata={"help": "Frames sampled from a multi-frame DICOM."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
     verbose: bool = field(default=False, metadata={

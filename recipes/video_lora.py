@@ -41,7 +41,7 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
 
@@ -54,8 +54,8 @@ class DataArguments:
     media_root: str | None = field(default=None, metadata={"help": "Folder plm_jsonl paths are relative to."})
     synthetic_videos: int = field(default=0, metadata={"help": "Instead: this many generated moving-shape clips."})
     prompt: str | None = field(default=None, metadata={
-        "help": "video_folder's question: a column, a {column} template or fixed text (default: its question "
-                "column, else 'Describe this video.')."})
+        "help": "video_folder's question: a column, a {column} template or fixed text; None: its question "
+                "column, else 'Describe this video.'."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
     num_frames: int = field(default=16, metadata={"help": "Frames sampled per video (PLM samples up to 32)."})
