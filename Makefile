@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-EXTRAS ?= dev,dicom,video,deepspeed,qlora
+EXTRAS ?= dev,dicom,deepspeed,qlora,real-tokenizer
 # torch/torchvision pinned to the builds this project is tested with. pip fetches them from PyPI (on Linux the
 # CUDA build: a venv of about 6 GB) unless `pip config list` names a local index or wheel folder that has them.
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
@@ -30,8 +30,14 @@ test: install
 tiny-model: install
 	$(VENV)/bin/plm-tune tiny-model .cache/tiny-plm
 
-lint: install
-	$(VENV)/bin/ruff check .
+# ruff alone, in its own small venv: linting never installs the torch stack.
+LINT_VENV ?= .venv-lint
+$(LINT_VENV)/bin/ruff:
+	test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --quiet "ruff>=0.15"
+
+lint: $(LINT_VENV)/bin/ruff
+	$(LINT_VENV)/bin/ruff check .
 
 clean:
-	rm -rf .cache .pytest_cache build *.egg-info
+	rm -rf .cache .pytest_cache build *.egg-info $(LINT_VENV)

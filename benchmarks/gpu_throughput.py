@@ -142,7 +142,7 @@ def run(variant: str, size: str, method: str, args, workdir: Path, device: torch
     from trl import SFTConfig, SFTTrainer
 
     from plm_tune import PLMCollator, build_trainer
-    from plm_tune.model import _LORA_LINEARS  # the decoder's linears, as load_model(method='lora') targets
+    from plm_tune.model import LORA_LINEARS  # the decoder's linears, as load_model(method='lora') targets
 
     tiny_path, processor = processor_with_real_geometry(workdir, args.smoke)
     samples = make_samples(args.samples)
@@ -150,7 +150,7 @@ def run(variant: str, size: str, method: str, args, workdir: Path, device: torch
     model = build_model(size, processor, tiny_path, device, args.smoke)
     for param in model.model.vision_tower.parameters():
         param.requires_grad = False
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=_LORA_LINEARS["language"],
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_LINEARS["language"],
                       modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM")
     if variant.endswith("liger"):
         from liger_kernel.transformers import apply_liger_kernel_to_llama

@@ -2,9 +2,10 @@
 
 ``plm_tune.push_adapter`` checks the folder (safetensors weights, tokenizer and processor files), writes a
 model card (Hub metadata, method, LoRA rank / alpha / targets, frozen parts, tiles, frames, steps, metrics,
-a usage snippet) from ``adapter_config.json`` and ``plm_tune_training.json``, and uploads everything except
-checkpoints, TensorBoard logs, pickles (``training_args.bin``) and the eval data and report (they hold your
-images: publish those deliberately).
+a usage snippet) from ``adapter_config.json`` and ``plm_tune_training.json`` in place of peft's or TRL's, and
+uploads an allowlist: weights (safetensors), configs, processor / tokenizer files, the card and
+``plm_tune_training.json``; never checkpoints, pickles (``training_args.bin``), data, symlinks or the eval data and
+report (they hold your images: publish those deliberately).
 
 ``--dry-run`` touches no network: it copies exactly the files an upload would send into a preview folder and
 writes the card there, so you can read both before anything is public.
@@ -28,7 +29,7 @@ It prints the files and the start of the card::
     base_model: ...
 
 The command line: ``plm-tune push --adapter outputs/custom-dataset --repo-id you/plm-1b-findings --private``
-(``--dry-run`` there lists the files only).
+(``--dry-run`` there prints the files and the card, and writes nothing).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from plm_tune import files_to_upload, push_adapter, write_model_card
+from plm_tune import push_adapter
+from plm_tune.push import push_plan
 
 
 def main() -> None:
@@ -58,12 +60,13 @@ def main() -> None:
     preview = Path(args.preview_dir or args.adapter.rstrip("/") + "-upload")
     if preview.exists():
         shutil.rmtree(preview)
-    for name in files_to_upload(args.adapter):  # the same filter the upload applies
+    plan = push_plan(args.adapter, args.repo_id)  # the files and the card the upload would send
+    for name in plan.files:
         (preview / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(args.adapter) / name, preview / name)
+        if name != "README.md":
+            shutil.copy2(plan.folder / name, preview / name)
     card = preview / "README.md"
-    if not card.exists() or "# Model Card for Model ID" in card.read_text():  # peft's empty template
-        write_model_card(preview, repo_id=args.repo_id)
+    card.write_text(plan.card)
     files = sorted(p.relative_to(preview).as_posix() for p in preview.rglob("*") if p.is_file())
     print(f"Would upload {len(files)} files to https://huggingface.co/{args.repo_id} (preview in {preview}):")
     print("\n".join(f"  {name}" for name in files))

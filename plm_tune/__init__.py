@@ -13,76 +13,85 @@ The public API:
 * ``merge_adapter`` (``plm_tune.merge``), ``write_model_card`` (``plm_tune.model_card``), ``push_adapter``,
   ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
   folder (``plm_tune.run_folder``, which owns the output folder's layout).
+* ``ModelArguments``, ``MediaArguments``, ``EvalArguments``, ``training_info``: a run's settings, as the recipes
+  and ``plm-tune plan`` parse them, and what ``plm_tune_training.json`` records of them (``plm_tune.arguments``).
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
 * ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
   (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
 * ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
+* ``plm_tune.testing_real.build_random_plm``: PLM-1B / 3B / 8B at random init with the real tokenizer, offline.
 """
 
-from plm_tune.collator import CollatorStats, EncodedSample, PLMCollator
-from plm_tune.costs import SampleEstimate, estimate_cost
-from plm_tune.evaluation import EvalRecord, EvalResult, base_model_context, evaluate, load_eval, save_eval
-from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT, ConversationEncoder, EncodedConversation
-from plm_tune.generation import Generation, generate
-from plm_tune.media import load_image, load_video, select_frame_indices
-from plm_tune.memory import MemoryEstimate, estimate_memory, plm_config
-from plm_tune.merge import merge_adapter
-from plm_tune.metrics import score_answers
-from plm_tune.model import enable_gradient_checkpointing, load_for_inference, load_model, parameter_groups
-from plm_tune.model_card import write_model_card
-from plm_tune.pixels import PixelEncoder
-from plm_tune.plan import Plan, plan_dataset, plan_report
-from plm_tune.push import files_to_upload, push_adapter
-from plm_tune.report import write_report
-from plm_tune.run_folder import write_training_info
-from plm_tune.sample import normalize_messages, validate_sample
-from plm_tune.trainer import GenerationEvalCallback, PLMMetricsCallback, build_trainer, loss_change
+from __future__ import annotations
+
+import importlib
+
+# name -> module. The names are imported on first use (PEP 562), so `import plm_tune` and the CLI's
+# `--help` stay fast: most modules import torch, transformers or peft.
+_EXPORTS = {
+    "EvalArguments": "plm_tune.arguments",
+    "MediaArguments": "plm_tune.arguments",
+    "ModelArguments": "plm_tune.arguments",
+    "training_info": "plm_tune.arguments",
+    "CollatorStats": "plm_tune.collator",
+    "EncodedSample": "plm_tune.collator",
+    "PLMCollator": "plm_tune.collator",
+    "SampleEstimate": "plm_tune.costs",
+    "estimate_cost": "plm_tune.costs",
+    "EvalRecord": "plm_tune.evaluation",
+    "EvalResult": "plm_tune.evaluation",
+    "base_model_context": "plm_tune.evaluation",
+    "evaluate": "plm_tune.evaluation",
+    "load_eval": "plm_tune.evaluation",
+    "save_eval": "plm_tune.evaluation",
+    "DEFAULT_SYSTEM_PROMPT": "plm_tune.formatting",
+    "ConversationEncoder": "plm_tune.formatting",
+    "EncodedConversation": "plm_tune.formatting",
+    "Generation": "plm_tune.generation",
+    "generate": "plm_tune.generation",
+    "load_image": "plm_tune.media",
+    "load_video": "plm_tune.media",
+    "select_frame_indices": "plm_tune.media",
+    "MemoryEstimate": "plm_tune.memory",
+    "estimate_memory": "plm_tune.memory",
+    "plm_config": "plm_tune.memory",
+    "merge_adapter": "plm_tune.merge",
+    "score_answers": "plm_tune.metrics",
+    "enable_gradient_checkpointing": "plm_tune.model",
+    "load_for_inference": "plm_tune.model",
+    "load_model": "plm_tune.model",
+    "parameter_groups": "plm_tune.model",
+    "write_model_card": "plm_tune.model_card",
+    "PixelEncoder": "plm_tune.pixels",
+    "Plan": "plm_tune.plan",
+    "plan_dataset": "plm_tune.plan",
+    "plan_report": "plm_tune.plan",
+    "files_to_upload": "plm_tune.push",
+    "push_adapter": "plm_tune.push",
+    "write_report": "plm_tune.report",
+    "write_training_info": "plm_tune.run_folder",
+    "normalize_messages": "plm_tune.sample",
+    "validate_sample": "plm_tune.sample",
+    "GenerationEvalCallback": "plm_tune.trainer",
+    "PLMMetricsCallback": "plm_tune.trainer",
+    "build_trainer": "plm_tune.trainer",
+    "loss_change": "plm_tune.trainer",
+}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "base_model_context",
-    "build_trainer",
-    "CollatorStats",
-    "ConversationEncoder",
-    "DEFAULT_SYSTEM_PROMPT",
-    "enable_gradient_checkpointing",
-    "EncodedConversation",
-    "EncodedSample",
-    "estimate_cost",
-    "estimate_memory",
-    "EvalRecord",
-    "EvalResult",
-    "evaluate",
-    "files_to_upload",
-    "generate",
-    "GenerationEvalCallback",
-    "Generation",
-    "load_eval",
-    "load_for_inference",
-    "load_image",
-    "load_model",
-    "load_video",
-    "loss_change",
-    "MemoryEstimate",
-    "merge_adapter",
-    "normalize_messages",
-    "parameter_groups",
-    "PixelEncoder",
-    "Plan",
-    "plan_dataset",
-    "plan_report",
-    "plm_config",
-    "PLMCollator",
-    "PLMMetricsCallback",
-    "push_adapter",
-    "SampleEstimate",
-    "select_frame_indices",
-    "save_eval",
-    "score_answers",
-    "validate_sample",
-    "write_model_card",
-    "write_report",
-    "write_training_info",
-]
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plm_tune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -15,15 +15,26 @@ import argparse
 import sys
 
 from plm_tune.cli_run import add_after_training_commands
+from plm_tune.run_folder import check_model_path
 
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from plm_tune.testing import build_tiny_plm
+    if not args.size and (args.text_layers or args.vision_layers):
+        raise SystemExit("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
+                         "add --size 1B.")
+    if args.size:  # the released architecture and real tokenizer at random init (the real-tokenizer extra)
+        from plm_tune.testing_real import build_random_plm
 
-    path = build_tiny_plm(args.path, seed=args.seed)
-    print(f"Wrote a tiny random-init PLM to {path}")
+        path = build_random_plm(args.path, args.size, seed=args.seed, text_layers=args.text_layers,
+                                vision_layers=args.vision_layers)
+        print(f"Wrote a random-init PLM-{args.size} (real tokenizer, random weights) to {path}")
+    else:
+        from plm_tune.testing import build_tiny_plm
+
+        path = build_tiny_plm(args.path, seed=args.seed)
+        print(f"Wrote a tiny random-init PLM to {path}")
     print(f"Load it with AutoModelForImageTextToText.from_pretrained('{path}') and AutoProcessor.from_pretrained('{path}').")
     return 0
 
@@ -92,9 +103,23 @@ def _dataset_from_args(args: argparse.Namespace):
     adapter, kwargs, settings = _load_data_spec(args)
     module_name, function_name = ADAPTERS[adapter].split(":")
     build = getattr(importlib.import_module(module_name), function_name)
+    _check_adapter_args(adapter, build, kwargs)
     if getattr(args, "command_data", None) == "check":
         kwargs.setdefault("on_error", "skip")  # walk everything; problems are tabulated, not fatal
     return build(**kwargs), settings
+
+
+def _check_adapter_args(adapter: str, build, kwargs: dict) -> None:
+    """Refuse argument names the data adapter does not take, listing the ones it does (before it runs)."""
+    import inspect
+
+    parameters = inspect.signature(build).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [key for key in kwargs if key not in parameters]
+    if unknown:
+        raise ValueError(f"the {adapter} data adapter has no argument {', '.join(map(repr, unknown))} (from --arg or "
+                         f"the config's data: section); its arguments: {', '.join(parameters)}")
 
 
 def _data_setup(args: argparse.Namespace):
@@ -103,6 +128,7 @@ def _data_setup(args: argparse.Namespace):
     from plm_tune import PLMCollator
 
     dataset, settings = _dataset_from_args(args)
+    check_model_path(args.model_name_or_path or DEFAULT_MODEL)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path or DEFAULT_MODEL)
     return dataset, PLMCollator(processor, **settings)
 
@@ -140,73 +166,79 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, adapter_flags: tuple[str
 
 
 # ------------------------------------------------------------------ plan: tokens, padding and memory before training
-# A recipe config names its script on its first line: "# accelerate launch recipes/NAME.py --config ...".
-RECIPE_COMMAND = r"#\s*accelerate launch\s+(\S+\.py)"
-
-
-def _recipe_of(config: str) -> str | None:
-    """The recipe script a recipe config names on its first line (None for a config with a data: section)."""
-    import re
-    from pathlib import Path
-
-    with open(config) as f:
-        match = re.match(RECIPE_COMMAND, f.readline())
-    if not match:
-        return None
-    script = Path(match.group(1))
-    for candidate in (script, Path(config).resolve().parents[2] / script):  # from here, or from the repo root
-        if candidate.is_file():
-            return str(candidate)
-    raise SystemExit(f"{config} is a recipe config for {script}, which was found neither here nor next to "
-                     "recipes/configs/; run plm-tune plan from the repository root.")
+# Flags of `plm-tune plan` and the run settings they set (plm_tune.arguments / SFTConfig field names).
+PLAN_FLAGS = {"model_name_or_path": "model_name_or_path", "max_length": "max_length", "max_tiles": "max_tiles",
+              "num_frames": "num_frames", "train_on": "train_on", "vision_input_type": "vision_input_type",
+              "batch_size": "per_device_train_batch_size", "method": "method",
+              "gradient_checkpointing": "activation_checkpointing"}
 
 
 def _plan(args: argparse.Namespace) -> int:
-    import subprocess
+    """The config's run settings parsed as the recipes parse them; the data from its data: section or flags.
 
-    recipe = _recipe_of(args.config) if args.config else None
-    if recipe is not None:
-        # The recipe builds its own dataset from its DataArguments; its --plan prints this report and exits.
-        flags = {"model_name_or_path": args.model_name_or_path, "max_length": args.max_length,
-                 "max_tiles": args.max_tiles, "num_frames": args.num_frames,
-                 "per_device_train_batch_size": args.batch_size, "method": args.method}
-        command = [sys.executable, recipe, "--config", args.config, "--plan", "true"]
-        for key, value in flags.items():
-            if value is not None:
-                command += [f"--{key}", str(value)]
-        if args.gradient_checkpointing is not None:
-            command += ["--activation_checkpointing", str(args.gradient_checkpointing).lower()]
-        return subprocess.run(command).returncode
+    A recipe config has no data: section: its corpus keys are its recipe's, which the library does not import.
+    With --data-adapter they are listed as ignored; without it, the error says how to plan that config.
+    """
+    import difflib
+
     import yaml
 
+    from plm_tune.finetune import parse_settings, settings_keys
     from plm_tune.plan import plan_report
 
     config = {}
     if args.config:
         with open(args.config) as f:
             config = yaml.safe_load(f) or {}
-    dataset, settings = _dataset_from_args(args)
-    checkpointing = args.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = bool(config.get("gradient_checkpointing", config.get("activation_checkpointing", False)))
-    print(plan_report(
-        dataset, args.model_name_or_path or DEFAULT_MODEL,
-        batch_size=args.batch_size or config.get("per_device_train_batch_size", 8),
-        method=args.method or config.get("method", "lora"), freeze=config.get("freeze", ["vision"]),
-        lora_r=config.get("lora_r", 16), lora_dropout=config.get("lora_dropout", 0.0),
-        lora_targets=config.get("lora_targets", "language"), gradient_checkpointing=checkpointing,
-        progress=not args.no_progress, **settings,
-    ))
+    has_data = "data" in config
+    config.pop("data", None)
+    valid = [key for names in settings_keys().values() for key in names]
+    other = sorted(key for key in config if key not in valid)
+    typos = {key: difflib.get_close_matches(key, valid, n=1, cutoff=0.8) for key in other}
+    typos = {key: match[0] for key, match in typos.items() if match}
+    if other and (has_data or typos):  # a data config has no corpus keys; a near miss is a typo anyway
+        parse_settings({key: config[key] for key in (other if has_data else typos)})  # raises, naming them
+    if other and not args.data_adapter:
+        raise ValueError(f"{args.config} has no data: section and sets {', '.join(other)}: a recipe's corpus keys, "
+                         "read by its recipe. Plan it with the recipe itself (add --plan true to its command: "
+                         "python recipes/RECIPE.py --config CONFIG --plan true), or give the data here with "
+                         "--data-adapter NAME --arg KEY=VALUE.")
+    if other:
+        print(f"Ignored {', '.join(other)}: corpus keys of a recipe config (the data comes from --data-adapter).",
+              file=sys.stderr)
+    flags = {setting: getattr(args, flag) for flag, setting in PLAN_FLAGS.items() if getattr(args, flag) is not None}
+    model_args, media_args, training_args, _ = parse_settings(
+        {**{k: v for k, v in config.items() if k not in other}, **flags})
+    check_model_path(model_args.model_name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
+    dataset, _ = _dataset_from_args(args)
+    print(plan_report(dataset, model_args, media=media_args, max_length=training_args.max_length,
+                      batch_size=training_args.per_device_train_batch_size,
+                      gradient_checkpointing=bool(training_args.activation_checkpointing),
+                      progress=not args.no_progress))
     return 0
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is its error, with its usage (argparse would hand it to the top)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plm-tune", description="Finetune Perception Language Models (PLM).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-init PLM (offline tests and demos)")
     tiny.add_argument("path", help="output folder")
     tiny.add_argument("--seed", type=int, default=0, help="random seed (same seed, same weights)")
+    tiny.add_argument("--size", choices=("1B", "3B", "8B"),
+                      help="instead of the tiny model: PLM-SIZE's released architecture and real tokenizer")
+    tiny.add_argument("--text-layers", dest="text_layers", type=int, help="with --size: fewer decoder layers")
+    tiny.add_argument("--vision-layers", dest="vision_layers", type=int, help="with --size: fewer vision blocks")
     tiny.set_defaults(func=_tiny_model)
 
     data = sub.add_parser("data", help="look at and check a dataset before training")
@@ -221,13 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     plan = sub.add_parser("plan", help="token counts, padding waste and peak memory from media headers, "
-                          "before training (a config with a data: section, or a recipe config)",
-                          description="CONFIG is a YAML with a data: section or a recipe's own config, e.g. "
-                          "plm-tune plan recipes/configs/radiology_demo.yaml")
+                          "before training (a config with a data: section and the recipes' run settings)",
+                          description="CONFIG: a YAML with a data: section and the recipes' run settings. A recipe's "
+                          "own config (recipes/configs/*.yaml) is planned by its recipe: python "
+                          "recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml --plan true")
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
-                      help="per-device batch size (default: the config's per_device_train_batch_size, else 8)")
-    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"], help="default: the config's, else lora")
+                      help="per-device batch size (default: the config's per_device_train_batch_size, else SFTConfig's)")
+    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"],
+                      help="default: the config's, else ModelArguments'")
     plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                       action=argparse.BooleanOptionalAction, help="default: the config's")
     plan.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -239,20 +273,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error (a bad file, record or option) prints one message and exits 1.
+    """Run one command; any error prints one line and exits 1 (``PLM_TUNE_DEBUG=1``: the traceback instead).
 
-    Set ``PLM_TUNE_DEBUG=1`` for the full traceback.
+    A user's mistake (a bad file, record, option or path; the Hub out of reach) is its message with the fix;
+    anything else is the exception's type and message with the hint to set ``PLM_TUNE_DEBUG=1``. Hub tokens
+    are removed from the line (``plm_tune.push.redact``).
     """
     import os
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except Exception as error:
         if os.environ.get("PLM_TUNE_DEBUG"):
             raise
-        print(f"plm-tune {args.command}: error: {error}\n(PLM_TUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "command_data", None))))
+        print(f"plm-tune {command}: error: {_error_line(error)}", file=sys.stderr)
         return 1
+
+
+# A user's mistake is named by the message plm-tune (or the library it called) raised, fix included.
+_USER_ERRORS = (ValueError, FileNotFoundError, ImportError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _error_line(error: Exception) -> str:
+    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception."""
+    from plm_tune.push import PushError, redact
+
+    repo = _hub_unreachable(error)
+    if repo is not None:
+        line = (f"cannot reach the Hugging Face Hub (offline or no network) for {repo or 'what this needs'}, and it "
+                "is not in the local cache: connect and run again, or use a local folder instead "
+                "(`plm-tune tiny-model .cache/tiny-plm` makes a tiny model to try things offline)")
+    elif isinstance(error, (*_USER_ERRORS, PushError)):
+        line = str(error)
+    else:
+        line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
+    return " ".join(redact(line).split())
+
+
+def _hub_unreachable(error: BaseException | None) -> str | None:
+    """None, unless ``error`` or an exception behind it says the Hub could not be reached (offline, no network):
+    then the quoted ``'org/name'`` one of their messages names, or ``""``."""
+    import re
+
+    # By class name: huggingface_hub's offline errors and the transport errors of requests / httpx / httpcore;
+    # by text: what transformers and datasets say when they wrap them (a recipe's error comes as text only).
+    names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "ConnectError",
+             "ConnectTimeout", "NetworkError", "TimeoutException"}
+    texts = ("couldn't connect to", "couldn't reach", "offlinemodeisenabled")
+    found, repo, seen = False, "", set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if names & {cls.__name__ for cls in type(error).__mro__} or any(t in text.lower() for t in texts):
+            found = True
+        repo = repo or next(iter(re.findall(r"'([\w.-]+/[\w.-]+)'", text)), "")
+        # `raise ... from None` hides the context on purpose (a push's error may quote the token): so do we.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return (repr(repo) if repo else "") if found else None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from plm_tune.run_folder import (
     EVAL_JSON,
     REPORT_HTML,
     base_model,
+    check_model_path,
     read_training_info,
     run_path,
 )
@@ -60,7 +61,15 @@ def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
         args.max_new_tokens = info.get("eval_max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """A typo'd --model / --adapter folder is "no such folder" at once, before torch is even imported."""
+    for path in (args.model, args.adapter):
+        if path is not None:
+            check_model_path(path)
+
+
 def _generate(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
@@ -107,6 +116,7 @@ def _eval_samples(args: argparse.Namespace, config: dict):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from plm_tune.evaluation import evaluate, metrics_table, save_eval
     from plm_tune.model import load_for_inference
     from plm_tune.report import write_report
@@ -188,13 +198,24 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from plm_tune.push import files_to_upload, push_adapter
+    from plm_tune.push import push_adapter, push_plan
 
-    if args.dry_run:
-        print("\n".join(files_to_upload(args.adapter)))
+    options = {"include": args.include or (), "overwrite_card": args.overwrite_card}
+    if args.base_model:
+        options["base_model"] = args.base_model
+    if not args.dry_run:
+        print(f"Pushed: {push_adapter(args.adapter, args.repo_id, private=args.private, **options)}")
         return 0
-    card = {"base_model": args.base_model} if args.base_model else {}
-    print(f"Pushed: {push_adapter(args.adapter, args.repo_id, private=args.private, **card)}")
+    plan = push_plan(args.adapter, args.repo_id, **options)
+    print(f"Would upload {len(plan.files)} files from {plan.folder} to https://huggingface.co/{args.repo_id} "
+          f"({'private' if args.private else 'public'} if the push creates it):")
+    print("\n".join(f"  {name}" for name in plan.files))
+    if plan.left_out:
+        print(f"Left out: {len(plan.left_out)} files not on the upload allowlist (checkpoints, logs, data...).")
+    for name in plan.symlinks:
+        print(f"Not uploaded: {name} is a symlink (a push never follows one).")
+    source = "plm-tune's card" if plan.card_source == "plm-tune" else "your own card (--overwrite-card replaces it)"
+    print(f"README.md, {source}:\n{plan.card.rstrip()}")
     return 0
 
 
@@ -281,6 +302,11 @@ def add_after_training_commands(
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--base-model", dest="base_model",
                       help="Hub id of the base for the model card (default: adapter_config.json's)")
+    push.add_argument("--include", action="append", metavar="FILE",
+                      help=f"also upload {EVAL_DIR}/{EVAL_JSON} or {EVAL_DIR}/{REPORT_HTML} (they quote your eval "
+                      "data; nothing else can be added)")
+    push.add_argument("--overwrite-card", dest="overwrite_card", action="store_true",
+                      help="replace a README.md you wrote with plm-tune's card (generated cards always are)")
     push.add_argument("--dry-run", dest="dry_run", action="store_true",
-                      help="list the files that would be uploaded; no network")
+                      help="show the files and the card that would be uploaded, and the repo; no network")
     push.set_defaults(func=_push)

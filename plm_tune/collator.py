@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, EncodedConversation, TrainOn
+from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.length_policy import Fit, SampleCounts, fit_sample
 from plm_tune.media import load_image
 from plm_tune.pixels import PixelEncoder, VisionInputType
@@ -162,7 +163,7 @@ class PLMCollator:
         train_on: TrainOn = "assistant",
         vision_input_type: VisionInputType | None = None,
         max_tiles: int | None = None,
-        num_frames: int = 32,
+        num_frames: int = NUM_FRAMES,
         multi_image_tiles: int | None = 1,
         keep_media_order: bool = False,
         on_too_long: OnTooLong = "skip",

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from plm_tune.collator import CollatorStats, PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
+from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.generation import Generation, generate, vision_dtype
 from plm_tune.metrics import ScoreKind, score_answers
 from plm_tune.sample import normalize_messages
@@ -112,7 +113,7 @@ def evaluate(
     max_new_tokens: int = 256,
     batch_size: int = 8,
     max_tiles: int | None = None,
-    num_frames: int = 32,
+    num_frames: int = NUM_FRAMES,
     collator: PLMCollator | None = None,
     kind: ScoreKind = "auto",
     compute_loss: bool = True,

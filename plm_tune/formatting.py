@@ -31,7 +31,11 @@ header is the same fixed tokens after every user turn, so training on it teaches
 and ``<|end_of_text|>`` is a token PLM's chat template never writes, so a model finetuned to emit it after
 ``<|eot_id|>`` learns a habit generation never uses (``generate`` stops at ``<|eot_id|>``).
 
-Each text part is stripped of surrounding whitespace, as the template's ``| trim`` does.
+Each text part is stripped of surrounding whitespace, as the template's ``| trim`` does, and adjacent text
+parts (after media placement) are glued without a separator, as the template renders them, then tokenised as
+one string: tokenising them one by one gives the same text but, with a real BPE (Llama 3's), other tokens
+where they meet ("Because." + "Why?" is "Because", ".", "Why", "?" apart but "Because", ".W", "hy", "?" glued;
+"2024" + "12345" is "202", "4", "123", "45" apart but "202", "412", "345" glued).
 """
 
 from __future__ import annotations
@@ -168,10 +172,14 @@ class ConversationEncoder:
             start = len(input_ids)
             content_trained = train_on == "all" or turn.role == "assistant"
             emit(self.header(turn.role), train_on == "all" or (train_on == "plm" and turn.role == "assistant"))
-            for part in turn.parts if keep_order else media_first(turn.parts):
-                if part.kind == "text":
-                    emit(self.text_ids(part.text.strip()), content_trained)
-                else:
+            text = ""  # adjacent text parts, glued as the template renders them, then tokenised once
+            for part in (*(turn.parts if keep_order else media_first(turn.parts)), None):
+                if part is not None and part.kind == "text":
+                    text += part.text.strip()
+                    continue
+                emit(self.text_ids(text), content_trained)
+                text = ""
+                if part is not None:
                     count = media_token_counts[part.kind][part.index]
                     emit([self.media_ids[part.kind]] * count, False)  # media tokens are inputs, never targets
             emit([self.eot_id], content_trained)

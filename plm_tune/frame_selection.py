@@ -6,7 +6,9 @@ Pure functions over counts (no file is opened here): ``plm_tune.media`` decodes 
 
 from __future__ import annotations
 
-__all__ = ["select_frame_indices", "uniform_indices", "pick_uniform"]
+__all__ = ["NUM_FRAMES", "select_frame_indices", "uniform_indices", "pick_uniform"]
+
+NUM_FRAMES = 32  # the default frames per video everywhere: PLM's own trainer samples up to 32
 
 
 def select_frame_indices(total_frames: int, fps: float, start: float | None, end: float | None,

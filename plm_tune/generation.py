@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from plm_tune.collator import EncodedSample, PLMCollator
+from plm_tune.frame_selection import NUM_FRAMES
 
 __all__ = ["generate", "Generation", "end_token_ids", "left_pad", "vision_dtype"]
 
@@ -77,7 +78,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_tiles: int | None = None,
-    num_frames: int = 32,
+    num_frames: int = NUM_FRAMES,
     collator: PLMCollator | None = None,
     details: bool = False,
     progress: bool = True,

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from plm_tune.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
-from plm_tune.frame_selection import pick_uniform, select_frame_indices
+from plm_tune.frame_selection import NUM_FRAMES, pick_uniform, select_frame_indices
 
 __all__ = [
     "as_viewed", "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform",
@@ -166,7 +166,7 @@ def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dico
                      "use a PIL image, a file path or encoded bytes.")
 
 
-def load_video(entry: Any, num_frames: int = 32) -> np.ndarray:
+def load_video(entry: Any, num_frames: int = NUM_FRAMES) -> np.ndarray:
     """Decode one video entry into sampled frames.
 
     Args:

@@ -173,7 +173,7 @@ def _arch(config_json: str) -> _Arch:
     """Instantiate the model on the meta device (no memory, ~0.3 s) and read its shapes."""
     from transformers import PerceptionLMConfig, PerceptionLMForConditionalGeneration
 
-    from plm_tune.model import _LORA_LINEARS, _part_of
+    from plm_tune.model import LORA_LINEARS, part_of
 
     config = PerceptionLMConfig.from_dict(__import__("json").loads(config_json))
     with torch.device("meta"):
@@ -181,13 +181,13 @@ def _arch(config_json: str) -> _Arch:
     model.tie_weights()  # tying happens at load time; here it makes tied weights count once
     params = dict.fromkeys(("vision", "projector", "language"), 0)
     for name, param in model.named_parameters():
-        params[_part_of(name)] += param.numel()
-    lora = {part: [] for part in _LORA_LINEARS}
+        params[part_of(name)] += param.numel()
+    lora = {part: [] for part in LORA_LINEARS}
     quantized = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        for part, pattern in _LORA_LINEARS.items():
+        for part, pattern in LORA_LINEARS.items():
             if re.fullmatch(pattern, name):
                 lora[part].append((module.in_features, module.out_features))
         if name.startswith("model.language_model.layers."):

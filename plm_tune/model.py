@@ -29,9 +29,17 @@ from typing import Any, Literal
 
 import torch
 
-from plm_tune.run_folder import ADAPTER_CONFIG, has_processor, is_adapter, resolve_base_model
+from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, settings_from
+from plm_tune.run_folder import (
+    ADAPTER_CONFIG,
+    check_model_path,
+    has_processor,
+    is_adapter,
+    resolve_base_model,
+)
 
-__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype"]
+__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype",
+           "part_of", "LORA_LINEARS"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ LORA_TARGETS = ("language", "language+vision")
 # peft matches a string target_modules with re.fullmatch on module names relative to the model, e.g.
 # "model.language_model.layers.3.self_attn.q_proj". Anchoring on the path keeps LoRA off look-alike names
 # elsewhere (lm_head, the projector, the tower's patch_embed.proj and attention-pool head).
-_LORA_LINEARS = {
+LORA_LINEARS = {
     "language": r"model\.language_model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)",
     # timm Eva blocks: attn.qkv (fused, as in PE; [qkv]_proj when not fused), attn.proj, mlp.fc1 / fc2.
     "vision": r"model\.vision_tower\.timm_model\.blocks\.\d+\.(?:attn\.(?:qkv|[qkv]_proj|proj)|mlp\.fc[12])",
@@ -59,7 +67,7 @@ _WHOLE_MODULES = {"vision": "model.vision_tower", "projector": "model.multi_moda
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder")
 
 
-def _part_of(name: str) -> Part:
+def part_of(name: str) -> Part:
     """The part a parameter or module belongs to, from its name (plain or peft-wrapped)."""
     if "vision_tower" in name:
         return "vision"
@@ -76,14 +84,14 @@ def default_dtype() -> torch.dtype:
 
 
 def load_model(
-    name_or_path: str = "facebook/Perception-LM-1B",
+    name_or_path: str | ModelArguments = DEFAULT_MODEL,
     *,
-    method: Method = "lora",
-    freeze: Iterable[Part] = ("vision",),
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.05,
-    lora_targets: LoraTargets = "language",
+    method: Method = ModelArguments.method,
+    freeze: Iterable[Part] = tuple(ModelArguments().freeze),
+    lora_r: int = ModelArguments.lora_r,
+    lora_alpha: int = ModelArguments.lora_alpha,
+    lora_dropout: float = ModelArguments.lora_dropout,
+    lora_targets: LoraTargets = ModelArguments.lora_targets,
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     seed: int | None = None,
@@ -93,7 +101,9 @@ def load_model(
     """Load PLM and its processor, with only the chosen parts trainable.
 
     Args:
-        name_or_path: Hub id or local folder of a PLM checkpoint (1B, 3B, 8B or ``build_tiny_plm``'s).
+        name_or_path: Hub id or local folder of a PLM checkpoint (1B, 3B, 8B or ``build_tiny_plm``'s), or a
+            ``plm_tune.arguments.ModelArguments`` that holds it with the method settings below (its
+            ``attn_implementation`` reaches ``from_pretrained``); then leave those keywords at their defaults.
         method: ``"lora"``, ``"dora"`` (LoRA with weight decomposition), ``"qlora"`` (LoRA on a language model
             quantised to 4-bit NF4 with double quantisation; the vision tower, projector and ``lm_head`` stay
             unquantised) or ``"full"``.
@@ -127,6 +137,8 @@ def load_model(
     Raises:
         ValueError: unknown method, part or lora_targets; a part both frozen and a LoRA target; nothing left
             to train; ``quantization_config`` passed by hand.
+        FileNotFoundError: ``name_or_path`` looks like a local folder (``./x``, ``outputs/x`` when ``outputs/``
+            exists...) that does not exist: "no such folder", before any Hub call.
         ImportError: ``method="qlora"`` without bitsandbytes.
         RuntimeError: bitsandbytes cannot quantise to 4-bit on this machine.
 
@@ -136,7 +148,16 @@ def load_model(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if isinstance(name_or_path, ModelArguments):
+        args = settings_from(name_or_path, ModelArguments, method=method,
+                             freeze=[freeze] if isinstance(freeze, str) else list(freeze), lora_r=lora_r,
+                             lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
+        name_or_path, method, freeze = args.model_name_or_path, args.method, args.freeze
+        lora_r, lora_alpha, lora_dropout, lora_targets = args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets
+        if args.attn_implementation:
+            from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
     frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
+    check_model_path(name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
     dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
     if method == "qlora":
@@ -172,7 +193,7 @@ def load_model(
     how.update({part: "frozen" for part in frozen})
     if method == "full":
         for name, param in model.named_parameters():
-            param.requires_grad_(_part_of(name) not in frozen)
+            param.requires_grad_(part_of(name) not in frozen)
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -182,7 +203,7 @@ def load_model(
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             use_dora=method == "dora",
-            target_modules="|".join(_LORA_LINEARS[part] for part in adapted),
+            target_modules="|".join(LORA_LINEARS[part] for part in adapted),
             modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
             task_type="CAUSAL_LM",
         )
@@ -247,7 +268,7 @@ def parameter_groups(
     params: dict[str, list[torch.nn.Parameter]] = {part: [] for part in PARTS}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            params[_part_of(name)].append(param)
+            params[part_of(name)].append(param)
     groups = [
         {"name": part, "params": params[part], "lr": lrs[part], "weight_decay": weight_decay}
         for part in PARTS
@@ -322,7 +343,7 @@ def _qlora_config() -> Any:
 
 def _check_frozen(model: Any, frozen: set[str]) -> None:
     """Guard the promise of freeze: no trainable weight in a frozen part, some in every other part."""
-    trainable = {_part_of(name) for name, param in model.named_parameters() if param.requires_grad}
+    trainable = {part_of(name) for name, param in model.named_parameters() if param.requires_grad}
     if trainable != set(PARTS) - frozen:
         raise RuntimeError(
             f"Internal error: trainable parts are {sorted(trainable)} but freeze={sorted(frozen)}. "
@@ -338,7 +359,7 @@ def _summary(model: Any, method: str, how: dict[str, str]) -> str:
         count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit values a byte
         total += count
         if param.requires_grad:
-            trainable[_part_of(name)] += count
+            trainable[part_of(name)] += count
     parts = ", ".join(f"{part} {_millions(trainable[part])} ({how[part]})" for part in PARTS)
     share = sum(trainable.values()) / max(total, 1)
     return (
@@ -372,8 +393,9 @@ def load_for_inference(
         (it is the one training used), else from ``model``.
 
     Raises:
-        FileNotFoundError: an adapter folder without ``adapter_config.json``; an adapter folder as ``model``
-            whose base is a local folder that does not exist.
+        FileNotFoundError: ``model`` or ``adapter`` looks like a local folder that does not exist ("no such
+            folder"); an adapter folder without ``adapter_config.json``; an adapter folder as ``model`` whose
+            base is a local folder that does not exist.
         ValueError: an adapter folder as ``model`` whose ``adapter_config.json`` names no base.
 
     Example:
@@ -381,6 +403,9 @@ def load_for_inference(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    for path in (model, adapter):
+        if path is not None:
+            check_model_path(path)
     if adapter is None and is_adapter(model):
         adapter = model
         model = resolve_base_model(adapter)

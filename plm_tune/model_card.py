@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,17 @@ from typing import Any
 from plm_tune.run_folder import adapter_config, adapter_folder, check_training_info, read_training_info
 from plm_tune.run_folder import base_model as recorded_base_model
 
-__all__ = ["write_model_card"]
+__all__ = ["is_generated_card", "model_card_text", "write_model_card"]
 
 NOT_RECORDED = "not recorded"
+# Text only tool-written cards hold (see is_generated_card).
+_GENERATED_MARKERS = (
+    "# Model Card for Model ID",  # peft / huggingface_hub's unfilled template
+    "This model is a fine-tuned version of",  # TRL and transformers' Trainer
+    "It has been trained using [TRL]",
+    "This model card has been generated automatically",  # transformers' Trainer
+    "trained with plm-tune.",  # ours (_card_body's first sentence)
+)
 _METHOD_LABELS = {
     "lora": "LoRA",
     "dora": "DoRA (weight-decomposed LoRA)",
@@ -68,6 +77,27 @@ def write_model_card(
     Example:
         >>> write_model_card("outputs/lora", repo_id="me/plm-lora", metrics={"loss": 0.5})  # doctest: +SKIP
     """
+    path = adapter_folder(adapter_dir) / "README.md"
+    text = model_card_text(adapter_dir, repo_id=repo_id, base_model=base_model, training=training,
+                           metrics=metrics, datasets=datasets, tags=tags)
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def model_card_text(
+    adapter_dir: str | Path,
+    *,
+    repo_id: str,
+    base_model: str | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    datasets: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+) -> str:
+    """The text ``write_model_card`` writes, without writing it (``plm-tune push --dry-run`` shows it).
+
+    Takes the same arguments as ``write_model_card`` and raises the same errors.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     adapter_dir = adapter_folder(adapter_dir)
@@ -79,6 +109,7 @@ def write_model_card(
     if datasets is not None:
         info["datasets"] = [datasets] if isinstance(datasets, str) else list(datasets)
     base = base_model or recorded_base_model(adapter_dir) or NOT_RECORDED
+    base = _cached_hub_id(base) or base
     method = info.get("method") or ("dora" if config.get("use_dora") else "lora")
     data_names = _as_list(info.get("datasets"))
 
@@ -90,9 +121,23 @@ def write_model_card(
         tags=list(dict.fromkeys(["plm-tune", "perception-lm", method, "lora", *(tags or [])])),
     )
     body = _card_body(repo_id, base, method, "method" in info, config, info)
-    path = adapter_dir / "README.md"
-    ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").save(path)
-    return path
+    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}"))
+
+
+def is_generated_card(text: str) -> bool:
+    """Whether a README.md was written by a tool (plm-tune, peft, TRL, transformers' Trainer), not by hand.
+
+    ``plm-tune push`` replaces a generated card with plm-tune's and keeps a hand-written one. The markers:
+    peft's unfilled template (``# Model Card for Model ID``, written by every ``save_pretrained``), TRL's card
+    ("fine-tuned version of", "trained using [TRL]"; its ``base_model`` is often ``None`` or a local folder),
+    transformers' Trainer comment, plm-tune's own card, and front matter whose ``base_model`` is a local path
+    (which the Hub rejects, so nobody writes it on purpose).
+    """
+    if any(marker in text for marker in _GENERATED_MARKERS):
+        return True
+    front = text.split("\n---", 1)[0] if text.startswith("---\n") else ""
+    base = re.search(r"^base_model:[ \t]*(.*)$", front, re.M)
+    return bool(base) and base.group(1).strip().strip("'\"").startswith(("/", ".", "~"))
 
 
 def _card_body(repo_id: str, base: str, method: str, method_recorded: bool, config: dict, info: dict) -> str:
@@ -217,6 +262,15 @@ def _frozen(config: dict, info: dict) -> list[str] | str | None:
     if how is not None:  # exact for plm-tune adapters: every part neither adapted nor saved was frozen
         return [part for part, way in how.items() if way == "frozen"] or "none"
     return info.get("freeze")
+
+
+def _cached_hub_id(path: str) -> str | None:
+    """The Hub id of a folder in the Hub's download cache (``.../models--org--name/snapshots/REV``), else None.
+
+    A base loaded from the Hub and recorded by its cache path is that Hub model: the card names it so.
+    """
+    match = re.search(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$", path.replace("\\", "/"))
+    return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
 def _is_hub_id(name: str) -> bool:

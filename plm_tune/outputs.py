@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,7 @@ from plm_tune.run_folder import (
 )
 from plm_tune.sample import to_table
 
-__all__ = ["EvalArguments", "RunOutputs", "save_run"]
-
-
-@dataclass
-class EvalArguments:
-    """What a recipe does after training, as ``TrlParser`` reads it (YAML or ``--generate_eval false``)."""
-
-    generate_eval: bool = field(default=True, metadata={
-        "help": "Answer the eval split by generation and score it; writes eval/eval.json and eval/report.html."})
-    compare_base: bool = field(default=True, metadata={
-        "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
-    generation_eval_steps: int = field(default=0, metadata={
-        "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
-                "scores (gen_eval/...; works under ZeRO-3). 0: off."})
-    generation_eval_samples: int = field(default=8, metadata={
-        "help": "How many eval samples each generation_eval_steps check answers."})
+__all__ = ["RunOutputs", "save_run"]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 
+from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.media import load_image, load_video
 
 __all__ = ["PixelEncoder", "VisionInputType"]
@@ -36,7 +37,7 @@ class PixelEncoder:
         *,
         vision_input_type: VisionInputType | None = None,
         max_tiles: int | None = None,
-        num_frames: int = 32,
+        num_frames: int = NUM_FRAMES,
         multi_image_tiles: int | None = 1,
     ) -> None:
         if multi_image_tiles is not None and (isinstance(multi_image_tiles, bool) or multi_image_tiles < 1):

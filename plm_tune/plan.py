@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from plm_tune.arguments import MediaArguments, ModelArguments, settings_from
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import CostEstimator, SampleEstimate
 from plm_tune.memory import MemoryEstimate
@@ -178,19 +180,20 @@ PLM_TOKENS_PER_TILE = 256  # a 448 px tile or frame of the released PLMs: 32 x 3
 
 def plan_report(
     samples: Iterable[dict[str, Any]],
-    model_name_or_path: str,
+    model_name_or_path: str | ModelArguments,
     *,
     batch_size: int,
     max_length: int | None = None,
-    max_tiles: int | None = None,
-    num_frames: int = 32,
-    train_on: str = "assistant",
-    vision_input_type: str | None = None,
-    method: str = "lora",
-    freeze: Iterable[str] = ("vision",),
-    lora_r: int = 16,
-    lora_dropout: float = 0.0,
-    lora_targets: str = "language",
+    media: MediaArguments | None = None,
+    max_tiles: int | None = MediaArguments.max_tiles,
+    num_frames: int = MediaArguments.num_frames,
+    train_on: str = MediaArguments.train_on,
+    vision_input_type: str | None = MediaArguments.vision_input_type,
+    method: str = ModelArguments.method,
+    freeze: Iterable[str] = tuple(ModelArguments().freeze),
+    lora_r: int = ModelArguments.lora_r,
+    lora_dropout: float = ModelArguments.lora_dropout,
+    lora_targets: str = ModelArguments.lora_targets,
     gradient_checkpointing: bool = False,
     progress: bool = True,
 ) -> str:
@@ -204,8 +207,11 @@ def plan_report(
 
     Args:
         samples: canonical samples (the training split).
-        model_name_or_path: Hub id or folder whose processor formats the data.
-        batch_size, max_length, max_tiles, num_frames, train_on, vision_input_type: the training settings.
+        model_name_or_path: Hub id or folder whose processor formats the data, or the run's ``ModelArguments``
+            (then ``method``, ``freeze`` and the LoRA settings come from it, as in ``load_model``).
+        batch_size, max_length: ``per_device_train_batch_size`` and ``max_length`` of the training config.
+        media: the run's ``MediaArguments``, or the keywords ``max_tiles``, ``num_frames``, ``train_on``,
+            ``vision_input_type`` (the collator is built from them as ``build_trainer`` builds it).
         method, freeze, lora_r, lora_dropout, lora_targets, gradient_checkpointing: as ``load_model``.
         progress: a progress bar over the samples.
 
@@ -218,9 +224,14 @@ def plan_report(
 
     from plm_tune.memory import PLM_SIZES, estimate_memory
 
+    given = model_name_or_path if isinstance(model_name_or_path, ModelArguments) else None
+    model = settings_from(given, ModelArguments, method=method, freeze=list(freeze), lora_r=lora_r,
+                          lora_dropout=lora_dropout, lora_targets=lora_targets)
+    model_name_or_path = model.model_name_or_path if given else str(model_name_or_path)
+    media = settings_from(media, MediaArguments, max_tiles=max_tiles, num_frames=num_frames, train_on=train_on,
+                          vision_input_type=vision_input_type)
     processor = AutoProcessor.from_pretrained(model_name_or_path)
-    collator = PLMCollator(processor, max_length=max_length, train_on=train_on, max_tiles=max_tiles,
-                           num_frames=num_frames, vision_input_type=vision_input_type)
+    collator = PLMCollator(processor, max_length=max_length, **dataclasses.asdict(media))
     plan = plan_dataset(samples, collator, batch_size=batch_size, progress=progress)
     seq_len, vision = plan.worst_batch()
     # build_trainer scores only the labelled positions: TRL's fused head on CUDA, logits_to_keep elsewhere.
@@ -228,8 +239,9 @@ def plan_report(
     if seq_len == 0:
         return plan.report()
     tile_tokens = CostEstimator(collator).image_tokens
-    common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(freeze), lora_r=lora_r,
-                  lora_dropout=lora_dropout, lora_targets=lora_targets,
+    method = model.method
+    common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
+                  lora_dropout=model.lora_dropout, lora_targets=model.lora_targets,
                   gradient_checkpointing=gradient_checkpointing)
     note = ""
     plm_seq = seq_len

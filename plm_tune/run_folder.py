@@ -43,9 +43,11 @@ __all__ = [
     "adapter_config",
     "adapter_folder",
     "base_model",
+    "check_model_path",
     "check_training_info",
     "has_processor",
     "is_adapter",
+    "looks_local",
     "missing_processor_files",
     "read_training_info",
     "resolve_base_model",
@@ -169,8 +171,7 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
 
     Raises:
         ValueError: neither ``override`` nor ``adapter_config.json`` names a base.
-        FileNotFoundError: the base is a local path (it starts with ``/``, ``./``, ``../`` or ``~``, which no Hub
-            id does) that does not exist here.
+        FileNotFoundError: the base looks like a local path (``looks_local``) that does not exist here.
     """
     base = override or base_model(folder)
     if not base:
@@ -178,13 +179,46 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
             f"{folder}/{ADAPTER_CONFIG} names no base_model_name_or_path: pass --base-model "
             "(base_model=...) with the model the adapter was trained on."
         )
-    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+    if looks_local(base) and not Path(base).expanduser().exists():
         where = "--base-model" if override else f"{folder}/{ADAPTER_CONFIG}"
         raise FileNotFoundError(
             f"Base model folder {base} (from {where}) does not exist. Pass --base-model (base_model=...) "
             "with the local folder or Hub id of the model the adapter was trained on."
         )
     return base
+
+
+def looks_local(name_or_path: str | Path) -> bool:
+    """Whether a model name is meant as a folder on this machine rather than a Hub id (``org/name``).
+
+    It is when it exists, starts with ``.``, ``/`` or ``~`` (no Hub id does), has more than one ``/`` (a Hub id
+    has one), or its parent folder exists (``outputs/my-photo`` when ``outputs/`` does).
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        return True
+    return "/" in text and path.parent.is_dir()
+
+
+def check_model_path(name_or_path: str | Path) -> None:
+    """Raise before any Hub call when ``name_or_path`` looks local (``looks_local``) but is no folder here.
+
+    Without it, a typo'd folder is taken for a Hub id: a minute of retries, then a message about the network
+    or about repo-id characters that never says the folder does not exist.
+
+    Raises:
+        FileNotFoundError: "no such folder: X", with the nearest existing parent.
+    """
+    path = Path(str(name_or_path)).expanduser()
+    if path.exists() or not looks_local(name_or_path):
+        return
+    parent = next((p for p in path.parents if p.is_dir()), Path("."))
+    where = "the current folder" if parent == Path(".") else str(parent)
+    raise FileNotFoundError(
+        f"no such folder: {name_or_path} (it looks like a local path, not a Hub id like org/name; "
+        f"{where} has no {path.relative_to(parent).parts[0]})"
+    )
 
 
 # --------------------------------------------------------------------------------------- training info

@@ -18,6 +18,7 @@ and the vocabulary (a byte-level BPE trained here with Llama 3's pre-tokenizer o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from plm_tune.formatting import DEFAULT_SYSTEM_PROMPT as PLM_DEFAULT_SYSTEM_PROMPT
 
@@ -105,12 +106,15 @@ def _train_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _build_tokenizer(vocab_size: int):
-    from tokenizers import AddedToken, processors
+def plm_tokenizer(raw: Any) -> Any:
+    """Wrap a ``tokenizers.Tokenizer`` that holds PLM's special tokens the way PLM's converted tokenizer is wrapped.
+
+    Shared by ``build_tiny_plm`` and ``plm_tune.testing_real.build_random_plm``: the roles (bos, eos, pad,
+    image / video tokens), the bos-prepending post-processor and the released context length.
+    """
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    raw = _train_tokenizer(vocab_size)
-    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PLM_SPECIAL_TOKENS])
     bos_id = raw.token_to_id("<|begin_of_text|>")
     # As in PLM's converted tokenizer: plain encoding prepends <|begin_of_text|>; chat templates add it themselves.
     raw.post_processor = processors.Sequence([
@@ -131,6 +135,59 @@ def _build_tokenizer(vocab_size: int):
         clean_up_tokenization_spaces=True,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
     )
+
+
+def _build_tokenizer(vocab_size: int):
+    from tokenizers import AddedToken
+
+    raw = _train_tokenizer(vocab_size)
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PLM_SPECIAL_TOKENS])
+    return plm_tokenizer(raw)
+
+
+def save_random_model(config: Any, tokenizer: Any, out: Path, seed: int, dtype: Any = None) -> None:
+    """Instantiate ``config`` at random init (seeded), set PLM's greedy generation defaults, save safetensors.
+
+    ``dtype`` (e.g. ``torch.bfloat16``, the released checkpoints' dtype) casts the weights before saving.
+    """
+    import torch
+    from transformers import PerceptionLMForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = PerceptionLMForConditionalGeneration(config).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eot_id|>")]
+    model.generation_config.do_sample = False
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)  # safetensors
+
+
+def save_plm_processor(out: Path, tokenizer: Any, tile_size: int) -> None:
+    """Save PLM's processor (thumb+tile images up to 36 tiles, [-1, 1] pixels, patch 14, 2x2 pooling) to ``out``."""
+    from transformers import PerceptionLMImageProcessor, PerceptionLMProcessor, PerceptionLMVideoProcessor
+
+    square = {"height": tile_size, "width": tile_size}
+    image_processor = PerceptionLMImageProcessor(
+        vision_input_type="thumb+tile",
+        tile_size=tile_size,
+        max_num_tiles=36,
+        size=square,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = PerceptionLMVideoProcessor(size=square, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = PerceptionLMProcessor(
+        image_processor=image_processor,
+        video_processor=video_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        pooling_ratio=2,
+        chat_template=PLM_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
 
 
 # Named sizes for build_tiny_plm. "test" (the defaults) is the fastest and what tests and the CPU demos use;
@@ -171,16 +228,7 @@ def build_tiny_plm(
     Returns:
         ``Path(path)``.
     """
-    import torch
-    from transformers import (
-        LlamaConfig,
-        PerceptionLMConfig,
-        PerceptionLMForConditionalGeneration,
-        PerceptionLMImageProcessor,
-        PerceptionLMProcessor,
-        PerceptionLMVideoProcessor,
-        TimmWrapperConfig,
-    )
+    from transformers import LlamaConfig, PerceptionLMConfig, TimmWrapperConfig
 
     if tile_size % 28:
         raise ValueError(f"tile_size must be a multiple of 28 (patch 14 x pooling 2), got {tile_size}.")
@@ -235,32 +283,6 @@ def build_tiny_plm(
         image_token_id=tokenizer.convert_tokens_to_ids("<|image|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video|>"),
     )
-    torch.manual_seed(seed)
-    model = PerceptionLMForConditionalGeneration(config).eval()
-    model.generation_config.do_sample = False
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = eos_ids
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)  # safetensors
-
-    image_processor = PerceptionLMImageProcessor(
-        vision_input_type="thumb+tile",
-        tile_size=tile_size,
-        max_num_tiles=36,
-        size={"height": tile_size, "width": tile_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    video_processor = PerceptionLMVideoProcessor(
-        size={"height": tile_size, "width": tile_size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
-    )
-    processor = PerceptionLMProcessor(
-        image_processor=image_processor,
-        video_processor=video_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        pooling_ratio=2,
-        chat_template=PLM_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    save_random_model(config, tokenizer, out, seed)
+    save_plm_processor(out, tokenizer, tile_size)
     return out

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, settings_from
 from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import dataset_costs
@@ -125,17 +126,20 @@ def build_trainer(
     args: Any = None,
     *,
     collator: PLMCollator | None = None,
-    train_on: str = "assistant",
-    max_tiles: int | None = None,
-    num_frames: int = 32,
-    vision_input_type: str | None = None,
-    multi_image_tiles: int | None = 1,
-    keep_media_order: bool = False,
-    vision_lr: float | None = None,
-    projector_lr: float | None = None,
+    media: MediaArguments | None = None,
+    model_args: ModelArguments | None = None,
+    eval_args: EvalArguments | None = None,
+    train_on: str = MediaArguments.train_on,
+    max_tiles: int | None = MediaArguments.max_tiles,
+    num_frames: int = MediaArguments.num_frames,
+    vision_input_type: str | None = MediaArguments.vision_input_type,
+    multi_image_tiles: int | None = MediaArguments.multi_image_tiles,
+    keep_media_order: bool = MediaArguments.keep_media_order,
+    vision_lr: float | None = ModelArguments.vision_lr,
+    projector_lr: float | None = ModelArguments.projector_lr,
     callbacks: list[Any] | None = None,
-    generation_eval_steps: int = 0,
-    generation_eval_samples: int = 8,
+    generation_eval_steps: int = EvalArguments.generation_eval_steps,
+    generation_eval_samples: int = EvalArguments.generation_eval_samples,
     generation_max_new_tokens: int = 64,
     labelled_logits_only: bool | None = None,
 ):
@@ -157,6 +161,10 @@ def build_trainer(
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
             progress bar, from media headers (``plm_tune.costs.dataset_costs``); a streaming dataset keeps its order.
+        media, model_args, eval_args: run settings (``plm_tune.arguments``), as the recipes pass them: ``media``
+            stands for the collator keywords below, ``model_args`` for ``vision_lr`` / ``projector_lr`` and
+            ``eval_args`` for ``generation_eval_steps`` / ``generation_eval_samples``. Give either an object or
+            those keywords (ValueError when a keyword is also set).
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's),
             ``multi_image_tiles``, ``keep_media_order`` (``PLMCollator``: by default several images get one
@@ -182,6 +190,12 @@ def build_trainer(
     """
     from trl import SFTConfig
 
+    media = settings_from(media, MediaArguments, train_on=train_on, max_tiles=max_tiles, num_frames=num_frames,
+                          vision_input_type=vision_input_type, multi_image_tiles=multi_image_tiles,
+                          keep_media_order=keep_media_order)
+    model_args = settings_from(model_args, ModelArguments, vision_lr=vision_lr, projector_lr=projector_lr)
+    eval_args = settings_from(eval_args, EvalArguments, generation_eval_steps=generation_eval_steps,
+                              generation_eval_samples=generation_eval_samples)
     if args is None:  # SFTConfig's own default, bf16=True, is refused on a CPU
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args = SFTConfig(output_dir="outputs/plm-tune", bf16=bf16)
@@ -212,12 +226,12 @@ def build_trainer(
         collator = PLMCollator(
             processor,
             max_length=args.max_length,
-            train_on=train_on,
-            max_tiles=max_tiles,
-            num_frames=num_frames,
-            vision_input_type=vision_input_type,
-            multi_image_tiles=multi_image_tiles,
-            keep_media_order=keep_media_order,
+            train_on=media.train_on,
+            max_tiles=media.max_tiles,
+            num_frames=media.num_frames,
+            vision_input_type=media.vision_input_type,
+            multi_image_tiles=media.multi_image_tiles,
+            keep_media_order=media.keep_media_order,
             pixel_dtype=vision_dtype(model),
             padding_free=padding_free,
         )
@@ -235,7 +249,8 @@ def build_trainer(
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
     # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
-    lrs = dict(lr=args.learning_rate, vision_lr=vision_lr, projector_lr=projector_lr, weight_decay=args.weight_decay)
+    lrs = dict(lr=args.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
+               weight_decay=args.weight_decay)
     parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
     factory = functools.partial(_PartOptimizer, optimizer_cls, optimizer_kwargs, lrs)
     trainer = _plm_trainer_class()(
@@ -256,14 +271,14 @@ def build_trainer(
     if labelled_logits_only is None:
         labelled_logits_only = trainer.accelerator.device.type not in ("cuda", "xpu")
     trainer.plm_labelled_logits_only = labelled_logits_only
-    if generation_eval_steps:
+    if eval_args.generation_eval_steps:
         if eval_dataset is None:
             raise ValueError("generation_eval_steps needs an eval_dataset to answer: pass one, or set it to 0.")
-        count = min(generation_eval_samples, len(eval_dataset))
+        count = min(eval_args.generation_eval_samples, len(eval_dataset))
         subset = eval_dataset.select(range(count)) if hasattr(eval_dataset, "select") else eval_dataset[:count]
         # Before the reporting callbacks, like PLMMetricsCallback, so TensorBoard gets the scores.
         trainer.callback_handler.callbacks.insert(
-            1, GenerationEvalCallback(trainer, subset, generation_eval_steps, generation_max_new_tokens)
+            1, GenerationEvalCallback(trainer, subset, eval_args.generation_eval_steps, generation_max_new_tokens)
         )
     return trainer
 

@@ -167,7 +167,7 @@ def test_push_uploads_what_the_dry_run_showed(custom_run, monkeypatch, tmp_path)
     assert calls["repo"] == "you/plm-findings"
     folder = Path(calls["upload"]["folder_path"])
     sent = sorted(filter_repo_objects([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()],
-                                      ignore_patterns=calls["upload"]["ignore_patterns"]))
+                                      allow_patterns=calls["upload"]["allow_patterns"]))
     # What --dry-run copies: files_to_upload of the folder (README.md, peft's placeholder, is replaced by the card).
     assert sent == files_to_upload(custom_run.out)
     assert "eval/eval.json" not in sent and "training_args.bin" not in sent

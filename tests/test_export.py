@@ -23,7 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from plm_tune import PLMCollator, load_model
 from plm_tune.merge import merge_adapter
 from plm_tune.model_card import write_model_card
-from plm_tune.push import IGNORE_PATTERNS, files_to_upload, push_adapter
+from plm_tune.push import files_to_upload, push_adapter
 from plm_tune.run_folder import TRAINING_INFO_FILE, TRAINING_INFO_KEYS, write_training_info
 
 TOKEN = "hf_SECRET123"
@@ -285,7 +285,7 @@ class _Hub:
                 raise OSError(f"403 Forbidden: token {api.token} cannot write to {kwargs['repo_id']}")
             folder = kwargs["folder_path"]
             paths = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-            for path in filter_repo_objects(paths, ignore_patterns=kwargs["ignore_patterns"]):
+            for path in filter_repo_objects(paths, allow_patterns=kwargs["allow_patterns"]):
                 (hub.remote / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(folder / path, hub.remote / path)
             url = f"https://huggingface.co/{kwargs['repo_id']}/commit/{'a' * 40}"
@@ -325,7 +325,7 @@ def test_push_uploads_a_loadable_adapter_with_a_card_and_nothing_else(
     )
     assert (upload, upload_token, upload_repo) == ("upload_folder", TOKEN, "me/plm-lora")
     assert upload_kwargs["folder_path"] == lora_copy and upload_kwargs["repo_type"] == "model"
-    assert upload_kwargs["ignore_patterns"] == IGNORE_PATTERNS
+    assert sorted(upload_kwargs["allow_patterns"]) == files_to_upload(lora_copy)  # no glob characters here
     remote = {p.relative_to(hub.remote).as_posix() for p in hub.remote.rglob("*") if p.is_file()}
     assert remote == {*ADAPTER_FILES, *PROCESSOR_FILES, "README.md"} == set(files_to_upload(lora_copy))
     card = (hub.remote / "README.md").read_text()

@@ -11,7 +11,7 @@ from conftest import make_image
 from transformers import AutoModelForImageTextToText
 
 from plm_tune import PLMCollator
-from plm_tune.model import _part_of, enable_gradient_checkpointing, load_model, parameter_groups
+from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups, part_of
 
 LANGUAGE_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 VISION_LINEARS = {"qkv", "proj", "fc1", "fc2"}
@@ -59,7 +59,7 @@ def test_training_changes_exactly_the_trainable_weights_and_the_save_reloads(
     model, processor = load_model(tiny_plm_path, method=method, freeze=freeze, lora_targets=lora_targets)
     unfrozen = {"language", "vision", "projector"} - set(freeze)
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-    assert {_part_of(name) for name in trainable} == unfrozen
+    assert {part_of(name) for name in trainable} == unfrozen
 
     # Where LoRA sits, and which parts train in full.
     if method != "full":
@@ -150,7 +150,7 @@ def test_gradient_checkpointing_reaches_decoder_and_vision_tower_with_equal_grad
         count = {"vision": 0, "language": 0}
         for name, module in model.named_modules():
             if name.endswith(("timm_model.blocks.0.attn", "language_model.layers.0.self_attn")):
-                module.forward = _counted(module.forward, count, _part_of(name))
+                module.forward = _counted(module.forward, count, part_of(name))
         model.train()
         model(**_batch(processor)).loss.backward()
         calls[checkpointing] = count

@@ -304,10 +304,41 @@ def test_plan_command_on_a_data_config(tmp_path, tiny_plm_path):
     assert f"max {max(lengths):,}" in out  # the longest sample, as the collator builds it
 
 
-def test_plan_command_on_the_radiology_demo_recipe_config(tiny_plm_path):
-    result = _plan(ROOT / "recipes/configs/radiology_demo.yaml", "--model-name-or-path", tiny_plm_path)
+def test_a_recipe_plans_its_own_config_with_plan_true(tiny_plm_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/radiology_lora.py"), "--config", str(ROOT / "recipes/configs/radiology_demo.yaml"),
+         "--model_name_or_path", str(tiny_plm_path), "--plan", "true"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "batch size 4, max_length 256" in out and "length-grouped" in out
     assert all(f"PLM-{size} lora" in out for size in ("1B", "3B", "8B"))
     assert "train loss" not in out  # planned, not trained
+
+
+def test_plan_command_refuses_an_unknown_key_naming_the_valid_ones(tmp_path, tiny_plm_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(f"data:\n  adapter: synthetic_shapes\n  n: 4\nmodel_name_or_path: {tiny_plm_path}\n"
+                      "max_length: 256\nlora_rank: 8\n")
+    result = _plan(config)
+    assert result.returncode == 1
+    assert "Unknown config key(s) lora_rank" in result.stderr and "lora_r, lora_alpha, lora_dropout" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_command_on_a_recipe_config_reads_its_settings_and_names_its_corpus_keys(tmp_path, tiny_plm_path):
+    demo = ROOT / "recipes/configs/radiology_demo.yaml"
+    result = _plan(demo, "--model-name-or-path", tiny_plm_path)
+    assert result.returncode == 1  # its data is the recipe's: dicom_dir pydicom-testdata
+    assert "dicom_dir" in result.stderr and "--plan true" in result.stderr and "--data-adapter" in result.stderr
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(demo.read_text() + "lora_rank: 8\n")  # a near miss of a setting is a typo, not a corpus key
+    result = _plan(typo, "--data-adapter", "synthetic_shapes", "--arg", "n=8")
+    assert result.returncode == 1 and "Unknown config key(s) lora_rank" in result.stderr
+
+    result = _plan(demo, "--model-name-or-path", tiny_plm_path, "--data-adapter", "synthetic_shapes", "--arg", "n=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Ignored dicom_caption, dicom_dir, eval_split, on_error" in result.stderr
+    assert "8 samples" in result.stdout and "batch size 4, max_length 256" in result.stdout  # the config's settings
+    assert "PLM-1B lora" in result.stdout

@@ -48,13 +48,48 @@ def load_recipe(script: Path):
 def test_config_parses_against_its_recipe(config):
     recipe = load_recipe(recipe_of(config))
     # TrlParser refuses a key that no dataclass of the recipe has.
-    model_args, data_args, training_args, eval_args = recipe.make_parser().parse_args_and_config(
+    model_args, media_args, data_args, training_args, eval_args = recipe.make_parser().parse_args_and_config(
         ["--config", str(config)]
     )
     keys = yaml.safe_load(config.read_text())
     assert "max_length" in keys, f"{config.name}: set max_length deliberately (TRL's 1024 is no PLM default)."
     assert "bf16" not in keys, f"{config.name}: leave bf16 to the machine (the recipe defaults it to what it has)."
     assert training_args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
+def test_plan_and_recipe_read_the_same_settings_from_every_config(config):
+    """`plm-tune plan` parses a config's run settings with the recipes' own dataclasses and defaults."""
+    from plm_tune.finetune import parse_settings, settings_keys
+
+    recipe = load_recipe(recipe_of(config))
+    model_args, media_args, _, training_args, eval_args = recipe.make_parser().parse_args_and_config(
+        ["--config", str(config)])
+    valid = {key for names in settings_keys().values() for key in names}
+    keys = {key: value for key, value in yaml.safe_load(config.read_text()).items() if key in valid}
+    plan_model, plan_media, plan_training, plan_eval = parse_settings(keys)
+    assert (plan_model, plan_media, plan_eval) == (model_args, media_args, eval_args)
+    for key in ("per_device_train_batch_size", "max_length", "activation_checkpointing", "bf16"):
+        assert getattr(plan_training, key) == getattr(training_args, key), key
+
+
+def test_one_default_per_setting():
+    """Unset, a setting has the same value in the recipes, in `plm-tune plan` and in the library's keywords."""
+    import inspect
+
+    from plm_tune import build_trainer, load_model, plan_report
+    from plm_tune.arguments import MediaArguments, ModelArguments
+    from plm_tune.finetune import parse_settings
+
+    model_args, media_args, _, _, _ = load_recipe(ROOT / "recipes/video_lora.py").make_parser().parse_args_and_config([])
+    assert parse_settings({})[:2] == (model_args, media_args) == (ModelArguments(), MediaArguments())
+    assert model_args.lora_dropout == 0.05 and media_args.num_frames == 32
+    for function in (load_model, build_trainer, plan_report):
+        parameters = inspect.signature(function).parameters
+        for name, value in {**vars(model_args), **vars(media_args)}.items():
+            if name in parameters and parameters[name].default is not inspect.Parameter.empty:
+                default = parameters[name].default
+                assert (list(default) if isinstance(default, tuple) else default) == value, (function, name)
 
 
 def test_every_recipe_has_a_config():
@@ -107,6 +142,20 @@ def test_radiology_demo_evaluates_by_generation_and_writes_a_report(radiology_de
     assert "Report: out/eval/report.html" in radiology_demo.output  # output_dir is relative: out
     info = json.loads((out / "plm_tune_training.json").read_text())
     assert info["method"] == "lora" and info["global_step"] == 3 and info["freeze"] == ["vision"]
+
+
+def test_radiology_demo_records_the_training_info_derived_from_its_settings(radiology_demo):
+    import json
+
+    from plm_tune.arguments import training_info
+
+    model_args, media_args, *_ = load_recipe(ROOT / "recipes/radiology_lora.py").make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "recipes/configs/radiology_demo.yaml")])
+    derived = training_info(model_args, media_args)
+    assert derived == {"method": "lora", "freeze": ["vision"], "max_tiles": 4, "num_frames": 4, "lora_r": 8,
+                       "lora_alpha": 16}
+    info = json.loads((radiology_demo.out / "plm_tune_training.json").read_text())
+    assert {key: info[key] for key in derived} == derived
 
 
 def test_video_lora_demo_trains(tmp_path, tiny_plm_path):

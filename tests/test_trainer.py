@@ -14,7 +14,7 @@ from trl import SFTConfig
 
 from data_adapters.synthetic import synthetic_shapes
 from plm_tune import PLMCollator, build_trainer, load_model
-from plm_tune.model import _part_of
+from plm_tune.model import part_of
 
 LRS = {"language": 1e-3, "vision": 2e-4, "projector": 5e-3}
 PLM_METRICS = ("tokens_per_second", "labelled_tokens_per_step", "media_token_share")
@@ -88,7 +88,7 @@ def test_trains_only_trainable_weights_with_one_learning_rate_per_part(tiny_plm_
     assert {group["name"]: group["lr"] for group in recorder.groups} == LRS
     names = {id(param): name for name, param in model.named_parameters()}
     for group in trainer.optimizer.param_groups:
-        assert {_part_of(names[id(p)]) for p in group["params"]} == {group["name"]}
+        assert {part_of(names[id(p)]) for p in group["params"]} == {group["name"]}
     assert sum(len(group["params"]) for group in trainer.optimizer.param_groups) == len(trainable)
 
     losses = [log["loss"] for log in recorder.logs if "loss" in log]

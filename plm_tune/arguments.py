@@ -1,0 +1,134 @@
+"""Run settings: the one place each setting of a run is declared, with its one default.
+
+Three dataclasses in the style of TRL's ``ModelConfig``, read by ``TrlParser`` (a YAML config plus command-line
+overrides, an unknown key an error) in every recipe and by ``plm-tune plan``:
+
+- ``ModelArguments``: which model, which method (LoRA / DoRA / QLoRA / full), what trains and at which rate;
+- ``MediaArguments``: how media become tokens (tiles per image, frames per video) and what is in the loss;
+- ``EvalArguments``: what a run does besides training (plan and exit, generation eval, the report).
+
+``load_model``, ``build_trainer`` and ``plan_report`` take these objects; their plain keywords still work and
+default to the class attributes here (``MediaArguments.num_frames``), so each default is written once, and ``training_info`` derives what ``plm_tune_training.json`` records from them.
+Corpus settings (which files, which columns) stay in each recipe's own ``DataArguments``.
+
+Example:
+    >>> from trl import SFTConfig, TrlParser                                          # doctest: +SKIP
+    >>> parser = TrlParser((ModelArguments, MediaArguments, EvalArguments, SFTConfig))  # doctest: +SKIP
+    >>> model_args, media_args, eval_args, training_args = parser.parse_args_and_config()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from plm_tune.frame_selection import NUM_FRAMES
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "NUM_FRAMES",
+    "EvalArguments",
+    "MediaArguments",
+    "ModelArguments",
+    "settings_from",
+    "training_info",
+]
+
+DEFAULT_MODEL = "facebook/Perception-LM-1B"
+
+
+@dataclass
+class ModelArguments:
+    """Which PLM, how it trains (``plm_tune.load_model``) and each part's learning rate (``build_trainer``)."""
+
+    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id or folder."})
+    method: Literal["lora", "dora", "qlora", "full"] = field(default="lora", metadata={
+        "help": "lora / dora (LoRA with weight decomposition) / qlora (LoRA on a 4-bit language model) / full."})
+    freeze: list[str] = field(default_factory=lambda: ["vision"], metadata={
+        "help": "Parts that do not train: vision, projector, language."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_targets: Literal["language", "language+vision"] = field(
+        default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "sdpa, eager or flash_attention_2; None: transformers' choice."})
+    build_tiny_if_missing: bool = field(
+        default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
+    tiny_preset: Literal["test", "learner"] = field(
+        default="test", metadata={"help": "Size of that tiny PLM (plm_tune.testing.TINY_PRESETS)."})
+
+
+@dataclass
+class MediaArguments:
+    """How images and videos become tokens, and which tokens are in the loss (the collator's settings)."""
+
+    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image; None: the processor's."})
+    num_frames: int = field(default=NUM_FRAMES, metadata={
+        "help": "Frames sampled per video (or multi-frame DICOM); set max_length to match."})
+    vision_input_type: Literal["thumb+tile", "vanilla"] | None = field(default=None, metadata={
+        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image; None: the "
+                "processor's."})
+    multi_image_tiles: int | None = field(default=1, metadata={
+        "help": "Tiles per image when a sample has several images (None: tile each as a single image)."})
+    keep_media_order: bool = field(default=False, metadata={
+        "help": "Keep media where the messages put them (False: first, as PLM's trainer placed them)."})
+    train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+
+
+@dataclass
+class EvalArguments:
+    """What a run does besides training: plan and stop, or evaluate by generation during and after training."""
+
+    plan: bool = field(default=False, metadata={
+        "help": "Print the plan (tokens, padding, peak memory from media headers) and exit without training."})
+    generate_eval: bool = field(default=True, metadata={
+        "help": "Answer the eval split by generation and score it; writes eval/eval.json and eval/report.html."})
+    compare_base: bool = field(default=True, metadata={
+        "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
+    generation_eval_steps: int = field(default=0, metadata={
+        "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
+                "scores (gen_eval/...; works under ZeRO-3). 0: off."})
+    generation_eval_samples: int = field(default=8, metadata={
+        "help": "How many eval samples each generation_eval_steps check answers."})
+
+
+def settings_from(settings: Any, cls: type, **keywords: Any) -> Any:
+    """The settings a function runs with: a ``cls`` instance given, or one built from its plain keywords.
+
+    Refuses both at once when a keyword differs from its default, so no value is silently overridden.
+
+    Raises:
+        ValueError: ``settings`` is given and a keyword was also set to a non-default value.
+    """
+    defaults = cls()
+    if settings is None:
+        return dataclasses.replace(defaults, **keywords)
+    changed = sorted(name for name, value in keywords.items() if value != getattr(defaults, name))
+    if changed:
+        raise ValueError(f"Got a {cls.__name__} and the keyword(s) {', '.join(changed)}: set them in the "
+                         f"{cls.__name__} (e.g. dataclasses.replace(args, {changed[0]}=...)), not both.")
+    return settings
+
+
+def training_info(model_args: ModelArguments, media_args: MediaArguments,
+                  datasets: list[str] | None = None) -> dict[str, Any]:
+    """What ``plm_tune_training.json`` records about a run's settings (``plm_tune.run_folder.TRAINING_INFO_KEYS``).
+
+    ``save_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
+
+    Example:
+        >>> training_info(ModelArguments(method="full"), MediaArguments(max_tiles=4))["max_tiles"]
+        4
+    """
+    info: dict[str, Any] = {"method": model_args.method, "freeze": list(model_args.freeze),
+                            "max_tiles": media_args.max_tiles, "num_frames": media_args.num_frames}
+    if model_args.method != "full":
+        info.update(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha)
+    if datasets:
+        info["datasets"] = list(datasets)
+    return info

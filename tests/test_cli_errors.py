@@ -1,0 +1,95 @@
+"""Ordinary mistakes at the `plm-tune` command line give one line that names the mistake and the fix, never a
+traceback (PLM_TUNE_DEBUG=1 brings it back). Each case runs the real CLI in a fresh process, offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "HF_HOME": str(cwd / "hf-home")}  # an empty Hub cache: nothing is "already downloaded"
+    env.pop("PLM_TUNE_DEBUG", None)
+    if debug:
+        env["PLM_TUNE_DEBUG"] = "1"
+    return subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def _one_line(result: subprocess.CompletedProcess, start: str) -> str:
+    """The single stderr line of a failed command; checks exit code 1 and that there is no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(start), lines[0]
+    return lines[0]
+
+
+def test_a_typod_local_folder_is_no_such_folder_not_a_hub_lookup(tmp_path):
+    (tmp_path / "outputs" / "my-photos").mkdir(parents=True)
+    line = _one_line(_cli("generate", "--model", "outputs/my-photo", "--prompt", "Describe.", cwd=tmp_path),
+                     "plm-tune generate: error: no such folder: outputs/my-photo ")
+    assert "outputs has no my-photo" in line
+    line = _one_line(_cli("generate", "--adapter", "./outputs/my-photo", "--prompt", "Describe.", cwd=tmp_path),
+                     "plm-tune generate: error: no such folder: ./outputs/my-photo")
+    # A Hub id with no such local folder is left to the Hub (and here, offline, says so).
+    assert "no such folder" not in _cli("generate", "--model", "me/my-photo", "--prompt", "Hi.", cwd=tmp_path).stderr
+
+
+def test_load_model_names_a_missing_folder_before_any_hub_call(tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    from plm_tune import load_for_inference, load_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained",
+                        lambda *a, **k: pytest.fail("from_pretrained must not be reached"))
+    with pytest.raises(FileNotFoundError, match=r"^no such folder: \.cache/tiny-plmx \(it looks like a local path"):
+        load_model(".cache/tiny-plmx")
+    with pytest.raises(FileNotFoundError, match="no such folder: /nowhere/plm"):
+        load_for_inference("/nowhere/plm")
+
+
+def test_offline_hub_access_is_one_line_saying_so(tmp_path):
+    line = _one_line(_cli("generate", "--model", "facebook/Perception-LM-1B", "--prompt", "Hi.", cwd=tmp_path),
+                     "plm-tune generate: error: cannot reach the Hugging Face Hub (offline or no network)")
+    assert "local folder" in line
+
+
+def test_plan_on_the_plm_1b_recipe_config_offline_is_one_line(tmp_path):
+    result = _cli("plan", ROOT / "recipes/configs/radiology_lora.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]  # the recipe may print its own notes first; the error ends it
+    assert last.startswith("plm-tune plan: error: cannot reach the Hugging Face Hub") and "unsloth/Radiology_mini" in last
+
+
+def test_an_unknown_arg_key_lists_the_valid_ones(tmp_path):
+    line = _one_line(_cli("data", "check", "--data-adapter", "image_folder", "--arg", "rot=my_photos", cwd=tmp_path),
+                     "plm-tune data check: error: the image_folder data adapter has no argument 'rot'")
+    assert "its arguments: root, prompt" in line
+
+
+def test_an_unexpected_error_is_one_line_with_the_debug_hint_and_the_traceback_on_request(tmp_path):
+    (tmp_path / "eval.json").write_text("[]")
+    line = _one_line(_cli("report", "eval.json", cwd=tmp_path), "plm-tune report: error: TypeError: ")
+    assert line.endswith("(PLM_TUNE_DEBUG=1 for the traceback)")
+    debug = _cli("report", "eval.json", cwd=tmp_path, debug=True)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "TypeError" in debug.stderr
+
+
+@pytest.mark.parametrize(("args", "usage"), [
+    (["push", "--adapter", "a", "--repo-id", "me/a", "--dryrun"], "usage: plm-tune push "),
+    (["data", "check", "--data-adaptor", "image_folder"], "usage: plm-tune data check "),
+])
+def test_a_typod_flag_shows_the_subcommands_usage(tmp_path, args, usage):
+    result = _cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
+    assert f"error: unrecognized arguments: {args[-1] if args[0] == 'push' else '--data-adaptor'}" in result.stderr
