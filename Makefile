@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 EXTRAS ?= dev,dicom,deepspeed,qlora,real-tokenizer
-# torch/torchvision pinned to the builds this project is tested with (served from local disk here).
+# torch/torchvision pinned to the builds this project is tested with. pip fetches them from PyPI (on Linux the
+# CUDA build: a venv of about 6 GB) unless `pip config list` names a local index or wheel folder that has them.
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test tiny-model lint clean

@@ -52,10 +52,10 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_targets: Literal["language", "language+vision"] = field(
         default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
-    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR (default: learning_rate)."})
-    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR (default: learning_rate)."})
+    vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
     attn_implementation: str | None = field(default=None, metadata={
-        "help": "sdpa, eager or flash_attention_2 (default: transformers' choice)."})
+        "help": "sdpa, eager or flash_attention_2; None: transformers' choice."})
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
     tiny_preset: Literal["test", "learner"] = field(
@@ -66,16 +66,16 @@ class ModelArguments:
 class MediaArguments:
     """How images and videos become tokens, and which tokens are in the loss (the collator's settings)."""
 
-    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image (default: the processor's)."})
+    max_tiles: int | None = field(default=None, metadata={"help": "Tiles per image; None: the processor's."})
     num_frames: int = field(default=NUM_FRAMES, metadata={
         "help": "Frames sampled per video (or multi-frame DICOM); set max_length to match."})
     vision_input_type: Literal["thumb+tile", "vanilla"] | None = field(default=None, metadata={
-        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image (default: the "
-                "processor's)."})
+        "help": "thumb+tile: a thumbnail plus up to max_tiles tiles; vanilla: one resized image; None: the "
+                "processor's."})
     multi_image_tiles: int | None = field(default=1, metadata={
         "help": "Tiles per image when a sample has several images (None: tile each as a single image)."})
     keep_media_order: bool = field(default=False, metadata={
-        "help": "Keep media where the messages put them (default: first, as PLM's trainer placed them)."})
+        "help": "Keep media where the messages put them (False: first, as PLM's trainer placed them)."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
 
 
@@ -93,7 +93,8 @@ class EvalArguments:
     generation_eval_steps: int = field(default=0, metadata={
         "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})
-    generation_eval_samples: int = field(default=8, metadata={"help": "How many eval samples that answers."})
+    generation_eval_samples: int = field(default=8, metadata={
+        "help": "How many eval samples each generation_eval_steps check answers."})
 
 
 def settings_from(settings: Any, cls: type, **keywords: Any) -> Any:

@@ -253,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     plan = sub.add_parser("plan", help="token counts, padding waste and peak memory from media headers, "
-                          "before training (a config with a data: section and the recipes' run settings)")
+                          "before training (a config with a data: section and the recipes' run settings)",
+                          description="CONFIG: a YAML with a data: section and the recipes' run settings. A recipe's "
+                          "own config (recipes/configs/*.yaml) is planned by its recipe: python "
+                          "recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml --plan true")
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
                       help="per-device batch size (default: the config's per_device_train_batch_size, else SFTConfig's)")

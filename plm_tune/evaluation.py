@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from plm_tune.metrics import ScoreKind, score_answers
 from plm_tune.sample import normalize_messages
 from plm_tune.sparse_logits import labelled_positions
 
-__all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "metrics_table", "save_eval", "load_eval"]
+__all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "majority_baseline", "metrics_table", "save_eval",
+           "load_eval"]
 
 ID_KEYS = ("id", "sample_id", "image_id", "uid")  # where a sample's id may live, first found wins
 
@@ -238,6 +240,18 @@ def metrics_table(result: EvalResult) -> str:
     for name in names:
         rows.append(f"{name:<14} {_cell(base.get(name)):>10} {_cell(result.metrics.get(name)):>10}")
     return "\n".join(rows)
+
+
+def majority_baseline(result: EvalResult) -> tuple[str, float] | None:
+    """The most common reference and the exact-match score of always answering it: the bar a classifier-like
+    finetune (one of a few answers, e.g. a modality) must clear. None when references are not class-like (fewer
+    than two per distinct answer, or under 4 references)."""
+    references = [r.reference.strip() for r in result.records if r.reference is not None]
+    counts = Counter(references)
+    if len(references) < 4 or len(references) < 2 * len(counts):
+        return None
+    answer, count = counts.most_common(1)[0]
+    return answer, count / len(references)
 
 
 def _cell(value: Any) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plm_tune.evaluation import EvalResult, evaluate, metrics_table, save_eval
+from plm_tune.evaluation import EvalResult, evaluate, majority_baseline, metrics_table, save_eval
 from plm_tune.push import push_adapter
 from plm_tune.report import write_report
 from plm_tune.run_folder import (
@@ -45,6 +45,10 @@ class RunOutputs:
         if self.eval_result is not None:
             answered = self.eval_result.info.get("answered", len(self.eval_result.records))
             lines += [f"Held-out answers ({answered} samples), base vs finetuned:", metrics_table(self.eval_result)]
+            baseline = majority_baseline(self.eval_result)
+            if baseline is not None:
+                lines.append(f"Always answering the most common reference ({baseline[0]!r}) would score "
+                             f"exact_match {baseline[1]:.3g}.")
         if self.report is not None:
             lines.append(f"Report: {self.report}")
         if self.hub_url:

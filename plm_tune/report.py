@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from plm_tune.evaluation import EvalRecord, EvalResult
+from plm_tune.evaluation import EvalRecord, EvalResult, majority_baseline
 from plm_tune.media import describe_media, load_image, load_video
 from plm_tune.report_summary import html_text, summary_html
 
@@ -155,7 +155,7 @@ def _gain(record: EvalRecord, metric: str | None, with_base: bool) -> float | No
 
 
 def _header(result: EvalResult, title: str, shown: int, metric: str | None, media_errors: list[str]) -> str:
-    summary = summary_html(result.info, result.metrics, result.base_metrics)
+    summary = summary_html(result.info, result.metrics, result.base_metrics, majority_baseline(result))
     info = dict(result.info)
     info.pop("training", None)  # told by the summary above
     info.pop("samples", None)  # the "samples" row below says it with the number shown

@@ -30,9 +30,10 @@ def html_text(value: Any) -> str:
     return html.escape(text, quote=True)
 
 
-def summary_html(info: dict[str, Any], metrics: dict[str, float], base_metrics: dict[str, float] | None) -> str:
+def summary_html(info: dict[str, Any], metrics: dict[str, float], base_metrics: dict[str, float] | None,
+                 baseline: tuple[str, float] | None = None) -> str:
     """Up to four sentences (trained / data / time / change) as ``<section id="summary">``; facts the run did not
-    record are left out rather than guessed."""
+    record are left out rather than guessed. ``baseline``: ``(most common reference, its exact-match share)``."""
     training = info.get("training") or {}
     lines = []
     method = _METHODS.get(training.get("method"), "an adapter" if info.get("adapter") else "the model")
@@ -58,6 +59,8 @@ def summary_html(info: dict[str, Any], metrics: dict[str, float], base_metrics: 
         before = (base_metrics or {}).get(name)
         changes.append(f"{name} {before:.3g} (base) \u2192 {metrics[name]:.3g} (finetuned)" if _finite(before)
                        else f"{name} {metrics[name]:.3g} (finetuned; no base model evaluated)")
+    if baseline is not None:
+        changes.append(f"always answering the most common reference ({baseline[0]!r}) would score {baseline[1]:.3g}")
     if changes:
         lines.append(("change", "Held-out: " + "; ".join(changes) + "."))
     items = "".join(f'<li data-fact="{key}">{html_text(text)}</li>' for key, text in lines)

@@ -4,7 +4,8 @@ or from a table of reports.
 
 The offline demo: a tiny random PLM built on first use in ``.cache/tiny-plm`` and the real DICOM files that
 ship with pydicom and pydicom-data (CR, CT, MR, US, NM, ...; the deliberately broken ones are skipped and
-counted). `make demo` runs it; on 2 CPU cores and no GPU it took 30-40 s (48 s with make's first install check):
+counted), asked to name each file's modality. `make demo` runs it; on 2 CPU cores and no GPU it takes about
+2 minutes (150 steps, then the base and finetuned answers):
 
     accelerate launch recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml
 

@@ -38,8 +38,8 @@ class DataArguments:
     media_root: str | None = field(default=None, metadata={"help": "Folder plm_jsonl paths are relative to."})
     synthetic_videos: int = field(default=0, metadata={"help": "Instead: this many generated moving-shape clips."})
     prompt: str | None = field(default=None, metadata={
-        "help": "video_folder's question: a column, a {column} template or fixed text (default: its question "
-                "column, else 'Describe this video.')."})
+        "help": "video_folder's question: a column, a {column} template or fixed text; None: its question "
+                "column, else 'Describe this video.'."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
 

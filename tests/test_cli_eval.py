@@ -95,3 +95,11 @@ def test_summary_shows_base_and_finetuned_side_by_side(tmp_path):
     assert lines[2].split() == ["exact_match", "0.125", "0.875"]
     assert lines[3].split() == ["eval_loss", "6.25", "0.5"]
     assert lines[-1] == f"Report: {tmp_path / 'report.html'}"
+    assert "most common reference" not in summary  # one record is no class-like split
+
+    # A classifier-like split: the bar to clear is always answering its most common reference.
+    records = [EvalRecord(index=i, sample_id=None, prompt="Modality?", reference=ref, answer="CT")
+               for i, ref in enumerate(["OT", "OT", "OT", "CT", "MR", "OT", "CT", "MR"])]
+    result = EvalResult(metrics={"exact_match": 0.25}, records=records, info={"answered": 8})
+    summary = RunOutputs(output_dir=tmp_path, eval_result=result).summary()
+    assert "Always answering the most common reference ('OT') would score exact_match 0.5." in summary

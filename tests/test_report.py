@@ -240,6 +240,15 @@ def test_without_training_facts_the_summary_says_only_what_is_known(tmp_path):
     assert "<svg" not in html  # no log history, no curve
 
 
+def test_a_class_like_split_states_the_most_common_answer_baseline(tmp_path):
+    records = [EvalRecord(index=i, sample_id=None, prompt="Modality?", reference=ref, answer="CT",
+                          scores={"exact_match": float(ref == "CT")})
+               for i, ref in enumerate(["OT", "OT", "OT", "CT", "MR", "CT"])]
+    result = EvalResult(metrics={"exact_match": 2 / 6}, records=records, info={"answered": 6})
+    html = write_report(result, [{} for _ in records], tmp_path / "r.html").read_text()
+    assert "always answering the most common reference (&#x27;OT&#x27;) would score 0.5" in html
+
+
 @pytest.mark.parametrize("bad", [{"max_samples": 0}, {"frames_per_video": 0}, {"thumb_size": 8}])
 def test_out_of_range_options_are_refused(tmp_path, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
