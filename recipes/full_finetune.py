@@ -19,6 +19,11 @@ access; not yet run in this repository, which has neither. Larger models: DeepSp
 
 from __future__ import annotations
 
+# plm_tune before trl: its log filters must be in place when peft imports bitsandbytes, whose import prints
+# a notice about a Hub-fetched `kernels` package on some CPUs.
+import plm_tune  # noqa: F401
+
+# isort: split
 from dataclasses import dataclass, field
 from typing import Literal
 

@@ -27,6 +27,11 @@ Several GPUs: `accelerate launch --num_processes 8 ...`; DeepSpeed: `--config_fi
 
 from __future__ import annotations
 
+# plm_tune before trl: its log filters must be in place when peft imports bitsandbytes, whose import prints
+# a notice about a Hub-fetched `kernels` package on some CPUs.
+import plm_tune  # noqa: F401
+
+# isort: split
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points

@@ -19,6 +19,11 @@ tokens: 16 frames are about 4.1k tokens, so set ``max_length`` to match ``num_fr
 
 from __future__ import annotations
 
+# plm_tune before trl: its log filters must be in place when peft imports bitsandbytes, whose import prints
+# a notice about a Hub-fetched `kernels` package on some CPUs.
+import plm_tune  # noqa: F401
+
+# isort: split
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
