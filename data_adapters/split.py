@@ -16,27 +16,30 @@ from typing import Any
 __all__ = ["held_out_split"]
 
 
-def held_out_split(dataset: Any, share: float, *, seed: int = 0, stratify: bool = False) -> tuple[Any, Any]:
+def held_out_split(dataset: Any, share: float, *, seed: int = 0, stratify: bool = False) -> tuple[Any, Any | None]:
     """``(train, eval)`` selections of ``dataset``, ``share`` of it held out.
 
     Args:
         dataset: a ``datasets.Dataset`` of canonical samples.
-        share: the held-out share, in (0, 1).
+        share: the held-out share, in [0, 1); 0 holds out nothing (eval is None).
         seed: the shuffle seed (the same seed gives the same split).
         stratify: hold out ``share`` of each distinct answer (rounded, at least 1 of a group of 2 or more;
             a group of 1 stays in training). False: ``dataset.train_test_split`` (a plain random split).
 
     Returns:
-        ``(train, eval)`` datasets; with ``stratify`` both keep the dataset's order.
+        ``(train, eval)`` datasets (``(dataset, None)`` for share 0); with ``stratify`` both keep the
+        dataset's order.
 
     Raises:
-        ValueError: ``share`` outside (0, 1).
+        ValueError: ``share`` outside [0, 1).
 
     Example:
         >>> train, held_out = held_out_split(samples, 0.25, seed=0, stratify=True)   # doctest: +SKIP
     """
-    if not 0 < share < 1:
-        raise ValueError(f"The eval share must be between 0 and 1 (exclusive), got {share}.")
+    if not 0 <= share < 1:
+        raise ValueError(f"The eval share must be between 0 and 1 (0: no eval split; 1 excluded), got {share}.")
+    if share == 0:
+        return dataset, None
     if not stratify:
         split = dataset.train_test_split(test_size=share, seed=seed)
         return split["train"], split["test"]

@@ -5,7 +5,7 @@ A recipe reads top to bottom:
 1. ``recipe_parser(DataArguments)``: TRL's parser over the run settings (``plm_tune.arguments``), the recipe's
    corpus arguments and ``SFTConfig``; a YAML config plus command-line overrides, an unknown key an error;
 2. ``build_tiny_if_asked``: the offline demos build a tiny PLM at ``model_name_or_path`` first;
-3. its own data section, then ``split_eval`` for the held-out share;
+3. its own data section, then ``data_adapters.held_out_split`` for the held-out share;
 4. ``finetune``: with ``--plan true`` print ``plan_report`` and stop; else ``load_model``, ``build_trainer``,
    train, a last eval, ``save_run`` (``plm_tune_training.json`` from ``training_info``), and the lines that say
    what the run made.
@@ -24,7 +24,7 @@ from plm_tune.outputs import RunOutputs, save_run
 from plm_tune.plan import plan_report
 from plm_tune.trainer import build_trainer, loss_change
 
-__all__ = ["build_tiny_if_asked", "finetune", "recipe_parser", "split_eval"]
+__all__ = ["build_tiny_if_asked", "finetune", "recipe_parser"]
 
 
 def recipe_parser(data_arguments: type | None = None, **defaults: Any) -> Any:
@@ -88,14 +88,6 @@ def build_tiny_if_asked(model_args: ModelArguments, training_args: Any) -> None:
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
                 build_tiny_plm(path, **TINY_PRESETS[model_args.tiny_preset])
-
-
-def split_eval(samples: Any, eval_split: float, seed: int) -> tuple[Any, Any | None]:
-    """``(train, eval)``: ``eval_split`` of the samples held out (``datasets`` ``train_test_split``), or none at 0."""
-    if eval_split <= 0:
-        return samples, None
-    split = samples.train_test_split(test_size=eval_split, seed=seed)
-    return split["train"], split["test"]
 
 
 def finetune(

@@ -30,9 +30,9 @@ from typing import Literal
 import torch
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_hf_dataset, synthetic_shapes
+from data_adapters import from_hf_dataset, held_out_split, synthetic_shapes
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser, split_eval
+from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 
@@ -76,7 +76,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             prompt=data_args.prompt,
             on_error=data_args.on_error,
         )
-    train_set, eval_set = split_eval(samples, data_args.eval_split, training_args.seed)
+    train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

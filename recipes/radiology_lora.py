@@ -115,10 +115,8 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             prompt=data_args.prompt,
             on_error=data_args.on_error,
         )
-    train_set, eval_set = samples, None
-    if data_args.eval_split > 0:
-        train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
-                                             stratify=data_args.stratify_eval)
+    train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
+                                         stratify=data_args.stratify_eval)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

@@ -30,9 +30,9 @@ from typing import Literal
 
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_plm_jsonl, from_video_folder, synthetic_videos
+from data_adapters import from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser, split_eval
+from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 
 
 @dataclass
@@ -77,7 +77,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
     # Data
     ################
     samples = load_samples(data_args, training_args.seed, media_args.num_frames)
-    train_set, eval_set = split_eval(samples, data_args.eval_split, training_args.seed)
+    train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

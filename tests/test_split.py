@@ -38,3 +38,9 @@ def test_a_plain_split_is_the_datasets_one_and_a_bad_share_is_refused():
     assert held["messages"] == expected["messages"] and len(train) == 16
     with pytest.raises(ValueError, match="between 0 and 1"):
         held_out_split(dataset, 1.0)
+
+
+def test_a_zero_share_holds_out_nothing():
+    dataset = _samples({"a": 3, "b": 2})
+    train, held = held_out_split(dataset, 0.0, stratify=True)
+    assert held is None and len(train) == len(dataset)
