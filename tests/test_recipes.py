@@ -116,7 +116,9 @@ def test_radiology_demo_trains_and_saves_a_loadable_adapter(radiology_demo):
     assert "JPEG-lossy.dcm" in skipped
     assert list((out / "runs").glob("*/events.out.tfevents.*"))
     adapter = load_file(out / "adapter_model.safetensors")
-    assert not [name for name in adapter if "vision_tower" in name]  # the tower is frozen: not in the adapter
+    # The demo's tiny tower is random, so it trains in full (peft modules_to_save, saved whole), without LoRA.
+    tower = [name for name in adapter if "vision_tower" in name]
+    assert tower and not [name for name in tower if "lora_" in name]
     assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)  # B starts at zero
 
     base = AutoModelForImageTextToText.from_pretrained(tiny, dtype=torch.float32)
@@ -134,14 +136,16 @@ def test_radiology_demo_evaluates_by_generation_and_writes_a_report(radiology_de
     out = radiology_demo.out
     eval_data = load_from_disk(str(out / "eval_data"))
     result = json.loads((out / "eval/eval.json").read_text())
-    assert len(result["records"]) == len(eval_data) == 12  # the demo's 10% of its 119 usable files
+    # The demo holds out a quarter of each modality of its 117 usable files: every modality in train and eval.
+    assert len(result["records"]) == len(eval_data) == 30
+    assert {r["reference"] for r in result["records"]} == {"OT", "US", "MR", "CT", "CR", "RTDOSE", "NM", "SEG"}
     assert [r["reference"] for r in result["records"]] == [s["messages"][-1]["content"][0]["text"] for s in eval_data]
     assert all(r["base_answer"] is not None for r in result["records"])  # before / after, adapter switched off
     assert {"exact_match", "bleu", "rouge_l", "eval_loss"} <= set(result["metrics"]) == set(result["base_metrics"])
     assert (out / "eval/report.html").stat().st_size > 10_000  # images inlined
     assert "Report: out/eval/report.html" in radiology_demo.output  # output_dir is relative: out
     info = json.loads((out / "plm_tune_training.json").read_text())
-    assert info["method"] == "lora" and info["global_step"] == 3 and info["freeze"] == ["vision"]
+    assert info["method"] == "lora" and info["global_step"] == 3 and info["freeze"] == []
 
 
 def test_radiology_demo_records_the_training_info_derived_from_its_settings(radiology_demo):
@@ -152,7 +156,7 @@ def test_radiology_demo_records_the_training_info_derived_from_its_settings(radi
     model_args, media_args, *_ = load_recipe(ROOT / "recipes/radiology_lora.py").make_parser().parse_args_and_config(
         ["--config", str(ROOT / "recipes/configs/radiology_demo.yaml")])
     derived = training_info(model_args, media_args)
-    assert derived == {"method": "lora", "freeze": ["vision"], "max_tiles": 4, "num_frames": 4, "lora_r": 8,
+    assert derived == {"method": "lora", "freeze": [], "max_tiles": 4, "num_frames": 4, "lora_r": 8,
                        "lora_alpha": 16}
     info = json.loads((radiology_demo.out / "plm_tune_training.json").read_text())
     assert {key: info[key] for key in derived} == derived
