@@ -98,6 +98,7 @@ def finetune(
     training_args: Any,
     eval_args: EvalArguments,
     *,
+    datasets: list[str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> RunOutputs | None:
     """Plan, or load, train and save: the part of a run that does not depend on the corpus.
@@ -106,6 +107,8 @@ def finetune(
         train_set, eval_set: canonical samples (``eval_set`` None: no held-out split).
         model_args, media_args, training_args, eval_args: the parsed run settings (``training_args`` an
             ``SFTConfig``; its ``activation_checkpointing`` and ``push_to_hub`` are taken over, see below).
+        datasets: where the samples came from (a Hub id goes to the card's metadata, any other text only to
+            the card's and the report's text).
         dtype: the weights' dtype (``load_model``'s default: bf16 on a bf16 GPU, else float32).
 
     Returns:
@@ -137,7 +140,7 @@ def finetune(
     outputs = save_run(
         trainer,
         eval_set=eval_set,
-        training_info=training_info(model_args, media_args),
+        training_info=training_info(model_args, media_args, datasets),
         generate_eval=eval_args.generate_eval,
         compare_base=eval_args.compare_base,
         max_new_tokens=eval_args.eval_max_new_tokens,

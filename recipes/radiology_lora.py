@@ -121,7 +121,8 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)
     ################
-    finetune(train_set, eval_set, model_args, media_args, training_args, eval_args)
+    source = f"DICOM files in {data_args.dicom_dir}" if data_args.dicom_dir else data_args.dataset
+    finetune(train_set, eval_set, model_args, media_args, training_args, eval_args, datasets=[source])
 
 
 if __name__ == "__main__":
