@@ -10,7 +10,7 @@
 #    packing) if `flash-attn` installs from a wheel (a source build would not fit the 10 minutes);
 # 3. 50 steps of the radiology recipe (recipes/radiology_lora.py, the demo's data) on a random-init PLM-1B
 #    at full depth with the real tokenizer (plm-tune tiny-model --size 1B; needs the real-tokenizer extra).
-# Each part has its own time limit; a failing part is written to the file and the next one still runs.
+# Each part has its own time limit (on the GPU they add up to 10 minutes); a failing part is written to the file and the next one still runs.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -46,25 +46,25 @@ if [ $SMOKE = 1 ]; then
   part gpu-tests 120 $PY -m pytest tests -q -m gpu -p no:cacheprovider
   part throughput-smoke 180 $PY benchmarks/gpu_throughput.py --smoke --methods lora --json "$WORK/throughput.json"
   part build-plm-1b 180 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B --text-layers 1 --vision-layers 1
-  STEPS=2; TILES=1; BATCH=1
+  STEPS=2; TILES=1; BATCH=1; RADIOLOGY_LIMIT=300
 else
-  part gpu-tests 150 $PY -m pytest tests -q -m gpu -p no:cacheprovider
-  part throughput-sdpa 240 $PY benchmarks/gpu_throughput.py --sizes 1B 3B --methods lora --steps 6 --samples 32 \
+  part gpu-tests 60 $PY -m pytest tests -q -m gpu -p no:cacheprovider
+  part throughput-sdpa 180 $PY benchmarks/gpu_throughput.py --sizes 1B 3B --methods lora --steps 6 --samples 32 \
     --attn sdpa --json "$WORK/throughput-sdpa.json"
-  if timeout 60 $PY -m pip install --quiet --only-binary :all: flash-attn >> "$WORK/flash-install.log" 2>&1 \
+  if timeout 45 $PY -m pip install --quiet --only-binary :all: flash-attn >> "$WORK/flash-install.log" 2>&1 \
      && $PY -c "import flash_attn" 2>/dev/null; then
-    part throughput-flash 150 $PY benchmarks/gpu_throughput.py --sizes 1B --methods lora --steps 6 --samples 32 \
+    part throughput-flash 75 $PY benchmarks/gpu_throughput.py --sizes 1B --methods lora --steps 6 --samples 32 \
       --attn flash_attention_2 --json "$WORK/throughput-flash.json"
   else
     log ""; log "== throughput-flash: skipped, flash-attn has no installable wheel here"
   fi
-  part build-plm-1b 120 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B
-  STEPS=50; TILES=4; BATCH=4
+  part build-plm-1b 90 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B
+  STEPS=50; TILES=4; BATCH=4; RADIOLOGY_LIMIT=150
 fi
 
 # The radiology recipe on the random PLM-1B: 448 px tiles (256 tokens each), so max_length is raised from the
 # demo's 256 (sized for the tiny model's 4-token tiles).
-part "radiology-$STEPS-steps" 240 $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+part "radiology-$STEPS-steps" $RADIOLOGY_LIMIT $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
   --mixed_precision no --dynamo_backend no recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml \
   --model_name_or_path "$WORK/plm-1b" --build_tiny_if_missing false --max_steps $STEPS --max_tiles $TILES \
   --max_length 2048 --learning_rate 1e-4 --per_device_train_batch_size $BATCH --eval_on_start false \

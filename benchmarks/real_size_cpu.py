@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--text-layers", type=int, help="fewer decoder layers than PLM-1B's 16")
     parser.add_argument("--vision-layers", type=int, help="fewer vision blocks than PLM-1B's 23")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, among {', '.join(METHODS)}")
-    parser.add_argument("--max-tiles", type=int, default=2, help="tiles of the 896x448 image (1: one crop)")
+    parser.add_argument("--max-tiles", type=int, default=2, help="tiles of the 896x448 image, plus its thumbnail")
     parser.add_argument("--model-dir", type=Path, help="where the random PLM is written (default .cache/...)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()

@@ -25,10 +25,13 @@ def _tiny_model(args: argparse.Namespace) -> int:
         raise SystemExit("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
                          "add --size 1B.")
     if args.size:  # the released architecture and real tokenizer at random init (the real-tokenizer extra)
+        import torch
+
         from plm_tune.testing_real import build_random_plm
 
+        # bfloat16 on disk, as the released checkpoints: half the bytes to write and read.
         path = build_random_plm(args.path, args.size, seed=args.seed, text_layers=args.text_layers,
-                                vision_layers=args.vision_layers)
+                                vision_layers=args.vision_layers, dtype=torch.bfloat16)
         print(f"Wrote a random-init PLM-{args.size} (real tokenizer, random weights) to {path}")
     else:
         from plm_tune.testing import build_tiny_plm

@@ -161,3 +161,16 @@ def test_a_packed_row_gives_each_sample_its_solo_loss(real_processor, real_model
         alone += _per_sample_losses(real_model, solo, [(0, solo["input_ids"].shape[1])])
     assert all(loss > 5 for loss in alone), alone  # random weights over 128k ids: about ln(128256) = 11.8
     torch.testing.assert_close(torch.tensor(together), torch.tensor(alone), atol=2e-4, rtol=2e-5)
+
+
+def test_cli_layer_flags_need_a_size_and_bad_depths_are_refused(tmp_path):
+    from plm_tune.cli import main
+    from plm_tune.testing_real import build_random_plm
+
+    with pytest.raises(SystemExit, match="--size"):
+        main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"])
+    with pytest.raises(ValueError, match="text_layers must be between 1 and PLM-1B's 16, got 17"):
+        build_random_plm(tmp_path / "m", "1B", text_layers=17)
+    with pytest.raises(ValueError, match="size must be one of"):
+        build_random_plm(tmp_path / "m", "2B")
+    assert not (tmp_path / "m").exists()  # nothing written before the arguments are checked
