@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine: results in $OUT/gpu_check.txt (or ./)
 #   bash benchmarks/gpu_check.sh results.txt      # the results file named
-#   bash benchmarks/gpu_check.sh --smoke          # on a CPU, about a minute: checks this script, measures nothing
+#   bash benchmarks/gpu_check.sh --smoke          # on a CPU, a few minutes:  checks this script, measures nothing
 #
 # 1. the gpu-marked tests (pytest -m gpu);
 # 2. benchmarks/gpu_throughput.py for PLM-1B and -3B, LoRA, bf16, sdpa; then flash-attention 2 (varlen
@@ -44,9 +44,9 @@ EOF
 
 GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)  # only the files with gpu-marked tests: a quicker collection
 if [ $SMOKE = 1 ]; then
-  part gpu-tests 120 $PY -m pytest $GPU_TESTS -q -m gpu -p no:cacheprovider
-  part throughput-smoke 180 $PY benchmarks/gpu_throughput.py --smoke --methods lora --json "$WORK/throughput.json"
-  part build-plm-1b 180 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B --text-layers 1 --vision-layers 1
+  part gpu-tests 300 $PY -m pytest $GPU_TESTS -q -m gpu -p no:cacheprovider
+  part throughput-smoke 300 $PY benchmarks/gpu_throughput.py --smoke --methods lora --json "$WORK/throughput.json"
+  part build-plm-1b 300 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B --text-layers 1 --vision-layers 1
   STEPS=2; TILES=1; BATCH=1; RADIOLOGY_LIMIT=300; EVAL=0  # no eval split: 128k-vocabulary eval is slow on a CPU
 else
   part gpu-tests 90 $PY -m pytest $GPU_TESTS -q -m gpu -p no:cacheprovider
