@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine: results in $OUT/gpu_check.txt (or ./)
 #   bash benchmarks/gpu_check.sh results.txt      # the results file named
-#   bash benchmarks/gpu_check.sh --smoke          # on a CPU, about a minute: checks this script, measures nothing
+#   bash benchmarks/gpu_check.sh --smoke          # on a CPU, a few minutes:  checks this script, measures nothing
 #
 # 1. the gpu-marked tests (pytest -m gpu);
 # 2. benchmarks/gpu_throughput.py for PLM-1B and -3B, LoRA, bf16, sdpa; then flash-attention 2 (varlen
@@ -42,14 +42,15 @@ print(f"torch {torch.__version__}, transformers {transformers.__version__}, CUDA
 print("GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)")
 EOF
 
+GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)  # only the files with gpu-marked tests: a quicker collection
 if [ $SMOKE = 1 ]; then
-  part gpu-tests 120 $PY -m pytest tests -q -m gpu -p no:cacheprovider
-  part throughput-smoke 180 $PY benchmarks/gpu_throughput.py --smoke --methods lora --json "$WORK/throughput.json"
-  part build-plm-1b 180 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B --text-layers 1 --vision-layers 1
-  STEPS=2; TILES=1; BATCH=1; RADIOLOGY_LIMIT=300
+  part gpu-tests 300 $PY -m pytest $GPU_TESTS -q -m gpu -p no:cacheprovider
+  part throughput-smoke 300 $PY benchmarks/gpu_throughput.py --smoke --methods lora --json "$WORK/throughput.json"
+  part build-plm-1b 300 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B --text-layers 1 --vision-layers 1
+  STEPS=2; TILES=1; BATCH=1; RADIOLOGY_LIMIT=300; EVAL=0  # no eval split: 128k-vocabulary eval is slow on a CPU
 else
-  part gpu-tests 60 $PY -m pytest tests -q -m gpu -p no:cacheprovider
-  part throughput-sdpa 180 $PY benchmarks/gpu_throughput.py --sizes 1B 3B --methods lora --steps 6 --samples 32 \
+  part gpu-tests 90 $PY -m pytest $GPU_TESTS -q -m gpu -p no:cacheprovider
+  part throughput-sdpa 165 $PY benchmarks/gpu_throughput.py --sizes 1B 3B --methods lora --steps 6 --samples 32 \
     --attn sdpa --json "$WORK/throughput-sdpa.json"
   if timeout 45 $PY -m pip install --quiet --only-binary :all: flash-attn >> "$WORK/flash-install.log" 2>&1 \
      && $PY -c "import flash_attn" 2>/dev/null; then
@@ -59,7 +60,7 @@ else
     log ""; log "== throughput-flash: skipped, flash-attn has no installable wheel here"
   fi
   part build-plm-1b 90 $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B
-  STEPS=50; TILES=4; BATCH=4; RADIOLOGY_LIMIT=150
+  STEPS=50; TILES=4; BATCH=4; RADIOLOGY_LIMIT=135; EVAL=0.1
 fi
 
 # The radiology recipe on the random PLM-1B: 448 px tiles (256 tokens each), so max_length is raised from the
@@ -67,7 +68,7 @@ fi
 part "radiology-$STEPS-steps" $RADIOLOGY_LIMIT $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
   --mixed_precision no --dynamo_backend no recipes/radiology_lora.py --config recipes/configs/radiology_demo.yaml \
   --model_name_or_path "$WORK/plm-1b" --build_tiny_if_missing false --max_steps $STEPS --max_tiles $TILES \
-  --max_length 2048 --learning_rate 1e-4 --per_device_train_batch_size $BATCH --eval_on_start false \
+  --max_length 2048 --learning_rate 1e-4 --per_device_train_batch_size $BATCH --eval_on_start false --eval_split $EVAL \
   --report_to none --output_dir "$WORK/radiology"
 
 log ""

@@ -175,6 +175,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{name}: loss {r['loss']:.3f}, load {r['load_s']:.0f} s, trainable {r['trainable']:,} of "
               f"{r['total']:,}, merged logits max diff {r['merge_max_logit_diff']}", flush=True)
+        print(table([r]).splitlines()[-1], flush=True)  # the row now, in case a later method fails
     print(f"\nPLM-1B, {depth} decoder + vision layers, random init, float32 on {os.cpu_count()} CPU cores; "
           f"batch: 1 sample, 896x448 image, max_tiles={args.max_tiles}:")
     print(table(rows))
