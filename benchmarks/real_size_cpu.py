@@ -122,7 +122,7 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
             "trainable": estimate.trainable_params, "total": estimate.total_params}
 
 
-def measure(path: Path, name: str, max_tiles: int = 2, timeout: int = 1500) -> dict:
+def measure(path: Path, name: str, max_tiles: int = 2, timeout: int | None = 1500) -> dict:
     """``run_method`` in a fresh Python process (its own peak RSS, nothing cached from another method)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import real_size_cpu; "

@@ -88,7 +88,7 @@ def run_recipe(tmp_path: Path, command: list[str]) -> str:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([*command, "--max_steps", "3", "--logging_steps", "1", "--output_dir", "out"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     summary = re.search(r"train loss (\S+) \(step 1\) -> (\S+) \(step 3\); eval loss (\S+) -> (\S+)", result.stdout)
     assert summary, result.stdout[-3000:]

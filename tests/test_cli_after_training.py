@@ -11,7 +11,7 @@ import pytest
 
 def _cli(*args, cwd=None) -> str:
     result = subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+                            cwd=cwd, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
@@ -55,7 +55,7 @@ def test_a_user_error_is_one_message_not_a_traceback(radiology_demo, tmp_path):
     missing = tmp_path / "missing.png"
     result = subprocess.run([sys.executable, "-m", "plm_tune.cli", "generate", "--model", str(radiology_demo.out),
                              "--image", str(missing), "--prompt", "Describe."], capture_output=True, text=True,
-                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1
     assert "plm-tune generate: error:" in result.stderr and "missing.png" in result.stderr
     assert "Traceback" not in result.stderr

@@ -61,7 +61,7 @@ def _cli(*args: str, env: dict | None = None, hub: str = "") -> subprocess.Compl
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     environment.pop("PLM_TUNE_DEBUG", None)
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=environment,
-                          cwd=ROOT, timeout=600)
+                          cwd=ROOT)
 
 
 # A Hub that quotes the request back, token and all, in a multi-line error (as a misbehaving proxy does).

@@ -21,7 +21,7 @@ def test_lora_step_generate_merge_and_memory_estimate_at_real_width(tmp_path):
     from plm_tune.testing_real import build_random_plm
 
     path = build_random_plm(tmp_path / "plm-1b", "1B", text_layers=2, vision_layers=2, dtype=torch.bfloat16)
-    result = real_size_cpu.measure(path, "lora", max_tiles=1, timeout=900)
+    result = real_size_cpu.measure(path, "lora", max_tiles=1, timeout=None)
     # max_tiles=1: one 448 px tile and the thumbnail, 256 image tokens each.
     assert result["tiles"] == 2 and 512 < result["seq_len"] < 600
     # Random weights spread over 128,256 ids: the loss is near ln(128256) = 11.76.
