@@ -74,11 +74,11 @@ class SkipReport:
         (default: the ``PLM_TUNE_VERBOSE`` environment variable) every record, as named."""
         if not self.counts:
             return f"{self.source}: {self.kept} records, none skipped."
-        verbose = _verbose() if verbose is None else verbose
+        verbose = verbose_logs() if verbose is None else verbose
         lines = [f"{self.source}: kept {self.kept} records, skipped {self.skipped}:"]
         for reason, n in self.counts.most_common():
             names = self.names.get(reason) or self.examples[reason]
-            shown = names if verbose else [_short_name(name) for name in names[:3]]
+            shown = names if verbose else [short_name(name) for name in names[:3]]
             more = f" (+{n - len(shown)} more)" if n > len(shown) else ""
             lines.append(f"  {n:6d}  {reason}: {', '.join(shown)}{more}")
         if not verbose and any(n > 3 for n in self.counts.values()):
@@ -90,11 +90,12 @@ class SkipReport:
 _VERBOSE_ENV = "PLM_TUNE_VERBOSE"
 
 
-def _verbose() -> bool:
+def verbose_logs() -> bool:
+    """Whether ``PLM_TUNE_VERBOSE`` asks for every record name and every reader note."""
     return os.environ.get(_VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _short_name(record: str) -> str:
+def short_name(record: str) -> str:
     """A record named by an absolute path (a DICOM file) is shown by its file name; other names stay whole."""
     return os.path.basename(record) if os.path.isabs(record) else record
 

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import string
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ from data_adapters._records import (
     make_sample,
     media_part,
     resolve_media_path,
+    short_name,
     text_part,
+    verbose_logs,
 )
 from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 from plm_tune.sample import bad_text
@@ -160,17 +163,42 @@ def from_dicom(
     captions = None if captions_table is None else _read_captions_table(captions_table)
     files = _find_files(paths_or_dir, recursive)
     phi = _FreeTextPolicy(free_text_phi, frozenset(allow_phi_tags))
-    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt, phi=phi,
+    notes = _ReaderNotes()
+    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt, phi=phi, notes=notes,
                         system_prompt=system_prompt, max_tiles=max_tiles, num_frames=num_frames,
                         check_pixels=check_pixels, same_name=Counter(os.path.basename(f.relative) for f in files))
-    source = ", ".join(os.fspath(p) for p in _as_list(paths_or_dir))
+    # a folder is named by its last two parts (a site-packages path buries the line that matters)
+    source = ", ".join(os.path.join(*os.path.normpath(os.fspath(p)).split(os.sep)[-2:]) for p in _as_list(paths_or_dir))
     dataset = build_dataset(lambda: files, to_sample, source=f"from_dicom({source})", on_error=on_error,
                             streaming=streaming)
     if phi.redacted:
         logger.warning(f"from_dicom: removed identifying text from the captions of {phi.redacted} file(s) "
                        f"(free_text_phi='redact'; {', '.join(f'{n} {what}' for what, n in phi.kinds.items())}). "
                        "Pass free_text_phi='refuse' to drop those files instead.")
+    notes.log()
     return dataset
+
+
+class _ReaderNotes:
+    """pydicom's warnings about files it reads anyway (non-standard values, excess padding), one summary line
+    instead of two lines each with site-packages paths; every note with ``PLM_TUNE_VERBOSE=1``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}  # record -> its first note
+
+    def record(self, name: str, caught: list[warnings.WarningMessage]) -> None:
+        if not caught:
+            return
+        self.files.setdefault(name, str(caught[0].message))
+        if verbose_logs():
+            for note in caught:
+                logger.warning(f"{name}: pydicom: {note.message}")
+
+    def log(self) -> None:
+        if self.files and not verbose_logs():
+            first, note = next(iter(self.files.items()))
+            logger.warning(f"from_dicom: pydicom read {len(self.files)} file(s) despite non-standard values (e.g. "
+                           f"{short_name(first)}: {note[:100]}); every note: PLM_TUNE_VERBOSE=1 or --verbose.")
 
 
 class _FreeTextPolicy:
@@ -200,9 +228,19 @@ class _FreeTextPolicy:
                 for keyword, text in values.items()}
 
 
-def _file_to_sample(file: _File, *, template: str | None, captions: _Captions | None, prompt: str, phi: _FreeTextPolicy,
-                    system_prompt: str | None, max_tiles: int | None, num_frames: int | None,
-                    check_pixels: bool, same_name: Counter) -> dict[str, Any]:
+def _file_to_sample(file: _File, *, notes: _ReaderNotes, **options: Any) -> dict[str, Any]:
+    """One DICOM file -> a canonical sample; pydicom's warnings about it are kept in ``notes``, not printed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_file(file, **options)
+        finally:
+            notes.record(file.name, caught)
+
+
+def _read_file(file: _File, *, template: str | None, captions: _Captions | None, prompt: str, phi: _FreeTextPolicy,
+               system_prompt: str | None, max_tiles: int | None, num_frames: int | None,
+               check_pixels: bool, same_name: Counter) -> dict[str, Any]:
     """One DICOM file -> a canonical sample (an image if it has one frame, else a video)."""
     if file.named_by_user and not is_dicom_path(file.relative):
         raise BadRecord(file.name, "not a .dcm file", "plm_tune renders files named *.dcm / *.dicom as DICOM.",

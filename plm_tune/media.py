@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -259,7 +260,8 @@ def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
 def _decode_video_file(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
     require_video_file(path)
     if is_dicom_path(path):
-        return dicom_to_frames(path, frames=pick_uniform(dicom_video_frames(path, start, end), num_frames))
+        with _pydicom_notes_quiet():
+            return dicom_to_frames(path, frames=pick_uniform(dicom_video_frames(path, start, end), num_frames))
     with open_video_stream(path) as (container, stream):
         indices = clip_frame_indices(container, stream, path, start, end, num_frames)
         frames = _decode_indices(container, stream, indices, path)
@@ -341,8 +343,18 @@ def _decode_indices(container: Any, stream: Any, indices: list[int], path: str) 
 
 def _load_dicom_image(path: str) -> Image.Image:
     """A single-frame ``.dcm`` rendered as a viewer shows it (window, MONOCHROME1 inversion, colour)."""
-    dicom_image_size(path)  # one frame, checked before decoding: a cine can hold hundreds
-    return Image.fromarray(dicom_to_frames(path)[0])
+    with _pydicom_notes_quiet():
+        dicom_image_size(path)  # one frame, checked before decoding: a cine can hold hundreds
+        return Image.fromarray(dicom_to_frames(path)[0])
+
+
+@contextmanager
+def _pydicom_notes_quiet() -> Iterator[None]:
+    """pydicom warns (with its site-packages path) about non-standard values it reads anyway; from_dicom reports
+    those files once when it builds the dataset, so decoding them again for each batch stays quiet."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        yield
 
 
 # ------------------------------------------------------------------------------------------ headers only

@@ -67,3 +67,32 @@ def test_training_prints_short_lines_and_the_full_dicts_when_verbose(tiny_plm_pa
     _train(tiny_plm_path, tmp_path / "verbose")
     printed = "".join(capfd.readouterr())
     assert "'grad_norm'" in printed and "step 1/2:" not in printed
+
+
+def test_pydicoms_notes_are_one_summary_line_and_every_note_when_verbose(monkeypatch, caplog):
+    import logging
+    import warnings
+    from pathlib import Path
+
+    import pydicom.data
+
+    from data_adapters import from_dicom
+    from plm_tune.media import load_image
+
+    padded = Path(pydicom.data.__file__).parent / "test_files" / "MR_small_padded.dcm"  # pydicom warns on it
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level(logging.WARNING, logger="data_adapters"):
+        warnings.simplefilter("always")
+        samples = from_dicom([str(padded)], caption="{Modality}")
+        load_image(samples[0]["images"][0])  # training decodes it again: still quiet
+    assert not [w for w in escaped if "pydicom" in w.filename], [str(w.message) for w in escaped]
+    lines = [r.getMessage() for r in caplog.records if "pydicom read" in r.getMessage()]
+    assert len(lines) == 1 and "1 file(s)" in lines[0] and "MR_small_padded.dcm: The pixel data" in lines[0]
+
+    caplog.clear()
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="data_adapters"):
+        from_dicom([str(padded)], caption="{Modality}")
+    notes = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{padded}: pydicom: The pixel data") for m in notes), notes
+    assert not any("pydicom read" in m for m in notes)
