@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from plm_tune.arguments import DEFAULT_MODEL
 from plm_tune.cli_run import add_after_training_commands
 from plm_tune.run_folder import check_model_path
-
-DEFAULT_MODEL = "facebook/Perception-LM-1B"
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

@@ -37,50 +37,20 @@ _METHOD_LABELS = {
 }
 
 
-def write_model_card(
-    adapter_dir: str | Path,
-    *,
-    repo_id: str,
-    base_model: str | None = None,
-    training: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
-    datasets: Sequence[str] | None = None,
-    tags: Sequence[str] | None = None,
-) -> Path:
-    """Write the adapter folder's README.md: Hub metadata, how it was trained, final metrics and usage.
+def write_model_card(adapter_dir: str | Path, *, repo_id: str, **details: Any) -> Path:
+    """Write ``model_card_text(adapter_dir, repo_id=repo_id, **details)`` to the folder's README.md.
 
-    The YAML front matter has ``base_model`` (when it is a Hub id: a local path would be rejected by the Hub
-    and is named in the text instead), ``library_name: peft``, ``pipeline_tag: image-text-to-text``,
-    ``datasets`` (the Hub ids among them) and ``tags`` (``plm-tune``, ``perception-lm``, the method, ``lora``,
-    then ``tags``). The text gives the method, LoRA rank / alpha / dropout / target modules and the parts
-    trained in full (from ``adapter_config.json``), how each part of PLM trained, tiles and frames, data,
-    steps, a metrics table and a Python snippet that loads the base, applies the adapter from ``repo_id`` and
-    answers about an image. Training facts come from ``plm_tune_training.json`` (``write_training_info``),
-    updated by ``training`` / ``metrics`` / ``datasets``; whatever is missing reads "not recorded".
-
-    Args:
-        adapter_dir: the adapter folder; README.md is (over)written there.
-        repo_id: Hub repo the card describes (used in the title and the snippet), e.g. ``"me/plm-lora"``.
-        base_model: base model id; default ``base_model_name_or_path`` in ``adapter_config.json``.
-        training: training facts (``TRAINING_INFO_KEYS``) that update the recorded ones.
-        metrics: final metrics ``{name: value}``; replace the recorded ones.
-        datasets: dataset names; replace the recorded ones.
-        tags: extra Hub tags.
+    ``details``: ``base_model``, ``training``, ``metrics``, ``datasets``, ``tags``, as ``model_card_text``
+    takes them; it raises the same errors.
 
     Returns:
         The path of README.md.
-
-    Raises:
-        FileNotFoundError: ``adapter_dir`` missing or without ``adapter_config.json``.
-        ValueError: an unknown key in ``training``.
 
     Example:
         >>> write_model_card("outputs/lora", repo_id="me/plm-lora", metrics={"loss": 0.5})  # doctest: +SKIP
     """
     path = adapter_folder(adapter_dir) / "README.md"
-    text = model_card_text(adapter_dir, repo_id=repo_id, base_model=base_model, training=training,
-                           metrics=metrics, datasets=datasets, tags=tags)
-    path.write_text(text, encoding="utf-8", newline="")
+    path.write_text(model_card_text(adapter_dir, repo_id=repo_id, **details), encoding="utf-8", newline="")
     return path
 
 
@@ -94,9 +64,37 @@ def model_card_text(
     datasets: Sequence[str] | None = None,
     tags: Sequence[str] | None = None,
 ) -> str:
-    """The text ``write_model_card`` writes, without writing it (``plm-tune push --dry-run`` shows it).
+    """The README.md of an adapter folder: Hub metadata, how it was trained, final metrics and usage.
 
-    Takes the same arguments as ``write_model_card`` and raises the same errors.
+    ``write_model_card`` writes it; ``plm-tune push --dry-run`` shows it.
+
+    The YAML front matter has ``base_model`` (when it is a Hub id: a local path would be rejected by the Hub
+    and is named in the text instead), ``library_name: peft``, ``pipeline_tag: image-text-to-text``,
+    ``datasets`` (the Hub ids among them) and ``tags`` (``plm-tune``, ``perception-lm``, the method, ``lora``,
+    then ``tags``). The text gives the method, LoRA rank / alpha / dropout / target modules and the parts
+    trained in full (from ``adapter_config.json``), how each part of PLM trained, tiles and frames, data,
+    steps, a metrics table and a Python snippet that loads the base, applies the adapter from ``repo_id`` and
+    answers about an image. Training facts come from ``plm_tune_training.json`` (``write_training_info``),
+    updated by ``training`` / ``metrics`` / ``datasets``; whatever is missing reads "not recorded".
+
+    Args:
+        adapter_dir: the adapter folder.
+        repo_id: Hub repo the card describes (used in the title and the snippet), e.g. ``"me/plm-lora"``.
+        base_model: base model id; default ``base_model_name_or_path`` in ``adapter_config.json``.
+        training: training facts (``TRAINING_INFO_KEYS``) that update the recorded ones.
+        metrics: final metrics ``{name: value}``; replace the recorded ones.
+        datasets: dataset names; replace the recorded ones.
+        tags: extra Hub tags.
+
+    Returns:
+        The card's text.
+
+    Raises:
+        FileNotFoundError: ``adapter_dir`` missing or without ``adapter_config.json``.
+        ValueError: an unknown key in ``training``.
+
+    Example:
+        >>> print(model_card_text("outputs/lora", repo_id="me/plm-lora"))  # doctest: +SKIP
     """
     from huggingface_hub import ModelCard, ModelCardData
 
