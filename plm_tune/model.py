@@ -39,7 +39,7 @@ from plm_tune.run_folder import (
 )
 
 __all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype",
-           "part_of", "LORA_LINEARS"]
+           "part_of", "LORA_LINEARS", "attention_by_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,36 @@ def part_of(name: str) -> Part:
     if "multi_modal_projector" in name:
         return "projector"
     return "language"
+
+
+# Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
+# sub-config, and the timm tower (TimmWrapperModel) supports only these two: flash / flex / hub kernels go to the
+# Llama decoder alone, the tower keeps sdpa.
+_TOWER_ATTENTION = ("sdpa", "eager")
+
+
+def attention_by_part(requested: str | dict[str, str] | None) -> str | dict[str, str] | None:
+    """The ``attn_implementation`` to give ``from_pretrained`` for PLM: the requested kernel for the decoder,
+    sdpa for the vision tower when the tower cannot run the requested one.
+
+    ``None``, ``"sdpa"`` and ``"eager"`` suit both sub-models and pass through unchanged. Anything else
+    (``"flash_attention_2"``, ``"flash_attention_3"``, ``"flex_attention"``, a hub kernel) becomes
+    ``{"": kernel, "text_config": kernel, "vision_config": "sdpa"}``: transformers would otherwise hand it to the timm
+    tower too, which refuses it and stops the load. A dict is checked: a kernel the tower cannot run is refused.
+
+    Raises:
+        ValueError: a dict that gives the vision tower a kernel other than sdpa / eager.
+    """
+    if requested is None or isinstance(requested, str) and requested in _TOWER_ATTENTION:
+        return requested
+    if isinstance(requested, dict):
+        tower = requested.get("vision_config", "sdpa")
+        if tower not in _TOWER_ATTENTION:
+            raise ValueError(f"attn_implementation['vision_config']={tower!r}: PLM's timm vision tower runs only "
+                             f"{' or '.join(_TOWER_ATTENTION)}. Give the kernel to 'text_config' (the decoder) and "
+                             "leave the tower on sdpa, or pass the kernel as a string and plm-tune splits it so.")
+        return requested
+    return {"": requested, "text_config": requested, "vision_config": "sdpa"}
 
 
 def default_dtype() -> torch.dtype:
@@ -159,6 +189,8 @@ def load_model(
     frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
     dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
+    if "attn_implementation" in kwargs:
+        kwargs["attn_implementation"] = attention_by_part(kwargs["attn_implementation"])
     if method == "qlora":
         kwargs["quantization_config"] = _qlora_config()
         if torch.cuda.is_available() and "device_map" not in kwargs:
