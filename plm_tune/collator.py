@@ -65,6 +65,7 @@ class CollatorStats:
         "token_slots",  # token positions in built batches, padding included (rows x longest row)
         "labelled_tokens",  # tokens with a label (the loss is computed on these)
         "media_tokens",  # image / video placeholder tokens
+        "placeholder_media",  # one-tile inputs added to batches without an image / video (media_in_every_batch)
     )
 
     def __init__(self, values: list[int] | None = None) -> None:
@@ -144,6 +145,13 @@ class PLMCollator:
             model fills placeholders in order). ``max_length`` still applies per sample. With ``sdpa`` /
             ``eager`` that mask is ``total_tokens**2`` booleans and attention runs over the whole row, so
             packing only pays with flash-attention (README, Performance); elsewhere prefer length grouping.
+        media_in_every_batch: kinds of media (``"image"``, ``"video"``) that every batch carries. A batch without
+            one gets the smallest input of that kind (``PixelEncoder.placeholder``: one tile, one frame) as a
+            sequence of its own (padded: an extra row; packed: an extra segment), with no label, attended by no
+            other token: the loss and every sample's logits are unchanged. Needed when weights are sharded over
+            processes (DeepSpeed ZeRO-3, FSDP): each process gathers the vision tower's weights when it runs it, so
+            a process whose batch skips the tower leaves the others waiting (a hang). ``build_trainer`` sets it
+            there. Counted in ``stats["placeholder_media"]``; not in the token counts.
         labelled_logits_only: add ``logits_to_keep`` and ``shift_labels`` (``plm_tune.sparse_logits``), so
             ``model(**batch)`` projects onto the vocabulary only the positions that predict a labelled token
             (same loss, ``logits`` ``(batch, K, vocab)``). For your own loops; ``build_trainer`` refuses it, as
@@ -171,6 +179,7 @@ class PLMCollator:
         fit_tiles: bool = False,
         pixel_dtype: torch.dtype = torch.float32,
         padding_free: bool = False,
+        media_in_every_batch: tuple[str, ...] = (),
         labelled_logits_only: bool = False,
     ) -> None:
         if train_on not in TRAIN_ON:
@@ -190,6 +199,10 @@ class PLMCollator:
         self.fit_tiles = fit_tiles
         self.pixel_dtype = pixel_dtype
         self.padding_free = padding_free
+        unknown = set(media_in_every_batch) - {"image", "video"}
+        if unknown:
+            raise ValueError(f"media_in_every_batch takes 'image' and / or 'video', got {sorted(unknown)}.")
+        self.media_in_every_batch = tuple(media_in_every_batch)
         self.labelled_logits_only = labelled_logits_only
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.stats = CollatorStats()
@@ -344,14 +357,28 @@ class PLMCollator:
                 f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="
                 f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
             )
-        batch = self.pack(encoded) if self.padding_free else self.pad(encoded)
+        placeholders = self._placeholders(encoded)
+        batch = self.pack(encoded + placeholders) if self.padding_free else self.pad(encoded + placeholders)
         self.stats.add("batches")
         self.stats.add("tokens", sum(len(e.input_ids) for e in encoded))
         self.stats.add("token_slots", batch["input_ids"].numel())
         self.stats.add("labelled_tokens", int((batch["labels"] != IGNORE_INDEX).sum()))
         media = sum(int((batch["input_ids"] == token).sum()) for token in self.encoder.media_ids.values())
-        self.stats.add("media_tokens", media)
+        self.stats.add("media_tokens", media - sum(len(e.input_ids) for e in placeholders))
+        self.stats.add("placeholder_media", len(placeholders))
         return keep_labelled_logits(batch) if self.labelled_logits_only else batch
+
+    def _placeholders(self, encoded: list[EncodedSample]) -> list[EncodedSample]:
+        """One unlabelled media-only sequence per kind in ``media_in_every_batch`` that no sample of the batch has."""
+        missing = [kind for kind in self.media_in_every_batch
+                   if not any(e.images if kind == "image" else e.videos for e in encoded)]
+        placeholders = []
+        for kind in missing:
+            pixels, count = self.pixels.placeholder(kind)
+            placeholders.append(EncodedSample(
+                input_ids=[self.encoder.media_ids[kind]] * count, labels=[IGNORE_INDEX] * count,
+                images=[pixels] if kind == "image" else [], videos=[pixels] if kind == "video" else []))
+        return placeholders
 
     def pad(self, encoded: list[EncodedSample]) -> dict[str, torch.Tensor]:
         """Right-pad encoded samples into one batch dict."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from plm_tune.model import default_dtype
+from plm_tune.precision import default_dtype
 from plm_tune.run_folder import (
     TRAINING_INFO_FILE,
     adapter_folder,

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, settings_from
+from plm_tune.precision import attention_by_part, deepspeed_dtype, default_dtype, set_training_dtypes
 from plm_tune.run_folder import (
     ADAPTER_CONFIG,
     check_model_path,
@@ -38,8 +39,8 @@ from plm_tune.run_folder import (
     resolve_base_model,
 )
 
-__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "default_dtype",
-           "part_of", "LORA_LINEARS", "attention_by_part"]
+__all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradient_checkpointing", "part_of",
+           "LORA_LINEARS"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,43 +77,6 @@ def part_of(name: str) -> Part:
     return "language"
 
 
-# Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
-# sub-config, and the timm tower (TimmWrapperModel) supports only these two: flash / flex / hub kernels go to the
-# Llama decoder alone, the tower keeps sdpa.
-_TOWER_ATTENTION = ("sdpa", "eager")
-
-
-def attention_by_part(requested: str | dict[str, str] | None) -> str | dict[str, str] | None:
-    """The ``attn_implementation`` to give ``from_pretrained`` for PLM: the requested kernel for the decoder,
-    sdpa for the vision tower when the tower cannot run the requested one.
-
-    ``None``, ``"sdpa"`` and ``"eager"`` suit both sub-models and pass through unchanged. Anything else
-    (``"flash_attention_2"``, ``"flash_attention_3"``, ``"flex_attention"``, a hub kernel) becomes
-    ``{"": kernel, "text_config": kernel, "vision_config": "sdpa"}``: transformers would otherwise hand it to the timm
-    tower too, which refuses it and stops the load. A dict is checked: a kernel the tower cannot run is refused.
-
-    Raises:
-        ValueError: a dict that gives the vision tower a kernel other than sdpa / eager.
-    """
-    if requested is None or isinstance(requested, str) and requested in _TOWER_ATTENTION:
-        return requested
-    if isinstance(requested, dict):
-        tower = requested.get("vision_config", "sdpa")
-        if tower not in _TOWER_ATTENTION:
-            raise ValueError(f"attn_implementation['vision_config']={tower!r}: PLM's timm vision tower runs only "
-                             f"{' or '.join(_TOWER_ATTENTION)}. Give the kernel to 'text_config' (the decoder) and "
-                             "leave the tower on sdpa, or pass the kernel as a string and plm-tune splits it so.")
-        return requested
-    return {"": requested, "text_config": requested, "vision_config": "sdpa"}
-
-
-def default_dtype() -> torch.dtype:
-    """bfloat16 on a CUDA GPU that supports it, float32 otherwise (CPU, older GPUs)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_model(
     name_or_path: str | ModelArguments = DEFAULT_MODEL,
     *,
@@ -145,9 +109,12 @@ def load_model(
             ``mlp.fc2`` (never the patch embedding); then ``"vision"`` must not be in ``freeze``. Unfrozen
             parts that are not LoRA targets train in full (peft ``modules_to_save``): with the defaults the
             projector trains in full, and with ``freeze=()`` the vision tower does too.
-        dtype: weights' dtype; default bfloat16 on a CUDA GPU with bf16 support, else float32 (CPU).
-            QLoRA computes its 4-bit matmuls in bfloat16 (on CPU too: bitsandbytes runs them there), and
-            peft's ``prepare_model_for_kbit_training`` upcasts every unquantised weight to float32.
+        dtype: the load dtype; default bfloat16 on a CUDA GPU with bf16 support, else float32 (CPU). Frozen
+            weights stay in it; trainable ones (adapters, a part trained in full) are float32, for the optimizer
+            to step, or under DeepSpeed the engine's dtype (it keeps float32 master weights itself):
+            ``set_training_dtypes``. Train a bf16 load with ``bf16=True`` (autocast computes in bf16). QLoRA
+            computes its 4-bit matmuls in bfloat16 (on CPU too: bitsandbytes runs them there) and keeps its
+            frozen unquantised weights (tower, embeddings, lm_head, norms) in ``dtype``.
         gradient_checkpointing: recompute activations in the backward pass, in the Llama decoder layers and
             the timm vision blocks (``enable_gradient_checkpointing``). The Trainer's own
             ``gradient_checkpointing=True`` alone would miss the vision tower.
@@ -166,7 +133,8 @@ def load_model(
 
     Raises:
         ValueError: unknown method, part or lora_targets; a part both frozen and a LoRA target; nothing left
-            to train; ``quantization_config`` passed by hand.
+            to train; ``quantization_config`` passed by hand; ``method="qlora"`` under DeepSpeed ZeRO-3; a
+            vision tower given an attention kernel it cannot run (``attention_by_part``).
         FileNotFoundError: ``name_or_path`` looks like a local folder (``./x``, ``outputs/x`` when ``outputs/``
             exists...) that does not exist: "no such folder", before any Hub call.
         ImportError: ``method="qlora"`` without bitsandbytes.
@@ -191,7 +159,9 @@ def load_model(
     kwargs = dict(from_pretrained_kwargs)
     if "attn_implementation" in kwargs:
         kwargs["attn_implementation"] = attention_by_part(kwargs["attn_implementation"])
+    engine_dtype = deepspeed_dtype()  # None outside DeepSpeed
     if method == "qlora":
+        _check_qlora_sharding()
         kwargs["quantization_config"] = _qlora_config()
         if torch.cuda.is_available() and "device_map" not in kwargs:
             # Each process of accelerate / torchrun quantises its own copy straight onto its own GPU.
@@ -210,11 +180,13 @@ def load_model(
     )
 
     if method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        # It freezes every weight (peft then unfreezes adapters and modules_to_save, below) and upcasts every
-        # unquantised weight to float32. Checkpointing is ours: its own would miss the vision tower.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # What peft's prepare_model_for_kbit_training does, less its upcast of every unquantised weight to float32
+        # (for PLM-8B: the frozen 1.9B-parameter tower, the embeddings and the untied lm_head, ~12 GB, and a float32
+        # residual stream): every weight is frozen here and peft unfreezes the adapters and modules_to_save below;
+        # those train in float32 (train_in_float32). Frozen weights stay in the bf16 compute dtype. Its input-grad
+        # hook is only for reentrant checkpointing; ours is non-reentrant.
+        for param in model.parameters():
+            param.requires_grad_(False)
     # Before peft wraps the model, so modules_to_save copies (e.g. a fully trained tower) inherit it.
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -244,9 +216,23 @@ def load_model(
                 torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
             model = get_peft_model(model, config)
 
+    set_training_dtypes(model, engine_dtype)
     _check_frozen(model, frozen)
     logger.info("%s", _summary(model, method, how))
     return model, processor
+
+
+def _check_qlora_sharding() -> None:
+    """QLoRA under ZeRO-3 is refused before anything loads (see the message)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "method='qlora' under DeepSpeed ZeRO-3 is not supported by plm-tune: ZeRO-3 would shard the 4-bit weights "
+            "as it loads them, which needs bnb_4bit_quant_storage and a loading path not tested here. PLM-8B in 4-bit "
+            "holds about 6 GB of weights, so every GPU can keep a copy: launch with recipes/accelerate/zero2.yaml (or "
+            "without DeepSpeed), or use method='lora' with zero3.yaml to shard bf16 weights."
+        )
 
 
 def enable_gradient_checkpointing(model: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import numpy as np
 import torch
+from PIL import Image
 
 from plm_tune.arguments import MediaArguments
 from plm_tune.media import load_image, load_video
@@ -97,6 +99,14 @@ class PixelEncoder:
         out = self.video_processor(videos=[frames], return_tensors="pt")
         pixels = out["pixel_values_videos"][0]  # (T, 3, S, S)
         return pixels, pixels.shape[0] * self.tokens_per_tile(*pixels.shape[-2:])
+
+
+    def placeholder(self, kind: str) -> tuple[torch.Tensor, int]:
+        """``(pixels, n_tokens)`` of the smallest input of ``kind`` (``"image"``: one plain tile of a black image;
+        ``"video"``: one black frame): what ``PLMCollator(media_in_every_batch=...)`` adds to a batch without one."""
+        if kind == "image":
+            return self.image(Image.new("RGB", (64, 64)), 1, "vanilla")
+        return self.video(np.zeros((1, 64, 64, 3), dtype=np.uint8), 1)
 
 
 def _positive(value: Any, name: str) -> int:

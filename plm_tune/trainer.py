@@ -11,111 +11,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, settings_from
+from plm_tune.callbacks import GenerationEvalCallback, PLMMetricsCallback
 from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import dataset_costs
-from plm_tune.generation import generate, vision_dtype
-from plm_tune.metrics import score_answers
+from plm_tune.generation import vision_dtype
 from plm_tune.model import parameter_groups
+from plm_tune.precision import set_training_dtypes
 from plm_tune.quiet_log import quiet_training_log
 from plm_tune.sample import sample_columns
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.sparse_logits import project_labelled_only
 
-__all__ = ["build_trainer", "loss_change", "PLMMetricsCallback", "GenerationEvalCallback"]
+__all__ = ["build_trainer", "loss_change"]
 
 logger = logging.getLogger(__name__)
-
-
-class PLMMetricsCallback(TrainerCallback):
-    """Adds to every log: learning rate per part, tokens/s, labelled tokens per step, media-token share,
-    and the collator's cumulative drop / skip counts.
-
-    Token counts come from the collator's shared counters, so they include batches built in DataLoader
-    workers; prefetching makes them run a few batches ahead of the optimizer, which is fine for rates.
-    Learning rates come from ``trainer.optimizer`` when a trainer is given: the Trainer hands callbacks only
-    an optimizer passed to its constructor, never the one it builds (or DeepSpeed wraps) in ``train()``.
-    """
-
-    def __init__(self, collator: PLMCollator, trainer: Any = None) -> None:
-        self.collator = collator
-        self.trainer = trainer
-        self._last: dict[str, int] = {}
-        self._last_time = time.perf_counter()
-        self._last_step = 0
-        self._lrs: dict[str, float] = {}
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
-        self._last_time, self._last_step = time.perf_counter(), state.global_step
-
-    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        # Read between optimizer.step() and the scheduler's step, where the Trainer reads its own
-        # "learning_rate": the rates this step used. By on_log the scheduler holds the next step's rates.
-        optimizer = getattr(self.trainer, "optimizer", None) or optimizer
-        if optimizer is not None:
-            self._lrs = {group["name"]: group["lr"] for group in optimizer.param_groups if "name" in group}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "loss" not in logs and "eval_loss" not in logs:
-            return
-        for part, lr in self._lrs.items():
-            logs[f"learning_rate/{part}"] = lr
-        now = {k: self.collator.stats[k] for k in self.collator.stats.keys()}
-        delta = {k: now[k] - self._last.get(k, 0) for k in now}
-        elapsed = max(time.perf_counter() - self._last_time, 1e-9)
-        steps = max(state.global_step - self._last_step, 1)
-        if "loss" in logs and delta["tokens"]:
-            logs["tokens_per_second"] = delta["tokens"] / elapsed
-            logs["labelled_tokens_per_step"] = delta["labelled_tokens"] / steps
-            logs["media_token_share"] = delta["media_tokens"] / delta["tokens"]
-        for key in ("truncated_samples", "dropped_turns", "dropped_images", "dropped_videos", "rejected_too_long"):
-            logs[f"collator/{key}"] = now[key]
-        self._last, self._last_time, self._last_step = now, time.perf_counter(), state.global_step
-
-
-class GenerationEvalCallback(TrainerCallback):
-    """Every ``every_n_steps`` optimizer steps, answer a small fixed set of samples by greedy generation; the
-    scores (``gen_eval/exact_match``, ``gen_eval/bleu``, ``gen_eval/rouge_l``, ``gen_eval/accuracy`` for short
-    labels) join the next training log: the answers, not only the loss, as training goes.
-
-    Under DeepSpeed ZeRO-3 each process holds a shard of the weights, so every process answers the same
-    samples with ``synced_gpus=True`` (they gather shards together until the longest answer ends); under
-    ZeRO-2 / DDP each process answers them alone. Either way the scores are the same on every process.
-    The scores ride on the next log call instead of a log of their own: ``Trainer.log`` from a callback
-    would count as the step's log and swallow the loss logged at that step.
-    """
-
-    def __init__(self, trainer: Any, samples: Any, every_n_steps: int, max_new_tokens: int = 64) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"generation_eval_steps must be >= 1, got {every_n_steps}.")
-        self.trainer, self.samples, self.every, self.max_new_tokens = trainer, samples, every_n_steps, max_new_tokens
-        self._pending: dict[str, float] = {}
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every:
-            return
-        plugin = getattr(self.trainer.accelerator.state, "deepspeed_plugin", None)
-        answers = generate(
-            self.trainer.model, self.trainer.plm_collator.processor, self.samples,
-            max_new_tokens=self.max_new_tokens, batch_size=len(self.samples), collator=self.trainer.plm_collator,
-            details=True, progress=False, synced_gpus=plugin is not None and plugin.zero_stage == 3,
-        )
-        _, means = score_answers([a.answer for a in answers], [a.reference for a in answers])
-        self._pending = {f"gen_eval/{name}": value for name, value in means.items() if name != "samples"}
-        self._pending["gen_eval/step"] = state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self._pending:
-            logs.update(self._pending)
-            self._pending = {}
 
 
 def build_trainer(
@@ -235,7 +150,7 @@ def build_trainer(
             pixel_dtype=vision_dtype(model),
             padding_free=padding_free,
         )
-    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    attention = _decoder_attention(model)
     if collator.padding_free and attention in ("sdpa", "eager"):
         logger.warning(
             "padding_free with %s attention: samples are kept apart by a (tokens x tokens) mask over the whole packed "
@@ -245,6 +160,7 @@ def build_trainer(
     if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
         raise ValueError("build_trainer: train_dataset is empty: there is nothing to train on. Check the data "
                          "source (an adapter's .skip_report says what it skipped).")
+    media_kinds = _media_kinds(train_dataset)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
@@ -263,6 +179,14 @@ def build_trainer(
         optimizer_cls_and_kwargs=(factory, {}),  # our parameter groups; the Trainer builds the LR schedule
         callbacks=callbacks,
     )
+    _check_training_dtypes(trainer)
+    if trainer.accelerator.num_processes > 1 and _shards_weights(trainer) and not collator.media_in_every_batch:
+        # Each process gathers the tower's weights when it runs it: a batch without images (or videos) on one
+        # process would leave the others waiting in the gather.
+        collator.media_in_every_batch = media_kinds
+        logger.info("Weights are sharded over %d processes: a batch without %s gets a one-tile placeholder, so every "
+                    "process runs the vision tower the same way.", trainer.accelerator.num_processes,
+                    " / ".join(collator.media_in_every_batch))
     # First in line, so the numbers it adds reach TensorBoard and the console in the same log call.
     trainer.callback_handler.callbacks.insert(0, PLMMetricsCallback(collator, trainer))
     quiet_training_log(trainer)  # short console lines; PLM_TUNE_VERBOSE=1 prints the full dicts
@@ -281,6 +205,68 @@ def build_trainer(
             1, GenerationEvalCallback(trainer, subset, eval_args.generation_eval_steps, generation_max_new_tokens)
         )
     return trainer
+
+
+def _check_training_dtypes(trainer: Any) -> None:
+    """Every trainable weight in the dtype it trains in (``set_training_dtypes``), now that the run is known.
+
+    TRL's ``SFTTrainer.__init__`` casts a quantised model's trainable parameters (LoRA and the projector copy)
+    to bf16; outside DeepSpeed they go back to float32 here. Under DeepSpeed they take the engine's dtype.
+    Outside DeepSpeed, half-precision frozen weights next to float32 trainable ones need autocast, so a bf16 /
+    fp16 load without ``bf16`` / ``fp16`` in the arguments is refused.
+    """
+    args, model = trainer.args, trainer.model
+    if trainer.is_deepspeed_enabled:
+        engine = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+        set_training_dtypes(model, engine)
+        return
+    set_training_dtypes(model)
+    half = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
+    if half and not (args.bf16 or args.fp16):
+        raise ValueError(
+            f"The model holds {' and '.join(half)} weights but the training arguments have bf16=False and fp16=False: "
+            "its frozen half-precision weights would meet float32 trainable ones with no autocast between them. Set "
+            "bf16=True (autocast computes in bf16, the optimizer steps float32 weights; also on a CPU with "
+            "use_cpu=True), or load the model with dtype=torch.float32.")
+
+
+def _shards_weights(trainer: Any) -> bool:
+    """Whether each process holds only a shard of the weights and gathers them as modules run (ZeRO-3, FSDP)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return (plugin is not None and plugin.zero_stage == 3) or bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+def _media_kinds(dataset: Any) -> tuple[str, ...]:
+    """The kinds of media (``"image"``, ``"video"``) a training set may hold, read without decoding any.
+
+    A list of samples is looked at; a table's ``images`` / ``videos`` columns are read from Arrow. A stream, or a
+    table without those columns, counts as holding both (a placeholder too many costs one tile, one too few a hang).
+    """
+    columns = {"image": "images", "video": "videos"}
+    if isinstance(dataset, list):
+        return tuple(kind for kind, column in columns.items() if any(sample.get(column) for sample in dataset))
+    table = getattr(dataset, "data", None)  # datasets.Dataset's Arrow table (transforms not applied)
+    kinds = []
+    for kind, column in columns.items():
+        if table is None or column not in table.column_names:
+            kinds.append(kind)
+            continue
+        import pyarrow.compute as pc
+
+        try:
+            longest = pc.max(pc.list_value_length(table.column(column))).as_py()
+        except (TypeError, ValueError, NotImplementedError):  # not a list column: cannot tell, so assume present
+            longest = 1
+        if longest:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def _decoder_attention(model: Any) -> str | None:
+    """The attention kernel the Llama decoder runs (``attention_by_part`` may give the tower another)."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None)
+    return getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
 
 
 @functools.cache
