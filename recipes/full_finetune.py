@@ -8,7 +8,8 @@ a generated image shows. Run on 2 CPU cores (no GPU) in under a minute:
     accelerate launch recipes/full_finetune.py --config recipes/configs/full_demo.yaml
 
 PLM-1B on unsloth/Radiology_mini with the vision tower frozen, written for one CUDA GPU with bf16 (chosen
-automatically; float32 weights, gradients and AdamW states take 16 bytes per trained parameter) and Hub
+automatically; trained weights, gradients and AdamW states in float32 take 16 bytes per trained parameter, the
+frozen tower stays bf16) and Hub
 access; not yet run in this repository, which has neither. Larger models: DeepSpeed ZeRO-3 over N GPUs:
 
     accelerate launch recipes/full_finetune.py --config recipes/configs/full_frozen_vision.yaml
@@ -27,7 +28,6 @@ import plm_tune  # noqa: F401
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from trl import SFTConfig, TrlParser
 
 from data_adapters import from_hf_dataset, held_out_split, synthetic_shapes
@@ -81,9 +81,9 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)
     ################
-    # float32 weights: with bf16=True the Trainer autocasts the forward pass, while the optimizer updates
-    # float32 weights (a 1e-5 step on a bf16 weight mostly rounds away).
-    finetune(train_set, eval_set, model_args, media_args, training_args, eval_args, dtype=torch.float32)
+    # The trained parts are float32 (load_model: set_training_dtypes; a 1e-5 step on a bf16 weight mostly rounds
+    # away) and the frozen ones stay in the load dtype, bf16 on a GPU; with bf16=True the Trainer autocasts.
+    finetune(train_set, eval_set, model_args, media_args, training_args, eval_args)
 
 
 if __name__ == "__main__":

@@ -67,22 +67,39 @@ class _RecordLogs(TrainerCallback):
 
 
 class RecordingCollator(PLMCollator):
-    """The collator, appending the ids of each batch it builds to a file (it runs in a DataLoader worker)."""
+    """The collator, appending the ids of each batch it builds to a file (it runs in a DataLoader worker).
 
-    def __init__(self, *args, record: Path, **kwargs) -> None:
+    With ``text_only`` the samples lose their images first (the question stays): this rank trains on text-only
+    batches while the other has images, the case where ZeRO-3 needs every rank to run the vision tower.
+    """
+
+    def __init__(self, *args, record: Path, text_only: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.record = record
+        self.record, self.text_only = record, text_only
 
     def __call__(self, samples):
         with self.record.open("a") as f:
             f.write(json.dumps([s["id"] for s in samples]) + "\n")
-        return super().__call__(samples)
+        if self.text_only:
+            samples = [_without_images(s) for s in samples]
+        batch = super().__call__(samples)
+        with self.record.with_suffix(".placeholders").open("a") as f:
+            f.write(f"{self.stats['placeholder_media']}\n")
+        return batch
 
 
-def worker_collator(processor, record: Path | None = None) -> PLMCollator:
+def _without_images(sample: dict) -> dict:
+    user, answer = sample["messages"]
+    text = [part for part in user["content"] if part["type"] == "text"]
+    return {**sample, "messages": [{**user, "content": text}, answer], "images": []}
+
+
+def worker_collator(processor, record: Path | None = None, text_only: bool = False) -> PLMCollator:
     """The worker's collator settings (the test computes sample costs with the same ones)."""
     kwargs = dict(max_length=512, max_tiles=2, padding_free=True)
-    return RecordingCollator(processor, record=record, **kwargs) if record else PLMCollator(processor, **kwargs)
+    if record:
+        return RecordingCollator(processor, record=record, text_only=text_only, **kwargs)
+    return PLMCollator(processor, **kwargs)
 
 
 def _part(name: str) -> str:
@@ -109,11 +126,22 @@ def _engine_groups(engine) -> list[dict]:
     return groups
 
 
+def _master_dtypes(ds_optimizer) -> list[str]:
+    """The dtypes of the weights the ZeRO optimizer steps (its own flat copies: ZeRO-1/2
+    ``single_partition_of_fp32_groups``, ZeRO-3 ``fp32_partitioned_groups_flat``)."""
+    flat = getattr(ds_optimizer, "single_partition_of_fp32_groups", None) or ds_optimizer.fp32_partitioned_groups_flat
+    return sorted({str(t.dtype) for t in flat})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="folder of build_tiny_plm")
-    parser.add_argument("--method", choices=("lora", "full"), required=True)
+    parser.add_argument("--method", choices=("lora", "dora", "qlora", "full"), required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bf16", action="store_true", help="load in bf16, train with bf16=True (launch with "
+                        "--mixed_precision bf16), as on a GPU")
+    parser.add_argument("--text-only-rank", type=int, default=None,
+                        help="this rank's batches lose their images: it trains on text-only batches")
     cli = parser.parse_args()
 
     # Training arguments first, as in the recipes: under ZeRO-3 they make from_pretrained shard the weights
@@ -127,7 +155,8 @@ def main() -> None:
         lr_scheduler_type="constant",  # the groups' learning rates stay what we set, to compare them exactly
         max_grad_norm=MAX_GRAD_NORM,
         max_length=512,
-        bf16=False,
+        bf16=cli.bf16,
+        use_cpu=cli.bf16,  # transformers refuses bf16 without a GPU unless told the CPU is meant
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -138,14 +167,19 @@ def main() -> None:
         # Without a GPU accelerate 1.15 picks no backend: it counts one process, and DeepSpeed then rejects
         # train_batch_size (filled for 1 process, run by 2).
         ddp_backend="gloo",
+        # A rank stuck in a collective (the hang that text-only batches caused under ZeRO-3) fails the run after
+        # this long instead of waiting forever.
+        ddp_timeout=600,
     )
-    model, processor = load_model(cli.model, method=cli.method, freeze=("vision",), dtype=torch.float32)
+    model, processor = load_model(cli.model, method=cli.method, freeze=("vision",),
+                                  dtype=torch.bfloat16 if cli.bf16 else torch.float32)
     # ZeRO-3 partitions each weight as from_pretrained builds the module (timm tower included): ds_id marks it.
     sharded_at_load = {n: hasattr(p, "ds_id") for n, p in model.named_parameters()}
     recorder = _RecordLogs()
     # Generation eval at the last step: under ZeRO-3 both processes answer together (synced_gpus).
     rank = os.environ.get("RANK", "0")
-    collator = worker_collator(processor, record=cli.out / f"batches_rank{rank}.jsonl")
+    collator = worker_collator(processor, record=cli.out / f"batches_rank{rank}.jsonl",
+                               text_only=cli.text_only_rank == int(rank))
     trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, collator=collator,
                             projector_lr=PROJECTOR_LR, callbacks=[recorder], generation_eval_steps=3,
                             generation_eval_samples=2, generation_max_new_tokens=4)
@@ -163,6 +197,9 @@ def main() -> None:
         "gradient_accumulation_steps": engine.gradient_accumulation_steps(),
         "gradient_clipping": engine.gradient_clipping(),
         "groups": _engine_groups(engine),
+        # The dtypes the engine holds the model's weights in (ZeRO-3: its shards) and its optimizer steps.
+        "module_dtypes": sorted({str(getattr(p, "ds_tensor", p).dtype) for p in engine.module.parameters()}),
+        "master_dtypes": _master_dtypes(engine.optimizer),
         "losses": [log["loss"] for log in recorder.logs if "loss" in log],
         "gen_eval": [log for log in recorder.logs if any(key.startswith("gen_eval/") for key in log)],
         # What PLMMetricsCallback added to each training log: the learning rate of each part.

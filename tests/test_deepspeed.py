@@ -38,13 +38,18 @@ from plm_tune.sampler import LengthGroupedBatchSampler  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "recipes" / "accelerate"
 STAGES = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+# (config, method, precision): bf16 as on a GPU (loaded in bf16, bf16=True, --mixed_precision bf16), except the
+# offload run. Under ZeRO-3 LoRA, rank 1 trains on text-only batches while rank 0 has images.
 RUNS = [
-    ("zero2", "lora"),
-    ("zero2", "full"),
-    ("zero3", "lora"),
-    ("zero3", "full"),
-    pytest.param("zero3_offload", "lora", marks=pytest.mark.slow),  # DeepSpeedCPUAdam's first JIT build
+    ("zero2", "lora", "bf16"),
+    ("zero2", "dora", "bf16"),
+    ("zero2", "full", "bf16"),
+    ("zero3", "lora", "bf16"),
+    ("zero3", "dora", "bf16"),
+    ("zero3", "full", "bf16"),
+    pytest.param("zero3_offload", "lora", "fp32", marks=pytest.mark.slow),  # DeepSpeedCPUAdam's first JIT build
 ]
+TEXT_ONLY_RANK = {("zero3", "lora"): 1}
 
 
 def _free_port() -> int:
@@ -56,26 +61,29 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def launch(tiny_plm_path, tmp_path_factory):
     """Run (config, method) once per module; later callers get the same output folder."""
-    done: dict[tuple[str, str], Path] = {}
+    done: dict[tuple[str, str, str], Path] = {}
 
-    def run(config: str, method: str) -> Path:
-        if (config, method) not in done:
-            out = tmp_path_factory.mktemp(f"{config}-{method}")
+    def run(config: str, method: str, precision: str = "bf16") -> Path:
+        if (config, method, precision) not in done:
+            out = tmp_path_factory.mktemp(f"{config}-{method}-{precision}")
             env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
             env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                        TOKENIZERS_PARALLELISM="false")
             command = [
                 sys.executable, "-m", "accelerate.commands.launch",
                 "--config_file", str(CONFIGS / f"{config}.yaml"),
-                "--num_processes", "2", "--mixed_precision", "no",
+                "--num_processes", "2", "--mixed_precision", "bf16" if precision == "bf16" else "no",
                 "--main_process_port", str(_free_port()),
                 str(ROOT / "tests" / "deepspeed_worker.py"),
                 "--model", str(tiny_plm_path), "--method", method, "--out", str(out),
             ]
+            command += ["--bf16"] if precision == "bf16" else []
+            if (config, method) in TEXT_ONLY_RANK:
+                command += ["--text-only-rank", str(TEXT_ONLY_RANK[config, method])]
             result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
             assert result.returncode == 0, f"{' '.join(command)}\n{(result.stdout + result.stderr)[-6000:]}"
-            done[config, method] = out
-        return done[config, method]
+            done[config, method, precision] = out
+        return done[config, method, precision]
 
     return run
 
@@ -103,15 +111,21 @@ def _forward_loss(model, processor) -> float:
         return model(**PLMCollator(processor)([sample])).loss.item()
 
 
-@pytest.mark.parametrize(("config", "method"), RUNS)
+@pytest.mark.parametrize(("config", "method", "precision"), RUNS)
 def test_deepspeed_run_keeps_part_learning_rates_and_saves_a_loadable_model(
-    launch, config, method, tiny_plm_path, processor
+    launch, config, method, precision, tiny_plm_path, processor
 ):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    out = launch(config, method)
+    out = launch(config, method, precision)
     report = json.loads((out / "report.json").read_text())
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    # One dtype for every weight in the engine (ZeRO-3 asserts it when it flattens them; LoRA / DoRA adapters and
+    # the projector's trainable copy included), and float32 master weights in the optimizer.
+    assert report["module_dtypes"] == [str(dtype)]
+    assert report["master_dtypes"] == ["torch.float32"]
 
     assert report["deepspeed"] == report["model_wrapped"] == "DeepSpeedEngine"
     assert report["zero_stage"] == STAGES[config]
@@ -149,23 +163,46 @@ def test_deepspeed_run_keeps_part_learning_rates_and_saves_a_loadable_model(
         seen = [json.loads(line) for line in lines]  # the worker may have prefetched past the last step
         assert seen[: 3 * GRAD_ACCUM] == expected[: 3 * GRAD_ACCUM], (rank, seen, expected)
 
+    # Under ZeRO-3 with one rank on text-only batches, that rank ran the tower on a placeholder tile each batch.
+    text_only = TEXT_ONLY_RANK.get((config, method))
+    for rank in (0, 1):
+        counts = [int(line) for line in (out / f"batches_rank{rank}.placeholders").read_text().split()]
+        assert counts[-1] == (len(counts) if rank == text_only else 0), (rank, counts)
+
     torch.manual_seed(0)
-    base = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=torch.float32).eval()
-    if method == "lora":
-        reference = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=torch.float32)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=dtype).eval()
+    if method in ("lora", "dora"):
+        reference = AutoModelForImageTextToText.from_pretrained(tiny_plm_path, dtype=dtype)
         adapted = PeftModel.from_pretrained(reference, out / "model")
         lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
         assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # zero at init: every adapter trained
+        if method == "dora":
+            magnitudes = [n for n, _ in adapted.named_parameters() if "lora_magnitude_vector" in n]
+            assert magnitudes, "a DoRA adapter holds its magnitude vectors"
         model = adapted.merge_and_unload().eval()
         changed, frozen = _trained_and_frozen(model, base)
     else:
         model, info = AutoModelForImageTextToText.from_pretrained(
-            out / "model", dtype=torch.float32, output_loading_info=True
+            out / "model", dtype=dtype, output_loading_info=True
         )
         assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
         changed, frozen = _trained_and_frozen(model.eval(), base)
     assert changed == {"language", "projector"} and frozen == {"vision"}
-    assert math.isfinite(_forward_loss(model, processor))
+    assert math.isfinite(_forward_loss(model.float(), processor))
+
+
+def test_qlora_under_zero3_is_refused_before_any_weight_loads(tiny_plm_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "zero3.yaml"),
+               "--num_processes", "2", "--mixed_precision", "bf16", "--main_process_port", str(_free_port()),
+               str(ROOT / "tests" / "deepspeed_worker.py"), "--model", str(tiny_plm_path), "--method", "qlora",
+               "--out", str(tmp_path), "--bf16"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "method='qlora' under DeepSpeed ZeRO-3 is not supported" in output and "zero2.yaml" in output
+    assert "Loading weights" not in output  # refused before from_pretrained
 
 
 @pytest.mark.xfail(
@@ -177,7 +214,7 @@ def test_deepspeed_run_keeps_part_learning_rates_and_saves_a_loadable_model(
 def test_zero3_full_save_keeps_the_checkpoint_key_layout(launch, tiny_plm_path):
     from safetensors import safe_open
 
-    out = launch("zero3", "full")
+    out = launch("zero3", "full", "bf16")
     with safe_open(tiny_plm_path / "model.safetensors", "pt") as base, \
             safe_open(out / "model" / "model.safetensors", "pt") as saved:
         assert set(saved.keys()) == set(base.keys())
