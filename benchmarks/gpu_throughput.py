@@ -29,8 +29,9 @@ The dtype policy, the recipes' own: weights load in bf16, every trainable parame
 optimizer steps fp32 weights), frozen parameters stay bf16, and the Trainer's ``bf16=True`` autocast computes in
 bf16. A hand-written TRL script would train bf16 weights (LoRA adapters excepted: peft upcasts them); the
 baseline here gets the same upcast as plm-tune, applied after its trainer is built, so both sides do the same
-arithmetic and differ only in how they batch and score. ``follow_dtype_policy`` applies it to every run (a no-op
-where ``load_model`` already did it). On the CPU (``--smoke``) everything is fp32.
+arithmetic and differ only in how they batch and score. ``plm_tune.precision.set_training_dtypes`` applies it
+to every run (a no-op where ``load_model`` and ``build_trainer`` already did it). On the CPU (``--smoke``)
+everything is fp32.
 
 Reported per run, over the steps after 2 warm-up steps:
 
@@ -198,17 +199,6 @@ def weights_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def follow_dtype_policy(model: torch.nn.Module) -> None:
-    """Upcast every trainable parameter to fp32 in place; frozen ones keep their dtype (see the module docstring).
-
-    ``param.data`` is replaced, not the parameter, so the trainer's references stay valid; the optimizer is built
-    at ``train()``, after this.
-    """
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-
-
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -351,7 +341,8 @@ def run(variant: str, size: str, method: str, model_dir: Path, samples: list[dic
 
     from plm_tune import build_trainer, load_model
     from plm_tune.arguments import ModelArguments
-    from plm_tune.model import LORA_LINEARS, attention_by_part
+    from plm_tune.model import LORA_LINEARS
+    from plm_tune.precision import attention_by_part, set_training_dtypes
 
     smoke = device.type != "cuda"
     dtype = weights_dtype(device)
@@ -359,7 +350,7 @@ def run(variant: str, size: str, method: str, model_dir: Path, samples: list[dic
                   learning_rate=1e-4, logging_steps=10**6, save_strategy="no", report_to="none", seed=0,
                   bf16=not smoke, max_length=None, disable_tqdm=True, dataloader_pin_memory=False, use_cpu=smoke)
     clock = StepClock(device)
-    if variant == "trl":  # what a hand-written TRL script does, plus the dtype policy (follow_dtype_policy)
+    if variant == "trl":  # what a hand-written TRL script does, plus the dtype policy (set_training_dtypes)
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, device_map=device.type,
                                                             attn_implementation=attention_by_part(args.attn))
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -389,7 +380,7 @@ def run(variant: str, size: str, method: str, model_dir: Path, samples: list[dic
         trainer = build_trainer(model, processor, samples, args=SFTConfig(
             **config, activation_checkpointing=False, padding_free=packed,
             train_sampling_strategy="group_by_length" if packed else "random"), collator=collator, callbacks=[clock])
-    follow_dtype_policy(trainer.model)
+    set_training_dtypes(trainer.model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
