@@ -27,6 +27,7 @@ from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.generation import Generation, generate, vision_dtype
 from plm_tune.metrics import ScoreKind, score_answers
+from plm_tune.precision import mixed_precision_context
 from plm_tune.sample import normalize_messages
 from plm_tune.sparse_logits import labelled_positions
 
@@ -316,7 +317,8 @@ def _eval_loss(
                       for key, value in batch.items()}
             # Logits only at the K positions that predict a labelled token: media tokens need none.
             logits_to_keep, targets = labelled_positions(labels)  # (K,), (batch, K)
-            logits = model(**inputs, logits_to_keep=logits_to_keep).logits  # (batch, K, vocab)
+            with mixed_precision_context(model):  # bf16 frozen + float32 trained weights: as in training
+                logits = model(**inputs, logits_to_keep=logits_to_keep).logits  # (batch, K, vocab)
             keep = targets != IGNORE_INDEX
             # Upcast for a stable sum in bf16.
             total += F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum").item()

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from plm_tune.collator import EncodedSample, PLMCollator
 from plm_tune.frame_selection import NUM_FRAMES
+from plm_tune.precision import mixed_precision_context
 
 __all__ = ["generate", "Generation", "end_token_ids", "left_pad", "vision_dtype"]
 
@@ -131,14 +132,15 @@ def generate(
             prompts = [collator.encode_prompt(sample) for sample in chunk]
             batch = left_pad([encoded for encoded, _ in prompts], collator.pad_token_id, pixel_dtype)
             batch = {key: value.to(device) for key, value in batch.items()}
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=end_ids,
-                pad_token_id=collator.pad_token_id,
-                synced_gpus=synced_gpus,
-                **options,
-            )
+            with mixed_precision_context(model):  # bf16 frozen + float32 trained weights: as in training
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=end_ids,
+                    pad_token_id=collator.pad_token_id,
+                    synced_gpus=synced_gpus,
+                    **options,
+                )
             prompt_length = batch["input_ids"].shape[1]
             for row, (encoded, reference) in enumerate(prompts):
                 new = output[row, prompt_length:].tolist()

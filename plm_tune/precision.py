@@ -7,16 +7,19 @@ The rules, one place each:
 * ``set_training_dtypes``: frozen weights keep the load dtype; trainable ones are float32 outside DeepSpeed (the
   Trainer's ``bf16=True`` autocast computes in bf16) and the engine's dtype under DeepSpeed (``deepspeed_dtype``),
   which keeps float32 master weights itself.
+* ``mixed_precision_context``: what the Trainer's autocast is for a training step, for forwards outside it
+  (generation, eval loss) on a model whose frozen weights are bf16 and trained ones float32.
 * ``attention_by_part``: flash / flex / hub kernels go to the Llama decoder; the timm tower keeps sdpa.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 
-__all__ = ["attention_by_part", "default_dtype", "deepspeed_dtype", "set_training_dtypes"]
+__all__ = ["attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context", "set_training_dtypes"]
 
 # Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
 # sub-config, and the timm tower (TimmWrapperModel) supports only these two: flash / flex / hub kernels go to the
@@ -97,3 +100,19 @@ def deepspeed_dtype() -> torch.dtype | None:
     if (config.get("fp16") or {}).get("enabled") is True:
         return torch.float16
     return torch.float32
+
+
+def mixed_precision_context(model: Any) -> contextlib.AbstractContextManager:
+    """Autocast to the model's half dtype when it holds half-precision and float32 weights side by side.
+
+    ``set_training_dtypes`` leaves a bf16 load with float32 trained weights (the projector's copy, a part trained in
+    full): in training the Trainer's ``bf16=True`` autocast joins them; a forward outside it (``generate``, the eval
+    loss, generation eval between steps) would multiply bf16 activations by float32 weights and fail. Nothing for a
+    model in one dtype (a float32 run, a merged or reloaded bf16 model): a null context.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    if not half or torch.float32 not in dtypes:
+        return contextlib.nullcontext()
+    device = next(p.device for p in model.parameters() if p.is_floating_point())
+    return torch.autocast(device.type, dtype=torch.bfloat16 if torch.bfloat16 in half else torch.float16)

@@ -3,13 +3,16 @@ weight after ``build_trainer`` (trainable float32, frozen in the load dtype) for
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_image, qa
 from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
-from plm_tune import build_trainer, load_model
+from plm_tune import build_trainer, generate, load_model
+from plm_tune.evaluation import _eval_loss
 from plm_tune.model import part_of
 from plm_tune.precision import attention_by_part
 
@@ -130,6 +133,14 @@ def test_a_2e_5_step_in_bf16_moves_every_projector_weight(tiny_plm_path, tmp_pat
     assert moved / total > 0.99, f"{method}: {moved} of {total} projector weights moved"
     steps = torch.cat([(after[n].detach() - before).abs().flatten() for n, before in projector.items()])
     assert steps.max().item() == pytest.approx(2e-5, rel=0.05)
+
+    # Outside the Trainer's autocast (generation, the eval loss) bf16 frozen and float32 trained weights still meet:
+    # generate and evaluate autocast as training did.
+    sample = _samples(1)[0]
+    answer = generate(trainer.model, trainer.plm_collator.processor, [sample], max_new_tokens=3, progress=False)
+    assert len(answer) == 1 and isinstance(answer[0], str)
+    loss, labelled = _eval_loss(trainer.model, trainer.plm_collator, [sample], batch_size=1, progress=False)
+    assert labelled > 0 and math.isfinite(loss)
 
 
 def test_a_bf16_load_without_autocast_is_refused_with_the_fix(tiny_plm_path, tmp_path, processor):
