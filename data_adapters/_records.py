@@ -18,13 +18,16 @@ from typing import Any, Literal
 from plm_tune.sample import table_messages
 
 __all__ = [
-    "BadRecord", "OnError", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
+    "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
     "resolve_media_path", "text_part",
 ]
 
 logger = logging.getLogger("data_adapters")
 
 OnError = Literal["raise", "skip"]
+# Row-range shards a map-style table is cut into when it is streamed, so DataLoader workers and ranks can
+# share it (each reads whole ranges of its own).
+SHARDS_PER_TABLE = 64
 
 
 class BadRecord(ValueError):
@@ -174,18 +177,29 @@ def _name_of(record: Any) -> str:
     return repr(record)[:120]
 
 
-def build_dataset(records: Callable[[], Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,
-                  source: str, on_error: OnError = "raise", streaming: bool = False):
+def build_dataset(records: Callable[..., Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,
+                  source: str, on_error: OnError = "raise", streaming: bool = False,
+                  shards: list[Any] | None = None):
     """A ``datasets.Dataset`` (or ``IterableDataset`` when streaming) of canonical samples.
 
     Records are walked once to build the table (media stay paths: nothing is decoded), so a bad record
     raises here, not mid-training. The returned dataset carries its ``SkipReport`` as ``.skip_report``
     (non-streaming; for streaming, the report fills up as the stream is read and is logged at its end).
+
+    With ``shards`` (streaming only), ``records(some_shards)`` reads the records of a sublist of them, and the
+    stream has one data source per shard: ``datasets`` hands each DataLoader worker, and accelerate each
+    process, whole shards of its own, so every record is read once, by the process that trains on it.
+    Without, ``records()`` reads everything and the stream is one data source.
     """
     import datasets
 
     report = SkipReport(source)
-    if streaming:
+    if streaming and shards is not None:
+        def generate(shards: list[Any]) -> Iterator[dict[str, Any]]:
+            return iter_samples(records(shards), to_sample, on_error=on_error, report=report)
+
+        dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards})
+    elif streaming:
         dataset = datasets.IterableDataset.from_generator(
             lambda: iter_samples(records(), to_sample, on_error=on_error, report=report)
         )

@@ -34,7 +34,9 @@ Conversational datasets (TRL's ``messages`` + ``images`` or ``image``; LLaMA-Fac
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ from data_adapters._conversations import conversation_messages
 from data_adapters._fields import checked_sample, prompt_builder, text_cell
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import (
+    SHARDS_PER_TABLE,
     BadRecord,
     OnError,
     build_dataset,
@@ -58,14 +61,14 @@ __all__ = ["from_hf_dataset", "row_to_sample"]
 ID_COLUMNS = ("image_id", "id")  # the first one present names rows in errors and becomes the sample id
 
 
-def row_to_sample(record: tuple[int, dict[str, Any]], *, source: str, image_column: str | None,
+def row_to_sample(record: tuple[int | str, dict[str, Any]], *, source: str, image_column: str | None,
                   video_column: str | None, question: Any, answer_column: str, id_column: str | None = None,
                   label_names: list[str] | None = None, system_prompt: str | None = None,
                   media_root: str = ".", allow_outside_root: bool = False, max_tiles: int | None = None,
                   num_frames: int | None = None, messages_column: str | None = None) -> dict[str, Any]:
     """``(row index, row)`` -> a canonical sample: the row's media first, then the question; the answer. With
     ``messages_column``: the row's conversation, its media where its placeholders are (else opening the first
-    user turn, as TRL puts them)."""
+    user turn, as TRL puts them). The index may be text (``"4 in shard 2"``): how errors name the row."""
     index, row = record
     sample_id = row.get(id_column) if id_column else None
     where = f"{source} row {index}" + (f" ({id_column}={sample_id!r})" if sample_id is not None else "")
@@ -178,7 +181,9 @@ def from_hf_dataset(
             dataset has no such column) or a singular ``image``.
         split: which split to read.
         streaming: return an ``IterableDataset`` that converts rows as they are read (nothing held in memory;
-            bad records surface while iterating).
+            bad records surface while iterating). It keeps the source's shards (its files, or up to 64 row
+            ranges of a table), so under several processes accelerate gives each process whole shards of its
+            own, and each DataLoader worker reads whole shards of its process's share.
         media_root: the folder that relative path strings in ``image_column`` / ``video_column`` are resolved
             against; default: the dataset folder for a local dataset, else the current directory.
         allow_outside_root: accept path strings that are absolute or climb out of ``media_root``.
@@ -217,8 +222,39 @@ def from_hf_dataset(
         media_root=str(media_root or local_root or os.getcwd()), allow_outside_root=allow_outside_root,
         max_tiles=max_tiles, num_frames=num_frames, messages_column=messages_column,
     )
-    return build_dataset(lambda: enumerate(data), to_sample, source=source, on_error=on_error,
-                         streaming=streaming)
+    if streaming:
+        return build_dataset(partial(_shard_rows, data), to_sample, source=source, on_error=on_error,
+                             streaming=True, shards=_shards(data))
+    return build_dataset(lambda: enumerate(data), to_sample, source=source, on_error=on_error)
+
+
+def _shards(data: Any) -> list[Any]:
+    """The pieces a stream of ``data`` reads separately: a stream's own shards (by number), or contiguous row
+    ranges of a table."""
+    import datasets
+
+    if isinstance(data, datasets.IterableDataset):
+        return list(range(data.num_shards))
+    count = max(1, min(len(data), SHARDS_PER_TABLE))
+    bounds = [len(data) * k // count for k in range(count + 1)]
+    return [range(start, stop) for start, stop in pairwise(bounds)]
+
+
+def _shard_rows(data: Any, shards: list[Any]) -> Iterator[tuple[int | str, dict[str, Any]]]:
+    """``(row index, row)`` of some of ``_shards(data)``: a table's rows by their row number, a stream's as
+    ``"4 in shard 2"`` (its position in the whole stream is not known here) or, for a single shard, ``4``."""
+    for shard in shards:
+        if isinstance(shard, range):
+            yield from zip(shard, data.select(shard), strict=True)
+            continue
+        part = data.shard(num_shards=data.num_shards, index=shard)
+        # `.iter` rather than `for row in part`: inside a DataLoader worker, iterating a datasets.IterableDataset
+        # keeps only that worker's share of its shards (IterableDataset.__iter__ -> _iter_pytorch), and this
+        # shard is already the worker's own: the other workers' shares would be lost.
+        rows = (dict(zip(batch, values, strict=True)) for batch in part.iter(batch_size=64)
+                for values in zip(*batch.values(), strict=True))
+        for index, row in enumerate(rows):
+            yield (index if data.num_shards == 1 else f"{index} in shard {shard}"), row
 
 
 def _load(name_or_path: Any, split: str, streaming: bool) -> tuple[Any, str, str | None]:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data_adapters._records import make_sample
+from data_adapters._records import SHARDS_PER_TABLE, make_sample
 from plm_tune.media import describe_media
 from plm_tune.sample import sample_features
 
@@ -38,8 +38,6 @@ __all__ = ["mix", "MEDIA_SETTINGS"]
 MEDIA_SETTINGS = ("max_tiles", "num_frames")
 Stopping = Literal["first_exhausted", "all_exhausted"]
 VideoKind = Literal["files", "frames"]
-# Row-range shards a map-style member is cut into, so DataLoader workers / ranks can share it.
-_SHARDS_PER_TABLE = 64
 
 
 def _parse(index: int, member: Any) -> tuple[Any, float, dict[str, int]]:
@@ -161,7 +159,7 @@ def mix(members: Sequence[tuple[Any, float] | tuple[Any, float, dict[str, int]]]
     streams = []
     for i, (dataset, _, settings) in enumerate(parsed):
         if isinstance(dataset, datasets.Dataset):
-            dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), _SHARDS_PER_TABLE)))
+            dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), SHARDS_PER_TABLE)))
         if dataset.features is not None:  # unknown features (a plain generator) have nothing to decode
             # An HF Image column stays {"bytes", "path"}: pixels are decoded once, by the collator.
             dataset = dataset.decode(False)

@@ -137,8 +137,9 @@ def select_shards(shards: Sequence[str], *, rank: int, world_size: int) -> list[
                          f"world_size={world_size}.")
     if len(shards) < world_size:
         raise ValueError(f"{len(shards)} shard(s) for {world_size} ranks: some ranks would read nothing. "
-                         "Write at least one shard per rank (ideally a multiple of ranks x DataLoader workers), "
-                         "or pass split_by_rank=False and let accelerate dispatch batches from rank 0.")
+                         "Write at least one shard per rank (ideally a multiple of ranks x DataLoader workers); "
+                         "under accelerate (build_trainer, the Trainer) leave split_by_rank=False: it splits the "
+                         "stream between processes itself.")
     return list(shards[rank::world_size])
 
 
@@ -370,10 +371,11 @@ def from_webdataset(
         caption_key: which member holds the text: ``"json"`` (``caption``, ``question`` + ``answer``, or a
             full ``messages`` conversation) or ``"txt"`` (the whole member is the caption).
         split_by_rank: read only this rank's shards (``select_shards`` with the rank of torch.distributed,
-            else of torchrun's ``RANK`` / ``WORLD_SIZE``). Leave False under accelerate / TRL: by default
-            accelerate reads an iterable dataset on rank 0 and sends each rank its slice (splitting here too
-            would lose data), and with ``dispatch_batches=False`` it splits this dataset's shards by rank itself.
-            Set True in a plain torchrun loop.
+            else of torchrun's ``RANK`` / ``WORLD_SIZE``), for a plain torchrun loop. Leave False under accelerate
+            (``build_trainer``, the Trainer, ``accelerator.prepare``): with ``dispatch_batches=False``, which
+            ``build_trainer`` sets (TRL's ``SFTTrainer`` forces it too), accelerate gives each process a block of
+            the shards itself (``IterableDataset.shard``); splitting here as well, each process would read only
+            1 / world_size of its own share.
         video_dir: where video members are written (one file per distinct clip); default: a new temporary
             folder. Use a fast local disk with room for the clips you stream.
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it by reason in
@@ -381,8 +383,9 @@ def from_webdataset(
         max_tiles / num_frames: stamped into every sample (None: the collator's default).
 
     Returns:
-        A ``datasets.IterableDataset`` with one data source per shard, so DataLoader workers split the shards
-        between them and ``.shuffle(seed=..., buffer_size=...)`` shuffles shard order and records.
+        A ``datasets.IterableDataset`` with one data source per shard, so accelerate gives each process whole
+        shards, its DataLoader workers split those between them, and ``.shuffle(seed=..., buffer_size=...)``
+        shuffles shard order and records. Every record is read, and its media decoded, by one process only.
 
     Raises:
         ValueError: no shards / a missing shard (see ``expand_shards``); too few shards for the ranks.

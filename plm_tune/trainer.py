@@ -162,6 +162,7 @@ def build_trainer(
                          "source (an adapter's .skip_report says what it skipped).")
     media_kinds = _media_kinds(train_dataset)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
+    args = _stream_per_process(args, train_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
     # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
@@ -364,6 +365,62 @@ def _plm_trainer_class() -> type:
             return loss
 
     return PLMTrainer
+
+
+def _stream_per_process(args: Any, train_dataset: Any) -> Any:
+    """``args`` for a streaming ``train_dataset``: every process reads its own shards; batches are never dispatched.
+
+    accelerate's default for an ``IterableDataset``, ``dispatch_batches=True``, reads every batch on process 0 and
+    concatenates the processes' batches there to slice them out (``accelerate.data_loader.DataLoaderDispatcher``):
+    that fails for PLM batches of different lengths and tile counts, and process 0 would decode everyone's media.
+    With ``dispatch_batches=False``, accelerate's ``prepare_data_loader`` gives each process a contiguous block of a
+    ``datasets.IterableDataset``'s shards (``IterableDataset.shard``) when there is at least one per process, and
+    the process's DataLoader workers share its block. With fewer shards, or ``split_batches=True``, every process
+    reads the whole stream and keeps its slice of each batch instead (``IterableDatasetShard``), which is warned.
+    Either way the collator decodes media, so each process decodes only what it trains on.
+
+    Shards hold whole records, so a process whose shards hold fewer records starts its next pass sooner; every
+    process still takes ``max_steps`` steps (a stream has no length, so the Trainer requires them).
+
+    TRL's ``SFTTrainer`` turns dispatching off for a ``datasets.IterableDataset`` as well, but overrides an explicit
+    ``dispatch_batches=True`` with a warning and edits the caller's ``AcceleratorConfig`` in place: here the first is
+    refused, and ``args`` gets a new ``AcceleratorConfig``.
+
+    Raises:
+        ValueError: ``dispatch_batches=True``, or a stream already split by process.
+    """
+    import datasets
+
+    if not isinstance(train_dataset, torch.utils.data.IterableDataset):
+        return args
+    config = args.accelerator_config
+    if config.dispatch_batches:
+        raise ValueError("accelerator_config dispatch_batches=True with a streaming train_dataset: accelerate would "
+                         "concatenate every process's batches on process 0, which fails for PLM batches of different "
+                         "lengths and tile counts. Leave dispatch_batches unset: each process then reads its own shards.")
+    # `_distributed` is private to datasets, but the only mark split_dataset_by_node leaves. accelerate would split
+    # the already split stream again, and each process would read 1 / world_size of its own share.
+    if getattr(train_dataset, "_distributed", None) is not None:
+        raise ValueError("train_dataset was already split by process (datasets.distributed.split_dataset_by_node); "
+                         "accelerate splits it again under the Trainer, and most of it would never be read. Pass the "
+                         "whole stream: each process gets shards of its own.")
+    args.accelerator_config = dataclasses.replace(config, dispatch_batches=False)
+    processes = args.world_size
+    if processes == 1 or not isinstance(train_dataset, datasets.IterableDataset):
+        return args
+    shards = train_dataset.num_shards
+    if config.split_batches or shards < processes:
+        cause, fix = (("split_batches=True", "leave split_batches off") if config.split_batches else
+                      (f"{shards} shard(s) for {processes} processes",
+                       "give it at least one shard per process (tar shards, data files)"))
+        logger.warning("Training stream with %s: every process reads all of it and keeps its slice of each batch, and "
+                       "the last incomplete batch of a pass is filled with samples from its start. To have each "
+                       "process read shards of its own, %s.", cause, fix)
+    elif shards % processes:
+        logger.warning("Training stream with %d shards for %d processes: the first %d processes read one shard more "
+                       "than the others, whose records then come round more often. A multiple of %d shards balances "
+                       "them.", shards, processes, shards % processes, processes)
+    return args
 
 
 def _as_dataset(samples: Any) -> Any:
