@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context", "set_training_dtypes"]
+__all__ = ["apply_run_dtypes", "attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context", "set_training_dtypes"]
 
 # Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
 # sub-config, and the timm tower (TimmWrapperModel) supports only these two: flash / flex / hub kernels go to the
@@ -116,3 +116,26 @@ def mixed_precision_context(model: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     device = next(p.device for p in model.parameters() if p.is_floating_point())
     return torch.autocast(device.type, dtype=torch.bfloat16 if torch.bfloat16 in half else torch.float16)
+
+
+def apply_run_dtypes(trainer: Any) -> None:
+    """Every trainable weight in the dtype it trains in (``set_training_dtypes``), now that the run is known.
+
+    TRL's ``SFTTrainer.__init__`` casts a quantised model's trainable parameters (LoRA and the projector copy)
+    to bf16; outside DeepSpeed they go back to float32 here. Under DeepSpeed they take the engine's dtype.
+    Outside DeepSpeed, half-precision frozen weights next to float32 trainable ones need autocast, so a bf16 /
+    fp16 load without ``bf16`` / ``fp16`` in the arguments is refused.
+    """
+    args, model = trainer.args, trainer.model
+    if trainer.is_deepspeed_enabled:
+        engine = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+        set_training_dtypes(model, engine)
+        return
+    set_training_dtypes(model)
+    half = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
+    if half and not (args.bf16 or args.fp16):
+        raise ValueError(
+            f"The model holds {' and '.join(half)} weights but the training arguments have bf16=False and fp16=False: "
+            "its frozen half-precision weights would meet float32 trainable ones with no autocast between them. Set "
+            "bf16=True (autocast computes in bf16, the optimizer steps float32 weights; also on a CPU with "
+            "use_cpu=True), or load the model with dtype=torch.float32.")

@@ -20,9 +20,10 @@ from plm_tune.callbacks import GenerationEvalCallback, PLMMetricsCallback
 from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import dataset_costs
+from plm_tune.distributed import media_kinds, shards_weights, stream_per_process
 from plm_tune.generation import vision_dtype
 from plm_tune.model import parameter_groups
-from plm_tune.precision import set_training_dtypes
+from plm_tune.precision import apply_run_dtypes
 from plm_tune.quiet_log import quiet_training_log
 from plm_tune.sample import sample_columns
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
@@ -160,9 +161,9 @@ def build_trainer(
     if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
         raise ValueError("build_trainer: train_dataset is empty: there is nothing to train on. Check the data "
                          "source (an adapter's .skip_report says what it skipped).")
-    media_kinds = _media_kinds(train_dataset)
+    kinds = media_kinds(train_dataset)
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
-    args = _stream_per_process(args, train_dataset)
+    args = stream_per_process(args, train_dataset)
     optimizer_cls, optimizer_kwargs = _optimizer_class(args)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
     # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
@@ -180,11 +181,11 @@ def build_trainer(
         optimizer_cls_and_kwargs=(factory, {}),  # our parameter groups; the Trainer builds the LR schedule
         callbacks=callbacks,
     )
-    _check_training_dtypes(trainer)
-    if trainer.accelerator.num_processes > 1 and _shards_weights(trainer) and not collator.media_in_every_batch:
+    apply_run_dtypes(trainer)
+    if trainer.accelerator.num_processes > 1 and shards_weights(trainer) and not collator.media_in_every_batch:
         # Each process gathers the tower's weights when it runs it: a batch without images (or videos) on one
         # process would leave the others waiting in the gather.
-        collator.media_in_every_batch = media_kinds
+        collator.media_in_every_batch = kinds
         logger.info("Weights are sharded over %d processes: a batch without %s gets a one-tile placeholder, so every "
                     "process runs the vision tower the same way.", trainer.accelerator.num_processes,
                     " / ".join(collator.media_in_every_batch))
@@ -206,61 +207,6 @@ def build_trainer(
             1, GenerationEvalCallback(trainer, subset, eval_args.generation_eval_steps, generation_max_new_tokens)
         )
     return trainer
-
-
-def _check_training_dtypes(trainer: Any) -> None:
-    """Every trainable weight in the dtype it trains in (``set_training_dtypes``), now that the run is known.
-
-    TRL's ``SFTTrainer.__init__`` casts a quantised model's trainable parameters (LoRA and the projector copy)
-    to bf16; outside DeepSpeed they go back to float32 here. Under DeepSpeed they take the engine's dtype.
-    Outside DeepSpeed, half-precision frozen weights next to float32 trainable ones need autocast, so a bf16 /
-    fp16 load without ``bf16`` / ``fp16`` in the arguments is refused.
-    """
-    args, model = trainer.args, trainer.model
-    if trainer.is_deepspeed_enabled:
-        engine = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-        set_training_dtypes(model, engine)
-        return
-    set_training_dtypes(model)
-    half = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
-    if half and not (args.bf16 or args.fp16):
-        raise ValueError(
-            f"The model holds {' and '.join(half)} weights but the training arguments have bf16=False and fp16=False: "
-            "its frozen half-precision weights would meet float32 trainable ones with no autocast between them. Set "
-            "bf16=True (autocast computes in bf16, the optimizer steps float32 weights; also on a CPU with "
-            "use_cpu=True), or load the model with dtype=torch.float32.")
-
-
-def _shards_weights(trainer: Any) -> bool:
-    """Whether each process holds only a shard of the weights and gathers them as modules run (ZeRO-3, FSDP)."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return (plugin is not None and plugin.zero_stage == 3) or bool(getattr(trainer, "is_fsdp_enabled", False))
-
-
-def _media_kinds(dataset: Any) -> tuple[str, ...]:
-    """The kinds of media (``"image"``, ``"video"``) a training set may hold, read without decoding any.
-
-    A list of samples is looked at; a table's ``images`` / ``videos`` columns are read from Arrow. A stream, or a
-    table without those columns, counts as holding both (a placeholder too many costs one tile, one too few a hang).
-    """
-    columns = {"image": "images", "video": "videos"}
-    if isinstance(dataset, list):
-        return tuple(kind for kind, column in columns.items() if any(sample.get(column) for sample in dataset))
-    table = getattr(dataset, "data", None)  # datasets.Dataset's Arrow table (transforms not applied)
-    kinds = []
-    for kind, column in columns.items():
-        if table is None or column not in table.column_names:
-            kinds.append(kind)
-            continue
-        import pyarrow.compute as pc
-
-        try:
-            longest = pc.max(pc.list_value_length(table.column(column))).as_py()
-        except (TypeError, ValueError, NotImplementedError):  # not a list column: cannot tell, so assume present
-            longest = 1
-        if longest:
-            kinds.append(kind)
-    return tuple(kinds)
 
 
 def _decoder_attention(model: Any) -> str | None:
@@ -365,62 +311,6 @@ def _plm_trainer_class() -> type:
             return loss
 
     return PLMTrainer
-
-
-def _stream_per_process(args: Any, train_dataset: Any) -> Any:
-    """``args`` for a streaming ``train_dataset``: every process reads its own shards; batches are never dispatched.
-
-    accelerate's default for an ``IterableDataset``, ``dispatch_batches=True``, reads every batch on process 0 and
-    concatenates the processes' batches there to slice them out (``accelerate.data_loader.DataLoaderDispatcher``):
-    that fails for PLM batches of different lengths and tile counts, and process 0 would decode everyone's media.
-    With ``dispatch_batches=False``, accelerate's ``prepare_data_loader`` gives each process a contiguous block of a
-    ``datasets.IterableDataset``'s shards (``IterableDataset.shard``) when there is at least one per process, and
-    the process's DataLoader workers share its block. With fewer shards, or ``split_batches=True``, every process
-    reads the whole stream and keeps its slice of each batch instead (``IterableDatasetShard``), which is warned.
-    Either way the collator decodes media, so each process decodes only what it trains on.
-
-    Shards hold whole records, so a process whose shards hold fewer records starts its next pass sooner; every
-    process still takes ``max_steps`` steps (a stream has no length, so the Trainer requires them).
-
-    TRL's ``SFTTrainer`` turns dispatching off for a ``datasets.IterableDataset`` as well, but overrides an explicit
-    ``dispatch_batches=True`` with a warning and edits the caller's ``AcceleratorConfig`` in place: here the first is
-    refused, and ``args`` gets a new ``AcceleratorConfig``.
-
-    Raises:
-        ValueError: ``dispatch_batches=True``, or a stream already split by process.
-    """
-    import datasets
-
-    if not isinstance(train_dataset, torch.utils.data.IterableDataset):
-        return args
-    config = args.accelerator_config
-    if config.dispatch_batches:
-        raise ValueError("accelerator_config dispatch_batches=True with a streaming train_dataset: accelerate would "
-                         "concatenate every process's batches on process 0, which fails for PLM batches of different "
-                         "lengths and tile counts. Leave dispatch_batches unset: each process then reads its own shards.")
-    # `_distributed` is private to datasets, but the only mark split_dataset_by_node leaves. accelerate would split
-    # the already split stream again, and each process would read 1 / world_size of its own share.
-    if getattr(train_dataset, "_distributed", None) is not None:
-        raise ValueError("train_dataset was already split by process (datasets.distributed.split_dataset_by_node); "
-                         "accelerate splits it again under the Trainer, and most of it would never be read. Pass the "
-                         "whole stream: each process gets shards of its own.")
-    args.accelerator_config = dataclasses.replace(config, dispatch_batches=False)
-    processes = args.world_size
-    if processes == 1 or not isinstance(train_dataset, datasets.IterableDataset):
-        return args
-    shards = train_dataset.num_shards
-    if config.split_batches or shards < processes:
-        cause, fix = (("split_batches=True", "leave split_batches off") if config.split_batches else
-                      (f"{shards} shard(s) for {processes} processes",
-                       "give it at least one shard per process (tar shards, data files)"))
-        logger.warning("Training stream with %s: every process reads all of it and keeps its slice of each batch, and "
-                       "the last incomplete batch of a pass is filled with samples from its start. To have each "
-                       "process read shards of its own, %s.", cause, fix)
-    elif shards % processes:
-        logger.warning("Training stream with %d shards for %d processes: the first %d processes read one shard more "
-                       "than the others, whose records then come round more often. A multiple of %d shards balances "
-                       "them.", shards, processes, shards % processes, processes)
-    return args
 
 
 def _as_dataset(samples: Any) -> Any:
