@@ -31,6 +31,7 @@ __all__ = [
     "EvalArguments",
     "MediaArguments",
     "ModelArguments",
+    "dora_dropout_note",
     "settings_from",
     "training_info",
 ]
@@ -49,7 +50,8 @@ class ModelArguments:
         "help": "Parts that do not train: vision, projector, language."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(default=0.05, metadata={
+        "help": "Dropout on the LoRA input; 0.0 with dora, whose dropout redoes each base matmul."})
     lora_targets: Literal["language", "language+vision"] = field(
         default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
     vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
@@ -60,6 +62,30 @@ class ModelArguments:
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
     tiny_preset: Literal["test", "learner"] = field(
         default="test", metadata={"help": "Size of that tiny PLM (plm_tune.testing.TINY_PRESETS)."})
+
+
+def dora_dropout_note(method: str, lora_dropout: float) -> str | None:
+    """The warning for DoRA with ``lora_dropout > 0``: what it costs and how to avoid it; None otherwise.
+
+    peft's DoRA reuses the base layer's output only when the adapter's input is the layer's input. With
+    dropout it is not, so in training every adapted linear runs its base matmul a second time, on the dropped
+    input (peft 0.21: ``tuners/lora/variants.py`` ``DoraLinearVariant.forward``, lines 242-246, passes
+    ``base_result=None``; ``tuners/lora/dora.py`` line 163 computes ``F.linear(x, weight)``).
+    ``benchmarks/dora_dropout.py`` measured a forward + backward step 1.5x slower than with ``lora_dropout=0``
+    (random 2-layer Llama, hidden 1024, 256 tokens, CPU float32: per-round ratio median 1.52, quartiles
+    1.42 - 1.67). A field default cannot depend on ``method``, so ``lora_dropout`` keeps LoRA's 0.05 and the
+    DoRA configs set 0.0.
+
+    Example:
+        >>> dora_dropout_note("dora", 0.0) is None and dora_dropout_note("lora", 0.05) is None
+        True
+    """
+    if method != "dora" or lora_dropout <= 0:
+        return None
+    return (f"method='dora' with lora_dropout={lora_dropout}: peft's DoRA then runs every adapted layer's base "
+            "matmul a second time, on the dropped input (a training step measured 1.5x slower than with "
+            "lora_dropout=0.0, benchmarks/dora_dropout.py). Set lora_dropout=0.0 (lora_dropout: 0.0 in a config) "
+            "unless you need the dropout.")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -86,14 +87,35 @@ def write_failure(error: BaseException) -> str | None:
     return None
 
 
-def ensure_writable(output_dir: str) -> None:
+def _global_main_process() -> bool:
+    """Rank 0 of the run, as the Trainer counts ranks (torch.distributed's rank, which torchrun, ``accelerate
+    launch`` and the DeepSpeed launcher pass as ``RANK``); a process on its own is rank 0."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def ensure_writable(output_dir: str, should_save: bool | None = None) -> None:
     """Create ``output_dir`` and write a byte there, so an unwritable folder fails before training, not at the
     first save.
+
+    Only the process that saves probes (the Trainer's own rule), so ranks sharing a folder (one node, or
+    several on a shared file system) do not all write there at once; the probe file is named by host and
+    process as well, so that two probes in one folder never remove each other's file.
+
+    Args:
+        output_dir: the folder the Trainer saves to.
+        should_save: whether this process saves: ``TrainingArguments.should_save`` (the global main process;
+            with ``save_on_each_node``, each node's local main process). None: the global main process.
 
     Raises:
         CheckpointWriteError: one line naming the folder and the reason.
     """
-    probe = os.path.join(output_dir, ".plm_tune_write_test")
+    if not (_global_main_process() if should_save is None else should_save):
+        return
+    probe = os.path.join(output_dir, f".plm_tune_write_test.{socket.gethostname()}.{os.getpid()}")
     try:
         os.makedirs(output_dir, exist_ok=True)
         with open(probe, "wb") as f:
@@ -105,14 +127,16 @@ def ensure_writable(output_dir: str) -> None:
                                    "--output_dir or free / unlock this one.") from None
 
 
-def guarded_train(train: Callable[..., Any], output_dir: str, resume_from_checkpoint: Any = None, **kwargs: Any) -> Any:
+def guarded_train(train: Callable[..., Any], output_dir: str, resume_from_checkpoint: Any = None, *,
+                  should_save: bool | None = None, **kwargs: Any) -> Any:
     """``Trainer.train`` with ``resume_from_checkpoint=True`` meaning the newest *complete* checkpoint, an
-    unwritable ``output_dir`` refused before the first step, and a save that fails for want of room said in
-    one line (``CheckpointWriteError``) instead of torch's internal error.
+    unwritable ``output_dir`` refused before the first step (by the saving process: ``ensure_writable``'s
+    ``should_save``), and a save that fails for want of room said in one line (``CheckpointWriteError``)
+    instead of torch's internal error.
     """
     if resume_from_checkpoint is True:
         resume_from_checkpoint = last_complete_checkpoint(output_dir)
-    ensure_writable(output_dir)
+    ensure_writable(output_dir, should_save)
     try:
         return train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
     except Exception as err:

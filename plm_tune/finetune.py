@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
+from plm_tune.devices import check_gpu_usable
 from plm_tune.model import load_model
 from plm_tune.outputs import RunOutputs, save_run
 from plm_tune.plan import plan_report
@@ -120,6 +121,7 @@ def finetune(
                           gradient_checkpointing=training_args.activation_checkpointing))
         return None
 
+    check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
     # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
     # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
     model, processor = load_model(model_args, dtype=dtype, seed=training_args.seed,

@@ -5,9 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 from plm_tune import build_trainer, load_model, plan_report
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, settings_from, training_info
+from plm_tune.arguments import (
+    EvalArguments,
+    MediaArguments,
+    ModelArguments,
+    dora_dropout_note,
+    settings_from,
+    training_info,
+)
 
 
 def test_keywords_build_the_settings_and_an_object_is_taken_as_given():
@@ -35,3 +44,41 @@ def test_training_info_records_lora_settings_for_adapters_only():
     full = training_info(ModelArguments(method="full"), MediaArguments(num_frames=4), datasets=["me/scans"])
     assert full == {"method": "full", "freeze": ["vision"], "max_tiles": None, "num_frames": 4,
                     "datasets": ["me/scans"]}
+
+
+class _CountMatmulsWith(TorchFunctionMode):
+    """Counts ``F.linear`` calls whose weight is ``weight`` (the same storage), whoever makes them."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight, self.calls = weight, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            self.calls += weight.data_ptr() == self.weight.data_ptr()
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("dropout", "training", "base_matmuls"), [(0.05, True, 2), (0.0, True, 1), (0.05, False, 1)])
+def test_dora_with_dropout_runs_the_base_matmul_twice_in_training(dropout, training, base_matmuls):
+    """What ``dora_dropout_note`` warns about, in peft itself: a real DoRA layer, the base matmuls counted."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(32, 24)),
+                           LoraConfig(r=4, lora_dropout=dropout, use_dora=True, target_modules=["0"]))
+    model.train(training)
+    base_weight = model.base_model.model[0].get_base_layer().weight
+    with _CountMatmulsWith(base_weight) as counted:
+        model(torch.randn(3, 32)).sum().backward()
+    assert counted.calls == base_matmuls
+
+
+def test_dora_dropout_note_names_the_cost_and_the_fix():
+    note = dora_dropout_note("dora", 0.05)
+    assert "lora_dropout=0.05" in note and "second time" in note and "1.5x" in note
+    assert "Set lora_dropout=0.0" in note and "\n" not in note
+    assert dora_dropout_note("dora", 0.0) is None
+    assert dora_dropout_note("lora", 0.05) is None and dora_dropout_note("qlora", 0.1) is None

@@ -73,6 +73,17 @@ def test_plan_and_recipe_read_the_same_settings_from_every_config(config):
         assert getattr(plan_training, key) == getattr(training_args, key), key
 
 
+def test_dora_configs_train_without_dropout():
+    """With lora_dropout > 0, peft's DoRA runs each adapted layer's base matmul twice (``dora_dropout_note``)."""
+    dropout = {}
+    for config in CONFIGS:
+        parsed = load_recipe(recipe_of(config)).make_parser().parse_args_and_config(["--config", str(config)])
+        if parsed[0].method == "dora":
+            dropout[config.name] = parsed[0].lora_dropout
+    assert dropout, "no shipped config has method: dora, so this test checks nothing"
+    assert all(value == 0 for value in dropout.values()), f"DoRA configs with lora_dropout > 0: {dropout}"
+
+
 def test_one_default_per_setting():
     """Unset, a setting has the same value in the recipes, in `plm-tune plan` and in the library's keywords."""
     import inspect
