@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, settings_from
+from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, dora_dropout_note, settings_from
 from plm_tune.precision import attention_by_part, deepspeed_dtype, default_dtype, set_training_dtypes
 from plm_tune.run_folder import (
     ADAPTER_CONFIG,
@@ -202,6 +202,8 @@ def load_model(
         from peft import LoraConfig, get_peft_model
 
         full_parts = [part for part in PARTS if part not in frozen and part not in adapted]
+        if note := dora_dropout_note(method, lora_dropout):
+            logger.warning(note)
         config = LoraConfig(
             r=lora_r,
             lora_alpha=lora_alpha,

@@ -20,6 +20,7 @@ from plm_tune.callbacks import GenerationEvalCallback, PLMMetricsCallback
 from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import dataset_costs
+from plm_tune.devices import check_gpu_usable
 from plm_tune.distributed import media_kinds, shards_weights, stream_per_process
 from plm_tune.generation import vision_dtype
 from plm_tune.model import parameter_groups
@@ -115,6 +116,7 @@ def build_trainer(
     if args is None:  # SFTConfig's own default, bf16=True, is refused on a CPU
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args = SFTConfig(output_dir="outputs/plm-tune", bf16=bf16)
+    check_gpu_usable(args.use_cpu)  # an NVIDIA GPU torch cannot use: an error, not a silent run on the CPU
     if args.remove_unused_columns:
         # TRL's default; it would drop the 'messages' / 'images' columns the collator reads.
         logger.info("Setting remove_unused_columns=False: the PLM collator needs every sample column.")
@@ -248,7 +250,8 @@ def _plm_trainer_class() -> type:
         plm_collator: PLMCollator
 
         def train(self, resume_from_checkpoint=None, **kwargs):
-            return guarded_train(super().train, self.args.output_dir, resume_from_checkpoint, **kwargs)
+            return guarded_train(super().train, self.args.output_dir, resume_from_checkpoint,
+                                 should_save=self.args.should_save, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
