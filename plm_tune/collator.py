@@ -59,8 +59,9 @@ class CollatorStats:
         "dropped_images",  # images that were only in dropped turns
         "dropped_videos",  # videos that were only in dropped turns
         "rejected_too_long",  # samples whose first exchange alone exceeds max_length
-        "fitted_samples",  # samples made to fit max_length by lowering their image tiles (fit_tiles=True)
+        "fitted_samples",  # samples made to fit max_length by lowering their tiles / frames (fit_tiles, fit_frames)
         "tiles_removed",  # image tiles those samples lost (tiles asked for minus tiles kept)
+        "frames_removed",  # video frames those samples lost (frames asked for minus frames kept)
         "tokens",  # real (unpadded) tokens in built batches
         "token_slots",  # token positions in built batches, padding included (rows x longest row)
         "labelled_tokens",  # tokens with a label (the loss is computed on these)
@@ -124,15 +125,19 @@ class PLMCollator:
             written); ``plm_tune.formatting`` has the rule.
         on_too_long: ``"skip"`` (count in ``stats["rejected_too_long"]`` and log) or ``"raise"``.
         truncate_turns: when False, a too-long sample is rejected whole instead of losing trailing turns.
-        fit_tiles: when True, a sample longer than ``max_length`` first keeps every turn and has its image
-            tile budgets lowered instead, the image with the most tiles first, one grid size at a time
-            (36 -> 25 -> 16 -> 9 -> 4 -> 1 for a square image), until the whole sample fits; its
-            ``"max_tiles"`` stays the upper bound. Tiles go first because they keep the text (answers and
-            later turns), which is usually what matters for training. Counted in ``stats["fitted_samples"]``
-            and ``stats["tiles_removed"]`` and logged per sample. If even 1 tile per image does not fit, the
-            sample keeps the tiles it asked for and the turn policy above applies (``truncate_turns``,
-            ``on_too_long``). Video frame counts are never lowered (``num_frames`` is its own policy), and
-            ``"vanilla"`` images have one tile already, so only thumb+tile images are fitted.
+        fit_tiles, fit_frames: when True, a sample longer than ``max_length`` keeps every turn and has its
+            media made smaller instead, until the whole sample fits (``plm_tune.length_policy`` has the rule and
+            why). ``fit_frames``: the fewest video frames are removed, from the video with the most frames,
+            never below 1, and each lowered video is sampled again at its lower count by PLM's rule (its frames
+            stay spread over the clip, not the first ones kept). ``fit_tiles``: image tile budgets are lowered,
+            the image with the most tiles first, one grid size at a time (36 -> 25 -> 16 -> 9 -> 4 -> 1 for a
+            square image); ``"vanilla"`` images have one tile already, so only thumb+tile images are fitted.
+            Both on: frames go first, tiles only when 1 frame per video is still too long. A sample's
+            ``"max_tiles"`` / ``"num_frames"`` stay the upper bounds. Media go before turns because that keeps
+            the text (answers and later turns), usually what matters for training. Counted in
+            ``stats["fitted_samples"]``, ``stats["tiles_removed"]`` and ``stats["frames_removed"]`` and logged
+            per sample. If even 1 tile per image and 1 frame per video do not fit, the sample keeps the media it
+            asked for and the turn policy above applies (``truncate_turns``, ``on_too_long``).
         pixel_dtype: dtype of ``pixel_values`` (use the model's dtype, e.g. ``torch.bfloat16``).
         padding_free: when True, the samples of a batch are packed into ONE row with no padding at all:
             ``input_ids`` / ``labels`` ``(1, total_tokens)``, ``position_ids`` restarting at 0 for each sample,
@@ -177,6 +182,7 @@ class PLMCollator:
         on_too_long: OnTooLong = "skip",
         truncate_turns: bool = True,
         fit_tiles: bool = False,
+        fit_frames: bool = False,
         pixel_dtype: torch.dtype = torch.float32,
         padding_free: bool = False,
         media_in_every_batch: tuple[str, ...] = (),
@@ -197,6 +203,7 @@ class PLMCollator:
         self.on_too_long = on_too_long
         self.truncate_turns = truncate_turns
         self.fit_tiles = fit_tiles
+        self.fit_frames = fit_frames
         self.pixel_dtype = pixel_dtype
         self.padding_free = padding_free
         unknown = set(media_in_every_batch) - {"image", "video"}
@@ -219,12 +226,12 @@ class PLMCollator:
         )
         self.stats.add("samples")
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
-            fitted = self._apply_length_policy(sample, turns, encoded, images, counts["video"])
+            fitted = self._apply_length_policy(sample, turns, encoded, images, videos)
             if fitted is None:
                 return None
-            fit, images = fitted
+            fit, images, videos = fitted
             turns = turns[: fit.kept_turns]
-            counts["image"] = [n for _, n in images]
+            counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
             encoded = self.encoder.encode(
                 turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
             )
@@ -273,10 +280,11 @@ class PLMCollator:
         turns: list,
         encoded: EncodedConversation,
         images: list[tuple[torch.Tensor, int]],
-        video_tokens: list[int],
-    ) -> tuple[Fit, list[tuple[torch.Tensor, int]]] | None:
-        """``plm_tune.length_policy`` on a too-long sample: the ``Fit`` and the images to build (re-processed at
-        lower budgets when fitted), counted in ``stats`` and logged; None when rejected (or raises)."""
+        videos: list[tuple[torch.Tensor, int]],
+    ) -> tuple[Fit, list[tuple[torch.Tensor, int]], list[tuple[torch.Tensor, int]]] | None:
+        """``plm_tune.length_policy`` on a too-long sample: the ``Fit`` and the images and videos to build
+        (re-processed at lower budgets / frame counts when fitted), counted in ``stats`` and logged; None when
+        rejected (or raises)."""
         pils: dict[int, Any] = {}  # each image decoded once for every budget tried
         lowered: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (image, tiles) -> (tiles, n_tokens)
 
@@ -290,13 +298,15 @@ class PLMCollator:
             return tiles.shape[0]
 
         asked = [tiles.shape[0] for tiles, _ in images]
+        frames = [pixels.shape[0] for pixels, _ in videos]
         counts = SampleCounts.measure(
             turns, encoded, image_tiles=asked, tile_tokens=images[0][1] // asked[0] if images else 0,
-            video_tokens=video_tokens, thumbnails=tiling == "thumb+tile",
+            video_frames=frames, frame_tokens=videos[0][1] // frames[0] if videos else 0,
+            thumbnails=tiling == "thumb+tile",
         )
         # Only thumb+tile images have a tile budget to lower; one plain tile per image has nothing to give.
         fit = fit_sample(counts, max_length=self.max_length, fit_tiles=self.fit_tiles and tiling == "thumb+tile",
-                         truncate_turns=self.truncate_turns, tiles_at=tiles_at)
+                         fit_frames=self.fit_frames, truncate_turns=self.truncate_turns, tiles_at=tiles_at)
         if fit.outcome == "rejected":
             self._reject(sample, fit)
             return None
@@ -304,20 +314,20 @@ class PLMCollator:
             self.stats.add("truncated_samples")
             self.stats.add("dropped_turns", len(turns) - fit.kept_turns)
             self.stats.add("dropped_images", len(images) - len(fit.images))
-            self.stats.add("dropped_videos", len(video_tokens) - len(fit.videos))
+            self.stats.add("dropped_videos", len(videos) - len(fit.videos))
         if fit.outcome == "fitted":
             images = [lowered[(i, new)] if new != old else image
                       for i, (image, old, new) in enumerate(zip(images, asked, fit.image_tiles, strict=True))]
+            # Decoded again at the lower count: PLM's rule picks k frames over the whole clip (length_policy, 2a).
+            videos = [self._pixels(sample, "video", i, new) if new != old else video
+                      for i, (video, old, new) in enumerate(zip(videos, frames, fit.video_frames, strict=True))]
             self.stats.add("fitted_samples")
             self.stats.add("tiles_removed", fit.tiles_removed)
-            changes = ", ".join(f"image {i}: {old - 1} -> {new - 1}"  # tiles besides the thumbnail
-                                for i, (old, new) in enumerate(zip(asked, fit.image_tiles, strict=True)) if old != new)
-            logger.warning(
-                "Fitted sample%s into max_length=%d by lowering its image tiles (fit_tiles=True; tiles besides "
-                "the thumbnail): %s; %d -> %d tokens, every turn kept.",
-                describe_sample(sample), self.max_length, changes, fit.full_tokens, fit.tokens,
-            )
-        return fit, images
+            self.stats.add("frames_removed", fit.frames_removed)
+            logger.warning("Fitted sample%s into max_length=%d by lowering its media (fit_tiles=%s, fit_frames=%s): "
+                           "%s; %d -> %d tokens, every turn kept.", describe_sample(sample), self.max_length,
+                           self.fit_tiles, self.fit_frames, fit.changes(), fit.full_tokens, fit.tokens)
+        return fit, images, videos
 
     def _reject(self, sample: dict[str, Any], fit: Fit) -> None:
         """Raise, or count and log, a sample the length policy rejected (``on_too_long``)."""
@@ -337,14 +347,16 @@ class PLMCollator:
         self.stats.add("rejected_too_long")
         logger.warning("Skipping %s", reason)
 
-    def _pixels(self, sample: dict[str, Any], kind: str, index: int) -> tuple[torch.Tensor, int]:
-        """The pixels of ``sample``'s ``index``-th image / video; a media error names the sample and entry."""
+    def _pixels(self, sample: dict[str, Any], kind: str, index: int,
+                num_frames: int | None = None) -> tuple[torch.Tensor, int]:
+        """The pixels of ``sample``'s ``index``-th image / video (a video at ``num_frames``, default the sample's
+        own); a media error names the sample and entry."""
         entry = sample["images" if kind == "image" else "videos"][index]
         try:
             if kind == "image":
                 tiling, budget = self.pixels.image_budget(sample)
                 return self.pixels.image(entry, budget, tiling)
-            return self.pixels.video(entry, sample.get("num_frames"))
+            return self.pixels.video(entry, num_frames or sample.get("num_frames"))
         except ValueError as err:
             where = describe_sample(sample).strip() or "a sample without an id"
             raise ValueError(f"{where}, {kind}s[{index}]: {err}") from err

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ class SampleEstimate:
     outcome: Outcome = "fits"  # what the max_length policy did
     dropped_turns: int = 0  # messages dropped (outcome "truncated")
     tiles_removed: int = 0  # tiles lowered away (outcome "fitted")
+    frames_removed: int = 0  # video frames lowered away (outcome "fitted")
 
     @property
     def cost(self) -> Cost:
@@ -63,9 +64,9 @@ class CostEstimator:
     """Header-only estimates for one collator, with its tile counts per image size cached across samples.
 
     Args:
-        collator: the training collator: its ``max_length``, ``fit_tiles``, ``truncate_turns``, ``max_tiles``,
-            ``num_frames`` and ``vision_input_type`` decide the counts (a sample's own ``max_tiles`` /
-            ``num_frames`` keys included).
+        collator: the training collator: its ``max_length``, ``fit_tiles``, ``fit_frames``, ``truncate_turns``,
+            ``max_tiles``, ``num_frames`` and ``vision_input_type`` decide the counts (a sample's own
+            ``max_tiles`` / ``num_frames`` keys included).
     """
 
     def __init__(self, collator: PLMCollator) -> None:
@@ -96,24 +97,24 @@ class CostEstimator:
         tiles = [self.tiles(size, budget, tiling) for size in sizes]
         frames = [video_frame_count(entry, sample.get("num_frames") or collator.pixels.num_frames)
                   for entry in sample.get("videos") or []]
-        video_tokens = [f * self.frame_tokens for f in frames]
 
-        def encode(kept_turns: list, image_tiles: tuple[int, ...] | list[int]):
-            counts = {"image": [t * self.image_tokens for t in image_tiles], "video": video_tokens}
+        def encode(kept_turns: list, image_tiles: Sequence[int], video_frames: Sequence[int]):
+            counts = {"image": [t * self.image_tokens for t in image_tiles],
+                      "video": [f * self.frame_tokens for f in video_frames]}
             return collator.encoder.encode(kept_turns, counts, train_on=collator.train_on)
 
-        encoded = encode(turns, tiles)
+        encoded = encode(turns, tiles, frames)
         counts = SampleCounts.measure(turns, encoded, image_tiles=tiles, tile_tokens=self.image_tokens,
-                                      video_tokens=video_tokens,
+                                      video_frames=frames, frame_tokens=self.frame_tokens,
                                       thumbnails=tiling == "thumb+tile")
         fit: Fit = fit_sample(counts, max_length=collator.max_length,
                               fit_tiles=collator.fit_tiles and tiling == "thumb+tile",
-                              truncate_turns=collator.truncate_turns,
+                              fit_frames=collator.fit_frames, truncate_turns=collator.truncate_turns,
                               tiles_at=lambda index, cap: self.tiles(sizes[index], cap, tiling))
         if fit.outcome == "rejected":
             return SampleEstimate(0, 0, 0, 0, 0, 0, 0, 0, full_tokens=fit.full_tokens, outcome="rejected")
         if fit.outcome != "fits":
-            encoded = encode(turns[: fit.kept_turns], fit.image_tiles)
+            encoded = encode(turns[: fit.kept_turns], fit.image_tiles, fit.video_frames)
         media_ids = set(collator.encoder.media_ids.values())
         media = sum(1 for token in encoded.input_ids if token in media_ids)
         return SampleEstimate(
@@ -122,13 +123,14 @@ class CostEstimator:
             media_tokens=media,
             labelled_tokens=sum(1 for label in encoded.labels if label != IGNORE_INDEX),
             tiles=sum(fit.image_tiles[i] for i in fit.images),
-            frames=sum(frames[i] for i in fit.videos),
+            frames=sum(fit.video_frames[i] for i in fit.videos),
             images=len(fit.images),
             videos=len(fit.videos),
             full_tokens=fit.full_tokens,
             outcome=fit.outcome,
             dropped_turns=len(turns) - fit.kept_turns,
             tiles_removed=fit.tiles_removed,
+            frames_removed=fit.frames_removed,
         )
 
     def cost(self, sample: dict[str, Any]) -> Cost:
@@ -147,8 +149,9 @@ def estimate_cost(sample: dict[str, Any], collator: PLMCollator) -> SampleEstima
     """What ``collator.encode(sample)`` will produce, from media headers only.
 
     Exact: ``tokens == len(collator.encode(sample).input_ids)`` and ``tiles`` / ``frames`` equal the first dims
-    of its pixel tensors, under the collator's ``max_length``, ``fit_tiles``, ``truncate_turns``, ``max_tiles``,
-    ``num_frames`` and ``vision_input_type`` (a sample's own ``max_tiles`` / ``num_frames`` keys included).
+    of its pixel tensors, under the collator's ``max_length``, ``fit_tiles``, ``fit_frames``, ``truncate_turns``,
+    ``max_tiles``, ``num_frames`` and ``vision_input_type`` (a sample's own ``max_tiles`` / ``num_frames`` keys
+    included).
     Nothing is counted in ``collator.stats`` and nothing is logged. For many samples, reuse one
     ``CostEstimator(collator)``.
 

@@ -101,7 +101,7 @@ class Plan:
                      f"{totals['tiles']:,} image tiles, {totals['frames']:,} video frames")
         if self.max_length is not None:
             lines.append(f"over max_length: {totals['over_max_length']} (truncated {totals['truncated']}, "
-                         f"tiles lowered {totals['fitted']}, rejected {totals['rejected']})")
+                         f"tiles / frames lowered {totals['fitted']}, rejected {totals['rejected']})")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable samples, e.g. {self.skipped[0]}")
         lines.append(f"padding at batch size {self.batch_size}: random {self.padding['random']:.1%}, "

@@ -116,29 +116,34 @@ def test_estimate_equals_the_collators_encoding(processor, media, max_tiles, vis
         assert len(seen_tiles) > 3  # the grid really depends on the size and aspect ratio
 
 
+# (fit_tiles, fit_frames, truncate_turns): each fitting alone, both, neither, and no truncation.
+POLICIES = [(False, False, True), (True, False, True), (False, True, True), (True, True, True), (False, False, False)]
+
+
 def test_estimate_follows_every_max_length_outcome(processor, media):
     samples = varied_samples(media)
-    outcomes = set()
-    for fit_tiles, truncate_turns in [(False, True), (True, True), (False, False)]:
+    outcomes, lowered = set(), set()
+    for fit_tiles, fit_frames, truncate_turns in POLICIES:
         for max_length in (60, 100, 130, 160, 220, 400):
             collator = PLMCollator(processor, max_length=max_length, max_tiles=16, num_frames=8,
-                                   fit_tiles=fit_tiles, truncate_turns=truncate_turns)
+                                   fit_tiles=fit_tiles, fit_frames=fit_frames, truncate_turns=truncate_turns)
             for sample in samples:
                 estimate = estimate_cost(sample, collator)
                 assert_same(estimate, collator.encode(sample), sample)
                 outcomes.add(estimate.outcome)
-    assert outcomes == {"fits", "truncated", "fitted", "rejected"}
+                lowered.update(["tiles"] * bool(estimate.tiles_removed) + ["frames"] * bool(estimate.frames_removed))
+    assert outcomes == {"fits", "truncated", "fitted", "rejected"} and lowered == {"tiles", "frames"}
 
 
 def test_planner_and_collator_agree_on_every_outcome_through_one_policy(processor, media):
     """One ``length_policy.fit_sample`` decides for both: the estimate's outcome, dropped turns and media, and
-    lowered tiles are exactly what the collator counts in its stats for the same sample."""
+    lowered tiles and frames are exactly what the collator counts in its stats for the same sample."""
     samples = varied_samples(media)
     outcomes = set()
-    for fit_tiles, truncate_turns in [(False, True), (True, True), (False, False)]:
+    for fit_tiles, fit_frames, truncate_turns in POLICIES:
         for max_length in (100, 160, 220):
             collator = PLMCollator(processor, max_length=max_length, max_tiles=16, num_frames=8,
-                                   fit_tiles=fit_tiles, truncate_turns=truncate_turns)
+                                   fit_tiles=fit_tiles, fit_frames=fit_frames, truncate_turns=truncate_turns)
             for sample in samples:
                 estimate = estimate_cost(sample, collator)
                 before = {key: collator.stats[key] for key in collator.stats.keys()}
@@ -150,6 +155,7 @@ def test_planner_and_collator_agree_on_every_outcome_through_one_policy(processo
                     "dropped_images": len(sample.get("images") or []) - estimate.images if truncated else 0,
                     "dropped_videos": len(sample.get("videos") or []) - estimate.videos if truncated else 0,
                     "fitted_samples": int(estimate.outcome == "fitted"), "tiles_removed": estimate.tiles_removed,
+                    "frames_removed": estimate.frames_removed,
                     "rejected_too_long": int(estimate.outcome == "rejected"),
                 }
                 assert {key: counted[key] for key in expected} == expected, (sample.get("id"), max_length)
