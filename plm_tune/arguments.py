@@ -103,6 +103,11 @@ class MediaArguments:
     keep_media_order: bool = field(default=False, metadata={
         "help": "Keep media where the messages put them (False: first, as PLM's trainer placed them)."})
     train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    fit_frames: bool = field(default=False, metadata={
+        "help": "A sample over max_length keeps its turns and loses the fewest video frames (re-picked over the "
+                "clip, never below 1) before tiles or turns."})
+    fit_tiles: bool = field(default=False, metadata={
+        "help": "A sample over max_length keeps its turns and has its image tile budgets lowered, after frames."})
 
 
 @dataclass

@@ -52,6 +52,8 @@ def build_trainer(
     vision_input_type: str | None = MediaArguments.vision_input_type,
     multi_image_tiles: int | None = MediaArguments.multi_image_tiles,
     keep_media_order: bool = MediaArguments.keep_media_order,
+    fit_tiles: bool = MediaArguments.fit_tiles,
+    fit_frames: bool = MediaArguments.fit_frames,
     vision_lr: float | None = ModelArguments.vision_lr,
     projector_lr: float | None = ModelArguments.projector_lr,
     callbacks: list[Any] | None = None,
@@ -85,7 +87,7 @@ def build_trainer(
         collator: a ready ``PLMCollator``; otherwise one is built from ``train_on``, ``max_tiles``,
             ``num_frames``, ``vision_input_type`` (``"thumb+tile"`` or ``"vanilla"``; default: the processor's),
             ``multi_image_tiles``, ``keep_media_order`` (``PLMCollator``: by default several images get one
-            plain tile each and media are placed as PLM's trainer did) and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
+            plain tile each and media are placed as PLM's trainer did), ``fit_frames``, ``fit_tiles`` and ``args.max_length``, with pixels in the model's dtype. A collator with ``labelled_logits_only=True``
             is refused (ValueError): the trainer does that itself (below).
         vision_lr, projector_lr: learning rates for those parts (default: ``args.learning_rate``). They are
             optimizer parameter groups named "language" / "vision" / "projector", built by the Trainer when
@@ -109,7 +111,7 @@ def build_trainer(
 
     media = settings_from(media, MediaArguments, train_on=train_on, max_tiles=max_tiles, num_frames=num_frames,
                           vision_input_type=vision_input_type, multi_image_tiles=multi_image_tiles,
-                          keep_media_order=keep_media_order)
+                          keep_media_order=keep_media_order, fit_tiles=fit_tiles, fit_frames=fit_frames)
     model_args = settings_from(model_args, ModelArguments, vision_lr=vision_lr, projector_lr=projector_lr)
     eval_args = settings_from(eval_args, EvalArguments, generation_eval_steps=generation_eval_steps,
                               generation_eval_samples=generation_eval_samples)
@@ -150,6 +152,8 @@ def build_trainer(
             vision_input_type=media.vision_input_type,
             multi_image_tiles=media.multi_image_tiles,
             keep_media_order=media.keep_media_order,
+            fit_tiles=media.fit_tiles,
+            fit_frames=media.fit_frames,
             pixel_dtype=vision_dtype(model),
             padding_free=padding_free,
         )

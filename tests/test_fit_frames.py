@@ -13,7 +13,8 @@ import torch
 from conftest import make_image
 from test_frame_selection import encode_indexed_video
 
-from plm_tune import PLMCollator
+from plm_tune import PLMCollator, build_trainer, load_model, plan_report
+from plm_tune.arguments import MediaArguments
 from plm_tune.costs import estimate_cost, sample_cost
 from plm_tune.media import load_video, select_frame_indices
 
@@ -170,3 +171,24 @@ def test_frames_go_before_tiles_and_the_model_trains_on_the_result(processor, mo
     with torch.no_grad():
         loss = model(**batch).loss
     assert torch.isfinite(loss)
+
+
+def test_a_runs_media_settings_plan_and_train_with_fewer_frames(tiny_plm_path, clip, tmp_path):
+    """``MediaArguments(fit_frames=True)``, as a recipe's YAML sets it: the plan counts the fitted sample and
+    training steps on it with 11 of its 16 frames."""
+    from trl import SFTConfig
+
+    media = MediaArguments(num_frames=16, fit_frames=True)
+    sample = _sample(clip)
+    report = plan_report([sample], str(tiny_plm_path), batch_size=1, max_length=153, media=media, progress=False)
+    assert "over max_length: 1 (truncated 0, tiles / frames lowered 1, rejected 0)" in report
+    assert "0 image tiles, 11 video frames" in report
+    model, processor = load_model(tiny_plm_path, method="lora")
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_length=153, max_steps=1, per_device_train_batch_size=1,
+                     save_strategy="no", report_to="none", bf16=False, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = build_trainer(model, processor, [sample], args=args, media=media)
+    result = trainer.train()
+    stats = trainer.plm_collator.stats
+    assert stats["fitted_samples"] >= 1 and stats["frames_removed"] == 5 * stats["fitted_samples"]
+    assert stats["media_tokens"] == 11 * FRAME_TOKENS * stats["batches"] and stats["rejected_too_long"] == 0
+    assert np.isfinite(result.training_loss)
