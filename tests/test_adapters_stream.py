@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data_adapters._records import BadRecord, build_dataset, contiguous_shards, make_sample, media_part, text_part
+from data_adapters._records import (
+    BadRecord,
+    build_dataset,
+    contiguous_shards,
+    make_sample,
+    media_part,
+    text_part,
+)
 from data_adapters.mix import mix
 from data_adapters.synthetic import COLOURS, DIRECTIONS, SHAPES, synthetic_shapes, synthetic_videos
 from data_adapters.webdataset import expand_shards, from_webdataset, select_shards
