@@ -15,7 +15,7 @@ from data_adapters.image_folder import from_image_folder
 from data_adapters.llava import from_llava_json
 from data_adapters.mix import mix
 from data_adapters.plm_jsonl import from_plm_jsonl, to_plm_jsonl
-from data_adapters.split import held_out_split
+from data_adapters.split import SHUFFLE_BUFFER, held_out_split
 from data_adapters.synthetic import synthetic_shapes, synthetic_videos
 from data_adapters.video_folder import from_video_folder
 from data_adapters.webdataset import expand_shards, from_webdataset, select_shards
@@ -23,6 +23,7 @@ from data_adapters.webdataset import expand_shards, from_webdataset, select_shar
 __all__ = [
     "BadRecord",
     "PHI_TAGS",
+    "SHUFFLE_BUFFER",
     "SkipReport",
     "expand_shards",
     "from_dicom",

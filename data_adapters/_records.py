@@ -7,10 +7,11 @@ function ``record -> canonical sample``. The function raises ``BadRecord`` for a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,15 +19,15 @@ from typing import Any, Literal
 from plm_tune.sample import table_messages
 
 __all__ = [
-    "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "iter_samples", "make_sample", "media_part",
-    "resolve_media_path", "text_part",
+    "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "contiguous_shards", "iter_samples",
+    "make_sample", "media_part", "resolve_media_path", "stream_rows", "text_part",
 ]
 
 logger = logging.getLogger("data_adapters")
 
 OnError = Literal["raise", "skip"]
-# Row-range shards a map-style table is cut into when it is streamed, so DataLoader workers and ranks can
-# share it (each reads whole ranges of its own).
+# Shards a list of records (a table's rows, a folder's files) is cut into when it is streamed, so DataLoader
+# workers and ranks can share it (each reads whole shards of its own).
 SHARDS_PER_TABLE = 64
 
 
@@ -60,6 +61,7 @@ class SkipReport:
     max_examples: int = 5
 
     names: dict[str, list[str]] = field(default_factory=dict)  # every skipped record, by reason
+    warned: set[str] = field(default_factory=set)  # reasons already in a logged warning
 
     def add(self, error: BadRecord) -> None:
         self.counts[error.reason] += 1
@@ -159,7 +161,10 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
         if sample is not None:
             report.kept += 1
             yield sample
-    if report.counts:
+    # A stream reads each shard in a call of its own, and would repeat the running counts once a shard: a call
+    # warns when it met a reason not warned of yet; the others' counts go to the info log.
+    if set(report.counts) - report.warned:
+        report.warned |= set(report.counts)
         logger.warning(report.summary())
     else:
         logger.info(report.summary())
@@ -189,20 +194,20 @@ def build_dataset(records: Callable[..., Iterable[Any]], to_sample: Callable[[An
     With ``shards`` (streaming only), ``records(some_shards)`` reads the records of a sublist of them, and the
     stream has one data source per shard: ``datasets`` hands each DataLoader worker, and accelerate each
     process, whole shards of its own, so every record is read once, by the process that trains on it.
-    Without, ``records()`` reads everything and the stream is one data source.
+    Without, streaming lists ``records()`` now (file paths, manifest rows: no media is opened) and cuts the
+    list into ``contiguous_shards``; one generator over everything could not be shared by workers or ranks.
     """
     import datasets
 
     report = SkipReport(source)
-    if streaming and shards is not None:
+    if streaming:
+        if shards is None:
+            shards, records = contiguous_shards(list(records())), _chained
+
         def generate(shards: list[Any]) -> Iterator[dict[str, Any]]:
             return iter_samples(records(shards), to_sample, on_error=on_error, report=report)
 
         dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards})
-    elif streaming:
-        dataset = datasets.IterableDataset.from_generator(
-            lambda: iter_samples(records(), to_sample, on_error=on_error, report=report)
-        )
     else:
         rows = list(iter_samples(records(), to_sample, on_error=on_error, report=report))
         if not rows:
@@ -210,6 +215,35 @@ def build_dataset(records: Callable[..., Iterable[Any]], to_sample: Callable[[An
         dataset = datasets.Dataset.from_list(rows)
     dataset.skip_report = report
     return dataset
+
+
+def _chained(shards: list[Sequence[Any]]) -> Iterator[Any]:
+    return itertools.chain.from_iterable(shards)
+
+
+def contiguous_shards(items: Sequence[Any], count: int = SHARDS_PER_TABLE) -> list[Sequence[Any]]:
+    """``items`` cut into ``min(count, len(items))`` contiguous slices of near-equal length (one empty slice for
+    no items): the shards a stream of them is read in. A ``range`` gives ranges.
+
+    Example:
+        >>> contiguous_shards(range(5), count=2)
+        [range(0, 2), range(2, 5)]
+    """
+    pieces = max(1, min(len(items), count))
+    bounds = [len(items) * k // pieces for k in range(pieces + 1)]
+    return [items[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+def stream_rows(stream: Any, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Every row of a ``datasets.IterableDataset``, wherever it is iterated.
+
+    ``for row in stream`` inside a DataLoader worker keeps only that worker's share of the stream's shards
+    (``IterableDataset.__iter__`` -> ``_iter_pytorch``); a generator that reads a stream it was handed as its
+    own shard (``from_hf_dataset``'s, ``held_out_split``'s) would lose the other workers' shares. ``.iter``
+    does not split.
+    """
+    for batch in stream.iter(batch_size=batch_size):
+        yield from (dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True))
 
 
 def text_part(text: str) -> dict[str, Any]:

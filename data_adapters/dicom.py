@@ -132,7 +132,9 @@ def from_dicom(
         recursive: search folders at any depth (False: only their top level).
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad file, or ``"skip"`` and count it in ``.skip_report``.
-        streaming: return an ``IterableDataset`` that reads headers as it is iterated.
+        streaming: return an ``IterableDataset`` that reads headers as it is iterated. The files are listed now
+            and cut into up to 64 shards of consecutive files, so DataLoader workers and processes each read
+            whole shards of their own.
         check_pixels: decode each file's first frame now, so a corrupt compressed stream (which a header
             check cannot see) is a bad record here rather than a crash mid-training. Costs one frame decode
             per file; turn off for very large, trusted archives.

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from functools import partial
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +43,13 @@ from data_adapters._conversations import conversation_messages
 from data_adapters._fields import checked_sample, prompt_builder, text_cell
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import (
-    SHARDS_PER_TABLE,
     BadRecord,
     OnError,
     build_dataset,
+    contiguous_shards,
     media_part,
     resolve_media_path,
+    stream_rows,
     text_part,
 )
 
@@ -183,7 +183,8 @@ def from_hf_dataset(
         streaming: return an ``IterableDataset`` that converts rows as they are read (nothing held in memory;
             bad records surface while iterating). It keeps the source's shards (its files, or up to 64 row
             ranges of a table), so under several processes accelerate gives each process whole shards of its
-            own, and each DataLoader worker reads whole shards of its process's share.
+            own, and each DataLoader worker reads whole shards of its process's share. A
+            ``datasets.IterableDataset`` given needs ``streaming=True``: it is refused, not read into memory.
         media_root: the folder that relative path strings in ``image_column`` / ``video_column`` are resolved
             against; default: the dataset folder for a local dataset, else the current directory.
         allow_outside_root: accept path strings that are absolute or climb out of ``media_root``.
@@ -195,13 +196,20 @@ def from_hf_dataset(
 
     Raises:
         BadRecord: (``on_error="raise"``) missing / undecodable image, unreadable video, empty answer.
-        ValueError: a named column or the split does not exist, or ``prompt`` names unknown columns.
+        ValueError: a named column or the split does not exist, ``prompt`` names unknown columns, or a stream
+            is given with ``streaming=False``.
 
     Example:
         >>> ds = from_hf_dataset("unsloth/Radiology_mini", answer_column="caption",       # doctest: +SKIP
         ...                      prompt="You are an expert radiographer. Describe accurately what you see.")
     """
+    import datasets
+
     data, source, local_root = _load(name_or_path, split, streaming)
+    if not streaming and isinstance(data, datasets.IterableDataset):
+        raise ValueError(f"{source}: a datasets.IterableDataset (a stream) with streaming=False. Building a table "
+                         "from it would read every row, and its images, into memory. Pass streaming=True to convert "
+                         "rows as they are read, or give a datasets.Dataset.")
     columns = _columns(data)
     if messages_column is not None and image_column == "image" and "image" not in columns:
         image_column = "images" if "images" in columns else None  # TRL's list column, or none
@@ -235,9 +243,7 @@ def _shards(data: Any) -> list[Any]:
 
     if isinstance(data, datasets.IterableDataset):
         return list(range(data.num_shards))
-    count = max(1, min(len(data), SHARDS_PER_TABLE))
-    bounds = [len(data) * k // count for k in range(count + 1)]
-    return [range(start, stop) for start, stop in pairwise(bounds)]
+    return contiguous_shards(range(len(data)))
 
 
 def _shard_rows(data: Any, shards: list[Any]) -> Iterator[tuple[int | str, dict[str, Any]]]:
@@ -247,12 +253,7 @@ def _shard_rows(data: Any, shards: list[Any]) -> Iterator[tuple[int | str, dict[
         if isinstance(shard, range):
             yield from zip(shard, data.select(shard), strict=True)
             continue
-        part = data.shard(num_shards=data.num_shards, index=shard)
-        # `.iter` rather than `for row in part`: inside a DataLoader worker, iterating a datasets.IterableDataset
-        # keeps only that worker's share of its shards (IterableDataset.__iter__ -> _iter_pytorch), and this
-        # shard is already the worker's own: the other workers' shares would be lost.
-        rows = (dict(zip(batch, values, strict=True)) for batch in part.iter(batch_size=64)
-                for values in zip(*batch.values(), strict=True))
+        rows = stream_rows(data.shard(num_shards=data.num_shards, index=shard))  # already this worker's own
         for index, row in enumerate(rows):
             yield (index if data.num_shards == 1 else f"{index} in shard {shard}"), row
 

@@ -85,6 +85,7 @@ def from_image_folder(
     num_frames: int | None = None,
     on_error: OnError = "raise",
     allow_outside_root: bool = False,
+    streaming: bool = False,
 ):
     """A dataset of canonical samples from an image folder.
 
@@ -101,9 +102,12 @@ def from_image_folder(
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.
         allow_outside_root: accept ``file_name``s that are absolute or climb out of ``root``.
+        streaming: return an ``IterableDataset`` that checks each record (its media headers) as it is read. The
+            table's rows (or the class folders' files) are listed now and cut into up to 64 shards of consecutive rows, so DataLoader workers and
+            processes each read whole shards of their own.
 
     Returns:
-        A ``datasets.Dataset`` with ``.skip_report``.
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
 
     Raises:
         BadRecord: (``on_error="raise"``) missing / undecodable image, empty caption, path outside ``root``.
@@ -134,7 +138,8 @@ def from_image_folder(
                              f"(columns: {columns}). Pass caption_column=<the column with the answers>.")
         question = prompt_builder("Describe this image." if prompt is None else prompt, columns)
         to_sample = partial(record_to_sample, question=question, answer_column=answer_column, **options)
-        return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error)
+        return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error,
+                             streaming=streaming)
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -147,7 +152,7 @@ def from_image_folder(
         text = f"{text} Answer with one of: {', '.join(classes)}."
     to_sample = partial(record_to_sample, question=lambda row, where: text, answer_column="label", **options)
     return build_dataset(lambda: _class_records(root, classes), to_sample, source=str(root),
-                         on_error=on_error)
+                         on_error=on_error, streaming=streaming)
 
 
 def _class_records(root: Path, classes: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:

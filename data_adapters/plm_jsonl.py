@@ -86,6 +86,7 @@ def from_plm_jsonl(
     num_frames: int | None = None,
     on_error: OnError = "raise",
     allow_outside_root: bool = False,
+    streaming: bool = False,
 ):
     """A dataset of canonical samples from a perception_models jsonl file.
 
@@ -96,9 +97,12 @@ def from_plm_jsonl(
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.
         allow_outside_root: accept media paths that are absolute or climb out of ``media_root``.
+        streaming: return an ``IterableDataset`` that checks each record (its media headers) as it is read. The
+            file's records are read now and cut into up to 64 shards of consecutive rows, so DataLoader workers and
+            processes each read whole shards of their own.
 
     Returns:
-        A ``datasets.Dataset`` with ``.skip_report``.
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
 
     Raises:
         BadRecord: (``on_error="raise"``) missing / undecodable media, placeholder / media count mismatch,
@@ -110,7 +114,8 @@ def from_plm_jsonl(
     """
     to_sample = partial(record_to_sample, media_root=media_root, system_prompt=system_prompt,
                         max_tiles=max_tiles, num_frames=num_frames, allow_outside_root=allow_outside_root)
-    return build_dataset(lambda: read_json_records(path), to_sample, source=str(path), on_error=on_error)
+    return build_dataset(lambda: read_json_records(path), to_sample, source=str(path), on_error=on_error,
+                         streaming=streaming)
 
 
 def sample_to_record(sample: dict[str, Any], *,

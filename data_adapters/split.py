@@ -1,48 +1,79 @@
-"""Hold out an eval split, optionally the same share of every answer (for class-like answers: a modality).
+"""Hold out an eval split: a share (or a number) of a table's samples, optionally the same share of every answer
+(for class-like answers: a modality), or the first records of a stream.
 
 A plain random split of a small, skewed corpus can leave a class out of training (it cannot be learned) or out
 of eval (it is never tested). ``held_out_split(..., stratify=True)`` groups samples by their last assistant
 message and holds out ``share`` of each group, at least one sample of every group that has two or more::
 
     {"messages": [..., {"role": "assistant", "content": "CT"}], ...}   # grouped under "CT"
+
+A stream (``datasets.IterableDataset``) has no length to take a share of: ``held_out_split(stream, 64)`` holds out
+its first 64 records, what ``stream.take(64)`` reads, read now into a table (the Trainer evaluates it and
+``save_run`` answers it; both need a length). The training stream is every other record, but not
+``stream.skip(64)``: ``datasets`` splits a ``skip`` between a stream's readers (``SkipExamplesIterable`` with
+``split_when_sharding``), so with 2 DataLoader workers each would skip the first 32 records of its own shards,
+training on some held-out records and never reading others. Here the held-out records are counted by shard, and
+the training stream skips exactly those, shard by shard; it keeps the stream's shards, so workers and processes
+still share it. Split before shuffling: a shuffled stream's first records change with the seed and the epoch.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
-__all__ = ["held_out_split"]
+from data_adapters._records import stream_rows
+
+__all__ = ["SHUFFLE_BUFFER", "held_out_split"]
+
+# Samples a recipe's training stream is shuffled through (``IterableDataset.shuffle(buffer_size=...)``): a stream
+# has no order to permute, so each sample is drawn from a buffer of the next ones. The buffer holds samples as the
+# adapters give them (media as paths or encoded bytes), so 1000 is a few hundred MB of JPEGs at most.
+SHUFFLE_BUFFER = 1000
 
 
-def held_out_split(dataset: Any, share: float, *, seed: int = 0, stratify: bool = False) -> tuple[Any, Any | None]:
-    """``(train, eval)`` selections of ``dataset``, ``share`` of it held out.
+def held_out_split(dataset: Any, held_out: float, *, seed: int = 0,
+                   stratify: bool = False) -> tuple[Any, Any | None]:
+    """``(train, eval)`` of ``dataset``: ``held_out`` of it held out for evaluation.
 
     Args:
-        dataset: a ``datasets.Dataset`` of canonical samples.
-        share: the held-out share, in [0, 1); 0 holds out nothing (eval is None).
-        seed: the shuffle seed (the same seed gives the same split).
-        stratify: hold out ``share`` of each distinct answer (rounded, at least 1 of a group of 2 or more;
+        dataset: a ``datasets.Dataset`` of canonical samples, or a ``datasets.IterableDataset`` (a stream).
+        held_out: in [0, 1): the share held out (a table only); a whole number >= 1: that many samples (a
+            stream: its first ones); 0 holds out nothing (eval is None).
+        seed: the shuffle seed of a table's split (the same seed gives the same split); a stream's is its order.
+        stratify: hold out ``held_out`` of each distinct answer (rounded, at least 1 of a group of 2 or more;
             a group of 1 stays in training). False: ``dataset.train_test_split`` (a plain random split).
+            Tables only.
 
     Returns:
-        ``(train, eval)`` datasets (``(dataset, None)`` for share 0); with ``stratify`` both keep the
-        dataset's order.
+        ``(train, eval)`` (``(dataset, None)`` for 0). A table: two selections of it (with ``stratify`` both keep
+        its order). A stream: a stream of the records not held out, with as many shards, and a
+        ``datasets.Dataset`` of the first ``held_out`` records.
 
     Raises:
-        ValueError: ``share`` outside [0, 1).
+        ValueError: ``held_out`` negative, or >= 1 and not whole; a share of a stream; ``stratify`` with a stream;
+            a stream with ``held_out`` records or fewer.
 
     Example:
-        >>> train, held_out = held_out_split(samples, 0.25, seed=0, stratify=True)   # doctest: +SKIP
+        >>> train, held = held_out_split(samples, 0.25, seed=0, stratify=True)   # doctest: +SKIP
+        >>> train, held = held_out_split(stream, 64)   # held: the first 64 records  # doctest: +SKIP
     """
-    if not 0 <= share < 1:
-        raise ValueError(f"The eval share must be between 0 and 1 (0: no eval split; 1 excluded), got {share}.")
-    if share == 0:
+    import datasets
+
+    if held_out < 0 or (held_out >= 1 and held_out != int(held_out)):
+        raise ValueError(f"The eval split must be a share in [0, 1) or a whole number of samples (0: no eval "
+                         f"split), got {held_out}.")
+    if held_out == 0:
         return dataset, None
+    if isinstance(dataset, datasets.IterableDataset):
+        return _split_stream(dataset, held_out, stratify)
     if not stratify:
-        split = dataset.train_test_split(test_size=share, seed=seed)
+        split = dataset.train_test_split(test_size=held_out if held_out < 1 else int(held_out), seed=seed)
         return split["train"], split["test"]
+    share = held_out if held_out < 1 else held_out / len(dataset)
     groups: dict[str, list[int]] = defaultdict(list)
     for index, messages in enumerate(dataset["messages"]):
         groups[_answer(messages)].append(index)
@@ -57,6 +88,47 @@ def held_out_split(dataset: Any, share: float, *, seed: int = 0, stratify: bool 
     held_set = set(held)
     return (dataset.select([i for i in range(len(dataset)) if i not in held_set]),
             dataset.select(sorted(held_set)))
+
+
+def _split_stream(stream: Any, held_out: float, stratify: bool) -> tuple[Any, Any]:
+    """The first ``held_out`` records as a table, and a stream of the others (see the module docstring)."""
+    import datasets
+
+    if held_out < 1:
+        raise ValueError(f"A stream has no length to hold out a share of (got {held_out}): give a number of "
+                         "samples, e.g. 64, and its first 64 samples are held out (eval_split: 64 in a recipe).")
+    if stratify:
+        raise ValueError("stratify=True needs every answer before splitting, and a stream is read as training goes. "
+                         "Hold out its first samples with stratify=False, or build a table (streaming=False).")
+    count = int(held_out)
+    wanted = count + 1  # one more than held out: proof that something is left to train on
+    rows: list[dict[str, Any]] = []
+    skips = [0] * stream.num_shards  # records read from each shard, in order: take(n) reads the shards in turn
+    for index in range(stream.num_shards):
+        shard = stream.shard(num_shards=stream.num_shards, index=index)
+        taken = list(itertools.islice(stream_rows(shard, batch_size=1), wanted - len(rows)))  # no read-ahead
+        rows += taken
+        skips[index] = len(taken)
+        if len(rows) == wanted:
+            break
+    if len(rows) < wanted:
+        raise ValueError(f"The stream has {len(rows)} sample(s); holding out {count} leaves none to train on. Hold "
+                         "out fewer (eval_split in a recipe).")
+    rows.pop()  # the extra record is trained on
+    skips[index] -= 1
+    held = datasets.Dataset.from_list(rows, features=stream.features)
+    train = datasets.IterableDataset.from_generator(partial(_rest_of_shards, stream=stream),
+                                                    gen_kwargs={"parts": list(enumerate(skips))},
+                                                    features=stream.features)
+    if hasattr(stream, "skip_report"):
+        train.skip_report = stream.skip_report
+    return train, held
+
+
+def _rest_of_shards(parts: list[tuple[int, int]], *, stream: Any) -> Any:
+    """The records of ``stream``'s shards ``parts`` names, each ``(shard, held out)`` without its first held out."""
+    for index, skip in parts:
+        yield from itertools.islice(stream_rows(stream.shard(num_shards=stream.num_shards, index=index)), skip, None)
 
 
 def _answer(messages: list[dict[str, Any]]) -> str:

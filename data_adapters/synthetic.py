@@ -101,7 +101,8 @@ def _shape_sample(i: int, *, plan: list[tuple[str, str]], seed: int, size: int,
 
 
 def synthetic_shapes(n: int, *, seed: int = 0, image_size: int = 112,
-                     questions: Sequence[QuestionKind] = ("colour", "shape"), max_tiles: int | None = None):
+                     questions: Sequence[QuestionKind] = ("colour", "shape"), max_tiles: int | None = None,
+                     streaming: bool = False):
     """``n`` images of one coloured shape, each with a question about its colour or its shape.
 
     Args:
@@ -111,9 +112,12 @@ def synthetic_shapes(n: int, *, seed: int = 0, image_size: int = 112,
         questions: which questions to ask, in equal shares: ``"colour"`` (answers ``red``, ``green``,
             ``blue``, ``yellow``) and / or ``"shape"`` (``circle``, ``square``, ``triangle``).
         max_tiles: stamped into every sample (None: the collator's default).
+        streaming: return an ``IterableDataset`` that draws each sample as it is read, in up to 64 shards of
+            consecutive samples (DataLoader workers and processes each read whole shards of their own).
 
     Returns:
-        A ``datasets.Dataset`` of canonical samples with ``images: [PNG bytes]``.
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) of canonical samples with
+        ``images: [PNG bytes]``.
 
     Example:
         >>> ds = synthetic_shapes(100, questions=["colour"])
@@ -127,7 +131,7 @@ def synthetic_shapes(n: int, *, seed: int = 0, image_size: int = 112,
     answers = {"colour": list(COLOURS), "shape": list(SHAPES)}
     plan = _balanced_plan(n, [(q, answers[q]) for q in dict.fromkeys(questions)], seed)
     to_sample = partial(_shape_sample, plan=plan, seed=seed, size=image_size, max_tiles=max_tiles)
-    return build_dataset(lambda: range(n), to_sample, source="synthetic_shapes")
+    return build_dataset(lambda: range(n), to_sample, source="synthetic_shapes", streaming=streaming)
 
 
 def _video_sample(i: int, *, plan: list[tuple[str, str]], seed: int, size: int, num_frames: int) -> dict[str, Any]:
@@ -155,7 +159,7 @@ def _video_sample(i: int, *, plan: list[tuple[str, str]], seed: int, size: int, 
     return sample
 
 
-def synthetic_videos(n: int, *, seed: int = 0, num_frames: int = 8, size: int = 112):
+def synthetic_videos(n: int, *, seed: int = 0, num_frames: int = 8, size: int = 112, streaming: bool = False):
     """``n`` clips of a shape crossing the frame, asking ``"Which way does the shape move?"``.
 
     Args:
@@ -164,13 +168,16 @@ def synthetic_videos(n: int, *, seed: int = 0, num_frames: int = 8, size: int = 
         num_frames: frames per clip (>= 2), also stamped as the sample's ``num_frames`` so the collator keeps
             them all. Fewer sampled frames still show the motion: frame sampling keeps the first and last.
         size: side of the square frames in pixels.
+        streaming: return an ``IterableDataset`` that draws each sample as it is read, in up to 64 shards of
+            consecutive samples (DataLoader workers and processes each read whole shards of their own).
 
     Returns:
-        A ``datasets.Dataset`` of canonical samples with ``videos: [[PNG bytes per frame]]``.
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) of canonical samples with
+        ``videos: [[PNG bytes per frame]]``.
     """
     _check(n, size, "synthetic_videos")
     if num_frames < 2:
         raise ValueError(f"synthetic_videos: num_frames must be >= 2 to show motion, got {num_frames}.")
     plan = _balanced_plan(n, [("direction", DIRECTIONS)], seed)
     to_sample = partial(_video_sample, plan=plan, seed=seed, size=size, num_frames=num_frames)
-    return build_dataset(lambda: range(n), to_sample, source="synthetic_videos")
+    return build_dataset(lambda: range(n), to_sample, source="synthetic_videos", streaming=streaming)

@@ -89,6 +89,7 @@ def from_video_folder(
     num_frames: int | None = None,
     on_error: OnError = "raise",
     allow_outside_root: bool = False,
+    streaming: bool = False,
 ):
     """A dataset of canonical video samples from a folder and its annotations table.
 
@@ -102,9 +103,12 @@ def from_video_folder(
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.
         allow_outside_root: accept ``file`` paths that are absolute or climb out of ``root``.
+        streaming: return an ``IterableDataset`` that checks each record (its media headers) as it is read. The
+            table's rows are read now and cut into up to 64 shards of consecutive rows, so DataLoader workers and
+            processes each read whole shards of their own.
 
     Returns:
-        A ``datasets.Dataset`` with ``.skip_report``.
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
 
     Raises:
         BadRecord: (``on_error="raise"``) missing / unreadable / zero-frame video, end before start, start
@@ -134,4 +138,5 @@ def from_video_folder(
         answer_column=answer_column, durations={}, system_prompt=system_prompt, max_tiles=max_tiles,
         num_frames=num_frames, allow_outside_root=allow_outside_root,
     )
-    return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error)
+    return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error,
+                         streaming=streaming)

@@ -5,7 +5,8 @@ A recipe reads top to bottom:
 1. ``recipe_parser(DataArguments)``: TRL's parser over the run settings (``plm_tune.arguments``), the recipe's
    corpus arguments and ``SFTConfig``; a YAML config plus command-line overrides, an unknown key an error;
 2. ``build_tiny_if_asked``: the offline demos build a tiny PLM at ``model_name_or_path`` first;
-3. its own data section, then ``data_adapters.held_out_split`` for the held-out share;
+3. its own data section, then ``data_adapters.held_out_split`` for the held-out share (a stream's first
+   samples with ``streaming: true``, the rest shuffled through a buffer);
 4. ``finetune``: with ``--plan true`` print ``plan_report`` and stop; else ``load_model``, ``build_trainer``,
    train, a last eval, ``save_run`` (``plm_tune_training.json`` from ``training_info``), and the lines that say
    what the run made.
@@ -105,7 +106,8 @@ def finetune(
     """Plan, or load, train and save: the part of a run that does not depend on the corpus.
 
     Args:
-        train_set, eval_set: canonical samples (``eval_set`` None: no held-out split).
+        train_set, eval_set: canonical samples (``eval_set`` None: no held-out split). ``train_set`` may be a
+            stream (``IterableDataset``, e.g. from ``held_out_split``): ``training_args.max_steps`` is then required.
         model_args, media_args, training_args, eval_args: the parsed run settings (``training_args`` an
             ``SFTConfig``; its ``activation_checkpointing`` and ``push_to_hub`` are taken over, see below).
         datasets: where the samples came from (a Hub id goes to the card's metadata, any other text only to
@@ -114,6 +116,9 @@ def finetune(
 
     Returns:
         ``save_run``'s ``RunOutputs``; None with ``eval_args.plan`` (the plan is printed instead).
+
+    Raises:
+        ValueError: ``train_set`` is a stream and ``training_args.max_steps`` is not set.
     """
     if eval_args.plan:  # counts from media headers and a memory estimate; no weights are loaded
         print(plan_report(train_set, model_args, media=media_args, max_length=training_args.max_length,
@@ -122,6 +127,10 @@ def finetune(
         return None
 
     check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
+    streamed = not hasattr(train_set, "__len__")
+    if streamed and training_args.max_steps <= 0:  # before the weights load, not when the Trainer finds out
+        raise ValueError("The training set is a stream (streaming: true), which has no length to count epochs in: "
+                         "set max_steps (e.g. --max_steps 1000); num_train_epochs cannot end a stream.")
     # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
     # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
     model, processor = load_model(model_args, dtype=dtype, seed=training_args.seed,
@@ -158,7 +167,8 @@ def finetune(
         else:
             print(f"Saved the {model_args.method} adapter to {out} "
                   f"(load it with peft.PeftModel.from_pretrained(base_model, '{out}')).")
-        print(f"{len(train_set)} train / {len(eval_set) if eval_set is not None else 0} eval samples: "
+        trained = "streamed" if streamed else len(train_set)
+        print(f"{trained} train / {len(eval_set) if eval_set is not None else 0} eval samples: "
               + loss_change(trainer.state.log_history))
         if outputs.summary():
             print(outputs.summary())

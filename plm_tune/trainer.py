@@ -79,7 +79,7 @@ def build_trainer(
             over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
-            progress bar, from media headers (``plm_tune.costs.dataset_costs``); a streaming dataset keeps its order.
+            progress bar, from media headers (``plm_tune.costs.dataset_costs``); a stream is refused (ValueError).
         media, model_args, eval_args: run settings (``plm_tune.arguments``), as the recipes pass them: ``media``
             stands for the collator keywords below, ``model_args`` for ``vision_lr`` / ``projector_lr`` and
             ``eval_args`` for ``generation_eval_steps`` / ``generation_eval_samples``. Give either an object or
@@ -126,6 +126,12 @@ def build_trainer(
     # both are done here instead (the collator packs, PLMTrainer groups), so TRL and transformers see them off.
     padding_free = bool(getattr(args, "padding_free", False))
     group_by_length = getattr(args, "train_sampling_strategy", None) == "group_by_length"
+    if group_by_length and isinstance(train_dataset, torch.utils.data.IterableDataset):
+        # The Trainer asks no sampler of a stream: the setting would otherwise be dropped without a word.
+        raise ValueError("train_sampling_strategy='group_by_length' with a streaming train_dataset: grouping orders "
+                         "every sample by its cost before training, and a stream is read as training goes. Leave "
+                         "train_sampling_strategy at 'random' for a stream (shuffle it with IterableDataset.shuffle("
+                         "buffer_size=..., seed=...)), or train on a table (streaming=False).")
     args = dataclasses.replace(
         args,
         remove_unused_columns=False,
@@ -226,7 +232,6 @@ def _decoder_attention(model: Any) -> str | None:
 def _plm_trainer_class() -> type:
     """``PLMTrainer``: TRL's ``SFTTrainer`` whose training order can be grouped by PLM's sample costs (built on first
     use, so importing plm_tune does not import TRL)."""
-    from transformers.trainer_utils import has_length
     from trl import SFTTrainer
 
     class PLMTrainer(SFTTrainer):
@@ -260,10 +265,6 @@ def _plm_trainer_class() -> type:
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if not self.plm_group_by_length:
-                return super()._get_train_sampler(train_dataset)
-            if dataset is None or not has_length(dataset):
-                logger.warning("train_sampling_strategy='group_by_length' is ignored: the training data has no length "
-                               "(a streaming dataset); samples come in the dataset's own order.")
                 return super()._get_train_sampler(train_dataset)
             costs = dataset_costs(dataset, self.plm_collator, progress=self.is_world_process_zero())
             grouped = LengthGroupedBatchSampler(

@@ -40,7 +40,7 @@ from typing import Literal
 
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_dicom, from_hf_dataset, held_out_split
+from data_adapters import SHUFFLE_BUFFER, from_dicom, from_hf_dataset, held_out_split
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
 from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 from plm_tune.quiet_log import VERBOSE_ENV
@@ -63,7 +63,12 @@ class DataArguments:
     dicom_captions_table: str | None = field(default=None, metadata={
         "help": "csv / jsonl with file_name (or SOPInstanceUID) and caption; replaces dicom_caption."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
+    eval_split: float = field(default=0.1, metadata={
+        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split."})
+    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
+        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
     stratify_eval: bool = field(default=False, metadata={
         "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
     verbose: bool = field(default=False, metadata={
@@ -105,6 +110,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             captions_table=data_args.dicom_captions_table,
             prompt=data_args.prompt,
             on_error=data_args.on_error,
+            streaming=data_args.streaming,
         )
     else:
         samples = from_hf_dataset(
@@ -114,9 +120,13 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             answer_column=data_args.answer_column,
             prompt=data_args.prompt,
             on_error=data_args.on_error,
+            streaming=data_args.streaming,
         )
     train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
                                          stratify=data_args.stratify_eval)
+    if data_args.streaming:  # shuffled through a buffer; one seed for every process: each reads a block of the
+        # shards in the order the seed draws, so the orders must agree
+        train_set = train_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

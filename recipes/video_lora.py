@@ -30,7 +30,7 @@ from typing import Literal
 
 from trl import SFTConfig, TrlParser
 
-from data_adapters import from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
+from data_adapters import SHUFFLE_BUFFER, from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
 from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 
@@ -46,7 +46,12 @@ class DataArguments:
         "help": "video_folder's question: a column, a {column} template or fixed text; None: its question "
                 "column, else 'Describe this video.'."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    eval_split: float = field(default=0.1, metadata={"help": "Share of samples held out for eval loss; 0: none."})
+    eval_split: float = field(default=0.1, metadata={
+        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split."})
+    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
+        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
 
 
 def make_parser() -> TrlParser:
@@ -62,11 +67,12 @@ def load_samples(data_args: DataArguments, seed: int, num_frames: int):
                          f"--synthetic_videos N; got {given or 'none'}.")
     if data_args.video_folder:
         return from_video_folder(data_args.video_folder, annotations=data_args.annotations, prompt=data_args.prompt,
-                                 on_error=data_args.on_error)
+                                 on_error=data_args.on_error, streaming=data_args.streaming)
     if data_args.plm_jsonl:
         media_root = data_args.media_root or str(Path(data_args.plm_jsonl).parent)
-        return from_plm_jsonl(data_args.plm_jsonl, media_root=media_root, on_error=data_args.on_error)
-    return synthetic_videos(data_args.synthetic_videos, seed=seed, num_frames=num_frames)
+        return from_plm_jsonl(data_args.plm_jsonl, media_root=media_root, on_error=data_args.on_error,
+                              streaming=data_args.streaming)
+    return synthetic_videos(data_args.synthetic_videos, seed=seed, num_frames=num_frames, streaming=data_args.streaming)
 
 
 def main(model_args: ModelArguments, media_args: MediaArguments, data_args: DataArguments,
@@ -78,6 +84,9 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
     ################
     samples = load_samples(data_args, training_args.seed, media_args.num_frames)
     train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed)
+    if data_args.streaming:  # shuffled through a buffer; one seed for every process: each reads a block of the
+        # shards in the order the seed draws, so the orders must agree
+        train_set = train_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

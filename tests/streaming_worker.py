@@ -2,12 +2,14 @@
 
     CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 accelerate launch --num_processes 2 --mixed_precision no \
         tests/streaming_worker.py --model .cache/tiny-plm --source webdataset --data 'shards/*.tar' \
-        --max-steps 4 --out /tmp/stream-run
+        --max-steps 8 --workers 2 --out /tmp/stream-run
 
 It trains ``--max-steps`` optimizer steps (2 samples per process per step, DDP over gloo) with
-``build_trainer`` on ``from_webdataset(--data)`` or ``from_hf_dataset(--data, streaming=True)``. Every process's
-collator (it runs in the DataLoader workers) appends, per batch, the sample ids it received and the number of
-image tiles it built to ``batches_rank{RANK}.jsonl``. Every process also writes ``rank{RANK}.json``: the class of
+``build_trainer`` on ``from_webdataset(--data)`` or ``from_hf_dataset(--data, streaming=True)``, shuffled as the
+recipes shuffle a stream when ``--shuffle-buffer`` is given, read by ``--workers`` DataLoader workers per process.
+Every process's collator (it runs in the DataLoader workers) appends, per batch, the sample ids it received, the
+number of image tiles it built, the DataLoader worker that read them and that worker's epoch (the Trainer sets
+it on the stream each epoch) to ``batches_rank{RANK}.jsonl``. Every process also writes ``rank{RANK}.json``: the class of
 the data loader the Trainer iterated and of the dataset it read, with that dataset's shard count, and the sum of
 its trainable weights before and after training (DDP keeps them equal across processes); rank 0 adds the losses.
 """
@@ -27,7 +29,6 @@ from data_adapters import from_hf_dataset, from_webdataset
 from plm_tune import PLMCollator, build_trainer, load_model
 
 BATCH = 2  # samples per process per step
-WORKERS = 2  # DataLoader workers per process: each process's shards are split between them too
 MAX_TILES = 4
 
 
@@ -41,8 +42,12 @@ class RecordingCollator(PLMCollator):
     def __call__(self, samples):
         batch = super().__call__(samples)
         tiles = batch["pixel_values"].shape[1] if "pixel_values" in batch else 0  # (1, total_tiles, 3, T, T)
+        worker = torch.utils.data.get_worker_info()  # None in the main process (no workers)
+        # The epoch the Trainer set on this worker's copy of the stream (accelerate's DataLoaderShard.set_epoch).
+        line = {"ids": [s["id"] for s in samples], "tiles": tiles, "worker": None if worker is None else worker.id,
+                "epoch": None if worker is None else worker.dataset.epoch}
         with self.record.open("a") as f:
-            f.write(json.dumps({"ids": [s["id"] for s in samples], "tiles": tiles}) + "\n")
+            f.write(json.dumps(line) + "\n")
         return batch
 
 
@@ -71,6 +76,8 @@ def main() -> None:
     parser.add_argument("--source", choices=("webdataset", "hf"), required=True)
     parser.add_argument("--data", required=True, help="shard glob (webdataset) or dataset folder (hf)")
     parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    parser.add_argument("--shuffle-buffer", type=int, default=0, help="shuffle through a buffer this big; 0: don't")
     parser.add_argument("--out", type=Path, required=True)
     cli = parser.parse_args()
 
@@ -78,7 +85,7 @@ def main() -> None:
         output_dir=str(cli.out / "trainer"),
         max_steps=cli.max_steps,
         per_device_train_batch_size=BATCH,
-        dataloader_num_workers=WORKERS,
+        dataloader_num_workers=cli.workers,
         learning_rate=1e-3,
         max_length=512,
         bf16=False,
@@ -97,6 +104,8 @@ def main() -> None:
         train = from_webdataset(cli.data, max_tiles=MAX_TILES, video_dir=cli.out / "videos")
     else:
         train = from_hf_dataset(cli.data, streaming=True, max_tiles=MAX_TILES)
+    if cli.shuffle_buffer:  # as the recipes do: one seed on every process
+        train = train.shuffle(seed=config.seed, buffer_size=cli.shuffle_buffer)
     rank = os.environ.get("RANK", "0")
     collator = RecordingCollator(processor, max_length=512, record=cli.out / f"batches_rank{rank}.jsonl")
     recorder = _Record()

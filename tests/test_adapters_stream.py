@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data_adapters._records import BadRecord, build_dataset, make_sample, media_part, text_part
+from data_adapters._records import (
+    BadRecord,
+    build_dataset,
+    contiguous_shards,
+    make_sample,
+    media_part,
+    text_part,
+)
 from data_adapters.mix import mix
 from data_adapters.synthetic import COLOURS, DIRECTIONS, SHAPES, synthetic_shapes, synthetic_videos
 from data_adapters.webdataset import expand_shards, from_webdataset, select_shards
@@ -291,6 +298,20 @@ def test_synthetic_videos_deterministic_balanced_and_visible_at_56px():
         assert seen == answer_of(sample) and max(abs(dx), abs(dy)) > 20, sample["id"]
     with pytest.raises(ValueError, match=r"num_frames must be >= 2"):
         synthetic_videos(2, num_frames=1)
+
+
+def test_a_streamed_list_of_records_is_cut_into_shards_that_workers_share():
+    pieces = contiguous_shards(list(range(130)))
+    assert len(pieces) == 64 and {len(p) for p in pieces} == {2, 3}
+    assert [i for piece in pieces for i in piece] == list(range(130))
+    assert contiguous_shards([]) == [[]]  # an empty source is one empty shard, not none
+
+    stream = synthetic_shapes(10, seed=2, streaming=True)
+    assert stream.num_shards == 10  # fewer records than SHARDS_PER_TABLE: one shard each
+    table = synthetic_shapes(10, seed=2).to_list()
+    assert list(stream) == table
+    read = ids_of(DataLoader(stream, batch_size=None, num_workers=2))
+    assert Counter(read) == Counter(s["id"] for s in table)  # each once, by one of the workers
 
 
 # ---------------------------------------------------------------- mixing

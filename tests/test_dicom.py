@@ -362,8 +362,21 @@ def test_broken_files_raise_a_bad_record_or_are_counted_skips(mixed, caplog):
                                    "not a DICOM file": 1}
 
 
-def test_streaming_gives_the_same_samples(scans):
-    assert list(from_dicom(scans, caption=TEMPLATE, streaming=True)) == list(from_dicom(scans, caption=TEMPLATE))
+def test_streaming_gives_the_same_samples_in_a_shard_per_file_that_workers_share(scans):
+    from torch.utils.data import DataLoader
+
+    stream = from_dicom(scans, caption=TEMPLATE, streaming=True)
+    assert list(stream) == list(from_dicom(scans, caption=TEMPLATE))
+    # Fewer files than SHARDS_PER_TABLE: one shard each, so 2 DataLoader workers split the folder between them.
+    assert stream.num_shards == len(SCANS)
+    read = list(DataLoader(stream, batch_size=None, num_workers=2, collate_fn=_id_and_worker))
+    assert sorted(sample_id for sample_id, _ in read) == sorted(SCANS)  # each file once
+    assert {worker for _, worker in read} == {0, 1}
+
+
+def _id_and_worker(sample: dict) -> tuple[str, int]:
+    """Run in the DataLoader worker that read ``sample``."""
+    return sample["id"], torch.utils.data.get_worker_info().id
 
 
 def test_adapter_output_validates_collates_and_trains(scans, processor, model):

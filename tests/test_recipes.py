@@ -194,3 +194,36 @@ def test_full_finetune_keeps_the_frozen_tower_bit_identical(tmp_path, tiny_plm_p
     assert vision and all(torch.equal(saved[name], base[name]) for name in vision)
     trained = [name for name in base if "multi_modal_projector" in name or name == "lm_head.weight"]
     assert trained and all(not torch.equal(saved[name], base[name]) for name in trained)
+
+
+def test_radiology_demo_trains_on_a_stream_of_its_dicom_files(tmp_path, tiny_plm_path):
+    """``streaming: true``: from_dicom reads the files as training goes, eval_split is a number of samples (the
+    stream's first), and the rest is shuffled through a buffer; 3 steps, no generation eval (the table runs have one)."""
+    from datasets import load_from_disk
+
+    output = run_recipe(tmp_path, [
+        sys.executable, str(ROOT / "recipes/radiology_lora.py"), "--config",
+        str(ROOT / "recipes/configs/radiology_demo.yaml"), "--model_name_or_path", str(tiny_plm_path),
+        "--report_to", "none", "--streaming", "true", "--eval_split", "8", "--stratify_eval", "false",
+        "--shuffle_buffer", "16", "--generate_eval", "false",
+    ])
+    assert "streamed train / 8 eval samples" in output
+    assert len(load_from_disk(str(tmp_path / "out/eval_data"))) == 8
+    assert (tmp_path / "out/adapter_model.safetensors").is_file()
+
+
+def test_a_stream_needs_max_steps_and_a_number_of_held_out_samples(tmp_path, tiny_plm_path):
+    from trl import SFTConfig
+
+    from data_adapters import held_out_split, synthetic_shapes
+    from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+    from plm_tune.finetune import finetune
+
+    stream = synthetic_shapes(8, streaming=True)
+    with pytest.raises(ValueError, match=r"no length to hold out a share of \(got 0.1\)"):
+        held_out_split(stream, 0.1)  # a recipe's default eval_split
+    train, held = held_out_split(stream, 2)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), bf16=False, report_to="none")  # max_steps unset: -1
+    with pytest.raises(ValueError, match=r"a stream \(streaming: true\).*set max_steps"):
+        finetune(train, held, ModelArguments(model_name_or_path=str(tiny_plm_path)), MediaArguments(), args,
+                 EvalArguments())
