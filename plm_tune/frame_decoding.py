@@ -11,7 +11,8 @@ video: every one of its 2700 frames). ``decode_seeking`` gives the same arrays m
    whose first pts is not 0 and a variable frame rate need no special case.
 2. For each wanted frame it seeks to the last keyframe before it (``PacketTable.start_of``) and decodes from
    there. The next wanted frame reuses the decoder when no keyframe lies between the packets already sent
-   and it (seeking would redo that work); when one does (the frame is more than a GOP ahead), it seeks again.
+   and it (seeking would redo that work) or the keyframe is the next packet; when one lies further (the frame
+   is more than a GOP ahead), it seeks again.
 3. It decodes with frame threads (``thread_type = "AUTO"``). Frames are told apart by pts: PyAV's
    ``frame.index`` is wrong under frame threading (PyAV issue #1158). FFmpeg's decoders are deterministic, and
    frame threading changes when frames come out, not their pixels, so a frame decoded from its GOP's keyframe
@@ -165,12 +166,12 @@ def _decode_from_keyframes(container: Any, stream: Any, table: PacketTable,
     first = expected = 0  # frame index of the keyframe seeked to, and the index the next decoded frame must have
     decoded = 0
     drained = False  # the decoder was sent its end: it holds no more frames until the next seek
-    packets: Any = iter(())
+    packets: Iterator[Any] | None = None  # the demuxer's packets since the last seek (the scan read to its end)
     for target in indices:
         if target in frames:  # came out with an earlier target's packets
             continue
         key = table.start_of(target)
-        if key.position > sent:  # a keyframe past what the decoder has: jump there, skip the frames between
+        if packets is None or key.position > sent + 1:  # a keyframe past the next packet: jump, skip those between
             packets = _seek(container, stream, table, key)
             sent, drained = key.position - 1, False
             first = expected = table.index[key.pts]
