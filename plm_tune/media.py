@@ -9,6 +9,8 @@ and for cost estimates (``plm_tune.costs``); their errors are ``MediaError``s wi
 Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
 a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
 its frames); decoding (``load_video``) and header-only counting (``plm_tune.costs``) both call it.
+``load_video`` decodes those frames by seeking to keyframes (``plm_tune.frame_decoding``), or from the start
+of the file where the stream's packets cannot be trusted to map onto frames.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from plm_tune.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
+from plm_tune.frame_decoding import decode_in_order, decode_seeking
 from plm_tune.frame_selection import NUM_FRAMES, pick_uniform, select_frame_indices
 
 __all__ = [
@@ -264,7 +267,11 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
             return dicom_to_frames(path, frames=pick_uniform(dicom_video_frames(path, start, end), num_frames))
     with open_video_stream(path) as (container, stream):
         indices = clip_frame_indices(container, stream, path, start, end, num_frames)
-        frames = _decode_indices(container, stream, indices, path)
+        seeked = decode_seeking(container, stream, indices)
+    if seeked is not None:
+        return np.stack(seeked.frames)
+    with open_video_stream(path) as (container, stream):  # a fresh decoder, read from the first packet
+        frames = decode_in_order(container, stream, indices, path)
     if not frames:
         raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
     return np.stack(frames)
@@ -299,46 +306,6 @@ def _duration_seconds(container: Any, stream: Any) -> float:
     if container.duration is not None:
         return container.duration / 1_000_000  # av.time_base: microseconds
     return 0.0
-
-
-def _decode_indices(container: Any, stream: Any, indices: list[int], path: str) -> list[np.ndarray]:
-    """Decode the frames at these (increasing) indices, counted in presentation order, in one forward pass.
-
-    Raises:
-        ValueError: frames stop decoding (a truncated or corrupt file) more than one frame before a wanted
-            index: the header promised frames that are not there, and repeating the last good frame would
-            train on a still image labelled as motion.
-    """
-    picked: list[np.ndarray] = []
-    wanted = iter(indices)
-    target = next(wanted, None)
-    last = None  # (index, frame) of the last decoded frame
-    broke = None
-    try:
-        for index, frame in enumerate(container.decode(stream)):
-            last = (index, frame)
-            if index == target:
-                picked.append(frame.to_ndarray(format="rgb24"))
-                target = next(wanted, None)
-                if target is None:
-                    break
-    except Exception as err:  # corrupt packets surface as av errors mid-stream
-        if last is None:
-            raise ValueError(f"Could not decode video frames of '{path}': {err}") from err
-        broke = err
-    if target is not None and last is not None and target - last[0] > 1:
-        # A frame count in the header one too high is normal: the last frame serves that index.
-        rate = float(stream.average_rate) if stream.average_rate else 0.0
-        at = f"{last[0] / rate:.2f}s" if rate else f"frame {last[0]}"
-        until = f"{indices[-1] / rate:.2f}s" if rate else f"frame {indices[-1]}"
-        why = f" ({type(broke).__name__}: {broke})" if broke is not None else ""
-        raise ValueError(
-            f"Video '{path}' stops decoding at {at} but its header promises frames up to {until}{why}: the "
-            f"file is truncated or corrupt. Re-download or re-encode it, or end the clip before {at}.")
-    while target is not None and last is not None:
-        picked.append(last[1].to_ndarray(format="rgb24"))
-        target = next(wanted, None)
-    return picked
 
 
 def _load_dicom_image(path: str) -> Image.Image:

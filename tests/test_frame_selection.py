@@ -17,6 +17,7 @@ import torch
 
 from plm_tune import PLMCollator
 from plm_tune.costs import estimate_cost
+from plm_tune.frame_decoding import decode_seeking
 from plm_tune.media import load_video, pick_uniform, select_frame_indices, video_frame_count
 
 av = pytest.importorskip("av")
@@ -103,6 +104,17 @@ def test_decoding_returns_exactly_those_frames_and_the_plan_counts_them(videos, 
     frames = load_video(entry, num_frames=max_frames)
     assert decoded_indices(frames) == expected
     assert video_frame_count(entry, max_frames) == len(expected)  # plan's header-only count, same rule
+
+
+def test_the_decoding_cases_run_through_the_seeking_decoder(videos):
+    """load_video seeks to keyframes, and decodes from the start only where it cannot trust a stream: these
+    lossless videos (MP4, Matroska without a frame count, AVI) are decoded by seeking, so the cases above hold
+    for it."""
+    for path in videos.values():
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            indices = pick_uniform(stream.frames or 20, 4)  # Matroska records no count: its first 20 frames
+            assert decode_seeking(container, stream, indices) is not None, path
 
 
 def test_short_clip_rule_gives_max_frames_where_one_per_second_gave_five(videos):
