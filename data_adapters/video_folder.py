@@ -89,6 +89,8 @@ def from_video_folder(
     num_frames: int | None = None,
     on_error: OnError = "raise",
     allow_outside_root: bool = False,
+    num_proc: int = 1,
+    progress: bool = True,
 ):
     """A dataset of canonical video samples from a folder and its annotations table.
 
@@ -102,6 +104,9 @@ def from_video_folder(
         max_tiles, num_frames: stamped into every sample (None: the collator's default).
         on_error: ``"raise"`` on the first bad record, or ``"skip"`` and count it in ``.skip_report``.
         allow_outside_root: accept ``file`` paths that are absolute or climb out of ``root``.
+        num_proc: read the records (and their video headers) in this many processes: the same samples and skips,
+            in the same order; worth it for thousands of files (``benchmarks/scan_speed.py``).
+        progress: show a progress bar while the records are read.
 
     Returns:
         A ``datasets.Dataset`` with ``.skip_report``.
@@ -134,4 +139,5 @@ def from_video_folder(
         answer_column=answer_column, durations={}, system_prompt=system_prompt, max_tiles=max_tiles,
         num_frames=num_frames, allow_outside_root=allow_outside_root,
     )
-    return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error)
+    return build_dataset(lambda: read_table(table), to_sample, source=str(table), on_error=on_error,
+                         num_proc=num_proc, progress=progress)
