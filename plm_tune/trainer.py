@@ -78,6 +78,9 @@ def build_trainer(
             go one per process with similar cost. The costs are computed once, before training, with a
             progress bar, from media headers, each process taking a share and all gathering the rest
             (``plm_tune.distributed.shared_costs``); a streaming dataset keeps its order.
+            ``args.dataloader_persistent_workers`` is left as given: transformers' default is off, and
+            ``TrainingArguments`` cannot tell that default from a chosen False. The shipped recipe configs turn it
+            on next to their ``dataloader_num_workers``, so workers are not forked again each epoch and eval.
         media, model_args, eval_args: run settings (``plm_tune.arguments``), as the recipes pass them: ``media``
             stands for the collator keywords below, ``model_args`` for ``vision_lr`` / ``projector_lr`` and
             ``eval_args`` for ``generation_eval_steps`` / ``generation_eval_samples``. Give either an object or
