@@ -188,6 +188,8 @@ def test_hf_bad_rows_are_named_by_index_and_id(tmp_path):
                    ["row 1 (image_id='no-image')", "missing image"])
     assert [s["id"] for s in ds] == ["ok"]
     assert "dataset row 4 (image_id='none')" in ds.skip_report.examples["no answer text"]
+    parallel = from_hf_dataset(data, on_error="skip", num_proc=2)  # rows read by index in the worker processes
+    assert parallel.to_list() == ds.to_list() and parallel.skip_report == ds.skip_report
 
 
 def test_hf_path_columns_stay_inside_media_root(tmp_path):
