@@ -3,15 +3,24 @@
 An adapter is two small pieces: code that finds raw records (rows of a file, files in a folder) and a pure
 function ``record -> canonical sample``. The function raises ``BadRecord`` for anything wrong with the record;
 ``build_dataset`` turns that into a stop (``on_error="raise"``) or a counted skip (``on_error="skip"``).
+A record kept with a change or a reader's warning (a redaction, a non-standard value) is ``note``d instead.
+
+Building a table walks every record once, with a progress bar, in this process or (``num_proc``) in a pool of
+forked processes: both run the same step per record (``_attempt``) and file its outcome in record order, so
+they keep the same samples and write the same ``SkipReport``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +29,7 @@ from plm_tune.sample import table_messages
 
 __all__ = [
     "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "contiguous_shards", "iter_samples",
-    "make_sample", "media_part", "resolve_media_path", "stream_rows", "text_part",
+    "make_sample", "media_part", "note", "resolve_media_path", "stream_rows", "text_part",
 ]
 
 logger = logging.getLogger("data_adapters")
@@ -49,6 +58,9 @@ class BadRecord(ValueError):
         message += ' (Pass on_error="skip" to skip and count such records instead.)'
         super().__init__(message)
 
+    def __reduce__(self):  # pickled by its fields: a record built in a worker process comes back whole
+        return BadRecord, (self.record, self.reason, self.detail, self.fix)
+
 
 @dataclass
 class SkipReport:
@@ -62,6 +74,10 @@ class SkipReport:
 
     names: dict[str, list[str]] = field(default_factory=dict)  # every skipped record, by reason
     warned: set[str] = field(default_factory=set)  # reasons already in a logged warning
+    notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kept records' notes: reason -> (record, detail)
+
+    def note(self, record: str, reason: str, detail: str = "") -> None:
+        self.notes.setdefault(reason, []).append((record, detail))
 
     def add(self, error: BadRecord) -> None:
         self.counts[error.reason] += 1
@@ -132,35 +148,71 @@ def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
     return str(full)
 
 
-def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, Any] | None], *,
-                 on_error: OnError, report: SkipReport) -> Iterator[dict[str, Any]]:
-    """Apply ``to_sample`` to each record; raise or count ``BadRecord``s; log the report at the end.
+def note(record: str, reason: str, detail: str = "") -> None:
+    """Say that ``record``, being turned into a sample, was kept with a change or a reader's warning.
 
-    ``to_sample`` may return None for a record that is legitimately not a sample (a folder's README, say):
-    those are neither kept nor counted as skipped.
+    Called from inside a ``to_sample`` function (in whichever process builds the record); ``build_dataset`` and
+    ``iter_samples`` file it in the ``SkipReport``'s ``notes`` under ``reason``, in record order, where the
+    adapter reads them to log one summary line.
     """
+    _pending_notes.append((record, reason, detail))
+
+
+# The notes of the record being built in this process: a record is built start to finish before the next.
+_pending_notes: list[tuple[str, str, str]] = []
+
+
+@dataclass
+class _Outcome:
+    """What became of one record: a sample (None: not a sample, not a skip), a ``BadRecord`` (with the error
+    behind it, in this process only), or a missing package, which stops the build whatever ``on_error``."""
+
+    sample: dict[str, Any] | None = None
+    bad: BadRecord | None = None
+    cause: BaseException | None = field(default=None, compare=False)
+    missing_package: ImportError | None = None
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "cause": None}  # an arbitrary exception may not pickle; its message is in `bad`
+
+
+def _attempt(to_sample: Callable[[Any], dict[str, Any] | None], record: Any) -> _Outcome:
+    """``to_sample(record)``, caught: the one step a serial and a parallel build share."""
+    _pending_notes.clear()
+    try:
+        outcome = _Outcome(sample=to_sample(record))
+    except BadRecord as err:
+        outcome = _Outcome(bad=err)
+    except ImportError as err:  # a missing package is not the record's fault: skipping would drop every record
+        outcome = _Outcome(missing_package=err)
+    except Exception as err:  # anything else is still this record's problem: name it, skip only it
+        outcome = _Outcome(bad=BadRecord(_name_of(record), f"unexpected {type(err).__name__}", str(err),
+                                         "report this record's contents if the error is not about the data."),
+                           cause=err)
+    outcome.notes = list(_pending_notes)
+    return outcome
+
+
+def _collect(outcomes: Iterable[_Outcome], *, on_error: OnError, report: SkipReport) -> Iterator[dict[str, Any]]:
+    """File each outcome, in order: keep its sample, or raise / count its ``BadRecord``; log the report at the end."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
-    for record in records:
-        try:
-            sample = to_sample(record)
-        except BadRecord as err:
+    for outcome in outcomes:
+        for record, reason, detail in outcome.notes:
+            report.note(record, reason, detail)
+        if outcome.missing_package is not None:
+            raise outcome.missing_package
+        if outcome.bad is not None:
+            if on_error == "raise" and outcome.cause is not None:
+                raise outcome.bad from outcome.cause
             if on_error == "raise":
-                raise
-            report.add(err)
+                raise outcome.bad
+            report.add(outcome.bad)
             continue
-        except ImportError:
-            raise  # a missing package is not the record's fault: skipping would drop every record
-        except Exception as err:  # anything else is still this record's problem: name it, skip only it
-            bad = BadRecord(_name_of(record), f"unexpected {type(err).__name__}", str(err),
-                            "report this record's contents if the error is not about the data.")
-            if on_error == "raise":
-                raise bad from err
-            report.add(bad)
-            continue
-        if sample is not None:
+        if outcome.sample is not None:
             report.kept += 1
-            yield sample
+            yield outcome.sample
     # A stream reads each shard in a call of its own, and would repeat the running counts once a shard: a call
     # warns when it met a reason not warned of yet; the others' counts go to the info log.
     if set(report.counts) - report.warned:
@@ -168,6 +220,64 @@ def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, An
         logger.warning(report.summary())
     else:
         logger.info(report.summary())
+
+
+def iter_samples(records: Iterable[Any], to_sample: Callable[[Any], dict[str, Any] | None], *,
+                 on_error: OnError, report: SkipReport) -> Iterator[dict[str, Any]]:
+    """Apply ``to_sample`` to each record; raise or count ``BadRecord``s; log the report at the end.
+
+    ``to_sample`` may return None for a record that is legitimately not a sample (a folder's README, say):
+    those are neither kept nor counted as skipped.
+    """
+    yield from _collect((_attempt(to_sample, record) for record in records), on_error=on_error, report=report)
+
+
+# The records and function of the parallel build under way: forked worker processes inherit them, so neither
+# is pickled (an adapter's function may be a closure, and a captions table large).
+_JOB: tuple[Sequence[Any], Callable[[Any], Any]] | None = None
+
+
+def _attempt_range(start: int, stop: int) -> list[_Outcome]:
+    records, to_sample = _JOB
+    return [_attempt(to_sample, records[i]) for i in range(start, stop)]
+
+
+@contextmanager
+def _attempts(records: Sequence[Any], to_sample: Callable[[Any], Any], num_proc: int,
+              source: str) -> Iterator[Iterator[_Outcome]]:
+    """Each record's ``_Outcome`` in record order: in this process, or in ``num_proc`` forked processes, each
+    taking runs of consecutive records (so a video folder's memo of durations mostly hits)."""
+    if num_proc <= 1 or len(records) < 2:
+        yield (_attempt(to_sample, record) for record in records)
+        return
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"{source}: num_proc={num_proc} needs the 'fork' start method, which this platform lacks "
+                         "(Windows). Pass num_proc=1.")
+    global _JOB
+    run = max(1, min(64, len(records) // (8 * num_proc)))  # several runs per process, so the bar moves
+    ranges = [(start, min(start + run, len(records))) for start in range(0, len(records), run)]
+    executor = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork"))
+    finished = False
+    try:
+        _JOB = (records, to_sample)
+        futures = [executor.submit(_attempt_range, *bounds) for bounds in ranges]  # forks every process here
+        _JOB = None
+
+        def in_order() -> Iterator[_Outcome]:
+            for (start, stop), future in zip(ranges, futures, strict=True):
+                try:
+                    yield from future.result()
+                except BrokenProcessPool as err:
+                    raise RuntimeError(
+                        f"{source}: a process reading records {start}-{stop - 1} died (a crash in a media "
+                        "decoder, or out of memory). Build with num_proc=1 to find the record that crashes.") from err
+
+        yield in_order()
+        finished = True
+    finally:
+        _JOB = None
+        # On a raise (the first bad record) do not wait for the rest of the scan.
+        executor.shutdown(wait=finished, cancel_futures=True)
 
 
 def _name_of(record: Any) -> str:
@@ -184,21 +294,31 @@ def _name_of(record: Any) -> str:
 
 def build_dataset(records: Callable[..., Iterable[Any]], to_sample: Callable[[Any], dict[str, Any] | None], *,
                   source: str, on_error: OnError = "raise", streaming: bool = False,
-                  shards: list[Any] | None = None):
+                  shards: list[Any] | None = None, num_proc: int = 1, progress: bool = True):
     """A ``datasets.Dataset`` (or ``IterableDataset`` when streaming) of canonical samples.
 
-    Records are walked once to build the table (media stay paths: nothing is decoded), so a bad record
-    raises here, not mid-training. The returned dataset carries its ``SkipReport`` as ``.skip_report``
-    (non-streaming; for streaming, the report fills up as the stream is read and is logged at its end).
+    Records are walked once to build the table (media stay paths: only headers are read), with a progress bar, so
+    a bad record raises here, not mid-training. The returned dataset carries its ``SkipReport`` as
+    ``.skip_report`` (non-streaming; for streaming, the report fills up as the stream is read and is logged at
+    its end).
 
     With ``shards`` (streaming only), ``records(some_shards)`` reads the records of a sublist of them, and the
     stream has one data source per shard: ``datasets`` hands each DataLoader worker, and accelerate each
     process, whole shards of its own, so every record is read once, by the process that trains on it.
     Without, streaming lists ``records()`` now (file paths, manifest rows: no media is opened) and cuts the
     list into ``contiguous_shards``; one generator over everything could not be shared by workers or ranks.
+
+    Args:
+        num_proc: build the table in this many forked processes (record order, samples and skip report as with
+            1). Worth it when ``to_sample`` reads files (headers, a decoded frame); ``to_sample`` must keep no
+            state the build needs afterwards (report through ``note``). Not for streams.
+        progress: show a progress bar over the records.
     """
     import datasets
 
+    if num_proc < 1 or (streaming and num_proc > 1):
+        raise ValueError(f"{source}: num_proc must be 1 or more, and 1 for a stream (its records are read as it "
+                         f"is iterated, by the DataLoader workers); got num_proc={num_proc}, streaming={streaming}.")
     report = SkipReport(source)
     if streaming:
         if shards is None:
@@ -209,7 +329,13 @@ def build_dataset(records: Callable[..., Iterable[Any]], to_sample: Callable[[An
 
         dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards})
     else:
-        rows = list(iter_samples(records(), to_sample, on_error=on_error, report=report))
+        from tqdm.auto import tqdm
+
+        found = records()
+        found = found if isinstance(found, Sequence) else list(found)  # its length, for the bar
+        with (_attempts(found, to_sample, num_proc, source) as attempts,
+              tqdm(attempts, total=len(found), desc="Reading records", unit="record", disable=not progress) as bar):
+            rows = list(_collect(bar, on_error=on_error, report=report))
         if not rows:
             raise ValueError(f"{source}: no usable records. {report.summary()}")
         dataset = datasets.Dataset.from_list(rows)

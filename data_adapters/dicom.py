@@ -49,6 +49,7 @@ from data_adapters._records import (
     build_dataset,
     make_sample,
     media_part,
+    note,
     resolve_media_path,
     short_name,
     text_part,
@@ -112,6 +113,8 @@ def from_dicom(
     on_error: OnError = "raise",
     streaming: bool = False,
     check_pixels: bool = True,
+    num_proc: int = 1,
+    progress: bool = True,
 ):
     """A dataset of canonical samples, one per DICOM file.
 
@@ -138,6 +141,9 @@ def from_dicom(
         check_pixels: decode each file's first frame now, so a corrupt compressed stream (which a header
             check cannot see) is a bad record here rather than a crash mid-training. Costs one frame decode
             per file; turn off for very large, trusted archives.
+        num_proc: read the files in this many processes (the same samples and skips, in the same order; see
+            ``benchmarks/scan_speed.py``). Not with ``streaming``.
+        progress: show a progress bar while the files are read.
 
     Returns:
         A ``datasets.Dataset`` (``IterableDataset`` when streaming) with ``.skip_report``.
@@ -165,51 +171,47 @@ def from_dicom(
     captions = None if captions_table is None else _read_captions_table(captions_table)
     files = _find_files(paths_or_dir, recursive)
     phi = _FreeTextPolicy(free_text_phi, frozenset(allow_phi_tags))
-    notes = _ReaderNotes()
-    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt, phi=phi, notes=notes,
+    to_sample = partial(_file_to_sample, template=caption, captions=captions, prompt=prompt, phi=phi,
                         system_prompt=system_prompt, max_tiles=max_tiles, num_frames=num_frames,
                         check_pixels=check_pixels, same_name=Counter(os.path.basename(f.relative) for f in files))
     # a folder is named by its last two parts (a site-packages path buries the line that matters)
     source = ", ".join(os.path.join(*os.path.normpath(os.fspath(p)).split(os.sep)[-2:]) for p in _as_list(paths_or_dir))
     dataset = build_dataset(lambda: files, to_sample, source=f"from_dicom({source})", on_error=on_error,
-                            streaming=streaming)
-    if phi.redacted:
-        logger.warning(f"from_dicom: removed identifying text from the captions of {phi.redacted} file(s) "
-                       f"(free_text_phi='redact'; {', '.join(f'{n} {what}' for what, n in phi.kinds.items())}). "
-                       "Pass free_text_phi='refuse' to drop those files instead.")
-    notes.log()
+                            streaming=streaming, num_proc=num_proc, progress=progress)
+    _log_notes(dataset.skip_report.notes)
     return dataset
 
 
-class _ReaderNotes:
-    """pydicom's warnings about files it reads anyway (non-standard values, excess padding), one summary line
-    instead of two lines each with site-packages paths; every note with ``PLM_TUNE_VERBOSE=1``."""
+# Reasons under which a file's sample is noted (data_adapters._records.note): one summary line each after the build.
+_REDACTED, _READER_NOTE = "identifying text removed", "pydicom note"
 
-    def __init__(self) -> None:
-        self.files: dict[str, str] = {}  # record -> its first note
 
-    def record(self, name: str, caught: list[warnings.WarningMessage]) -> None:
-        if not caught:
-            return
-        self.files.setdefault(name, str(caught[0].message))
-        if verbose_logs():
-            for note in caught:
-                logger.warning(f"{name}: pydicom: {note.message}")
-
-    def log(self) -> None:
-        if self.files and not verbose_logs():
-            first, note = next(iter(self.files.items()))
-            logger.warning(f"from_dicom: pydicom read {len(self.files)} file(s) despite non-standard values (e.g. "
-                           f"{short_name(first)}: {note[:100]}); every note: PLM_TUNE_VERBOSE=1 or --verbose.")
+def _log_notes(notes: dict[str, list[tuple[str, str]]]) -> None:
+    """What was removed from captions (counts by kind; never the values), and pydicom's warnings about files it
+    read anyway (non-standard values, excess padding): a line each, instead of two lines a file with
+    site-packages paths; every pydicom note with ``PLM_TUNE_VERBOSE=1``."""
+    redacted = notes.get(_REDACTED, [])
+    if redacted:
+        kinds = Counter(kind for _, kind in redacted)
+        logger.warning(f"from_dicom: removed identifying text from the captions of {len({r for r, _ in redacted})} "
+                       f"file(s) (free_text_phi='redact'; {', '.join(f'{n} {what}' for what, n in kinds.items())}). "
+                       "Pass free_text_phi='refuse' to drop those files instead.")
+    read_anyway = notes.get(_READER_NOTE, [])
+    if read_anyway and verbose_logs():
+        for name, message in read_anyway:
+            logger.warning(f"{name}: pydicom: {message}")
+    elif read_anyway:
+        first, message = read_anyway[0]
+        logger.warning(f"from_dicom: pydicom read {len({r for r, _ in read_anyway})} file(s) despite non-standard "
+                       f"values (e.g. {short_name(first)}: {message[:100]}); every note: PLM_TUNE_VERBOSE=1 or "
+                       "--verbose.")
 
 
 class _FreeTextPolicy:
-    """``free_text_phi`` and what it removed (counts by kind; never the values)."""
+    """``free_text_phi``: what a caption may hold of the identifying text found in a file's free-text tags."""
 
     def __init__(self, mode: str, allowed: frozenset[str]) -> None:
         self.mode, self.allowed = mode, allowed
-        self.redacted = 0
-        self.kinds: Counter = Counter()
 
     def clean(self, values: dict[str, str], header: Any, record: str) -> dict[str, str]:
         own = identifying_values(header, self.allowed, PHI_TAGS)
@@ -224,20 +226,22 @@ class _FreeTextPolicy:
             raise BadRecord(record, "identifying text", f"{what}.",
                             "de-identify these tags, leave them out of the template, or pass "
                             "free_text_phi='redact' to remove such text.")
-        self.redacted += 1
-        self.kinds.update(w for spans in found.values() for *_, w in spans)
+        for spans in found.values():
+            for *_, what in spans:
+                note(record, _REDACTED, what)
         return {keyword: redact_phi(text, found[keyword]) if keyword in found else text
                 for keyword, text in values.items()}
 
 
-def _file_to_sample(file: _File, *, notes: _ReaderNotes, **options: Any) -> dict[str, Any]:
-    """One DICOM file -> a canonical sample; pydicom's warnings about it are kept in ``notes``, not printed."""
+def _file_to_sample(file: _File, **options: Any) -> dict[str, Any]:
+    """One DICOM file -> a canonical sample; pydicom's warnings about it are noted, not printed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             return _read_file(file, **options)
         finally:
-            notes.record(file.name, caught)
+            for warning in caught:
+                note(file.name, _READER_NOTE, str(warning.message))
 
 
 def _read_file(file: _File, *, template: str | None, captions: _Captions | None, prompt: str, phi: _FreeTextPolicy,

@@ -28,12 +28,12 @@ other adapter's, so they ``mix`` with them.
 
 from __future__ import annotations
 
-import glob
 import hashlib
+import itertools
 import json
+import logging
 import os
 import posixpath
-import re
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -52,104 +52,15 @@ from data_adapters._records import (
     media_part,
     text_part,
 )
+from data_adapters._shards import current_rank, expand_shards, select_shards
 from plm_tune.sample import normalize_messages, sample_features
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
 
+logger = logging.getLogger("data_adapters")
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 VIDEO_EXTENSIONS = ("mp4", "webm")
-_BRACES = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"(\d+)\.\.(\d+)")
-
-
-# ---------------------------------------------------------------- finding shards
-def _expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> three names (zero padding kept); ``{x,y}`` -> two; several braces multiply."""
-    match = _BRACES.search(pattern)
-    if match is None:
-        return [pattern]
-    body = match.group(1)
-    numeric = _RANGE.fullmatch(body)
-    if numeric:
-        first, last = numeric.groups()
-        if int(last) < int(first):
-            raise ValueError(f"Shard pattern '{pattern}': range {{{body}}} counts down; write {{{last}..{first}}}.")
-        width = max(len(first), len(last)) if first.startswith("0") or last.startswith("0") else 0
-        items = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
-    elif "," in body:
-        items = body.split(",")
-    else:
-        raise ValueError(f"Shard pattern '{pattern}': cannot expand {{{body}}}; use a range {{000..009}} "
-                         "or a list {a,b}.")
-    head, tail = pattern[: match.start()], pattern[match.end():]
-    return [name for item in items for name in _expand_braces(head + item + tail)]
-
-
-def expand_shards(urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Every shard named by paths, globs, brace patterns or URLs, in the order given (globs sorted).
-
-    >>> expand_shards("data/shard-{000..003}.tar")   # doctest: +SKIP
-    ['data/shard-000.tar', 'data/shard-001.tar', 'data/shard-002.tar', 'data/shard-003.tar']
-
-    URLs (``scheme://...``) are opened with ``fsspec`` when read and are not checked here.
-
-    Raises:
-        ValueError: a local shard that does not exist, a glob that matches nothing, or a shard named twice
-            (it would be read twice).
-    """
-    specs = [urls_or_paths] if isinstance(urls_or_paths, str | os.PathLike) else list(urls_or_paths)
-    shards: list[str] = []
-    for spec in specs:
-        for name in _expand_braces(os.fspath(spec)):
-            if "://" in name:
-                shards.append(name)
-            elif any(c in name for c in "*?["):
-                matches = sorted(glob.glob(name))
-                if not matches:
-                    raise ValueError(f"No shard matches '{name}'. Check the folder and the pattern.")
-                shards.extend(matches)
-            elif os.path.isfile(name):
-                shards.append(name)
-            else:
-                raise ValueError(f"Shard '{name}' does not exist. Fix the path or the brace range in "
-                                 f"'{os.fspath(spec)}'.")
-    if not shards:
-        raise ValueError("No shards given: pass a path, a glob such as 'data/*.tar' or 'data/shard-{000..009}.tar'.")
-    repeated = sorted({s for s in shards if shards.count(s) > 1})
-    if repeated:
-        raise ValueError(f"Shard(s) named more than once: {', '.join(repeated)}. Their records would be read "
-                         "twice; list each shard once.")
-    return shards
-
-
-def select_shards(shards: Sequence[str], *, rank: int, world_size: int) -> list[str]:
-    """The shards one distributed rank reads: every ``world_size``-th, starting at ``rank``.
-
-    Each rank's shards are then spread over its DataLoader workers by ``datasets`` (worker ``w`` of ``W``
-    reads that list's ``w``, ``w + W``, ... shard), so every record is read by exactly one worker of one rank.
-
-    Raises:
-        ValueError: a rank outside ``[0, world_size)``, or fewer shards than ranks (a rank with no data
-            would stall the others at their next collective operation).
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
-                         f"world_size={world_size}.")
-    if len(shards) < world_size:
-        raise ValueError(f"{len(shards)} shard(s) for {world_size} ranks: some ranks would read nothing. "
-                         "Write at least one shard per rank (ideally a multiple of ranks x DataLoader workers); "
-                         "under accelerate (build_trainer, the Trainer) leave split_by_rank=False: it splits the "
-                         "stream between processes itself.")
-    return list(shards[rank::world_size])
-
-
-def _current_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else torchrun's RANK / WORLD_SIZE, else (0, 1)."""
-    import torch.distributed as dist  # noqa: PLC0415 - only split_by_rank needs torch here
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # ---------------------------------------------------------------- reading records
@@ -163,8 +74,18 @@ class _TarRecord:
 @dataclass(frozen=True)
 class _BrokenShard:
     shard: str
-    at_key: str | None  # the record being read when the stream broke
+    at_key: str | None  # the record the stream broke in, when known
     error: str
+    after_key: str | None = None  # the last record kept, when the one the stream broke in has no name
+
+
+class _CutHeader(tarfile.ReadError):
+    """A member header that the stream ends (or breaks) inside; ``name``: the member's name, when the header got
+    past it (the name field, its first 100 bytes, ends with a NUL before the cut), else None."""
+
+    def __init__(self, message: str, name: str | None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -182,7 +103,26 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.EOFHeaderError:
             raise
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
-            raise tarfile.ReadError(f"cut or corrupt tar header ({err}) before the end-of-archive marker") from err
+            # A short header's bytes are true as far as they go; a garbled one's name may be garbage.
+            name = _name_before_cut(buf) if isinstance(err, tarfile.TruncatedHeaderError) else None
+            raise _CutHeader(f"cut or corrupt tar header ({err}) before the end-of-archive marker", name) from err
+
+
+def _name_before_cut(header: bytes) -> str | None:
+    end = header.find(b"\0", 0, 100)
+    name = header[:end].decode("utf-8", "replace") if end > 0 else None
+    # The headers of PAX and GNU long-name extensions name no member: the member's own header comes after.
+    return None if name is None or "@PaxHeader" in name or "@LongLink" in name or "PaxHeaders" in name else name
+
+
+def _member_key(name: str) -> tuple[str, str] | None:
+    """``(key, extension)`` of a member path (``dir/000017.seg.png`` -> ``dir/000017``, ``seg.png``); None for a
+    name with no extension or a dot-file (macOS "._x.jpg" resource forks would form bogus records)."""
+    directory, base = posixpath.split(name)
+    if base.startswith(".") or "." not in base:
+        return None
+    stem, extension = base.split(".", 1)
+    return posixpath.join(directory, stem), extension.lower()
 
 
 def _open(shard: str):
@@ -194,30 +134,48 @@ def _open(shard: str):
 
 
 def _read_shard(shard: str) -> Iterator[_TarRecord | _BrokenShard]:
-    """Records of one shard in order; a read error ends the shard with a ``_BrokenShard``."""
+    """Records of one shard in order; a read error ends the shard with a ``_BrokenShard``.
+
+    A record is known whole once a member of another key begins (members of a record are consecutive), so when
+    the stream breaks every record before the one it broke in is kept, and the ``_BrokenShard`` stands for that
+    one, which may be missing members: the record whose member data was cut, or whose member's header was cut
+    after its name. A header cut before its name (WebDataset's ``TarWriter`` puts two PAX blocks before each
+    member's own header), or an archive ending without its end-of-archive marker, does not say whose member
+    began: the record before it is kept if it already has media and text (a ``.json`` / ``.txt``), and is the
+    broken one otherwise.
+    """
     key, members = None, []
+    in_header = True  # reading a header (or skipping a member) rather than a member of `key`
     try:
         # "r|*": one forward pass over a (possibly compressed, possibly remote) stream, no seeking.
         with _open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
             for info in tar:
-                directory, base = posixpath.split(info.name)
-                # Skip folders and dot-files (macOS "._x.jpg" resource forks would form bogus records).
-                if not info.isfile() or base.startswith(".") or "." not in base:
+                member = _member_key(info.name) if info.isfile() else None
+                if member is None:
                     continue
-                stem, extension = base.split(".", 1)
-                member_key = posixpath.join(directory, stem)
-                content = tar.extractfile(info).read()
-                if member_key != key:
+                if member[0] != key:
                     if key is not None:
                         yield _TarRecord(shard, key, tuple(members))
-                    key, members = member_key, []
-                members.append((extension.lower(), content))
+                    key, members = member[0], []
+                in_header = False
+                members.append((member[1], tar.extractfile(info).read()))
+                in_header = True
     except (tarfile.TarError, OSError, EOFError) as err:
-        # The record being read when the stream broke may be missing members: it is dropped with the rest.
-        yield _BrokenShard(shard, key, f"{type(err).__name__}: {err}")
+        error = f"{type(err).__name__}: {err}"
+        cut = _member_key(err.name) if isinstance(err, _CutHeader) and err.name else None
+        if in_header and key is not None and (cut[0] != key if cut else _looks_whole(members)):
+            yield _TarRecord(shard, key, tuple(members))
+            yield _BrokenShard(shard, cut[0] if cut else None, error, after_key=key)
+        else:
+            yield _BrokenShard(shard, key, error)
         return
     if key is not None:
         yield _TarRecord(shard, key, tuple(members))
+
+
+def _looks_whole(members: list[tuple[str, bytes]]) -> bool:
+    extensions = {extension for extension, _ in members}
+    return bool(extensions & {*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS}) and bool(extensions & {"json", "txt"})
 
 
 def _read_shards(shards: list[str]) -> Iterator[_TarRecord | _BrokenShard]:
@@ -314,9 +272,10 @@ def _write_once(path: str, content: bytes) -> None:
 def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json", "txt"], prompt: str | None,
                video_dir: str, max_tiles: int | None, num_frames: int | None) -> dict[str, Any]:
     if isinstance(record, _BrokenShard):
-        where = record.shard + (f" at key '{record.at_key}'" if record.at_key else "")
+        where = record.shard + (f" at key '{record.at_key}'" if record.at_key else
+                                f" after key '{record.after_key}'" if record.after_key else "")
         raise BadRecord(where, "unreadable shard", f"the tar stream broke: {record.error}; this record and the "
-                        "rest of the shard are lost.",
+                        "rest of the shard are lost (the records before it are read).",
                         "re-download or rewrite the shard; `tar -tf SHARD` shows where it breaks.")
     where = f"{record.shard} key '{record.key}'"
     members = dict(record.members)
@@ -344,9 +303,16 @@ def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json"
                        max_tiles=max_tiles, num_frames=num_frames)
 
 
-def _generate(shards: list[str], *, report: SkipReport, on_error: OnError, **options: Any) -> Iterator[dict]:
-    # ``shards`` is this DataLoader worker's share: datasets splits the gen_kwargs list across workers.
-    yield from iter_samples(_read_shards(shards), partial(_to_sample, **options), on_error=on_error, report=report)
+def _generate(shards: list[str], *, report: SkipReport, on_error: OnError, records_of: tuple[int, int] | None,
+              **options: Any) -> Iterator[dict]:
+    # ``shards`` is this DataLoader worker's share: datasets splits the gen_kwargs list across workers, the same
+    # way on every rank. With ``records_of=(rank, world_size)`` every rank reads them and keeps its own records
+    # (before they are decoded), so each record of this worker's shards is taken by one rank.
+    records = _read_shards(shards)
+    if records_of is not None:
+        rank, world_size = records_of
+        records = itertools.islice(records, rank, None, world_size)
+    yield from iter_samples(records, partial(_to_sample, **options), on_error=on_error, report=report)
 
 
 # ---------------------------------------------------------------- the adapter
@@ -364,14 +330,17 @@ def from_webdataset(
     """Stream canonical samples from WebDataset tar shards.
 
     Args:
-        urls_or_paths: shard paths, globs (``"data/*.tar"``), brace patterns (``"data/shard-{000..099}.tar"``)
-            or ``fsspec`` URLs, or a list of them. See ``expand_shards``.
+        urls_or_paths: shard paths, globs (``"data/*.tar"``), brace patterns (``"data/shard-{000..099}.tar"``,
+            expanded as WebDataset does: ``data_adapters._shards``) or ``fsspec`` URLs, or a list of them. See
+            ``expand_shards``.
         prompt: the user turn for caption records (default ``"Describe the image."`` /
             ``"Describe the video."``). Question / answer and ``messages`` records bring their own text.
         caption_key: which member holds the text: ``"json"`` (``caption``, ``question`` + ``answer``, or a
             full ``messages`` conversation) or ``"txt"`` (the whole member is the caption).
         split_by_rank: read only this rank's shards (``select_shards`` with the rank of torch.distributed,
-            else of torchrun's ``RANK`` / ``WORLD_SIZE``), for a plain torchrun loop. Leave False under accelerate
+            else of torchrun's ``RANK`` / ``WORLD_SIZE``), for a plain torchrun loop. With fewer shards than ranks,
+            every rank reads them all and keeps every ``world_size``-th record, with a warning (what accelerate
+            does with too few shards, ``plm_tune.distributed.stream_per_process``). Leave False under accelerate
             (``build_trainer``, the Trainer, ``accelerator.prepare``): with ``dispatch_batches=False``, which
             ``build_trainer`` sets (TRL's ``SFTTrainer`` forces it too), accelerate gives each process a block of
             the shards itself (``IterableDataset.shard``); splitting here as well, each process would read only
@@ -388,9 +357,10 @@ def from_webdataset(
         shuffles shard order and records. Every record is read, and its media decoded, by one process only.
 
     Raises:
-        ValueError: no shards / a missing shard (see ``expand_shards``); too few shards for the ranks.
+        ValueError: no shards / a missing shard / unbalanced braces (see ``expand_shards``).
         BadRecord (while iterating, ``on_error="raise"``): names the shard and key, e.g. an undecodable
-            .json, a record with no caption, a key with no media, or a truncated tar.
+            .json, a record with no caption, a key with no media, or a truncated tar (the records before the
+            cut are read; the one it cut is the bad record, see ``_read_shard``).
 
     Example:
         >>> train = from_webdataset("shards/train-{000..015}.tar", caption_key="txt", max_tiles=4)  # doctest: +SKIP
@@ -404,14 +374,21 @@ def from_webdataset(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
     shards = expand_shards(urls_or_paths)
+    records_of = None
     if split_by_rank:
-        rank, world_size = _current_rank()
-        shards = select_shards(shards, rank=rank, world_size=world_size)
+        rank, world_size = current_rank()
+        if len(shards) >= world_size:
+            shards = select_shards(shards, rank=rank, world_size=world_size)
+        else:  # as accelerate does with too few shards: every process reads the stream and keeps its slice
+            records_of = (rank, world_size)
+            logger.warning("from_webdataset: %d shard(s) for %d ranks: every rank reads all of them and keeps every "
+                           "%d-th record. Write at least one shard per rank to have each read only its own.",
+                           len(shards), world_size, world_size)
     video_dir = os.fspath(video_dir) if video_dir is not None else tempfile.mkdtemp(prefix="plm-tune-videos-")
     os.makedirs(video_dir, exist_ok=True)
     report = SkipReport(f"webdataset ({len(shards)} shard{'s' if len(shards) != 1 else ''}, from {shards[0]})")
-    generate = partial(_generate, report=report, on_error=on_error, caption_key=caption_key, prompt=prompt,
-                       video_dir=video_dir, max_tiles=max_tiles, num_frames=num_frames)
+    generate = partial(_generate, report=report, on_error=on_error, records_of=records_of, caption_key=caption_key,
+                       prompt=prompt, video_dir=video_dir, max_tiles=max_tiles, num_frames=num_frames)
     dataset = datasets.IterableDataset.from_generator(generate, gen_kwargs={"shards": shards}, features=sample_features(images="bytes"))
     dataset.skip_report = report
     return dataset

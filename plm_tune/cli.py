@@ -101,6 +101,7 @@ def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:
 def _dataset_from_args(args: argparse.Namespace):
     """(dataset, collator settings) from the data adapter named by the config / flags."""
     import importlib
+    import inspect
 
     adapter, kwargs, settings = _load_data_spec(args)
     module_name, function_name = ADAPTERS[adapter].split(":")
@@ -108,6 +109,8 @@ def _dataset_from_args(args: argparse.Namespace):
     _check_adapter_args(adapter, build, kwargs)
     if getattr(args, "command_data", None) == "check":
         kwargs.setdefault("on_error", "skip")  # walk everything; problems are tabulated, not fatal
+    if getattr(args, "no_progress", False) and "progress" in inspect.signature(build).parameters:
+        kwargs.setdefault("progress", False)  # the adapter's scan of the records is a bar too
     return build(**kwargs), settings
 
 

@@ -192,10 +192,12 @@ def sample_cost(sample: dict[str, Any], collator: PLMCollator) -> Cost:
     return CostEstimator(collator).cost(sample)
 
 
-def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True) -> list[Cost]:
-    """``(tokens, tiles + frames)`` of every sample of ``dataset`` (``sample_cost``), with a progress bar."""
+def dataset_costs(dataset: Any, collator: PLMCollator, *, progress: bool = True,
+                  indices: Sequence[int] | None = None) -> list[Cost]:
+    """``(tokens, tiles + frames)`` of every sample of ``dataset`` (``sample_cost``), or of the samples at
+    ``indices``, in their order, with a progress bar."""
     from tqdm.auto import tqdm
 
     estimator = CostEstimator(collator)
-    return [estimator.cost(dataset[i])
-            for i in tqdm(range(len(dataset)), desc="Sample costs", unit="sample", disable=not progress)]
+    indices = range(len(dataset)) if indices is None else indices
+    return [estimator.cost(dataset[i]) for i in tqdm(indices, desc="Sample costs", unit="sample", disable=not progress)]

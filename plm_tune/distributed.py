@@ -1,5 +1,6 @@
 """What training over several processes needs from plm-tune: a stream that each process reads its own shards of,
-and a vision tower that every process runs in step when the weights are sharded (ZeRO-3, FSDP)."""
+a vision tower that every process runs in step when the weights are sharded (ZeRO-3, FSDP), and sample costs
+that the processes compute once between them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["media_kinds", "shards_weights", "stream_per_process"]
+from plm_tune.collator import PLMCollator
+from plm_tune.costs import Cost, dataset_costs
+
+__all__ = ["media_kinds", "process_share", "shared_costs", "shards_weights", "stream_per_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +22,38 @@ def shards_weights(trainer: Any) -> bool:
     """Whether each process holds only a shard of the weights and gathers them as modules run (ZeRO-3, FSDP)."""
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return (plugin is not None and plugin.zero_stage == 3) or bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+def process_share(count: int, process_index: int, num_processes: int) -> range:
+    """The contiguous block of ``range(count)`` that process ``process_index`` of ``num_processes`` takes: the
+    blocks, in process order, are ``range(count)`` again, and their sizes differ by at most one.
+
+    >>> [list(process_share(5, rank, 2)) for rank in (0, 1)]
+    [[0, 1], [2, 3, 4]]
+    """
+    return range(count * process_index // num_processes, count * (process_index + 1) // num_processes)
+
+
+def shared_costs(dataset: Any, collator: PLMCollator, accelerator: Any, *, progress: bool) -> list[Cost]:
+    """Every sample's ``(tokens, tiles + frames)`` (``plm_tune.costs.dataset_costs``), computed once between the
+    processes: each estimates its ``process_share`` of the dataset, then all gather the rest.
+
+    Every process needs every cost (each builds the same length-grouped order and takes its part of it). Each
+    computing all of them would take as long as one process alone; one computing them while the others wait in a
+    broadcast would leave those waiting that long, past the collective timeout (``ddp_timeout``) on a big corpus.
+    Split, every process arrives at the gather after ``1 / num_processes`` of the work.
+
+    Args:
+        accelerator: the Trainer's ``accelerate.Accelerator`` (its process index and count).
+        progress: show the bar (over this process's share).
+    """
+    from accelerate.utils import gather_object
+
+    share = process_share(len(dataset), accelerator.process_index, accelerator.num_processes)
+    mine = dataset_costs(dataset, collator, progress=progress, indices=share)
+    if accelerator.num_processes == 1:
+        return mine
+    return [tuple(cost) for cost in gather_object(mine)]  # every process's list, joined in process order
 
 
 def media_kinds(dataset: Any) -> tuple[str, ...]:

@@ -19,9 +19,8 @@ from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, se
 from plm_tune.callbacks import GenerationEvalCallback, PLMMetricsCallback
 from plm_tune.checkpoints import guarded_train
 from plm_tune.collator import PLMCollator
-from plm_tune.costs import dataset_costs
 from plm_tune.devices import check_gpu_usable
-from plm_tune.distributed import media_kinds, shards_weights, stream_per_process
+from plm_tune.distributed import media_kinds, shards_weights, shared_costs, stream_per_process
 from plm_tune.generation import vision_dtype
 from plm_tune.model import parameter_groups
 from plm_tune.precision import apply_run_dtypes
@@ -79,7 +78,11 @@ def build_trainer(
             over every sample's (tokens, tiles + frames) instead of transformers' sampler (which needs
             ``input_ids`` columns): similar samples share a batch, and under DDP / DeepSpeed each step's batches
             go one per process with similar cost. The costs are computed once, before training, with a
-            progress bar, from media headers (``plm_tune.costs.dataset_costs``); a stream is refused (ValueError).
+            progress bar, from media headers, each process taking a share and all gathering the rest
+            (``plm_tune.distributed.shared_costs``); a stream is refused (ValueError).
+            ``args.dataloader_persistent_workers`` is left as given: transformers' default is off, and
+            ``TrainingArguments`` cannot tell that default from a chosen False. The shipped recipe configs turn it
+            on next to their ``dataloader_num_workers``, so workers are not forked again each epoch and eval.
         media, model_args, eval_args: run settings (``plm_tune.arguments``), as the recipes pass them: ``media``
             stands for the collator keywords below, ``model_args`` for ``vision_lr`` / ``projector_lr`` and
             ``eval_args`` for ``generation_eval_steps`` / ``generation_eval_samples``. Give either an object or
@@ -266,7 +269,7 @@ def _plm_trainer_class() -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if not self.plm_group_by_length:
                 return super()._get_train_sampler(train_dataset)
-            costs = dataset_costs(dataset, self.plm_collator, progress=self.is_world_process_zero())
+            costs = shared_costs(dataset, self.plm_collator, self.accelerator, progress=self.is_world_process_zero())
             grouped = LengthGroupedBatchSampler(
                 costs, self._train_batch_size, seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
                 num_replicas=self.accelerator.num_processes,

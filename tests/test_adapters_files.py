@@ -188,6 +188,8 @@ def test_hf_bad_rows_are_named_by_index_and_id(tmp_path):
                    ["row 1 (image_id='no-image')", "missing image"])
     assert [s["id"] for s in ds] == ["ok"]
     assert "dataset row 4 (image_id='none')" in ds.skip_report.examples["no answer text"]
+    parallel = from_hf_dataset(data, on_error="skip", num_proc=2)  # rows read by index in the worker processes
+    assert parallel.to_list() == ds.to_list() and parallel.skip_report == ds.skip_report
 
 
 def test_hf_path_columns_stay_inside_media_root(tmp_path):
@@ -296,6 +298,48 @@ def test_image_folder_bad_records(tmp_path):
     assert examples["bad json"] == ["metadata.jsonl line 7"]
     trusted = from_image_folder(root, on_error="skip", allow_outside_root=True)
     assert trusted.skip_report.counts["path outside dataset root"] == 0 and len(trusted) == 3
+
+
+def _folder_with_bad_files(root: Path) -> Path:
+    """Two classes of 12 images, with undecodable, empty and misnamed files among them."""
+    for i in range(24):
+        write_image(root / ("cat" if i % 2 else "dog") / f"{i:02d}.png", seed=i, size=(20 + i, 20))
+    write_garbage(root / "cat" / "05b.png")
+    (root / "dog" / "11b.jpg").write_bytes(b"")
+    write_garbage(root / "dog" / "20b.webp")
+    return root
+
+
+def test_num_proc_gives_the_same_samples_and_skip_report(tmp_path):
+    root = _folder_with_bad_files(tmp_path / "classes")
+    serial, parallel = (from_image_folder(root, on_error="skip", num_proc=n, progress=False) for n in (1, 2))
+    assert len(serial) == 24 and serial.skip_report.skipped == 3
+    assert parallel.to_list() == serial.to_list()  # the same samples, in record order
+    assert parallel.skip_report == serial.skip_report  # counts, names, examples and kept
+    errors = []
+    for n in (1, 2):  # raise mode stops at the same first bad record
+        with pytest.raises(BadRecord) as caught:
+            from_image_folder(root, num_proc=n, progress=False)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "cat/05b.png" in errors[0]
+
+    videos = tmp_path / "videos"  # a process that reads a video remembers its duration for the next rows
+    write_video(videos / "v.mp4", seconds=2)
+    write_garbage(videos / "junk.mp4")
+    rows = [f"v.mp4,{i % 2},,Clip {i}." for i in range(12)] + ["junk.mp4,,,Not a video.", "v.mp4,5,,Past the end."]
+    (videos / "annotations.csv").write_text("file,start,end,caption\n" + "\n".join(rows * 2) + "\n")
+    serial, parallel = (from_video_folder(videos, on_error="skip", num_proc=n, progress=False) for n in (1, 2))
+    assert parallel.to_list() == serial.to_list() and len(serial) == 24
+    assert parallel.skip_report == serial.skip_report and serial.skip_report.skipped == 4
+
+
+def test_building_a_table_shows_a_progress_bar_over_its_records(tmp_path, capsys):
+    root = _folder_with_bad_files(tmp_path / "classes")
+    from_image_folder(root, on_error="skip", num_proc=2)
+    bar = capsys.readouterr().err
+    assert "Reading records" in bar and "27/27" in bar  # every file found, the bad ones too
+    from_image_folder(root, on_error="skip", progress=False)
+    assert "Reading records" not in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from data_adapters._records import (
     media_part,
     text_part,
 )
+from data_adapters._shards import expand_braces
 from data_adapters.mix import mix
 from data_adapters.synthetic import COLOURS, DIRECTIONS, SHAPES, synthetic_shapes, synthetic_videos
 from data_adapters.webdataset import expand_shards, from_webdataset, select_shards
@@ -116,6 +117,35 @@ def test_expand_shards_paths_globs_braces_urls(shards, tmp_path):
         expand_shards(f"{folder}/nothing-*.tar")
     with pytest.raises(ValueError, match=r"more than once"):
         expand_shards([by_brace[0], f"{folder}/shard-000.tar"])
+    # WebDataset users' patterns: counting down, a step
+    assert expand_shards(f"{folder}/shard-{{003..000}}.tar") == by_brace[::-1]
+    assert expand_shards(f"{folder}/shard-{{000..003..2}}.tar") == by_brace[::2]
+    with pytest.raises(ValueError, match=r"unbalanced braces"):
+        expand_shards(f"{folder}/shard-{{000..003.tar")
+
+
+# Patterns as WebDataset users write them, and the corners of the syntax (escapes, nesting, empty items).
+BRACE_PATTERNS = [
+    "shard-{000..003}.tar", "{3..1}", "{00..10..5}", "{0..10..3}", "{10..0..3}", "{07..10}", "{10..07}", "{1..1}",
+    "{-2..2}", "{-05..5}", "{2..-1}", "{0..-03}", "{1..3..0}", "{1..9..-4}", "{a..e}", "{e..a..2}", "{Y..b}", "{A..A}",
+    "{a,b}-{1..2}", "x{,.bak}", "{a,{b,c}d}", "p{1..2}{x,{y..z}}", "{x}", "{}", "{,}", "a}b{", "}{",
+    r"a\{1,2\}", r"{1\,2,3}", r"a\\{b,c}", "s3://bucket/train-{0000..0002}.tar", "{{1..2}}",
+]
+
+
+@pytest.mark.parametrize("pattern", BRACE_PATTERNS)
+def test_brace_patterns_expand_as_webdataset_expands_them(pattern):
+    braceexpand = pytest.importorskip("braceexpand")  # what webdataset.shardlists.expand_urls calls
+    assert expand_braces(pattern) == list(braceexpand.braceexpand(pattern))
+
+
+@pytest.mark.parametrize("pattern", ["{1{2,3}", "a{b", "a}b", "x{0..3"])
+def test_unbalanced_braces_are_refused_as_webdataset_refuses_them(pattern):
+    braceexpand = pytest.importorskip("braceexpand")
+    with pytest.raises(braceexpand.UnbalancedBracesError):
+        list(braceexpand.braceexpand(pattern))
+    with pytest.raises(ValueError, match="unbalanced braces"):
+        expand_braces(pattern)
 
 
 # ---------------------------------------------------------------- records -> samples
@@ -175,18 +205,35 @@ def test_shards_split_over_ranks_and_workers_without_loss_or_duplicates(shards, 
     by_env = ids_of(from_webdataset(everything, split_by_rank=True, video_dir=tmp_path))
     assert {i.split("/")[0] for i in by_env} == {"shard-001.tar", "shard-003.tar"}
 
-    with pytest.raises(ValueError, match=r"4 shard\(s\) for 8 ranks"):
+    with pytest.raises(ValueError, match=r"4 shard\(s\) for 8 ranks.*from_webdataset\(split_by_rank=True\)"):
         select_shards(everything, rank=0, world_size=8)
     with pytest.raises(ValueError, match=r"rank must be in"):
         select_shards(everything, rank=2, world_size=2)
 
 
+def test_fewer_shards_than_ranks_are_split_by_record(shards, tmp_path, monkeypatch, caplog):
+    folder, ids = shards
+    two = expand_shards(f"{folder}/shard-{{000..001}}.tar")
+    seen = []
+    for rank in range(3):  # torchrun's contract, as read by split_by_rank=True
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        stream = from_webdataset(two, split_by_rank=True, video_dir=tmp_path)
+        got = ids_of(DataLoader(stream, batch_size=None, num_workers=2))  # a shard for each worker
+        assert len(got) == 2 * PER_SHARD // 3
+        seen += got
+    assert Counter(seen) == Counter(i for i in ids if i.startswith(("shard-000", "shard-001")))
+    assert "2 shard(s) for 3 ranks: every rank reads all of them and keeps every 3-th record" in caplog.text
+
+
 # ---------------------------------------------------------------- bad records
-def truncated(path, where="data"):
-    """The shard cut 100 bytes into the second record's last member: into its data, or into its header."""
+def truncated(path, where="data", member=3, into=100):
+    """The shard cut ``into`` bytes into a member (the second record's last by default): into its data, or into
+    its headers (``webdataset.TarWriter`` writes a PAX header and its data block, 1,024 bytes, before each
+    member's own header)."""
     with tarfile.open(path) as tar:
-        member = tar.getmembers()[3]
-    cut = (member.offset_data if where == "data" else member.offset) + 100
+        member = tar.getmembers()[member]
+    cut = (member.offset_data if where == "data" else member.offset) + into
     data = open(path, "rb").read()
     with open(path, "wb") as out:
         out.write(data[:cut])
@@ -223,6 +270,31 @@ def test_truncated_shard_raises(tmp_path, where):
     stream = iter(from_webdataset(shard, video_dir=tmp_path))
     assert next(stream)["id"] == "cut.tar/k0"
     with pytest.raises(BadRecord, match=r"cut\.tar at key 'k1': unreadable shard: the tar stream broke"):
+        next(stream)
+
+
+# Video records: members k0.json k0.mp4 k1.json k1.mp4 k2.json k2.mp4 (0 to 5).
+CUTS = {  # where the shard is cut -> (records read, what the skip names)
+    "in k1.mp4's data": (("data", 3, 100), ["k0"], "at key 'k1'"),
+    "in k1.mp4's PAX header: k1 has no media": (("header", 3, 100), ["k0"], "at key 'k1'"),
+    "in k2.json's data": (("data", 4, 10), ["k0", "k1"], "at key 'k2'"),
+    "in k2.json's header, past its name": (("header", 4, 1024 + 100), ["k0", "k1"], "at key 'k2'"),
+    "in k2.json's PAX header: k1 has media and text": (("header", 4, 100), ["k0", "k1"], "after key 'k1'"),
+    "after k1, no end-of-archive marker": (("header", 4, 0), ["k0", "k1"], "after key 'k1'"),
+}
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_cut_shard_keeps_every_whole_record_before_the_cut(tmp_path, cut):
+    (where, member, into), kept, skip = CUTS[cut]
+    shard = truncated(write_shard(tmp_path / "cut.tar", [record(f"k{i}", "video") for i in range(3)]),
+                      where, member, into)
+    dataset = from_webdataset(shard, on_error="skip", video_dir=tmp_path)
+    assert ids_of(dataset) == [f"cut.tar/{key}" for key in kept]
+    assert dataset.skip_report.names == {"unreadable shard": [f"{shard} {skip}"]}  # the cut record, once
+    stream = iter(from_webdataset(shard, video_dir=tmp_path))
+    assert [next(stream)["id"] for _ in kept] == [f"cut.tar/{key}" for key in kept]
+    with pytest.raises(BadRecord, match=rf"cut\.tar {skip}: unreadable shard: the tar stream broke"):
         next(stream)
 
 

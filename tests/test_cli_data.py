@@ -39,6 +39,7 @@ def test_data_inspect_shows_formatted_text_trained_tokens_and_counts(captioned_f
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("=== sample") == 2
+    assert "Reading records" in result.stderr and "4/4" in result.stderr  # the adapter's scan, with a bar
     assert "[[Scan number 0.<|eot_id|>]]" in out  # the trained span, and only it, is marked
     assert "<|image|>x" in out and "tiles=" in out and "trained_tokens=" in out
 
@@ -77,6 +78,7 @@ def test_data_check_exits_zero_on_a_clean_folder(captioned_folder, tiny_plm_path
                   "--model-name-or-path", tiny_plm_path, "--max-tiles", "2", "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Checked 4 samples: 0 with problems." in result.stdout
+    assert "Reading records" not in result.stderr  # --no-progress quiets the adapter's scan too
 
 
 def test_data_commands_read_a_yaml_config(captioned_folder, tiny_plm_path, tmp_path):

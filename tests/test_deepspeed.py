@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def launch(tiny_plm_path, tmp_path_factory):
                 command += ["--text-only-rank", str(TEXT_ONLY_RANK[config, method])]
             result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
             assert result.returncode == 0, f"{' '.join(command)}\n{(result.stdout + result.stderr)[-6000:]}"
+            (out / "launch.log").write_text(result.stdout + result.stderr)
             done[config, method, precision] = out
         return done[config, method, precision]
 
@@ -162,6 +164,10 @@ def test_deepspeed_run_keeps_part_learning_rates_and_saves_a_loadable_model(
         lines = (out / f"batches_rank{rank}.jsonl").read_text().splitlines()
         seen = [json.loads(line) for line in lines]  # the worker may have prefetched past the last step
         assert seen[: 3 * GRAD_ACCUM] == expected[: 3 * GRAD_ACCUM], (rank, seen, expected)
+    # ... from costs the two processes computed once between them: rank 0's bar counted its half of the 8.
+    log = (out / "launch.log").read_text()
+    assert re.search(r"Sample costs: 100%\|[^|]*\| 4/4 ", log), log[-3000:]
+    assert not re.search(r"Sample costs: 100%\|[^|]*\| 8/8 ", log)
 
     # Under ZeRO-3 with one rank on text-only batches, that rank ran the tower on a placeholder tile each batch.
     text_only = TEXT_ONLY_RANK.get((config, method))

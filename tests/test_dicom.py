@@ -362,6 +362,24 @@ def test_broken_files_raise_a_bad_record_or_are_counted_skips(mixed, caplog):
                                    "not a DICOM file": 1}
 
 
+def test_num_proc_reads_the_same_samples_skips_and_notes(mixed):
+    # Free-text tags holding dates: redactions noted in the worker processes must reach the report.
+    template = "{Modality} {BodyPartExamined}: {StudyDescription} {SeriesDescription}"
+    serial, parallel = (from_dicom(mixed, caption=template, on_error="skip", num_proc=n, progress=False)
+                        for n in (1, 2))
+    assert len(serial) == len(SCANS) and parallel.to_list() == serial.to_list()
+    assert parallel.skip_report == serial.skip_report
+    assert set(serial.skip_report.notes) == {"identifying text removed", "pydicom note"}
+    errors = []
+    for n in (1, 2):
+        with pytest.raises(BadRecord) as caught:
+            from_dicom(mixed, caption=TEMPLATE, num_proc=n, progress=False)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "MR_truncated.dcm: truncated file" in errors[0]
+    with pytest.raises(ValueError, match="num_proc must be .* 1 for a stream"):
+        from_dicom(mixed, caption=TEMPLATE, streaming=True, num_proc=2)
+
+
 def test_streaming_gives_the_same_samples_in_a_shard_per_file_that_workers_share(scans):
     from torch.utils.data import DataLoader
 

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from data_adapters.synthetic import synthetic_shapes
 from plm_tune import PLMCollator
-from plm_tune.costs import sample_cost
+from plm_tune.costs import dataset_costs, sample_cost
+from plm_tune.distributed import process_share
 from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 
 
@@ -135,6 +136,18 @@ def test_flat_order_cut_into_batches_and_dealt_to_ranks_gives_each_rank_its_batc
     # With one replica the short remainder batch comes last, so equal cuts never straddle two batches.
     single = LengthGroupedBatchSampler(costs, 6, seed=4)
     assert [len(b) for b in single] == [6] * 6 + [4]
+
+
+@pytest.mark.parametrize("count, processes", [(40, 2), (40, 3), (7, 4), (2, 3)])
+def test_processes_share_the_costs_and_gathered_they_are_everyones(data, count, processes):
+    """What shared_costs does under several processes: each estimates its block, all gather them in process
+    order (accelerate's gather_object). The tests/test_deepspeed.py runs check it over two real processes."""
+    samples, costs, collator = data
+    shares = [process_share(count, rank, processes) for rank in range(processes)]
+    assert [i for share in shares for i in share] == list(range(count))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    gathered = [cost for share in shares for cost in dataset_costs(samples, collator, progress=False, indices=share)]
+    assert gathered == costs[:count]
 
 
 def test_bad_arguments_say_what_was_expected():
