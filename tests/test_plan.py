@@ -346,6 +346,12 @@ def test_plan_command_on_a_data_config(tmp_path, tiny_plm_path):
     out = result.stdout
     assert f"{len(SIZES)} samples" in out and "batch size 2, max_length 110" in out
     assert "PLM-8B full" in out and f"{Path(tiny_plm_path).name} full" in out
+    # Each row names the dtypes it counts: the PLM rows a bf16 GPU's run (this one's, or assumed without one),
+    # the tiny model's row this machine's run (on a CPU: float32 weights, bf16 off).
+    assert "PLM-1B full, PLM-3B full, PLM-8B full: weights bf16 (frozen) / fp32 (trained), autocast bf16" in out \
+        or "dtypes: weights bf16 (frozen) / fp32 (trained), autocast bf16" in out
+    if not __import__("torch").cuda.is_available():
+        assert f"{Path(tiny_plm_path).name} full: weights fp32, no autocast" in out
     collator = PLMCollator(__import__("transformers").AutoProcessor.from_pretrained(tiny_plm_path), max_tiles=9,
                            max_length=110)
     from data_adapters.image_folder import from_image_folder
