@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/plan_memory.py            # tiny, small and mid-size PLMs; ~3 min on 2 CPU cores
     .venv/bin/python benchmarks/plan_memory.py --quick    # tiny and small only
+    .venv/bin/python benchmarks/plan_memory.py --bf16     # a bf16 GPU's dtypes on the small PLM; ~3 min
 
 Each measurement runs in a fresh Python process: the model is loaded with ``plm_tune.load_model`` (LoRA or
-full, frozen vision tower, float32 as on CPU, with or without gradient checkpointing), its parameters are
+full, frozen vision tower, with or without gradient checkpointing; float32 as on CPU, or with ``--bf16`` the
+frozen weights in bf16, the trained ones in float32 and the forward under bf16 autocast), its parameters are
 copied out of the safetensors memory map (after a warm-up load and step on a throwaway copy, so lazy
 imports and thread pools are paid before the baseline), then the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``)
-and two training steps run: ``model(**batch).loss``, ``backward()``, ``AdamW.step()``, ``zero_grad()``. The
-second step is the one with optimizer states alive. Measured peak = ``VmHWM`` after the steps minus ``VmRSS``
+and two training steps run: ``model(**batch).loss`` (``--bf16``: the loss on the labelled positions only),
+``backward()``, ``AdamW.step()`` (fused, the Trainer's default), ``zero_grad()``. The second step is the one
+with optimizer states alive. Measured peak = ``VmHWM`` after the steps minus ``VmRSS``
 before the model was loaded. glibc is told to serve every allocation of 64 KiB or more with its own mapping
 (``MALLOC_MMAP_THRESHOLD_``), so a freed tensor leaves the resident set at once and RSS follows the live bytes
 instead of the allocator's cache. What this measures is the host-memory peak of a CPU step; a GPU run adds
@@ -38,6 +41,10 @@ MODELS = {
 }
 # (model, batch_size, seq_len, tiles per sample)
 SHAPES = {"tiny": (4, 512, 5), "small": (2, 512, 5), "mid": (2, 512, 1)}
+# --bf16: a bf16 GPU's run (frozen weights bf16, trained ones float32, bf16 autocast), with the loss on 32 labelled
+# tokens per row as build_trainer scores it: logits for every position would put the CPU's slow bf16 matmuls
+# (no native bf16 here) to [tokens, vocab] gradients.
+BF16 = {"dtype": "bfloat16", "autocast": "bfloat16", "labelled": 32}
 
 
 def build_model(name: str, folder: Path) -> Path:
@@ -67,22 +74,27 @@ def _rss(field: str) -> int:
 
 def _measure(spec: dict) -> dict:
     """In the child: load, reset the peak mark, two training steps; bytes measured."""
+    import contextlib
     import ctypes
     import gc
 
     import torch
 
     from plm_tune import load_model
+    from plm_tune.sparse_logits import project_labelled_only
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    dtype = getattr(torch, spec["dtype"])
+    autocast = getattr(torch, spec["autocast"]) if spec["autocast"] else None
 
     def load():
         model, _ = load_model(spec["path"], method=spec["method"], freeze=("vision",), lora_r=spec["lora_r"],
-                              lora_dropout=0.0, dtype=torch.float32,
-                              gradient_checkpointing=spec["gradient_checkpointing"])
+                              lora_dropout=0.0, dtype=dtype, gradient_checkpointing=spec["gradient_checkpointing"])
         for param in model.parameters():  # out of the file mapping, into ordinary memory, as after a real load
             param.data = param.data.clone()
+            if param.requires_grad:  # the run's policy: trained weights in float32 (load_model does it, merged)
+                param.data = param.data.float()
         return model
 
     def batch_for(config, rows: int, seq: int, tiles: int) -> dict:
@@ -91,16 +103,33 @@ def _measure(spec: dict) -> dict:
         ids = torch.randint(0, 500, (rows, seq))  # below every special token id
         ids[:, 1 : 1 + tiles * per_tile] = config.image_token_id  # each row's tiles, after <|begin_of_text|>
         batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids),
-                 "pixel_values": torch.randn(1, rows * tiles, 3, tile, tile)}
+                 "pixel_values": torch.randn(1, rows * tiles, 3, tile, tile, dtype=dtype)}
         batch["attention_mask"][-1, -seq // 4 :] = 0  # a padded last row, as in a real batch
+        if spec["labelled"] is not None:  # an answer of that many tokens before each row's padding
+            lengths = batch["attention_mask"].sum(1)
+            batch["labels"][:] = -100
+            for row, length in enumerate(lengths.tolist()):
+                batch["labels"][row, length - spec["labelled"] : length] = ids[row, length - spec["labelled"] : length]
         return batch
+
+    def loss_of(model, batch):
+        mixed = torch.autocast("cpu", autocast) if autocast else contextlib.nullcontext()
+        if spec["labelled"] is None:  # the model's own loss over every position
+            with mixed:
+                return model(**batch).loss
+        # As build_trainer off CUDA: logits at the labelled positions only, a float32 log-softmax after autocast.
+        with project_labelled_only(model, batch["labels"]) as targets, mixed:
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=0).logits[0]
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     # Warm-up on a throwaway copy: lazy imports, thread pools and kernel caches are the runtime's fixed cost,
     # not the step's, so they are paid before the baseline is taken.
     model = load()
+    model.train()  # as measured: checkpointing and dropout act in training mode only
     tile = model.config.vision_config.model_args["img_size"][0]
-    model(**batch_for(model.config, 1, (tile // 28) ** 2 + 8, 1)).loss.backward()
-    del model
+    warm = batch_for(model.config, 1, (tile // 28) ** 2 + 8 + (spec["labelled"] or 0), 1)
+    loss_of(model, warm).backward()
+    del model, warm
     gc.collect()
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc_trim(0)
@@ -110,11 +139,12 @@ def _measure(spec: dict) -> dict:
     libc.malloc_trim(0)
     loaded = _rss("VmRSS")
     batch = batch_for(model.config, spec["batch_size"], spec["seq_len"], spec["tiles"])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=False)
+    # fused: the Trainer's default (optim="adamw_torch_fused"), which updates in place, without temporaries.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     model.train()
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM: loading transients are not the step's
     for _ in range(2):
-        loss = model(**batch).loss
+        loss = loss_of(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -122,10 +152,17 @@ def _measure(spec: dict) -> dict:
 
 
 def measure(path: Path, method: str, *, gradient_checkpointing: bool, batch_size: int, seq_len: int, tiles: int,
-            lora_r: int = 16) -> dict:
-    """Measure one configuration in a fresh process; returns ``{"weights", "peak", "loss"}`` in bytes."""
+            lora_r: int = 16, dtype: str = "float32", autocast: str | None = None,
+            labelled: int | None = None) -> dict:
+    """Measure one configuration in a fresh process; returns ``{"weights", "peak", "loss"}`` in bytes.
+
+    ``dtype``: the load dtype (frozen weights; trained ones are float32); ``autocast``: the forward's autocast
+    dtype (None: none); ``labelled``: the loss over that many labelled tokens per row, logits projected only
+    there (as ``build_trainer`` off CUDA), instead of the model's own loss over every position.
+    """
     spec = {"path": str(path), "method": method, "gradient_checkpointing": gradient_checkpointing,
-            "batch_size": batch_size, "seq_len": seq_len, "tiles": tiles, "lora_r": lora_r}
+            "batch_size": batch_size, "seq_len": seq_len, "tiles": tiles, "lora_r": lora_r, "dtype": dtype,
+            "autocast": autocast, "labelled": labelled}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import plan_memory; " \
            f"print('RESULT', json.dumps(plan_memory._measure(json.loads(sys.argv[1]))))"
@@ -138,23 +175,27 @@ def measure(path: Path, method: str, *, gradient_checkpointing: bool, batch_size
 
 
 def estimate(path: Path, method: str, *, gradient_checkpointing: bool, batch_size: int, seq_len: int, tiles: int,
-             lora_r: int = 16):
+             lora_r: int = 16, dtype: str = "float32", autocast: str | None = None, labelled: int | None = None):
     """The estimate for the same configuration as ``measure``."""
     import torch
 
     from plm_tune.memory import estimate_memory
 
     return estimate_memory(str(path), method, batch_size=batch_size, seq_len=seq_len, tiles_per_sample=tiles,
-                           gradient_checkpointing=gradient_checkpointing, dtype=torch.float32, freeze=("vision",),
-                           lora_r=lora_r, lora_dropout=0.0, device="cpu")  # as measure() loads it
+                           gradient_checkpointing=gradient_checkpointing, dtype=getattr(torch, dtype),
+                           autocast=getattr(torch, autocast) if autocast else None, freeze=("vision",),
+                           lora_r=lora_r, lora_dropout=0.0, device="cpu",
+                           logit_tokens=None if labelled is None else batch_size * labelled)  # as measure() runs it
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny and small models only")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="measure only these models")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights (frozen) and autocast; default: small only")
     args = parser.parse_args()
-    names = args.models or (["tiny", "small"] if args.quick else list(MODELS))
+    names = args.models or (["small"] if args.bf16 else ["tiny", "small"] if args.quick else list(MODELS))
+    precision = BF16 if args.bf16 else {}
     mib = 1024**2
     print(f"{'model':<6} {'params':>8} {'method':<5} {'ckpt':<5} {'batch':>9} {'est. weights':>12} "
           f"{'meas. weights':>13} {'est. peak':>10} {'meas. peak':>10} {'error':>7}")
@@ -166,17 +207,18 @@ def main() -> None:
             for method in ("lora", "full"):
                 for checkpointing in (False, True):
                     kwargs = dict(gradient_checkpointing=checkpointing, batch_size=batch_size, seq_len=seq_len,
-                                  tiles=tiles)
+                                  tiles=tiles, **precision)
                     est = estimate(path, method, **kwargs)
                     got = measure(path, method, **kwargs)
                     error = est.peak / got["peak"] - 1
                     errors.append(abs(error))
+                    counted = est.precision
                     print(f"{name:<6} {est.total_params / 1e6:>7.1f}M {method:<5} {str(checkpointing):<5} "
                           f"{batch_size:>2}x{seq_len:<4}{tiles:>2}t {est.weights / mib:>10.0f}Mi "
                           f"{got['weights'] / mib:>11.0f}Mi {est.peak / mib:>8.0f}Mi {got['peak'] / mib:>8.0f}Mi "
                           f"{error:>+7.1%}", flush=True)
     print(f"largest |error| {max(errors):.1%}, mean |error| {sum(errors) / len(errors):.1%} "
-          f"({len(errors)} configurations; float32 on CPU; peak RSS of two steps)")
+          f"({len(errors)} configurations; {counted} on CPU; peak RSS of two steps)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ training step runs (``model(**batch).loss``, ``backward()``, ``AdamW.step()``). 
 the step minus the process's RSS without the model (RSS after the warm-up minus the bytes of every parameter
 and buffer). glibc serves allocations of 64 KiB and more with their own mappings (``MALLOC_MMAP_THRESHOLD_``),
 so freed tensors leave the resident set. The estimate is ``estimate_memory`` for the same model, method, batch,
-dtype (float32), frozen parts and ``device="cpu"``. Then 4 new tokens are generated greedily (``plm_tune.generate``)
+dtypes (float32, no autocast), frozen parts, LoRA settings and ``device="cpu"``. Then 4 new tokens are generated greedily (``plm_tune.generate``)
 and LoRA / DoRA adapters are merged in memory (``merge_and_unload``), checked to give the same logits.
 """
 
@@ -101,7 +101,8 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
     step_s = time.perf_counter() - started
     measured = _rss("VmHWM") - baseline
     estimate = estimate_memory(path, method, batch_size=1, seq_len=seq_len, tiles_per_sample=tiles,
-                               dtype=torch.float32, freeze=freeze, lora_r=16, device="cpu")
+                               dtype=torch.float32, autocast=None, freeze=freeze, lora_r=16, lora_dropout=0.0,
+                               device="cpu")  # as loaded above
     model.eval()
     started = time.perf_counter()
     generation = generate(model, processor, [sample(max_tiles)], max_new_tokens=4, batch_size=1, progress=False,

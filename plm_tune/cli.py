@@ -219,7 +219,7 @@ def _plan(args: argparse.Namespace) -> int:
     print(plan_report(dataset, model_args, media=media_args, max_length=training_args.max_length,
                       batch_size=training_args.per_device_train_batch_size,
                       gradient_checkpointing=bool(training_args.activation_checkpointing),
-                      progress=not args.no_progress))
+                      bf16=training_args.bf16, progress=not args.no_progress))
     return 0
 
 

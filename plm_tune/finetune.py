@@ -123,7 +123,7 @@ def finetune(
     if eval_args.plan:  # counts from media headers and a memory estimate; no weights are loaded
         print(plan_report(train_set, model_args, media=media_args, max_length=training_args.max_length,
                           batch_size=training_args.per_device_train_batch_size,
-                          gradient_checkpointing=training_args.activation_checkpointing))
+                          gradient_checkpointing=training_args.activation_checkpointing, bf16=training_args.bf16))
         return None
 
     check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU

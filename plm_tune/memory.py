@@ -5,17 +5,20 @@
 448 px, 2x2 pooling, vocabulary 128256). Instantiated on the meta device they hold exactly the parameters the
 Hub checkpoints' safetensors metadata report (1,533,524,992 / 3,516,753,920 / 9,794,260,736).
 
-``estimate_memory`` counts bytes per component. Activations are the tensors autograd saves for the backward
-pass, enumerated op by op for transformers' Llama decoder layer (sdpa attention) and timm's Eva block (the PE
-tower); which of them are saved depends on what trains (a frozen linear saves its weight, not its input), on
-the dtype (RMSNorm keeps a float32 copy of a bf16 input) and on LoRA (peft casts a bf16 input to the float32
-adapter dtype). The counts were checked against ``torch.autograd.graph.saved_tensors_hooks`` on CPU and the
-total against the measured peak RSS of a training step (``benchmarks/plan_memory.py``, ``tests/test_plan.py``).
+``estimate_memory`` counts bytes per component, in the dtypes the run uses: frozen weights in the load dtype,
+trained ones (and their gradients and AdamW states) in float32, activations in the autocast dtype. Activations
+are the tensors autograd saves for the backward pass, enumerated op by op for transformers' Llama decoder layer
+(sdpa attention) and timm's Eva block (the PE tower); which of them are saved depends on what trains (a frozen
+linear saves its weight, not its input), on the dtypes (RMSNorm keeps a float32 copy of a bf16 input; a trained
+embedding makes the residual stream float32; autocast casts a float32 input once per linear and keeps a bf16
+copy of each trained weight) and on LoRA (peft casts an adapter's input to float32, autocast back to bf16). The
+counts were checked against ``torch.autograd.graph.saved_tensors_hooks`` on CPU and the total against the
+measured peak RSS of training steps (``benchmarks/plan_memory.py``, ``tests/test_plan.py``).
 
-Peak = weights + optimizer states + the largest of (activations + logits and loss, gradients, the transient
-of a frozen vision tower's forward) + overhead: during a step the saved activations and the loss tensors are
-alive together at the start of the backward pass; gradients of a full finetune fill up as activations are
-freed; optimizer states persist from the first step on.
+Peak = weights + optimizer states + the largest of (activations + the LM head's loss tensors, gradients, the
+transient of a frozen vision tower's forward) + overhead: during a step the saved activations and the loss
+tensors are alive together at the start of the backward pass; gradients of a full finetune fill up as
+activations are freed; optimizer states persist from the first step on.
 
 Example:
     >>> estimate = estimate_memory("3B", "lora", batch_size=4, seq_len=4096, tiles_per_sample=5)  # doctest: +SKIP
@@ -118,14 +121,17 @@ class _Arch:
     """What the estimate needs to know of one architecture, read off a meta-device instance."""
 
     params: dict[str, int]  # per part: vision / projector / language (tied weights once)
+    matmul_params: dict[str, int]  # per part: weights and biases of linears and convolutions (lm_head included)
     lora_linears: dict[str, tuple[tuple[int, int], ...]]  # per part: (in, out) of each LoRA-targeted linear
     quantized: int  # parameters QLoRA stores in 4 bit (the decoder layers' linears)
     hidden: int
     layers: int
     heads: int
+    attention: int  # query and attention-output width (heads x head dim)
     kv: int  # key / value width (kv heads x head dim)
     intermediate: int
     vocab: int
+    tied: bool  # lm_head is the embedding matrix (1B, 3B)
     vision_width: int
     vision_depth: int
     vision_mlp: int
@@ -186,7 +192,10 @@ def _arch(config_json: str) -> _Arch:
         params[part_of(name)] += param.numel()
     lora = {part: [] for part in LORA_LINEARS}
     quantized = 0
+    matmul = dict.fromkeys(params, 0)
     for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            matmul[part_of(name)] += sum(p.numel() for p in module.parameters(recurse=False))
         if not isinstance(module, torch.nn.Linear):
             continue
         for part, pattern in LORA_LINEARS.items():
@@ -201,14 +210,17 @@ def _arch(config_json: str) -> _Arch:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     return _Arch(
         params=params,
+        matmul_params=matmul,
         lora_linears={part: tuple(v) for part, v in lora.items()},
         quantized=quantized,
         hidden=text.hidden_size,
         layers=text.num_hidden_layers,
         heads=text.num_attention_heads,
+        attention=text.num_attention_heads * head_dim,
         kv=text.num_key_value_heads * head_dim,
         intermediate=text.intermediate_size,
         vocab=text.vocab_size,
+        tied=model.get_output_embeddings().weight is model.get_input_embeddings().weight,
         vision_width=timm.embed_dim,
         vision_depth=len(timm.blocks),
         vision_mlp=block.mlp.fc1.out_features,
@@ -220,42 +232,51 @@ def _arch(config_json: str) -> _Arch:
 
 
 _GIB = 1024**3
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
 class MemoryEstimate:
     """Estimated peak memory of one training step, in bytes, by component.
 
-    ``peak`` = ``weights + optimizer + max(activations_text + activations_vision + logits, gradients,
-    vision_transient) + overhead``.
+    ``peak`` = ``weights + optimizer + max(activations_text + activations_vision + weight_copies + max(logits,
+    recomputed), gradients, gradients - embedding_gradient + recomputed, vision_transient) + overhead``: the
+    saved activations and the loss tensors are alive together at the start of the backward pass; gradients fill
+    up as activations are freed; a checkpointed layer is rebuilt once the loss tensors are gone, the last one
+    next to every gradient but the embedding's, which comes last.
     """
 
     weights: int  # every parameter, adapters and modules_to_save copies included
-    gradients: int  # of the trainable parameters
+    gradients: int  # of the trainable parameters (float32), + a tied embedding's second one (see estimate_memory)
     optimizer: int  # AdamW's two moments
     activations_text: int  # saved for backward by the decoder (+ the batch's ids, labels, mask)
     activations_vision: int  # saved by the tower and projector (+ the pixel tensors)
-    logits: int  # logits, their float32 log-softmax and its gradient at the start of the backward
+    weight_copies: int  # autocast's copies of weights in another dtype than it computes in, saved for backward
+    logits: int  # the LM head's loss tensors, + the float32 gradient of a trained LM head from its backward on
+    recomputed: int  # with gradient checkpointing: one decoder layer (or trained vision block) rebuilt in backward
+    embedding_gradient: int  # a trained embedding's float32 gradient, the backward's last one
     vision_transient: int  # a frozen tower's forward working set (saves nothing, but allocates)
     overhead: int  # device context (CUDA), 0 on CPU
     trainable_params: int
     total_params: int
+    precision: str = ""  # the dtypes counted, e.g. "weights bf16 (frozen) / fp32 (trained), autocast bf16"
 
     @property
     def peak(self) -> int:
         """Estimated peak bytes of a training step (from the second step on, once optimizer states exist)."""
-        step = max(self.activations_text + self.activations_vision + self.logits, self.gradients,
-                   self.vision_transient)
+        saved = self.activations_text + self.activations_vision + self.weight_copies
+        step = max(saved + max(self.logits, self.recomputed), self.gradients,
+                   self.gradients - self.embedding_gradient + self.recomputed, self.vision_transient)
         return self.weights + self.optimizer + step + self.overhead
 
     def breakdown(self) -> dict[str, int]:
-        """Every byte component by name, plus ``peak``."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith("params")} | {
-            "peak": self.peak}
+        """Every byte component by name, plus ``peak`` (``embedding_gradient`` is a part of ``gradients``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith("params")
+                and f.name not in ("precision", "embedding_gradient")} | {"peak": self.peak}
 
     def __str__(self) -> str:
         parts = ", ".join(f"{k} {v / _GIB:.2f}" for k, v in self.breakdown().items() if k != "peak")
-        return f"peak {self.peak / _GIB:.2f} GiB ({parts})"
+        return f"peak {self.peak / _GIB:.2f} GiB ({parts}; {self.precision})"
 
 
 def estimate_memory(
@@ -268,6 +289,7 @@ def estimate_memory(
     frames_per_sample: float = 0,
     gradient_checkpointing: bool = False,
     dtype: torch.dtype = torch.bfloat16,
+    autocast: torch.dtype | None = torch.bfloat16,
     freeze: Iterable[str] = tuple(ModelArguments().freeze),
     lora_r: int = ModelArguments.lora_r,
     lora_dropout: float = ModelArguments.lora_dropout,
@@ -279,6 +301,11 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step of PLM (forward, backward, optimizer step).
 
+    The dtypes are the run's (outside DeepSpeed): frozen weights stay in ``dtype`` (QLoRA: 4-bit decoder linears,
+    everything else frozen in bfloat16, its compute dtype); trained weights (LoRA / DoRA adapters, parts trained
+    in full) are float32, and so are their gradients and AdamW states; with ``autocast`` (the Trainer's
+    ``bf16=True``) linears, convolutions and attention compute in bfloat16 while norms keep float32 statistics.
+
     Args:
         arch: ``"1B"`` / ``"3B"`` / ``"8B"`` (``plm_config``), a ``PerceptionLMConfig`` or a local PLM folder.
         method: as ``plm_tune.load_model``: ``"lora"``, ``"dora"``, ``"qlora"`` or ``"full"``.
@@ -288,30 +315,37 @@ def estimate_memory(
         tiles_per_sample, frames_per_sample: image tiles (thumbnails included) and video frames per row; the
             tower sees ``batch_size * (tiles + frames)`` crops.
         gradient_checkpointing: as ``load_model``: decoder layers and vision blocks recompute in backward.
-        dtype: the weights' and activations' dtype (``load_model``: bfloat16 on a bf16 GPU, float32 on CPU).
+        dtype: the load dtype of the frozen weights and the pixels (``plm_tune.model.default_dtype()``: bfloat16
+            on a bf16 GPU, float32 on CPU).
+        autocast: the dtype the Trainer's autocast computes in (``bf16=True``: ``torch.bfloat16``), or None
+            (``bf16=False``): every tensor then follows the weights' dtype.
         freeze: parts that do not train (``"vision"``, ``"projector"``, ``"language"``).
         lora_r, lora_dropout, lora_targets: as ``load_model`` (``lora_dropout > 0`` saves a dropped copy of each
             adapted linear's input).
-        optimizer: ``"adamw"`` (two moments in the parameter's dtype, as ``torch.optim.AdamW``) or
-            ``"adamw_8bit"`` (bitsandbytes, 2 bytes per parameter).
+        optimizer: ``"adamw"`` (two float32 moments, as ``torch.optim.AdamW``) or ``"adamw_8bit"``
+            (bitsandbytes, 2 bytes per parameter).
         logit_tokens: positions projected onto the vocabulary (default ``batch_size * seq_len``: a plain
-            ``model(**batch).loss``; the labelled positions with ``build_trainer`` off CUDA, which keeps only those).
-        fused_lm_head: TRL's fused LM head (``build_trainer`` on CUDA): ``logit_tokens`` are scored in tiles of at
-            most 4096 positions x 32768 vocabulary entries, a float32 buffer in the forward and one in the
-            backward (TRL 1.16's kernel constants; estimated from its code, not measured).
-        device: ``"cuda"`` adds the CUDA context (about 0.5 GiB, assumed, not measured here); ``"cpu"`` adds none.
+            ``model(**batch).loss``; the labelled positions with ``build_trainer``, which scores only those).
+        fused_lm_head: TRL's fused LM head (``build_trainer`` on CUDA): ``logit_tokens`` are scored in tiles of
+            at most 4096 positions x 32768 vocabulary entries in the compute dtype, with float32 gradient buffers
+            for the hidden states and, when the LM head trains, for its whole ``[vocab, hidden]`` weight (TRL
+            1.16's ``ChunkedLogProbFunction``; counted from its code, not measured).
+        device: ``"cuda"`` adds the CUDA context (about 0.5 GiB, assumed, not measured here); ``"cpu"`` adds none,
+            but counts the float32 buffer in which torch's CPU bf16 matmul computes a trained LM head's gradient
+            (measured on a CPU without native bf16).
 
     Returns:
-        A ``MemoryEstimate`` with the breakdown and ``.peak``.
+        A ``MemoryEstimate`` with the breakdown, ``.peak`` and ``.precision`` (the dtypes counted).
 
     Raises:
         ValueError: an unknown method, part or optimizer, or a non-positive batch / sequence.
 
-    Accuracy against the measured peak RSS of CPU steps in float32 (``benchmarks/plan_memory.py``): within
-    2.3% on an 18M-parameter PLM (32k vocabulary) and within 6% on a 160M one (448 px tiles) for LoRA and full
-    finetuning, except full finetuning with checkpointing on the 160M one, 10.6% under (its gradients and the
-    recomputed layer overlap more than ``peak`` assumes); the 0.2M tiny model is within 21% (tens of MiB). DoRA, QLoRA, LoRA on the vision
-    tower and the bf16 / CUDA path follow the same counting but were not measured here.
+    Accuracy against the measured peak RSS of two CPU steps (``benchmarks/plan_memory.py``), LoRA and full
+    finetuning with and without checkpointing: in float32, within 1.9% on an 18M-parameter PLM (32k vocabulary)
+    and 1.5% on a 160M one (448 px tiles), 9% on the 0.2M tiny model (tens of MiB); in a bf16 GPU's dtypes (bf16
+    frozen weights, float32 trained ones, bf16 autocast; ``--bf16``), within 3.4% on the 18M one. DoRA, QLoRA,
+    LoRA on the vision tower, the fused LM head and CUDA's own autocast rules (LayerNorm in float32, which only the
+    vision tower has) follow the same counting but were not measured here.
     """
     from plm_tune.model import METHODS, PARTS
 
@@ -325,103 +359,163 @@ def estimate_memory(
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}.")
     a = _arch(_config_key(arch))
-    d = torch.finfo(dtype).bits // 8  # weight / activation bytes
     lora = method != "full"
     adapted = set(lora_targets.split("+")) if lora else set()
     trains = {part: part not in frozen for part in PARTS}
+    full_parts = [p for p in PARTS if trains[p] and p not in adapted]
+    lang_full = "language" in full_parts  # the embedding, every decoder weight and the LM head train
+    # Bytes per element. d: frozen weights (QLoRA's unquantised ones are in its bf16 compute dtype). r: the
+    # decoder's residual stream, in the embedding's dtype (a trained embedding is float32, and adding a bf16
+    # output to it stays float32). c: what matmuls and attention return.
+    d = 2 if method == "qlora" else torch.finfo(dtype).bits // 8
+    r = 4 if lang_full else d
+    c = torch.finfo(autocast).bits // 8 if autocast is not None else r
+    lora_in = c if autocast is not None else 4  # what an adapter saves of its input: peft casts it to float32
 
     # ---- parameters: weights, gradients, optimizer states
     adapters = sum(lora_r * (i + o) + (o if method == "dora" else 0)
                    for part in adapted for i, o in a.lora_linears[part])
-    full_parts = [p for p in PARTS if trains[p] and p not in adapted] if lora else [p for p in PARTS if trains[p]]
     full_trained = sum(a.params[p] for p in full_parts)
+    total = sum(a.params.values())
     if method == "qlora":
-        # NF4 with double quantisation: 4 bits + an 8-bit absmax per 64 + a float32 per 256 absmaxes. peft's
-        # prepare_model_for_kbit_training upcasts every other weight (embeddings, lm_head, tower) to float32.
+        # NF4 with double quantisation: 4 bits + an 8-bit absmax per 64 + a float32 per 256 absmaxes.
         nf4 = a.quantized * (0.5 + 1 / 64 + 4 / (64 * 256))
-        weights = int(nf4) + 4 * (sum(a.params.values()) - a.quantized) + 4 * (adapters + full_trained)
-        trained_bytes = 4 * (adapters + full_trained)
+        weights = int(nf4) + d * (total - a.quantized) + 4 * (adapters + full_trained)
     elif lora:
-        # peft keeps adapters in float32; modules_to_save trains a copy of each fully trained part.
-        weights = d * sum(a.params.values()) + 4 * adapters + d * full_trained
-        trained_bytes = 4 * adapters + d * full_trained
+        # modules_to_save keeps the frozen original of a fully trained part next to its float32 trained copy.
+        weights = d * total + 4 * (adapters + full_trained)
     else:
-        weights = d * sum(a.params.values())
-        trained_bytes = d * full_trained
+        weights = d * (total - full_trained) + 4 * full_trained
     trainable = adapters + full_trained
-    gradients = trained_bytes
-    states = 2 * trainable if optimizer == "adamw_8bit" else 2 * trained_bytes
+    gradients = 4 * trainable
+    if lang_full and a.tied:
+        # The tied matrix gets a gradient from the LM head early in the backward and one from the embedding at
+        # its end; autograd sums the two there: a second float32 [vocab, hidden] next to every other gradient.
+        gradients += 4 * a.vocab * a.hidden
+    states = 2 * trainable if optimizer == "adamw_8bit" else 8 * trainable
 
     # ---- activations: bytes autograd saves, per token
-    ad = 4 if method == "qlora" else d  # QLoRA's residual stream is float32 (upcast embeddings and norms)
     rows, tokens = batch_size, batch_size * seq_len
-    lang_weights_train = trains["language"] and not lora
-    h, kv, i = a.hidden, a.kv, a.intermediate
-    norm = 4 * h + 4 + (ad * h if lang_weights_train else 0)  # float32 input copy, rsqrt, normalised input
-    layer = 2 * norm + ad * (2 * h + 2 * kv) + 4 * a.heads + 3 * ad * i  # + q, k, v, attention out, lse, MLP
-    if lang_weights_train:
-        layer += ad * (2 * h + i)  # inputs of q/k/v, gate/up and down (o's is the attention output)
+    h, q, kv, i = a.hidden, a.attention, a.kv, a.intermediate
+    norm = 4 * h + 4 + (r * h if lang_full else 0)  # float32 input copy, rsqrt (+ normalised input, for its weight)
+    layer = 2 * norm + c * (2 * q + 2 * kv) + 4 * a.heads + 3 * c * i  # + q, k, v, attention out, lse, MLP
+    if lang_full:
+        # Each trained linear saves its input: one tensor per group (q/k/v; gate/up) when the norm output is
+        # already in the compute dtype, else autocast casts a copy for each linear. Then down's input.
+        layer += (2 * c * h if r == c else 5 * c * h) + c * i
     if "language" in adapted:
-        layer += 4 * lora_r * 7 + _adapter_inputs(h, i, ad, lora_dropout)
+        layer += _adapter_inputs(a.lora_linears["language"], a.layers, shared=2 * h + i, saved=lora_in,
+                                 copies=autocast is not None or r != 4, dropout=lora_dropout, rank=lora_r)
         if method == "dora":
-            layer += 2 * ad * (3 * h + 2 * kv + 2 * i)  # base and adapter outputs rescaled by the magnitude
-    head = 4 * h + 4 + (2 * ad * h if lang_weights_train else 0)  # final norm (+ lm_head's input)
+            layer += 2 * c * sum(o for _, o in a.lora_linears["language"]) // a.layers  # base and adapter outputs
+    head = 4 * h + 4 + (r * h if lang_full else 0)  # the final norm
     inputs = 3 * 8 * tokens  # input_ids, labels, attention_mask (int64)
-    mask = rows * seq_len * seq_len  # sdpa's boolean 4D mask, when rows are padded
+    # Padded rows need sdpa's 4D mask: boolean, and each layer's attention converts it to an additive mask in
+    # the compute dtype and keeps that for its backward. A single row is unpadded: causal, without a mask.
+    mask = rows * seq_len * seq_len if rows > 1 else 0
     if gradient_checkpointing:
-        text = tokens * (a.layers * ad * h + layer + head)  # each layer's input, one layer recomputed
+        text = tokens * (a.layers * r * h + head) + mask  # each layer's input (the boolean mask too)
+        recomputed = tokens * layer + mask * c
     else:
-        text = tokens * (a.layers * layer + head)
-    activations_text = text + inputs + mask
+        text = tokens * (a.layers * layer + head) + mask * c * a.layers
+        recomputed = 0
+    positions = tokens if logit_tokens is None else logit_tokens
+    if fused_lm_head:
+        text += positions * r * h  # the fused head keeps its labelled hidden rows
+    elif lang_full:
+        text += positions * c * h  # the LM head keeps its input
+    activations_text = text + inputs
 
     crops = batch_size * (tiles_per_sample + frames_per_sample)
     vtok = crops * a.tile_tokens
     w, m = a.vision_width, a.vision_mlp
-    block = ad * (13 * w + 2 * m) + 4 * ad + 4 * a.vision_heads  # LN x2, qkv, rope, sdpa, proj, MLP, LayerScale
+    block = c * (13 * w + 2 * m) + 4 * c + 4 * a.vision_heads  # LN x2, qkv, rope, sdpa, proj, MLP, LayerScale
     if "vision" in adapted:
-        block += 4 * lora_r * 4 + _adapter_inputs(w, m, ad, lora_dropout, linears=(2 * w, m))
-    pixels = int(crops * 3 * a.tile_size**2 * d)
+        block += _adapter_inputs(a.lora_linears["vision"], a.vision_depth, shared=2 * w + m, saved=lora_in,
+                                 copies=autocast is not None or d != 4, dropout=lora_dropout, rank=lora_r)
+    pixels = int(crops * 3 * a.tile_size**2 * d)  # in the model's dtype (PLMCollator)
     tower_trains = trains["vision"]
     if tower_trains:
-        tower = vtok * ((a.vision_depth * ad * w + block) if gradient_checkpointing else a.vision_depth * block)
-        tower += vtok * ad * w  # pre-norm and patch embedding outputs
+        tower = vtok * (a.vision_depth * c * w if gradient_checkpointing else a.vision_depth * block)
+        tower += vtok * c * w  # pre-norm and patch embedding outputs
+        if gradient_checkpointing:
+            recomputed = max(recomputed, int(vtok * block))
     else:
         tower = 0
     patches = crops * a.patches
     if trains["projector"]:
-        projector = patches * ad * (w + 3 * h)  # linear_1 input, GELU input and output, pooling input
+        projector = patches * c * (w + 3 * h)  # linear_1 input, GELU input and output, pooling input
     elif tower_trains:
-        projector = patches * ad * 2 * h
+        projector = patches * c * 2 * h
     else:
         projector = 0
     activations_vision = int(tower + projector) + pixels
     vision_transient = 0 if tower_trains else int(vtok * block + pixels)
 
-    # ---- logits: (tokens, vocab) logits, their float32 log-softmax and its gradient alive at once
-    positions = tokens if logit_tokens is None else logit_tokens
-    logits = 12 * positions * a.vocab
+    # ---- autocast's weight copies: a float32 weight that trains is cast once per forward and kept (its cache
+    # lasts the forward; autograd keeps what backward needs); a frozen one in another dtype is cast where it
+    # passes gradients on. The fused LM head casts its weight tile by tile instead.
+    copies = 0
+    if autocast is not None and c != 4:
+        cast_trained = lora_r * sum(i + o for part in adapted for i, o in a.lora_linears[part])
+        cast_trained += sum(a.matmul_params[p] for p in full_parts)
+        if lang_full and fused_lm_head:
+            cast_trained -= a.vocab * h
+        cast_frozen = 0
+        if d != c and method != "qlora":
+            on_path = ["language"] + (["vision"] if "vision" in adapted else [])
+            cast_frozen = sum(a.matmul_params[p] for p in on_path if p not in full_parts)
+        copies = c * (cast_trained + cast_frozen)
+
+    # ---- the LM head's loss
     if fused_lm_head:
-        logits = 2 * 4 * min(positions, 4096) * min(a.vocab, 32768)
+        # One [4096, 32768] tile in the compute dtype and the hidden states' float32 gradient; a trained head's
+        # float32 [vocab, hidden] gradient is allocated with them, and each weight tile cast to the compute dtype.
+        logits = c * min(positions, 4096) * min(a.vocab, 32768) + 4 * positions * h
+        if lang_full:
+            logits += 4 * a.vocab * h + (c * min(a.vocab, 32768) * h if c != 4 else 0)
+    else:
+        logits = 12 * positions * a.vocab  # logits, their float32 log-softmax and its gradient
+        if lang_full:
+            # A trained LM head's weight gradient is computed with every activation still alive: first in the
+            # compute dtype, next to the logits' gradient (and, on a CPU, torch's bf16 matmul accumulates it in a
+            # float32 buffer of its size); under autocast then cast to float32, in place of the weight copy that
+            # backward has released by then.
+            cpu_buffer = 4 * a.vocab * h if device == "cpu" and c != 4 else 0
+            logits = max(logits, c * positions * a.vocab + c * a.vocab * h + cpu_buffer, 4 * a.vocab * h)
 
     overhead = _GIB // 2 if device == "cuda" else 0
     return MemoryEstimate(
         weights=int(weights), gradients=int(gradients), optimizer=int(states),
-        activations_text=int(activations_text), activations_vision=activations_vision, logits=int(logits),
+        activations_text=int(activations_text), activations_vision=activations_vision, weight_copies=int(copies),
+        logits=int(logits), recomputed=int(recomputed), embedding_gradient=4 * a.vocab * h if lang_full else 0,
         vision_transient=vision_transient, overhead=overhead,
-        trainable_params=int(trainable), total_params=sum(a.params.values()),
+        trainable_params=int(trainable), total_params=total,
+        precision=_precision(method, dtype, autocast),
     )
 
 
-def _adapter_inputs(h: int, i: int, d: int, dropout: float, linears: tuple[int, int] | None = None) -> int:
-    """Bytes per token peft's LoRA adds to a layer for the adapters' inputs.
+def _precision(method: str, dtype: torch.dtype, autocast: torch.dtype | None) -> str:
+    """The dtypes counted, in words: ``weights bf16 (frozen) / fp32 (trained), autocast bf16``."""
+    frozen = "nf4 + bf16" if method == "qlora" else _NAMES.get(dtype, str(dtype))
+    weights = "weights fp32" if frozen == "fp32" else f"weights {frozen} (frozen) / fp32 (trained)"
+    return f"{weights}, " + (f"autocast {_NAMES.get(autocast, str(autocast))}" if autocast is not None else "no autocast")
 
-    Inputs of the adapted linears: q / k / v / o / gate / up (width ``h``, six of them) and down (``i``).
-    With dropout each adapter saves its dropped float32 input and a boolean mask; without, a bf16 input is
-    cast to the float32 adapter dtype (a copy per adapter); a float32 input is shared with the frozen base.
+
+def _adapter_inputs(linears: tuple[tuple[int, int], ...], layers: int, *, shared: int, saved: int, copies: bool,
+                    dropout: float, rank: int) -> int:
+    """Bytes per token and layer that peft's LoRA adds for its adapters' inputs and ranks.
+
+    ``linears`` are the adapted linears' ``(in, out)`` over ``layers`` layers. Each adapter's ``lora_A`` keeps its
+    input: with dropout, the dropped copy and a boolean mask; under autocast, or when the input is not float32, its
+    own cast copy (``saved`` bytes per element); otherwise the float32 input it shares with its neighbours (the
+    ``shared`` width: attention input, MLP input and the last MLP linear's input). ``lora_B`` keeps its rank-wide
+    input.
     """
-    wide, narrow = linears if linears is not None else (6 * h, i)
+    widths = sum(i for i, _ in linears) // layers  # input widths of one layer's adapters
+    ranks = saved * rank * len(linears) // layers
     if dropout > 0:
-        return 5 * (wide + narrow)
-    if d != 4:
-        return 4 * (wide + narrow)
-    return 4 * (2 * h + i)  # the shared float32 inputs: attention input, MLP input, down's input
+        return (1 + saved) * widths + ranks
+    if copies:
+        return saved * widths + ranks
+    return 4 * shared + ranks

@@ -111,15 +111,24 @@ class Plan:
             seq_len, vision = self.worst_batch()
             lines.append(f"peak memory per device (GiB) at the longest batch: {self.batch_size} x {seq_len:,} "
                          f"tokens, {vision:.1f} tiles + frames per row" + (f"; {memory_note}" if memory_note else ""))
-            header = ["model", "weights", "grads", "optim", "act text", "act vision", "logits", "peak"]
+            # copies: autocast's bf16 copies of float32 (trained) weights, kept for the backward.
+            header = ["model", "weights", "grads", "optim", "act text", "act vision", "copies", "logits", "peak"]
             rows = [header]
             for name, est in memory.items():
                 rows.append([name] + [f"{v / 1024**3:.2f}" for v in (
                     est.weights, est.gradients, est.optimizer, est.activations_text,
-                    est.activations_vision + est.vision_transient, est.logits, est.peak)])
+                    est.activations_vision + est.vision_transient, est.weight_copies, est.logits, est.peak)])
             widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
             lines += ["  " + "  ".join(r[c].rjust(widths[c]) if c else r[c].ljust(widths[c])
                                        for c in range(len(header))) for r in rows]
+            by_precision: dict[str, list[str]] = {}
+            for name, est in memory.items():
+                by_precision.setdefault(est.precision, []).append(name)
+            if len(by_precision) == 1:
+                lines.append(f"  dtypes: {next(iter(by_precision))}")
+            else:
+                lines.append("  dtypes: " + "; ".join(f"{', '.join(names)}: {precision}"
+                                                      for precision, names in by_precision.items()))
         return "\n".join(lines)
 
 
@@ -195,15 +204,19 @@ def plan_report(
     lora_dropout: float = ModelArguments.lora_dropout,
     lora_targets: str = ModelArguments.lora_targets,
     gradient_checkpointing: bool = False,
+    bf16: bool | None = None,
     progress: bool = True,
 ) -> str:
     """Plan a training run and return the report that ``plm-tune plan`` prints (no model weights are loaded).
 
     The collator is built as ``build_trainer`` builds it, from ``model_name_or_path``'s processor. The memory
-    table estimates the configured method for PLM-1B / 3B / 8B (bf16 on one CUDA GPU, TRL's fused LM head on
-    the labelled positions of the batch) and, for a local PLM folder, for that model too (float32 on CPU when
-    no GPU is here, logits at the labelled positions only, as ``build_trainer`` does). With a processor whose tiles are not PLM's 256 tokens (the tiny test model), the 1B / 3B / 8B
-    rows re-count the same tiles and frames at 256 tokens each.
+    table estimates the configured method for PLM-1B / 3B / 8B on one CUDA GPU (TRL's fused LM head on the
+    labelled positions of the batch) and, for a local PLM folder, for that model on this machine (logits at the
+    labelled positions only off CUDA, as ``build_trainer`` does), each in the dtypes its run uses and the report
+    names: frozen weights in the load dtype (``default_dtype()``), trained ones in float32, and bf16 autocast
+    when ``bf16`` is on. The GPU rows take this machine's GPU and ``bf16``; without a GPU here, a bf16 GPU's
+    defaults (bf16 weights, bf16 autocast). With a processor whose tiles are not PLM's 256 tokens (the tiny test
+    model), the 1B / 3B / 8B rows re-count the same tiles and frames at 256 tokens each.
 
     Args:
         samples: canonical samples (the training split).
@@ -213,6 +226,7 @@ def plan_report(
         media: the run's ``MediaArguments``, or the keywords ``max_tiles``, ``num_frames``, ``train_on``,
             ``vision_input_type`` (the collator is built from them as ``build_trainer`` builds it).
         method, freeze, lora_r, lora_dropout, lora_targets, gradient_checkpointing: as ``load_model``.
+        bf16: the run's ``SFTConfig.bf16`` (autocast in bf16); None: this machine's default (on a bf16 GPU).
         progress: a progress bar over the samples.
 
     Returns:
@@ -223,6 +237,7 @@ def plan_report(
     from transformers import AutoConfig, AutoProcessor
 
     from plm_tune.memory import PLM_SIZES, estimate_memory
+    from plm_tune.model import default_dtype
 
     given = model_name_or_path if isinstance(model_name_or_path, ModelArguments) else None
     model = settings_from(given, ModelArguments, method=method, freeze=list(freeze), lora_r=lora_r,
@@ -249,17 +264,19 @@ def plan_report(
         plm_seq = max(e.text_tokens + (e.tiles + e.frames) * PLM_TOKENS_PER_TILE for e in plan.kept)
         note = (f"this processor makes {tile_tokens} tokens per tile, PLM's {PLM_TOKENS_PER_TILE}: "
                 f"1B/3B/8B rows at {plm_seq:,} tokens per row")
+    on_gpu = torch.cuda.is_available()
+    here_bf16 = default_dtype() == torch.bfloat16 if bf16 is None else bf16  # the default: on a bf16 GPU
+    here = dict(dtype=default_dtype(), autocast=torch.bfloat16 if here_bf16 else None)  # this machine's run
+    gpu = here if on_gpu else dict(dtype=torch.bfloat16, autocast=torch.bfloat16)  # else a bf16 GPU's defaults
     rows = {}
     for size in PLM_SIZES:
         rows[f"PLM-{size} {method}"] = estimate_memory(
-            size, method, seq_len=plm_seq, logit_tokens=labelled, fused_lm_head=True, dtype=torch.bfloat16,
-            device="cuda", **common)
+            size, method, seq_len=plm_seq, logit_tokens=labelled, fused_lm_head=True, device="cuda", **gpu, **common)
     config = AutoConfig.from_pretrained(model_name_or_path) if Path(model_name_or_path).is_dir() else None
     if config is not None and getattr(config, "model_type", None) == "perception_lm":
-        on_gpu = torch.cuda.is_available()
         rows[f"{Path(model_name_or_path).name} {method}"] = estimate_memory(
             config, method, seq_len=seq_len, logit_tokens=labelled, fused_lm_head=on_gpu,
-            dtype=torch.bfloat16 if on_gpu else torch.float32, device="cuda" if on_gpu else "cpu", **common)
+            device="cuda" if on_gpu else "cpu", **here, **common)
     checkpointing = "on" if gradient_checkpointing else "off"
     note = "; ".join(x for x in (f"gradient checkpointing {checkpointing}", note) if x)
     return plan.report(rows, memory_note=note)

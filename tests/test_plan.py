@@ -254,12 +254,40 @@ def test_memory_estimate_orders_methods_and_checkpointing():
     common = dict(batch_size=2, seq_len=4096, tiles_per_sample=5)
     lora, full, qlora = (estimate_memory("3B", method, **common) for method in ("lora", "full", "qlora"))
     assert qlora.weights < lora.weights < full.weights + lora.weights
-    assert lora.gradients < full.gradients / 50 and full.optimizer == 2 * full.gradients
+    assert lora.gradients < full.gradients / 50 and full.optimizer == 8 * full.trainable_params
     checkpointed = estimate_memory("3B", "lora", gradient_checkpointing=True, **common)
     assert checkpointed.activations_text < lora.activations_text / 5
     assert estimate_memory("3B", "lora", **common, logit_tokens=512).logits < lora.logits / 10
     with pytest.raises(ValueError, match="method must be one of"):
         estimate_memory("3B", "lora4", seq_len=10)
+
+
+def test_memory_estimate_counts_the_runs_dtypes():
+    """Frozen weights in the load dtype, trained ones with their gradients and AdamW states in float32, and a
+    trained LM head's float32 [vocab, hidden] gradient on top of the activations (PLM-1B: tied, 128256 x 2048)."""
+    import torch
+
+    parts, head = count_parameters("1B"), 128256 * 2048
+    common = dict(batch_size=4, seq_len=1400, tiles_per_sample=5, freeze=("vision",), logit_tokens=240,
+                  fused_lm_head=True, gradient_checkpointing=True)
+    full = estimate_memory("1B", "full", **common)  # a bf16 GPU: bf16 weights, bf16 autocast
+    trained = parts["language"] + parts["projector"]
+    assert full.trainable_params == trained and full.weights == 2 * parts["vision"] + 4 * trained
+    assert full.optimizer == 8 * trained
+    assert full.gradients == 4 * trained + 4 * head  # the tied matrix's two gradients meet at the end
+    assert 4 * head < full.logits < 5 * head and full.weight_copies > 2 * (parts["language"] - head)
+    assert full.precision == "weights bf16 (frozen) / fp32 (trained), autocast bf16"
+    lora = estimate_memory("1B", "lora", **common)
+    # modules_to_save keeps the frozen projector next to its float32 trained copy; adapters are float32.
+    assert lora.weights == 2 * parts["total"] + 4 * lora.trainable_params and lora.logits < head / 10
+    qlora = estimate_memory("1B", "qlora", **common)
+    assert qlora.precision == "weights nf4 + bf16 (frozen) / fp32 (trained), autocast bf16"
+    assert qlora.activations_text == lora.activations_text  # the same bf16 residual stream
+    fp32 = estimate_memory("1B", "full", dtype=torch.float32, autocast=None, **common)
+    assert fp32.weights == 4 * parts["total"] and fp32.weight_copies == 0
+    assert fp32.precision == "weights fp32, no autocast"
+    # The PLM-1B full run of the issue this was written for: planned at 10.3 GiB when every byte was bf16.
+    assert 19 * 2**30 < full.peak < 22 * 2**30
 
 
 def _benchmark():
@@ -279,6 +307,28 @@ def test_memory_estimate_is_within_15_percent_of_a_measured_training_step(tmp_pa
     measured = bench.measure(path, method, **kwargs)["peak"]
     estimated = bench.estimate(path, method, **kwargs).peak
     assert abs(estimated / measured - 1) < 0.15, (estimated, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_memory_estimate_in_bf16_autocast_is_within_10_percent_of_a_measured_step(tmp_path, method):
+    """A bf16 GPU's dtypes, run on this CPU: frozen weights bf16, trained weights, gradients and AdamW states
+    float32, the forward under bf16 autocast, the loss on 32 labelled tokens per row (as build_trainer scores).
+
+    The 18M-parameter PLM with a 32k vocabulary, not PLM-1B's widths: this CPU has no native bf16 matmul, and
+    torch's fallback computes bf16 gradients 35-100x slower than float32 (0.1-0.5 GFLOP/s), so a step at
+    PLM-1B widths would take tens of minutes; here two steps take about 30 s and peak at 90 MiB (LoRA) and
+    310 MiB (full), far above the few MiB a step's allocator noise is. Counting trained weights in bf16, or
+    leaving out the full run's float32 LM-head gradient, misses the full row by more than 10%; counting LoRA's
+    activations in float32 overshoots its row by more than 20%."""
+    bench = _benchmark()
+    path = bench.build_model("small", tmp_path / "small")
+    batch_size, seq_len, tiles = bench.SHAPES["small"]
+    kwargs = dict(gradient_checkpointing=False, batch_size=batch_size, seq_len=seq_len, tiles=tiles, **bench.BF16)
+    measured = bench.measure(path, method, **kwargs)["peak"]
+    estimated = bench.estimate(path, method, **kwargs)
+    assert estimated.precision == "weights bf16 (frozen) / fp32 (trained), autocast bf16"
+    assert abs(estimated.peak / measured - 1) < 0.10, (estimated.peak, measured)
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -302,6 +352,12 @@ def test_plan_command_on_a_data_config(tmp_path, tiny_plm_path):
     out = result.stdout
     assert f"{len(SIZES)} samples" in out and "batch size 2, max_length 110" in out
     assert "PLM-8B full" in out and f"{Path(tiny_plm_path).name} full" in out
+    # Each row names the dtypes it counts: the PLM rows a bf16 GPU's run (this one's, or assumed without one),
+    # the tiny model's row this machine's run (on a CPU: float32 weights, bf16 off).
+    assert "PLM-1B full, PLM-3B full, PLM-8B full: weights bf16 (frozen) / fp32 (trained), autocast bf16" in out \
+        or "dtypes: weights bf16 (frozen) / fp32 (trained), autocast bf16" in out
+    if not __import__("torch").cuda.is_available():
+        assert f"{Path(tiny_plm_path).name} full: weights fp32, no autocast" in out
     collator = PLMCollator(__import__("transformers").AutoProcessor.from_pretrained(tiny_plm_path), max_tiles=9,
                            max_length=110)
     from data_adapters.image_folder import from_image_folder
