@@ -183,7 +183,7 @@ def load_model(
         # What peft's prepare_model_for_kbit_training does, less its upcast of every unquantised weight to float32
         # (for PLM-8B: the frozen 1.9B-parameter tower, the embeddings and the untied lm_head, ~12 GB, and a float32
         # residual stream): every weight is frozen here and peft unfreezes the adapters and modules_to_save below;
-        # those train in float32 (train_in_float32). Frozen weights stay in the bf16 compute dtype. Its input-grad
+        # those train in float32 (set_training_dtypes). Frozen weights stay in the bf16 compute dtype. Its input-grad
         # hook is only for reentrant checkpointing; ours is non-reentrant.
         for param in model.parameters():
             param.requires_grad_(False)
