@@ -197,7 +197,8 @@ def build_trainer(
         callbacks=callbacks,
     )
     apply_run_dtypes(trainer)
-    if trainer.accelerator.num_processes > 1 and shards_weights(trainer) and not collator.media_in_every_batch:
+    if (kinds and trainer.accelerator.num_processes > 1 and shards_weights(trainer)
+            and not collator.media_in_every_batch):
         # Each process gathers the tower's weights when it runs it: a batch without images (or videos) on one
         # process would leave the others waiting in the gather.
         collator.media_in_every_batch = kinds
