@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from plm_tune.frame_decoding import decode_seeking
+from plm_tune.frame_decoding import decode_in_order, decode_seeking
 from plm_tune.media import clip_frame_indices, load_video, open_video_stream
 
 WIDTH, HEIGHT, FPS, SECONDS, NUM_FRAMES = 1280, 720, 30, 90, 32
@@ -54,34 +54,11 @@ def encode_clip(path: Path, gop: int) -> None:
 
 # ------------------------------------------------------------------------------- the baseline, as it was
 def old_load_video(path: str, start: float | None, end: float | None, num_frames: int) -> np.ndarray:
-    """``load_video`` of a file before seeking: the same frame indices, decoded in one pass from frame 0."""
+    """``load_video`` of a file before seeking: the same frame indices, decoded in one pass from frame 0 by the
+    sequential decoder that ``load_video`` still falls back to (``frame_decoding.decode_in_order``)."""
     with open_video_stream(path) as (container, stream):
         indices = clip_frame_indices(container, stream, path, start, end, num_frames)
-        return np.stack(old_decode_indices(container, stream, indices, path))
-
-
-def old_decode_indices(container, stream, indices: list[int], path: str) -> list[np.ndarray]:
-    """``plm_tune.media._decode_indices`` as it was (its truncation check kept, so the work is the same)."""
-    picked: list[np.ndarray] = []
-    wanted = iter(indices)
-    target = next(wanted, None)
-    last = None
-    try:
-        for index, frame in enumerate(container.decode(stream)):
-            last = (index, frame)
-            if index == target:
-                picked.append(frame.to_ndarray(format="rgb24"))
-                target = next(wanted, None)
-                if target is None:
-                    break
-    except Exception as err:
-        raise ValueError(f"Could not decode video frames of '{path}': {err}") from err
-    if target is not None and last is not None and target - last[0] > 1:
-        raise ValueError(f"Video '{path}' stops decoding at frame {last[0]}")
-    while target is not None and last is not None:
-        picked.append(last[1].to_ndarray(format="rgb24"))
-        target = next(wanted, None)
-    return picked
+        return np.stack(decode_in_order(container, stream, indices, path))
 
 
 def timed(decode, *args) -> tuple[float, np.ndarray]:
