@@ -1,7 +1,7 @@
 """Which WebDataset shards to read: brace patterns, globs and URLs expanded, and the shards of one rank.
 
-Brace patterns follow WebDataset's own expansion (``webdataset.shardlists.expand_urls`` calls the
-``braceexpand`` package), so a pattern written for WebDataset names the same shards here:
+Brace patterns are expanded by the ``braceexpand`` package, which WebDataset's own expansion calls
+(``webdataset.shardlists.expand_urls``), so a pattern written for WebDataset names the same shards here:
 
     ``{000..003}``  000 001 002 003     a number with a leading zero pads every number to the widest bound
     ``{3..1}``      3 2 1               ranges count down as well as up
@@ -19,19 +19,12 @@ Several braces multiply, leftmost slowest. Unbalanced braces are an error. WebDa
 from __future__ import annotations
 
 import glob
-import itertools
 import os
-import re
-import string
 from collections.abc import Sequence
 
+from braceexpand import UnbalancedBracesError, braceexpand
+
 __all__ = ["current_rank", "expand_braces", "expand_shards", "select_shards"]
-
-_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
-_LETTER_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
-_LETTERS = string.ascii_uppercase + string.ascii_lowercase
-_ESCAPED = re.compile(r"\\(.)")
-
 
 def expand_braces(pattern: str) -> list[str]:
     """Every name a brace pattern stands for, as WebDataset expands it (see the module docstring).
@@ -42,77 +35,11 @@ def expand_braces(pattern: str) -> list[str]:
     Raises:
         ValueError: unbalanced braces.
     """
-    return [_ESCAPED.sub(r"\1", name) for name in _expand(pattern, pattern)]
-
-
-def _expand(text: str, pattern: str) -> list[str]:
-    """``text``'s expansions, escapes still in: literal runs and top-level braces, multiplied."""
-    parts: list[list[str]] = []
-    start = position = depth = 0
-    while position < len(text):
-        char = text[position]
-        if char == "\\":
-            position += 2
-            continue
-        if char == "{":
-            if depth == 0 and position > start:
-                parts.append([text[start:position]])
-                start = position
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                body = text[start + 1 : position]
-                items = _brace_items(body, pattern)
-                parts += [["{"], _expand(body, pattern), ["}"]] if items is None else [items]
-                start = position + 1
-        position += 1
-    if depth != 0:
+    try:
+        return list(braceexpand(pattern))
+    except UnbalancedBracesError as err:
         raise ValueError(f"Shard pattern '{pattern}' has unbalanced braces. Close each '{{' with a '}}', or write "
-                         "a literal brace as '\\{'.")
-    if start < position:
-        parts.append([text[start:]])
-    return ["".join(choice) for choice in itertools.product(*parts)]
-
-
-def _brace_items(body: str, pattern: str) -> list[str] | None:
-    """What ``{body}`` expands to: a number or letter range, a comma list, or None (neither: kept as written)."""
-    numbers = _INT_RANGE.match(body)
-    if numbers:
-        first, last, step = numbers.groups()
-        padded = any(bound.startswith(("0", "-0")) for bound in (first, last) if bound not in ("0", "-0"))
-        width = max(len(first), len(last)) if padded else 0
-        step_size = (int(step) or 1) if step else 1
-        low, high = int(first), int(last)
-        values = range(low, high + 1, step_size) if low < high else range(low, high - 1, -step_size)
-        return [f"{value:0{width}d}" for value in values]
-    letters = _LETTER_RANGE.match(body)
-    if letters:
-        first, last, step = letters.groups()
-        step_size = (int(step) or 1) if step else 1
-        low, high = _LETTERS.index(first), _LETTERS.index(last)
-        if low < high:
-            return list(_LETTERS[low : high + 1 : step_size])
-        return list(_LETTERS[low : (high or -len(_LETTERS)) - 1 : -step_size])
-    items: list[list[str]] = []
-    start = position = depth = 0
-    while position < len(body):
-        char = body[position]
-        if char == "\\":
-            position += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            items.append(_expand(body[start:position], pattern))
-            start = position + 1
-        position += 1
-    if depth != 0 or not items:
-        return None
-    items.append(_expand(body[start:], pattern))
-    return [name for item in items for name in item]
+                         "a literal brace as '\\{'.") from err
 
 
 def expand_shards(urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
