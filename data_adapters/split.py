@@ -35,8 +35,8 @@ __all__ = ["SHUFFLE_BUFFER", "held_out_split"]
 SHUFFLE_BUFFER = 1000
 
 
-def held_out_split(dataset: Any, held_out: float, *, seed: int = 0,
-                   stratify: bool = False) -> tuple[Any, Any | None]:
+def held_out_split(dataset: Any, held_out: float, *, seed: int = 0, stratify: bool = False,
+                   shuffle_buffer: int | None = None) -> tuple[Any, Any | None]:
     """``(train, eval)`` of ``dataset``: ``held_out`` of it held out for evaluation.
 
     Args:
@@ -47,6 +47,10 @@ def held_out_split(dataset: Any, held_out: float, *, seed: int = 0,
         stratify: hold out ``held_out`` of each distinct answer (rounded, at least 1 of a group of 2 or more;
             a group of 1 stays in training). False: ``dataset.train_test_split`` (a plain random split).
             Tables only.
+        shuffle_buffer: a stream's training part is shuffled through a buffer of this many samples, with
+            ``seed`` (the recipes pass ``SHUFFLE_BUFFER``). Every process must use the same seed: each reads a block
+            of the shards in the order the seed draws, so the orders must agree. None, or a table: no shuffle here
+            (the Trainer shuffles a table whole).
 
     Returns:
         ``(train, eval)`` (``(dataset, None)`` for 0). A table: two selections of it (with ``stratify`` both keep
@@ -63,6 +67,9 @@ def held_out_split(dataset: Any, held_out: float, *, seed: int = 0,
     """
     import datasets
 
+    if shuffle_buffer and isinstance(dataset, datasets.IterableDataset):
+        train, held = held_out_split(dataset, held_out, seed=seed, stratify=stratify)
+        return train.shuffle(seed=seed, buffer_size=shuffle_buffer), held
     if held_out < 0 or (held_out >= 1 and held_out != int(held_out)):
         raise ValueError(f"The eval split must be a share in [0, 1) or a whole number of samples (0: no eval "
                          f"split), got {held_out}.")

@@ -82,10 +82,8 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             on_error=data_args.on_error,
             streaming=data_args.streaming,
         )
-    train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed)
-    if data_args.streaming:  # shuffled through a buffer; one seed for every process: each reads a block of the
-        # shards in the order the seed draws, so the orders must agree
-        train_set = train_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer)
+    train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
+                                         shuffle_buffer=data_args.shuffle_buffer)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)

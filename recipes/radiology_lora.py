@@ -123,10 +123,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
             streaming=data_args.streaming,
         )
     train_set, eval_set = held_out_split(samples, data_args.eval_split, seed=training_args.seed,
-                                         stratify=data_args.stratify_eval)
-    if data_args.streaming:  # shuffled through a buffer; one seed for every process: each reads a block of the
-        # shards in the order the seed draws, so the orders must agree
-        train_set = train_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer)
+                                         stratify=data_args.stratify_eval, shuffle_buffer=data_args.shuffle_buffer)
 
     ################
     # Model, Training, Save (or with --plan true: the plan, no weights loaded)
