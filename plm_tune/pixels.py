@@ -54,6 +54,7 @@ class PixelEncoder:
         self.num_frames = _positive(num_frames, "num_frames")
         self.patch_size = processor.patch_size
         self.pooling_ratio = processor.pooling_ratio
+        self._placeholders: dict[str, tuple[torch.Tensor, int]] = {}  # placeholder(): the same input every batch
         self._by_tiles: dict[int, Any] = {}
 
     def tokens_per_tile(self, height: int, width: int) -> int:
@@ -104,9 +105,10 @@ class PixelEncoder:
     def placeholder(self, kind: str) -> tuple[torch.Tensor, int]:
         """``(pixels, n_tokens)`` of the smallest input of ``kind`` (``"image"``: one plain tile of a black image;
         ``"video"``: one black frame): what ``PLMCollator(media_in_every_batch=...)`` adds to a batch without one."""
-        if kind == "image":
-            return self.image(Image.new("RGB", (64, 64)), 1, "vanilla")
-        return self.video(np.zeros((1, 64, 64, 3), dtype=np.uint8), 1)
+        if kind not in self._placeholders:  # processed once, then reused by every batch that needs it
+            self._placeholders[kind] = (self.image(Image.new("RGB", (64, 64)), 1, "vanilla") if kind == "image"
+                                        else self.video(np.zeros((1, 64, 64, 3), dtype=np.uint8), 1))
+        return self._placeholders[kind]
 
 
 def _positive(value: Any, name: str) -> int:
