@@ -20,11 +20,18 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.arguments import MediaArguments
-from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, EncodedConversation, TrainOn
-from plm_tune.length_policy import Fit, SampleCounts, fit_sample
-from plm_tune.media import load_image
-from plm_tune.pixels import PixelEncoder, VisionInputType
+from plm_tune.formatting import IGNORE_INDEX, TRAIN_ON, ConversationEncoder, TrainOn
+from plm_tune.length_policy import Fit
+from plm_tune.pixels import PixelEncoder
 from plm_tune.sample import describe_sample, normalize_messages
+from plm_tune.sample_plan import (
+    PlanSettings,
+    SamplePlan,
+    VisionInputType,
+    media_error,
+    plan_sample,
+    read_media_sizes,
+)
 from plm_tune.sparse_logits import keep_labelled_logits
 
 __all__ = ["PLMCollator", "EncodedSample", "CollatorStats"]
@@ -198,12 +205,14 @@ class PLMCollator:
         self.encoder = ConversationEncoder(processor.tokenizer, keep_media_order=keep_media_order)
         self.pixels = PixelEncoder(processor, vision_input_type=vision_input_type, max_tiles=max_tiles,
                                    num_frames=num_frames, multi_image_tiles=multi_image_tiles)
-        self.max_length = max_length
-        self.train_on = train_on
+        self.settings = PlanSettings(
+            max_length=max_length, train_on=train_on, fit_tiles=fit_tiles, fit_frames=fit_frames,
+            truncate_turns=truncate_turns, vision_input_type=self.pixels.vision_input_type,
+            max_tiles=self.pixels.max_tiles, num_frames=self.pixels.num_frames,
+            multi_image_tiles=self.pixels.multi_image_tiles, tile_size=self.pixels.tile_size,
+            tile_tokens=self.pixels.tile_tokens, frame_tokens=self.pixels.frame_tokens,
+        )
         self.on_too_long = on_too_long
-        self.truncate_turns = truncate_turns
-        self.fit_tiles = fit_tiles
-        self.fit_frames = fit_frames
         self.pixel_dtype = pixel_dtype
         self.padding_free = padding_free
         unknown = set(media_in_every_batch) - {"image", "video"}
@@ -215,33 +224,64 @@ class PLMCollator:
         self.stats = CollatorStats()
 
     # ---------------------------------------------------------------- one sample
-    def encode(self, sample: dict[str, Any], *, add_generation_prompt: bool = False) -> EncodedSample | None:
-        """Encode one sample; returns None if it was rejected as too long (and ``on_too_long="skip"``)."""
+    @property
+    def max_length(self) -> int | None:
+        return self.settings.max_length
+
+    @property
+    def train_on(self) -> TrainOn:
+        return self.settings.train_on
+
+    @property
+    def fit_tiles(self) -> bool:
+        return self.settings.fit_tiles
+
+    @property
+    def fit_frames(self) -> bool:
+        return self.settings.fit_frames
+
+    @property
+    def truncate_turns(self) -> bool:
+        return self.settings.truncate_turns
+
+    def plan(self, sample: dict[str, Any], *, settings: PlanSettings | None = None,
+             add_generation_prompt: bool = False) -> SamplePlan:
+        """What this collator will build of ``sample`` (``plm_tune.sample_plan``), from media headers only.
+
+        ``settings`` replaces the collator's own (e.g. ``collator.settings.without_length_limit()``)."""
+        settings = settings or self.settings
         turns = normalize_messages(sample)
-        images = [self._pixels(sample, "image", i) for i in range(len(sample.get("images") or []))]
-        videos = [self._pixels(sample, "video", i) for i in range(len(sample.get("videos") or []))]
-        counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
-        encoded = self.encoder.encode(
-            turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
-        )
-        self.stats.add("samples")
-        if self.max_length is not None and len(encoded.input_ids) > self.max_length:
-            fitted = self._apply_length_policy(sample, turns, encoded, images, videos)
-            if fitted is None:
-                return None
-            fit, images, videos = fitted
-            turns = turns[: fit.kept_turns]
-            counts = {"image": [n for _, n in images], "video": [n for _, n in videos]}
-            encoded = self.encoder.encode(
-                turns, counts, train_on=self.train_on, add_generation_prompt=add_generation_prompt
-            )
-            images = [images[i] for i in fit.images]
-            videos = [videos[i] for i in fit.videos]
+        sizes = read_media_sizes(sample, turns, settings)
+        return plan_sample(sample, turns, sizes, settings, self.encoder, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, sample: dict[str, Any], *, add_generation_prompt: bool = False) -> EncodedSample | None:
+        """Plan and build one sample; None if it was rejected as too long (and ``on_too_long="skip"``).
+
+        Nothing is counted in ``stats`` (the batches built by ``__call__`` are)."""
+        return self.build(sample, self.plan(sample, add_generation_prompt=add_generation_prompt))
+
+    def build(self, sample: dict[str, Any], plan: SamplePlan) -> EncodedSample | None:
+        """Build ``plan`` (from ``plan``): decode the media of the kept turns, each once, at its planned budget.
+
+        A rejected plan raises (``on_too_long="raise"``) or is logged and gives None; a fitted one is logged.
+
+        Raises:
+            ValueError: a media entry that cannot be decoded, naming the sample and the entry.
+            RuntimeError: the processor made other tiles / frames than planned (a bug: please report it).
+        """
+        if plan.outcome == "rejected":
+            self._reject(sample, plan.fit)
+            return None
+        if plan.outcome == "fitted":
+            fit = plan.fit
+            logger.warning("Fitted sample%s into max_length=%d by lowering its media (fit_tiles=%s, fit_frames=%s): "
+                           "%s; %d -> %d tokens, every turn kept.", describe_sample(sample), self.max_length,
+                           self.fit_tiles, self.fit_frames, fit.changes(), fit.full_tokens, fit.tokens)
         return EncodedSample(
-            input_ids=encoded.input_ids,
-            labels=encoded.labels,
-            images=[pixels for pixels, _ in images],
-            videos=[pixels for pixels, _ in videos],
+            input_ids=plan.encoded.input_ids,
+            labels=plan.encoded.labels,
+            images=[self._image(sample, plan, i) for i in plan.images],
+            videos=[self._video(sample, plan, i) for i in plan.videos],
         )
 
     def encode_prompt(self, sample: dict[str, Any]) -> tuple[EncodedSample, str | None]:
@@ -262,75 +302,44 @@ class PLMCollator:
             turns = turns[:-1]
         if not any(t.role == "user" for t in turns):
             raise ValueError(f"sample{describe_sample(sample)} has no user message to answer.")
-        used = {k: sorted({p.index for t in turns for p in t.parts if p.kind == k}) for k in ("image", "video")}
-        entries = {"image": sample.get("images") or [], "video": sample.get("videos") or []}
-        media = {kind: {i: self._pixels(sample, kind, i) for i in used[kind]} for kind in ("image", "video")}
-        counts = {k: [media[k][i][1] if i in media[k] else 0 for i in range(len(entries[k]))] for k in media}
-        encoded = self.encoder.encode(turns, counts, add_generation_prompt=True)
-        return EncodedSample(
-            input_ids=encoded.input_ids,
-            labels=[IGNORE_INDEX] * len(encoded.input_ids),
-            images=[media["image"][i][0] for i in used["image"]],
-            videos=[media["video"][i][0] for i in used["video"]],
-        ), reference
+        settings = self.settings.without_length_limit()
+        sizes = read_media_sizes(sample, turns, settings)
+        plan = plan_sample(sample, turns, sizes, settings, self.encoder, add_generation_prompt=True)
+        encoded = self.build(sample, plan)
+        encoded.labels = [IGNORE_INDEX] * len(encoded.input_ids)
+        return encoded, reference
 
-    def _apply_length_policy(
-        self,
-        sample: dict[str, Any],
-        turns: list,
-        encoded: EncodedConversation,
-        images: list[tuple[torch.Tensor, int]],
-        videos: list[tuple[torch.Tensor, int]],
-    ) -> tuple[Fit, list[tuple[torch.Tensor, int]], list[tuple[torch.Tensor, int]]] | None:
-        """``plm_tune.length_policy`` on a too-long sample: the ``Fit`` and the images and videos to build
-        (re-processed at lower budgets / frame counts when fitted), counted in ``stats`` and logged; None when
-        rejected (or raises)."""
-        pils: dict[int, Any] = {}  # each image decoded once for every budget tried
-        lowered: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (image, tiles) -> (tiles, n_tokens)
+    def _image(self, sample: dict[str, Any], plan: SamplePlan, index: int) -> torch.Tensor:
+        """The tiles of image ``index``, processed once at its planned budget, checked against the plan."""
+        try:
+            tiles, _ = self.pixels.image(sample["images"][index], plan.image_budgets[index], plan.tiling)
+        except ValueError as err:
+            raise media_error(sample, "image", index, err) from err
+        if tiles.shape[0] != plan.image_tiles[index] or tiles.shape[-1] != self.settings.tile_size:
+            raise RuntimeError(
+                f"sample{describe_sample(sample)}, images[{index}]: the image processor made {tiles.shape[0]} tiles "
+                f"of {tiles.shape[-1]} px where plm-tune planned {plan.image_tiles[index]} of "
+                f"{self.settings.tile_size} px (budget {plan.image_budgets[index]}, {plan.tiling}): plm_tune.tiling "
+                "no longer matches this processor. Please report it with the processor's version and the image size."
+            )
+        return tiles
 
-        tiling, _ = self.pixels.image_budget(sample)  # the sample's own tiling decision (multi-image: vanilla)
-
-        def tiles_at(index: int, budget: int) -> int:
-            if index not in pils:
-                pils[index] = load_image(sample["images"][index])
-            tiles, n = self.pixels.image(pils[index], budget, tiling)
-            lowered[(index, tiles.shape[0])] = (tiles, n)
-            return tiles.shape[0]
-
-        asked = [tiles.shape[0] for tiles, _ in images]
-        frames = [pixels.shape[0] for pixels, _ in videos]
-        counts = SampleCounts.measure(
-            turns, encoded, image_tiles=asked, tile_tokens=images[0][1] // asked[0] if images else 0,
-            video_frames=frames, frame_tokens=videos[0][1] // frames[0] if videos else 0,
-            thumbnails=tiling == "thumb+tile",
-        )
-        # Only thumb+tile images have a tile budget to lower; one plain tile per image has nothing to give.
-        fit = fit_sample(counts, max_length=self.max_length, fit_tiles=self.fit_tiles and tiling == "thumb+tile",
-                         fit_frames=self.fit_frames, truncate_turns=self.truncate_turns, tiles_at=tiles_at)
-        if fit.outcome == "rejected":
-            self._reject(sample, fit)
-            return None
-        if fit.outcome == "truncated":
-            self.stats.add("truncated_samples")
-            self.stats.add("dropped_turns", len(turns) - fit.kept_turns)
-            self.stats.add("dropped_images", len(images) - len(fit.images))
-            self.stats.add("dropped_videos", len(videos) - len(fit.videos))
-        if fit.outcome == "fitted":
-            images = [lowered[(i, new)] if new != old else image
-                      for i, (image, old, new) in enumerate(zip(images, asked, fit.image_tiles, strict=True))]
-            # Decoded again at the lower count: PLM's rule picks k frames over the whole clip (length_policy, 2a).
-            videos = [self._pixels(sample, "video", i, new) if new != old else video
-                      for i, (video, old, new) in enumerate(zip(videos, frames, fit.video_frames, strict=True))]
-            self.stats.add("fitted_samples")
-            self.stats.add("tiles_removed", fit.tiles_removed)
-            self.stats.add("frames_removed", fit.frames_removed)
-            logger.warning("Fitted sample%s into max_length=%d by lowering its media (fit_tiles=%s, fit_frames=%s): "
-                           "%s; %d -> %d tokens, every turn kept.", describe_sample(sample), self.max_length,
-                           self.fit_tiles, self.fit_frames, fit.changes(), fit.full_tokens, fit.tokens)
-        return fit, images, videos
+    def _video(self, sample: dict[str, Any], plan: SamplePlan, index: int) -> torch.Tensor:
+        """The frames of video ``index``, decoded once at its planned count, checked against the plan."""
+        try:
+            frames, n_tokens = self.pixels.video(sample["videos"][index], plan.video_counts[index])
+        except ValueError as err:
+            raise media_error(sample, "video", index, err) from err
+        if frames.shape[0] != plan.video_frames[index] or n_tokens != frames.shape[0] * self.settings.frame_tokens:
+            raise RuntimeError(
+                f"sample{describe_sample(sample)}, videos[{index}]: decoding gave {frames.shape[0]} frames "
+                f"({n_tokens} tokens) where plm-tune planned {plan.video_frames[index]} from the video's header. "
+                "Please report it with the video's codec and container."
+            )
+        return frames
 
     def _reject(self, sample: dict[str, Any], fit: Fit) -> None:
-        """Raise, or count and log, a sample the length policy rejected (``on_too_long``)."""
+        """Raise, or log, a sample the length policy rejected (``on_too_long``)."""
         fix = ""
         if fit.first_exchange_tokens > self.max_length:
             reason = (
@@ -344,26 +353,33 @@ class PLMCollator:
             fix = " Raise max_length or allow truncate_turns."
         if self.on_too_long == "raise":
             raise ValueError(reason + fix)
-        self.stats.add("rejected_too_long")
         logger.warning("Skipping %s", reason)
 
-    def _pixels(self, sample: dict[str, Any], kind: str, index: int,
-                num_frames: int | None = None) -> tuple[torch.Tensor, int]:
-        """The pixels of ``sample``'s ``index``-th image / video (a video at ``num_frames``, default the sample's
-        own); a media error names the sample and entry."""
-        entry = sample["images" if kind == "image" else "videos"][index]
-        try:
-            if kind == "image":
-                tiling, budget = self.pixels.image_budget(sample)
-                return self.pixels.image(entry, budget, tiling)
-            return self.pixels.video(entry, num_frames or sample.get("num_frames"))
-        except ValueError as err:
-            where = describe_sample(sample).strip() or "a sample without an id"
-            raise ValueError(f"{where}, {kind}s[{index}]: {err}") from err
+    def _count(self, plan: SamplePlan) -> None:
+        """Count what the max_length policy did to one sample of a batch in ``stats``."""
+        fit = plan.fit
+        self.stats.add("samples")
+        if fit.outcome == "rejected":
+            self.stats.add("rejected_too_long")
+        elif fit.outcome == "truncated":
+            self.stats.add("truncated_samples")
+            self.stats.add("dropped_turns", plan.dropped_turns)
+            self.stats.add("dropped_images", len(fit.image_tiles) - len(fit.images))
+            self.stats.add("dropped_videos", len(fit.video_frames) - len(fit.videos))
+        elif fit.outcome == "fitted":
+            self.stats.add("fitted_samples")
+            self.stats.add("tiles_removed", fit.tiles_removed)
+            self.stats.add("frames_removed", fit.frames_removed)
 
     # ---------------------------------------------------------------- the batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
+        encoded = []
+        for sample in samples:
+            plan = self.plan(sample)
+            self._count(plan)
+            built = self.build(sample, plan)
+            if built is not None:
+                encoded.append(built)
         if not encoded:
             raise ValueError(
                 f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="

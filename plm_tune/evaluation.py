@@ -9,7 +9,6 @@ and read as JSON, and what ``plm_tune.report`` renders.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from plm_tune.collator import CollatorStats, PLMCollator
+from plm_tune.collator import PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.generation import Generation, generate, vision_dtype
@@ -296,9 +295,6 @@ def _eval_loss(
     Returns:
         ``(loss, labelled tokens)``; the loss is NaN when no token was labelled (every sample too long).
     """
-    # A copy with its own counters: the training collator's counters feed PLMMetricsCallback's throughput logs.
-    collator = copy.copy(collator)
-    collator.stats = CollatorStats()
     device = next(model.parameters()).device
     pixel_dtype = vision_dtype(model)
     total, tokens = 0.0, 0

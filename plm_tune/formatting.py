@@ -52,6 +52,7 @@ __all__ = ["TrainOn", "EncodedConversation", "ConversationEncoder", "DEFAULT_SYS
 TrainOn = Literal["assistant", "all", "plm"]
 TRAIN_ON = ("assistant", "all", "plm")
 IGNORE_INDEX = -100
+_TEXT_CACHE_SIZE = 4096  # texts whose token ids a ConversationEncoder keeps
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the "
@@ -105,13 +106,19 @@ class ConversationEncoder:
         end_of_text = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
         self.end_of_text_id = None if end_of_text in (None, tokenizer.unk_token_id) else end_of_text
         self._header_cache: dict[str, list[int]] = {}
+        # A sample planned then cut or fitted is encoded twice (plm_tune.sample_plan); its texts are tokenised once.
+        self._text_cache: dict[str, list[int]] = {}
         self._system_prefix = self._system_block(default_system_prompt)
 
     def text_ids(self, text: str) -> list[int]:
         """Tokenise plain text; special-token spellings stay plain text."""
         if not text:
             return []
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if text not in self._text_cache:
+            if len(self._text_cache) >= _TEXT_CACHE_SIZE:
+                self._text_cache.clear()  # a bound on memory, not a policy: recent texts come back at once
+            self._text_cache[text] = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return list(self._text_cache[text])
 
     def header(self, role: str) -> list[int]:
         """``<|start_header_id|>{role}<|end_header_id|>\\n\\n`` as ids."""

@@ -84,8 +84,16 @@ _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1: as stored), read from the header without decoding pixels."""
+    """The EXIF orientation tag (1: as stored), read from the header without decoding pixels.
+
+    A PNG keeps EXIF in an eXIf chunk, which Pillow looks for after the image data by decoding the whole image
+    (``getexif`` loads it) when no chunk came before. Writers put it before the image data, where Pillow reads it
+    on opening; only that one counts here, so reading a PNG's size never decodes it (``image_size``, each plan),
+    and ``as_viewed`` follows the same answer, so the planned and the decoded sizes agree.
+    """
     try:
+        if img.format == "PNG" and "exif" not in img.info:
+            return 1
         return int(img.getexif().get(0x0112, 1) or 1)
     except Exception:  # a malformed EXIF block: show the image as stored, as viewers do
         return 1

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,10 +12,9 @@ from PIL import Image
 
 from plm_tune.arguments import MediaArguments
 from plm_tune.media import load_image, load_video
+from plm_tune.sample_plan import VisionInputType
 
 __all__ = ["PixelEncoder", "VisionInputType"]
-
-VisionInputType = Literal["thumb+tile", "vanilla"]
 
 
 class PixelEncoder:
@@ -27,7 +27,7 @@ class PixelEncoder:
         max_tiles: default tile budget per image (the processor's ``max_num_tiles`` if None); a sample's
             ``"max_tiles"`` key overrides it.
         num_frames: default frames per video (PLM uses 32); a sample's ``"num_frames"`` overrides it.
-        multi_image_tiles: how a sample of several images tiles them (``image_budget``): 1 (default) one
+        multi_image_tiles: how a sample of several images tiles them (``PlanSettings.image_budget``): 1 (default) one
             plain tile each, as PLM's trainer processes them (perception_models ``core/data/preprocessor.py``
             sends a multi-image row through the video transform: one resized frame per image); N > 1: a
             thumbnail plus up to N tiles each; None: as a single image (``max_tiles`` / the sample's).
@@ -54,6 +54,11 @@ class PixelEncoder:
         self.num_frames = _positive(num_frames, "num_frames")
         self.patch_size = processor.patch_size
         self.pooling_ratio = processor.pooling_ratio
+        self.tile_size = self.image_processor.tile_size  # pixels per tile side
+        self.tile_tokens = self.tokens_per_tile(self.tile_size, self.tile_size)  # placeholder tokens per image tile
+        size = self.video_processor.size  # every frame is resized to this size
+        height, width = (size["height"], size["width"]) if isinstance(size, Mapping) else (size.height, size.width)
+        self.frame_tokens = self.tokens_per_tile(height, width)  # placeholder tokens per video frame
         self._placeholders: dict[str, tuple[torch.Tensor, int]] = {}  # placeholder(): the same input every batch
         self._by_tiles: dict[int, Any] = {}
 
@@ -69,18 +74,6 @@ class PixelEncoder:
             clone.max_num_tiles = max_tiles
             self._by_tiles[max_tiles] = clone
         return self._by_tiles[max_tiles]
-
-    def image_budget(self, sample: dict[str, Any]) -> tuple[VisionInputType, int]:
-        """``(vision_input_type, max_tiles)`` for every image of ``sample``: the one tiling decision.
-
-        A sample of several images follows ``multi_image_tiles``; a single image is ``thumb+tile`` with the
-        sample's ``"max_tiles"`` (else ``max_tiles``). ``"vanilla"`` (the collator's setting) is one tile always.
-        """
-        if self.vision_input_type == "vanilla":
-            return "vanilla", 1
-        if len(sample.get("images") or []) > 1 and self.multi_image_tiles is not None:
-            return ("vanilla", 1) if self.multi_image_tiles == 1 else ("thumb+tile", self.multi_image_tiles)
-        return "thumb+tile", sample.get("max_tiles") or self.max_tiles
 
     def image(self, entry: Any, max_tiles: int | None = None,
               vision_input_type: VisionInputType | None = None) -> tuple[torch.Tensor, int]:

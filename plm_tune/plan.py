@@ -253,7 +253,7 @@ def plan_report(
     labelled = sum(e.labelled_tokens for e in sorted(plan.kept, key=lambda e: e.cost, reverse=True)[:batch_size])
     if seq_len == 0:
         return plan.report()
-    tile_tokens = CostEstimator(collator).image_tokens
+    tile_tokens = collator.settings.tile_tokens
     method = model.method
     common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
                   lora_dropout=model.lora_dropout, lora_targets=model.lora_targets,

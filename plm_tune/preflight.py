@@ -7,7 +7,6 @@ token counts against ``max_length``. Both back the ``plm-tune data inspect`` / `
 
 from __future__ import annotations
 
-import copy
 import statistics
 import sys
 from collections import Counter
@@ -134,8 +133,7 @@ def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, p
         for reason, count in report.counts.items():
             result.problems[reason] += count
             result.examples[reason] = list(report.examples[reason])
-    measuring = copy.copy(collator)  # the same formatting, without max_length, to measure full lengths
-    measuring.max_length = None
+    measuring = collator.settings.without_length_limit()  # the same formatting, to measure full lengths
     if total is None and hasattr(dataset, "__len__"):
         total = len(dataset)
     for index, sample in enumerate(tqdm(dataset, total=total, disable=not progress, desc="checking", unit="sample")):
@@ -143,7 +141,7 @@ def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, p
         name = _record_name(sample, index)
         try:
             validate_sample(sample, decode_media=False)
-            encoded = measuring.encode(sample)  # decodes every image and video
+            encoded = collator.build(sample, collator.plan(sample, settings=measuring))  # decodes every medium
         except ValueError as err:
             reason = _reason_of(str(err))
             result.add_problem(reason, f"{name}: {str(err)[:160]}")

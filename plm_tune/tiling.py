@@ -31,6 +31,7 @@ import math
 __all__ = ["tile_grid", "image_tiles"]
 
 
+@functools.lru_cache(maxsize=65536)  # a dataset's images come in few sizes; a plan asks each size several budgets
 def image_tiles(size: tuple[int, int], *, tile_size: int, max_tiles: int, vision_input_type: str) -> int:
     """Tiles PLM's image processor makes of a ``(width, height)`` image, thumbnail included."""
     if vision_input_type == "vanilla":

@@ -85,6 +85,7 @@ def test_the_plan_counts_the_fitted_sample_as_the_collator_builds_it(processor, 
     encoded = collator.encode(sample)
     assert (estimate.outcome, estimate.tokens, estimate.frames) == ("fitted", len(encoded.input_ids),
                                                                      encoded.videos[0].shape[0])
+    collator([sample])  # the batch counts (encode counts nothing)
     assert estimate.frames_removed == collator.stats["frames_removed"] == 16 - estimate.frames > 0
     assert estimate.tokens <= 200 < estimate.full_tokens
     assert sample_cost(sample, collator) == (len(encoded.input_ids), encoded.videos[0].shape[0])

@@ -147,7 +147,11 @@ def test_planner_and_collator_agree_on_every_outcome_through_one_policy(processo
             for sample in samples:
                 estimate = estimate_cost(sample, collator)
                 before = {key: collator.stats[key] for key in collator.stats.keys()}
-                collator.encode(sample)
+                if estimate.outcome == "rejected":  # a batch of rejected samples only is an error
+                    with pytest.raises(ValueError, match="was rejected"):
+                        collator([sample])
+                else:
+                    collator([sample])  # the batch counts (encode counts nothing)
                 counted = {key: collator.stats[key] - before[key] for key in collator.stats.keys()}
                 truncated = estimate.outcome == "truncated"
                 expected = {
