@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plm_tune.errors import DataError, Reason
 from plm_tune.sample import table_messages
 
 __all__ = [
@@ -40,23 +41,25 @@ OnError = Literal["raise", "skip"]
 SHARDS_PER_TABLE = 64
 
 
-class BadRecord(ValueError):
+class BadRecord(DataError):
     """A record that cannot become a sample.
 
     Args:
         record: where it is, as the user would find it: ``"captions.csv row 17"``, ``"study/a.dcm"``, an id.
-        reason: a short stable code used to group skips (``"missing file"``, ``"no answer text"``, ...).
+        reason: the code skips are grouped by: a ``plm_tune.errors.Reason`` (``Reason.MISSING_FILE``, the reason
+            of the library's error behind it) or, for what only this adapter's format can get wrong, a short
+            code of its own (``"bad json"``).
         detail: what was expected and what was found.
         fix: what the user can do about it.
     """
 
     def __init__(self, record: str, reason: str, detail: str, fix: str = "") -> None:
-        self.record, self.reason, self.detail, self.fix = record, reason, detail, fix
+        self.record = record
         message = f"{record}: {reason}: {detail}"
         if fix:
             message += f" Fix: {fix}"
         message += ' (Pass on_error="skip" to skip and count such records instead.)'
-        super().__init__(message)
+        super().__init__(reason, detail, fix, message=message)
 
     def __reduce__(self):  # pickled by its fields: a record built in a worker process comes back whole
         return BadRecord, (self.record, self.reason, self.detail, self.fix)
@@ -143,7 +146,7 @@ def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
                         f"'{relative}' resolves to '{full}', outside the dataset root '{base}'.",
                         "move the file under the root, or pass allow_outside_root=True if you trust this manifest.")
     if not full.exists():
-        raise BadRecord(record, "missing file", f"'{relative}' does not exist (looked for '{full}').",
+        raise BadRecord(record, Reason.MISSING_FILE, f"'{relative}' does not exist (looked for '{full}').",
                         "fix the path in the manifest or restore the file.")
     return str(full)
 
