@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from plm_tune.errors import DataError, Reason
 from plm_tune.sample import table_messages
+from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 __all__ = [
     "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "contiguous_shards", "iter_samples",
@@ -98,7 +99,7 @@ class SkipReport:
         (default: the ``PLM_TUNE_VERBOSE`` environment variable) every record, as named."""
         if not self.counts:
             return f"{self.source}: {self.kept} records, none skipped."
-        verbose = verbose_logs() if verbose is None else verbose
+        verbose = is_verbose() if verbose is None else verbose
         lines = [f"{self.source}: kept {self.kept} records, skipped {self.skipped}:"]
         for reason, n in self.counts.most_common():
             names = self.names.get(reason) or self.examples[reason]
@@ -106,17 +107,8 @@ class SkipReport:
             more = f" (+{n - len(shown)} more)" if n > len(shown) else ""
             lines.append(f"  {n:6d}  {reason}: {', '.join(shown)}{more}")
         if not verbose and any(n > 3 for n in self.counts.values()):
-            lines.append(f"  (every name: {_VERBOSE_ENV}=1 or --verbose)")
+            lines.append(f"  (every name: {VERBOSE_ENV}=1 or --verbose)")
         return "\n".join(lines)
-
-
-# plm_tune.quiet_log.VERBOSE_ENV: the same switch (adapters do not import the training side of plm_tune).
-_VERBOSE_ENV = "PLM_TUNE_VERBOSE"
-
-
-def verbose_logs() -> bool:
-    """Whether ``PLM_TUNE_VERBOSE`` asks for every record name and every reader note."""
-    return os.environ.get(_VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def short_name(record: str) -> str:

@@ -49,7 +49,7 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
 
 def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
     """Adapters build samples: they may check structure and read media headers, never collate or train."""
-    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom", "plm_tune.errors"}
+    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom", "plm_tune.errors", "plm_tune.verbosity"}
     for path in (ROOT / "data_adapters").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
