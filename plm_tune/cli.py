@@ -301,9 +301,34 @@ def main(argv: list[str] | None = None) -> int:
 # A user's mistake is named by the message plm-tune (or the library it called) raised, fix included.
 _USER_ERRORS = (ValueError, FileNotFoundError, ImportError, NotADirectoryError, IsADirectoryError, PermissionError)
 
+# The library's messages name the parameter to change as a Python caller writes it, in backquotes (`base_model`);
+# here they show the flag that sets it. One table for every command: a parameter has the same flag everywhere.
+PARAMETER_FLAGS = {
+    "`adapter`": "--adapter",
+    "`adapter_dir`": "--adapter",
+    "`model`": "--model",
+    "`base_model`": "--base-model",
+    "`output_dir`": "--output",
+    "`repo_id`": "--repo-id",
+    "`include`": "--include",
+    "`overwrite_card=True`": "--overwrite-card",
+}
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each parameter of ``PARAMETER_FLAGS`` named by its flag.
+
+    >>> as_flags("Adapter folder x does not exist: pass `adapter_dir` with a saved adapter folder.")
+    'Adapter folder x does not exist: pass --adapter with a saved adapter folder.'
+    """
+    for parameter, flag in PARAMETER_FLAGS.items():
+        message = message.replace(parameter, flag)
+    return message
+
 
 def _error_line(error: Exception) -> str:
-    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception."""
+    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception; the parameters
+    it names shown as flags (``as_flags``)."""
     from plm_tune.push import PushError, redact
 
     repo = _hub_unreachable(error)
@@ -315,7 +340,7 @@ def _error_line(error: Exception) -> str:
         line = str(error)
     else:
         line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
-    return " ".join(redact(line).split())
+    return " ".join(redact(as_flags(line)).split())
 
 
 def _hub_unreachable(error: BaseException | None) -> str | None:
