@@ -21,7 +21,7 @@ from plm_tune.run_folder import check_model_path
 
 def _tiny_model(args: argparse.Namespace) -> int:
     if not args.size and (args.text_layers or args.vision_layers):
-        raise SystemExit("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
+        raise ValueError("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
                          "add --size 1B.")
     if args.size:  # the released architecture and real tokenizer at random init (the real-tokenizer extra)
         import torch
@@ -88,11 +88,11 @@ def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:
     for item in args.arg or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--arg expects KEY=VALUE, got {item!r}.")
+            raise ValueError(f"--arg expects KEY=VALUE, got {item!r}.")
         spec[key] = _parse_value(value)
     if adapter not in ADAPTERS:
-        raise SystemExit(f"Unknown or missing data adapter {adapter!r}: pass --data-adapter with one of {', '.join(ADAPTERS)} "
-                         "(or a config whose data: section has adapter: NAME).")
+        raise ValueError(f"Unknown or missing data adapter {adapter!r}: pass --data-adapter with one of "
+                         f"{', '.join(ADAPTERS)} (or a config whose data: section has adapter: NAME).")
     collator_settings = {k: getattr(args, k) for k in ("max_length", "max_tiles", "num_frames", "train_on",
                                                         "vision_input_type") if getattr(args, k, None) is not None}
     return adapter, spec, collator_settings

@@ -111,3 +111,12 @@ def test_a_library_error_names_the_parameter_to_python_and_the_flag_at_the_comma
         push_plan(tmp_path / "missing", "not a repo")
     _one_line(_cli("push", "--adapter", "missing", "--repo-id", "not a repo", "--dry-run", cwd=tmp_path),
               "plm-tune push: error: --repo-id 'not a repo' is not a Hub repo id")
+
+
+def test_the_commands_own_mistakes_are_the_same_one_line(tmp_path):
+    (tmp_path / "m").mkdir()
+    line = _one_line(_cli("eval", "--model", "./m", cwd=tmp_path),
+                     "plm-tune eval: error: No eval data: m/eval_data does not exist")
+    assert line.endswith("--data-adapter NAME --arg ...")
+    _one_line(_cli("data", "check", "--data-adapter", "image_folder", "--arg", "root", cwd=tmp_path),
+              "plm-tune data check: error: --arg expects KEY=VALUE, got 'root'.")
