@@ -22,6 +22,7 @@ from typing import Any
 from data_adapters._fields import checked_sample
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import BadRecord, media_part, resolve_media_path, text_part
+from plm_tune.errors import Reason
 
 __all__ = [
     "PLACEHOLDERS", "SPEAKERS", "conversation_messages", "conversation_sample", "media_count",
@@ -93,7 +94,7 @@ def conversation_messages(conversations: Any, *, record: str, counts: dict[str, 
             value = str(value)
         pieces = [] if value is None else _pieces(value, record=record, where=f"turn {i} ({speaker})")
         if role == "assistant" and not any(kind == "text" and text.strip() for kind, text in pieces):
-            raise BadRecord(record, "no answer text", f"turn {i} ({speaker}) has value {_short(value)}.",
+            raise BadRecord(record, Reason.NO_ANSWER_TEXT, f"turn {i} ({speaker}) has value {_short(value)}.",
                             "fill in the answer, or remove the record.")
         if value is None:
             raise BadRecord(record, "bad turn", f"turn {i} ({speaker}) has no text.", "fix the turn.")
@@ -118,7 +119,7 @@ def conversation_messages(conversations: Any, *, record: str, counts: dict[str, 
             unplaced += [media_part(kind)] * wanted
         elif seen[kind] != wanted:
             tokens = " / ".join(p for p, k in placeholders.items() if k == kind)
-            raise BadRecord(record, "media count mismatch", f"{seen[kind]} {tokens} placeholder(s) in the "
+            raise BadRecord(record, Reason.MEDIA_COUNT_MISMATCH, f"{seen[kind]} {tokens} placeholder(s) in the "
                             f"conversation but {wanted} {kind}(s) in the record.",
                             f"make them match: one placeholder per {kind}, in order (or no placeholders at "
                             "all, to put every one at the start of the first human turn).")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from data_adapters._records import BadRecord, make_sample, media_part, text_part
+from plm_tune.errors import Reason, reason_of
 from plm_tune.sample import bad_text, normalize_messages
 
 __all__ = [
@@ -88,7 +89,7 @@ def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
 def _check_text(value: Any, record: str) -> None:
     problem = bad_text(value) if isinstance(value, str) else None
     if problem is not None:
-        raise BadRecord(record, "not UTF-8 text", f"the row holds {problem}.",
+        raise BadRecord(record, Reason.NOT_UTF8_TEXT, f"the row holds {problem}.",
                         "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).")
 
 
@@ -141,8 +142,8 @@ def checked_sample(record: str, messages: list[dict[str, Any]], **kwargs: Any) -
     sample = make_sample(messages, **kwargs)
     try:
         normalize_messages(sample)
-    except ValueError as err:
-        raise BadRecord(record, "invalid conversation", str(err)) from err
+    except ValueError as err:  # its reason (no answer, empty content, ...) is the record's
+        raise BadRecord(record, reason_of(err) or Reason.INVALID_CONVERSATION, str(err)) from err
     return sample
 
 

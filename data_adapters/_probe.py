@@ -11,8 +11,8 @@ import math
 from typing import Any
 
 from data_adapters._records import BadRecord
-from plm_tune.dicom import DicomError
-from plm_tune.media import MediaError, image_size, video_duration
+from plm_tune.errors import DataError, Reason
+from plm_tune.media import image_size, video_duration
 
 __all__ = ["check_image", "clip_times", "probe_video"]
 
@@ -22,7 +22,7 @@ def check_image(entry: str | bytes, record: str) -> None:
     try:
         image_size(entry)
     except ValueError as err:
-        raise _bad_record(record, err, "undecodable image", "re-export it as PNG or JPEG, or remove the record.") from err
+        raise _bad_record(record, err, Reason.UNDECODABLE_IMAGE, "re-export it as PNG or JPEG, or remove the record.") from err
 
 
 def probe_video(path: str, record: str) -> float:
@@ -34,12 +34,13 @@ def probe_video(path: str, record: str) -> float:
     try:
         return video_duration(path)
     except ValueError as err:
-        raise _bad_record(record, err, "unreadable video", "re-encode it (e.g. H.264 MP4) or remove the record.") from err
+        raise _bad_record(record, err, Reason.UNREADABLE_VIDEO, "re-encode it (e.g. H.264 MP4) or remove the record.") from err
 
 
 def _bad_record(record: str, err: ValueError, reason: str, fix: str) -> BadRecord:
-    """``err`` as a ``BadRecord``: its own reason when it has one (``MediaError``, ``DicomError``), else ``reason``."""
-    if isinstance(err, MediaError | DicomError):
+    """``err`` as a ``BadRecord``: its own reason when it has one (a ``DataError``: ``MediaError``, ``DicomError``),
+    else ``reason``."""
+    if isinstance(err, DataError):
         return BadRecord(record, err.reason, err.detail, err.fix or fix)
     return BadRecord(record, reason, str(err), fix)
 
@@ -56,15 +57,15 @@ def clip_times(start: Any, end: Any, duration: float, record: str) -> tuple[floa
         except (TypeError, ValueError):
             seconds = math.nan
         if not math.isfinite(seconds) or seconds < 0:
-            raise BadRecord(record, "bad clip times", f"{name}={value!r} is not a number of seconds >= 0.",
+            raise BadRecord(record, Reason.BAD_CLIP_TIMES, f"{name}={value!r} is not a number of seconds >= 0.",
                             f"write {name} in seconds, or leave it empty for the whole video.")
         times.append(seconds)
     first, last = times
     if first is not None and last is not None and last < first:
-        raise BadRecord(record, "bad clip times", f"end ({last}s) is before start ({first}s).",
+        raise BadRecord(record, Reason.BAD_CLIP_TIMES, f"end ({last}s) is before start ({first}s).",
                         "swap or fix the times.")
     if first is not None and duration > 0 and first >= duration:
-        raise BadRecord(record, "clip outside video", f"start {first}s is at or past the end of the video "
+        raise BadRecord(record, Reason.CLIP_OUTSIDE_VIDEO, f"start {first}s is at or past the end of the video "
                         f"({duration:.2f}s long).",
                         "fix the times, or check that the row points at the right file.")
     return first, last

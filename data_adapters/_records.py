@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plm_tune.errors import DataError, Reason
 from plm_tune.sample import table_messages
+from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 __all__ = [
     "BadRecord", "OnError", "SHARDS_PER_TABLE", "SkipReport", "build_dataset", "contiguous_shards", "iter_samples",
@@ -40,23 +42,25 @@ OnError = Literal["raise", "skip"]
 SHARDS_PER_TABLE = 64
 
 
-class BadRecord(ValueError):
+class BadRecord(DataError):
     """A record that cannot become a sample.
 
     Args:
         record: where it is, as the user would find it: ``"captions.csv row 17"``, ``"study/a.dcm"``, an id.
-        reason: a short stable code used to group skips (``"missing file"``, ``"no answer text"``, ...).
+        reason: the code skips are grouped by: a ``plm_tune.errors.Reason`` (``Reason.MISSING_FILE``, the reason
+            of the library's error behind it) or, for what only this adapter's format can get wrong, a short
+            code of its own (``"bad json"``).
         detail: what was expected and what was found.
         fix: what the user can do about it.
     """
 
     def __init__(self, record: str, reason: str, detail: str, fix: str = "") -> None:
-        self.record, self.reason, self.detail, self.fix = record, reason, detail, fix
+        self.record = record
         message = f"{record}: {reason}: {detail}"
         if fix:
             message += f" Fix: {fix}"
         message += ' (Pass on_error="skip" to skip and count such records instead.)'
-        super().__init__(message)
+        super().__init__(reason, detail, fix, message=message)
 
     def __reduce__(self):  # pickled by its fields: a record built in a worker process comes back whole
         return BadRecord, (self.record, self.reason, self.detail, self.fix)
@@ -95,7 +99,7 @@ class SkipReport:
         (default: the ``PLM_TUNE_VERBOSE`` environment variable) every record, as named."""
         if not self.counts:
             return f"{self.source}: {self.kept} records, none skipped."
-        verbose = verbose_logs() if verbose is None else verbose
+        verbose = is_verbose() if verbose is None else verbose
         lines = [f"{self.source}: kept {self.kept} records, skipped {self.skipped}:"]
         for reason, n in self.counts.most_common():
             names = self.names.get(reason) or self.examples[reason]
@@ -103,17 +107,8 @@ class SkipReport:
             more = f" (+{n - len(shown)} more)" if n > len(shown) else ""
             lines.append(f"  {n:6d}  {reason}: {', '.join(shown)}{more}")
         if not verbose and any(n > 3 for n in self.counts.values()):
-            lines.append(f"  (every name: {_VERBOSE_ENV}=1 or --verbose)")
+            lines.append(f"  (every name: {VERBOSE_ENV}=1 or --verbose)")
         return "\n".join(lines)
-
-
-# plm_tune.quiet_log.VERBOSE_ENV: the same switch (adapters do not import the training side of plm_tune).
-_VERBOSE_ENV = "PLM_TUNE_VERBOSE"
-
-
-def verbose_logs() -> bool:
-    """Whether ``PLM_TUNE_VERBOSE`` asks for every record name and every reader note."""
-    return os.environ.get(_VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def short_name(record: str) -> str:
@@ -143,7 +138,7 @@ def resolve_media_path(root: str | os.PathLike, relative: str, *, record: str,
                         f"'{relative}' resolves to '{full}', outside the dataset root '{base}'.",
                         "move the file under the root, or pass allow_outside_root=True if you trust this manifest.")
     if not full.exists():
-        raise BadRecord(record, "missing file", f"'{relative}' does not exist (looked for '{full}').",
+        raise BadRecord(record, Reason.MISSING_FILE, f"'{relative}' does not exist (looked for '{full}').",
                         "fix the path in the manifest or restore the file.")
     return str(full)
 

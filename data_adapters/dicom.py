@@ -53,10 +53,10 @@ from data_adapters._records import (
     resolve_media_path,
     short_name,
     text_part,
-    verbose_logs,
 )
 from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
 from plm_tune.sample import bad_text
+from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 __all__ = ["PHI_TAGS", "from_dicom"]
 
@@ -197,13 +197,13 @@ def _log_notes(notes: dict[str, list[tuple[str, str]]]) -> None:
                        f"file(s) (free_text_phi='redact'; {', '.join(f'{n} {what}' for what, n in kinds.items())}). "
                        "Pass free_text_phi='refuse' to drop those files instead.")
     read_anyway = notes.get(_READER_NOTE, [])
-    if read_anyway and verbose_logs():
+    if read_anyway and is_verbose():
         for name, message in read_anyway:
             logger.warning(f"{name}: pydicom: {message}")
     elif read_anyway:
         first, message = read_anyway[0]
         logger.warning(f"from_dicom: pydicom read {len({r for r, _ in read_anyway})} file(s) despite non-standard "
-                       f"values (e.g. {short_name(first)}: {message[:100]}); every note: PLM_TUNE_VERBOSE=1 or "
+                       f"values (e.g. {short_name(first)}: {message[:100]}); every note: {VERBOSE_ENV}=1 or "
                        "--verbose.")
 
 

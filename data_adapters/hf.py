@@ -52,6 +52,7 @@ from data_adapters._records import (
     stream_rows,
     text_part,
 )
+from plm_tune.errors import Reason
 
 if TYPE_CHECKING:
     import datasets
@@ -83,7 +84,7 @@ def row_to_sample(record: tuple[int | str, dict[str, Any]], *, source: str, imag
     answer = row.get(answer_column)
     if label_names is not None and isinstance(answer, int):  # a ClassLabel; -1 means "no label"
         answer = label_names[answer] if 0 <= answer < len(label_names) else None
-    answer = text_cell({answer_column: answer}, answer_column, where, "no answer text")
+    answer = text_cell({answer_column: answer}, answer_column, where, Reason.NO_ANSWER_TEXT)
     text = question(row, where)
     images = _media(row, image_column, where, media_root, allow_outside_root, _image_entry)
     videos = _media(row, video_column, where, media_root, allow_outside_root, _video_entry)
@@ -117,7 +118,7 @@ def _image_entry(value: Any, where: str, media_root: str, allow_outside_root: bo
         return {"bytes": value["bytes"], "path": value.get("path")}
     if isinstance(value, dict) and value.get("path"):  # an Image feature pointing at a local file
         if not os.path.exists(value["path"]):
-            raise BadRecord(where, "missing file", f"the image file '{value['path']}' does not exist.",
+            raise BadRecord(where, Reason.MISSING_FILE, f"the image file '{value['path']}' does not exist.",
                             "restore the file, or re-save the dataset with embedded images.")
         check_image(value["path"], where)
         return {"bytes": None, "path": value["path"]}

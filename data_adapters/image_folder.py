@@ -46,6 +46,7 @@ from data_adapters._fields import (
 )
 from data_adapters._probe import check_image
 from data_adapters._records import OnError, build_dataset, resolve_media_path
+from plm_tune.errors import Reason
 
 __all__ = ["from_image_folder", "record_to_sample"]
 
@@ -67,7 +68,7 @@ def record_to_sample(record: tuple[str, dict[str, Any] | str], *, root: str, que
     name = f"{where} (file_name={file_name!r})" if file_name and file_name != where else where
     path = resolve_media_path(root, file_name, record=name, allow_outside_root=allow_outside_root)
     check_image(path, name)
-    answer = text_cell(row, answer_column, name, "no answer text")
+    answer = text_cell(row, answer_column, name, Reason.NO_ANSWER_TEXT)
     messages = question_answer(question(row, name), answer, media="image", system_prompt=system_prompt)
     sample_id = row.get("id") if row.get("id") not in (None, "") else file_name
     return checked_sample(name, messages, images=[path], sample_id=str(sample_id), max_tiles=max_tiles,

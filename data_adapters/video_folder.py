@@ -38,6 +38,7 @@ from data_adapters._fields import (
 )
 from data_adapters._probe import clip_times, probe_video
 from data_adapters._records import BadRecord, OnError, build_dataset, resolve_media_path
+from plm_tune.errors import Reason
 
 __all__ = ["from_video_folder", "record_to_sample"]
 
@@ -66,7 +67,7 @@ def record_to_sample(record: tuple[str, dict[str, Any] | str], *, root: str, que
         err = durations[path]
         raise BadRecord(name, err.reason, err.detail, err.fix)
     start, end = clip_times(row.get("start"), row.get("end"), durations[path], name)
-    answer = text_cell(row, answer_column, name, "no answer text")
+    answer = text_cell(row, answer_column, name, Reason.NO_ANSWER_TEXT)
     messages = question_answer(question(row, name), answer, media="video", system_prompt=system_prompt)
     sample_id = row.get("id")
     if sample_id in (None, ""):  # a file can have many segments: the times make the id unique

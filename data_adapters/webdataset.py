@@ -53,6 +53,7 @@ from data_adapters._records import (
     text_part,
 )
 from data_adapters._shards import current_rank, expand_shards, select_shards
+from plm_tune.errors import Reason, reason_of
 from plm_tune.sample import normalize_messages, sample_features
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
@@ -222,7 +223,7 @@ def _with_media(where: str, messages: Any, media: list[dict[str, Any]]) -> list[
     """A json conversation; if it names no media, the record's media open the first user message."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
                                                  for m in messages):
-        raise BadRecord(where, "bad conversation", f"'messages' must be a list of {{'role', 'content'}} dicts, "
+        raise BadRecord(where, Reason.INVALID_CONVERSATION, f"'messages' must be a list of {{'role', 'content'}} dicts, "
                         f"got {str(messages)[:120]}.", "fix the .json of this key.")
     has_placeholders = any(isinstance(m["content"], list) and any(isinstance(p, dict) and p.get("type")
                                                                   in ("image", "video") for p in m["content"])
@@ -296,7 +297,8 @@ def _to_sample(record: _TarRecord | _BrokenShard, *, caption_key: Literal["json"
     try:
         normalize_messages({"messages": messages, "images": images, "videos": videos})
     except ValueError as err:
-        raise BadRecord(where, "bad conversation", str(err), "fix the 'messages' in this key's .json.") from err
+        raise BadRecord(where, reason_of(err) or Reason.INVALID_CONVERSATION, str(err),
+                        "fix the 'messages' in this key's .json.") from err
     for video, (_, content) in zip(videos, clips, strict=True):
         _write_once(video["path"], content)
     return make_sample(messages, images=images, videos=videos, sample_id=f"{Path(record.shard).name}/{record.key}",

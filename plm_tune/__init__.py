@@ -3,6 +3,8 @@
 The public API:
 
 * ``validate_sample``: check a canonical sample (``plm_tune.sample`` documents the format).
+* ``DataError``, ``MediaError``, ``Reason``, ``reason_of``: what is wrong with a sample or its media, as a reason
+  code on the exception (``plm_tune.errors``).
 * ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
 * ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
@@ -42,6 +44,10 @@ _EXPORTS = {
     "PLMCollator": "plm_tune.collator",
     "SampleEstimate": "plm_tune.costs",
     "estimate_cost": "plm_tune.costs",
+    "DataError": "plm_tune.errors",
+    "MediaError": "plm_tune.errors",
+    "Reason": "plm_tune.errors",
+    "reason_of": "plm_tune.errors",
     "EvalRecord": "plm_tune.evaluation",
     "EvalResult": "plm_tune.evaluation",
     "base_model_context": "plm_tune.evaluation",

@@ -124,7 +124,7 @@ def ensure_writable(output_dir: str, should_save: bool | None = None) -> None:
     except OSError as err:
         reason = write_failure(err) or err.strerror or str(err)
         raise CheckpointWriteError(f"output_dir '{output_dir}' cannot be written: {reason}. Choose another "
-                                   "--output_dir or free / unlock this one.") from None
+                                   "`output_dir` or free / unlock this one.") from None
 
 
 def guarded_train(train: Callable[..., Any], output_dir: str, resume_from_checkpoint: Any = None, *,

@@ -21,7 +21,7 @@ from plm_tune.run_folder import check_model_path
 
 def _tiny_model(args: argparse.Namespace) -> int:
     if not args.size and (args.text_layers or args.vision_layers):
-        raise SystemExit("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
+        raise ValueError("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
                          "add --size 1B.")
     if args.size:  # the released architecture and real tokenizer at random init (the real-tokenizer extra)
         import torch
@@ -88,11 +88,11 @@ def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:
     for item in args.arg or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--arg expects KEY=VALUE, got {item!r}.")
+            raise ValueError(f"--arg expects KEY=VALUE, got {item!r}.")
         spec[key] = _parse_value(value)
     if adapter not in ADAPTERS:
-        raise SystemExit(f"Unknown or missing data adapter {adapter!r}: pass --data-adapter with one of {', '.join(ADAPTERS)} "
-                         "(or a config whose data: section has adapter: NAME).")
+        raise ValueError(f"Unknown or missing data adapter {adapter!r}: pass --data-adapter with one of "
+                         f"{', '.join(ADAPTERS)} (or a config whose data: section has adapter: NAME).")
     collator_settings = {k: getattr(args, k) for k in ("max_length", "max_tiles", "num_frames", "train_on",
                                                         "vision_input_type") if getattr(args, k, None) is not None}
     return adapter, spec, collator_settings
@@ -301,9 +301,34 @@ def main(argv: list[str] | None = None) -> int:
 # A user's mistake is named by the message plm-tune (or the library it called) raised, fix included.
 _USER_ERRORS = (ValueError, FileNotFoundError, ImportError, NotADirectoryError, IsADirectoryError, PermissionError)
 
+# The library's messages name the parameter to change as a Python caller writes it, in backquotes (`base_model`);
+# here they show the flag that sets it. One table for every command: a parameter has the same flag everywhere.
+PARAMETER_FLAGS = {
+    "`adapter`": "--adapter",
+    "`adapter_dir`": "--adapter",
+    "`model`": "--model",
+    "`base_model`": "--base-model",
+    "`output_dir`": "--output",
+    "`repo_id`": "--repo-id",
+    "`include`": "--include",
+    "`overwrite_card=True`": "--overwrite-card",
+}
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each parameter of ``PARAMETER_FLAGS`` named by its flag.
+
+    >>> as_flags("Adapter folder x does not exist: pass `adapter_dir` with a saved adapter folder.")
+    'Adapter folder x does not exist: pass --adapter with a saved adapter folder.'
+    """
+    for parameter, flag in PARAMETER_FLAGS.items():
+        message = message.replace(parameter, flag)
+    return message
+
 
 def _error_line(error: Exception) -> str:
-    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception."""
+    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception; the parameters
+    it names shown as flags (``as_flags``)."""
     from plm_tune.push import PushError, redact
 
     repo = _hub_unreachable(error)
@@ -315,7 +340,7 @@ def _error_line(error: Exception) -> str:
         line = str(error)
     else:
         line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
-    return " ".join(redact(line).split())
+    return " ".join(redact(as_flags(line)).split())
 
 
 def _hub_unreachable(error: BaseException | None) -> str | None:

@@ -107,8 +107,9 @@ def _eval_samples(args: argparse.Namespace, config: dict):
         dataset = datasets.load_from_disk(str(saved))
         source = {"saved": str(saved.resolve())}
     else:
-        raise SystemExit(f"No eval data: {saved} does not exist (the recipes save their held-out split there) and "
-                         "no data was named. Pass a config with a data: section or --data-adapter NAME --arg ...")
+        raise FileNotFoundError(f"No eval data: {saved} does not exist (the recipes save their held-out split "
+                                "there) and no data was named. Pass a config with a data: section or --data-adapter "
+                                "NAME --arg ...")
     if args.limit is not None and args.limit < len(dataset):
         dataset = dataset.select(range(args.limit))
     source["limit"] = args.limit
@@ -178,7 +179,8 @@ def _report(args: argparse.Namespace) -> int:
         if source.get("eval_split"):
             samples = samples.train_test_split(test_size=source["eval_split"], seed=source["seed"])["test"]
     else:
-        raise SystemExit(f"{args.eval_json} does not say where its samples are (info.data): make it with plm-tune eval.")
+        raise ValueError(f"{args.eval_json} does not say where its samples are (info.data): make it with plm-tune "
+                         "eval.")
     if source.get("limit") is not None and source["limit"] < len(samples):
         samples = samples.select(range(source["limit"]))
     output = Path(args.output or Path(args.eval_json).with_name(REPORT_HTML))

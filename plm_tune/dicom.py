@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from plm_tune.dicom_render import RenderError, render_colour, render_grey
+from plm_tune.errors import MediaError, Reason
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -42,19 +43,23 @@ _REEXPORT = "re-export the file from the PACS / modality, or skip it (on_error=\
 _INSTALL_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000)"
 
 
-class DicomError(ValueError):
+class DicomError(MediaError):
     """A DICOM file that cannot be rendered.
 
     Args:
         path: the file (or ``"<in-memory DICOM dataset>"``).
-        reason: a short stable code (``"truncated file"``, ``"no pixel data"``, ...), used to group skips.
+        reason: a ``Reason`` (``Reason.TRUNCATED_FILE``, ``Reason.NO_PIXEL_DATA``, ...), used to group skips.
         detail: what was expected and what was found.
         fix: what the user can do about it.
     """
 
     def __init__(self, path: str, reason: str, detail: str, fix: str = "") -> None:
-        self.path, self.reason, self.detail, self.fix = path, reason, detail, fix
-        super().__init__(f"DICOM file '{path}': {reason}: {detail}" + (f" Fix: {fix}" if fix else ""))
+        self.path = path
+        super().__init__(reason, detail, fix,
+                         message=f"DICOM file '{path}': {reason}: {detail}" + (f" Fix: {fix}" if fix else ""))
+
+    def __reduce__(self):
+        return DicomError, (self.path, self.reason, self.detail, self.fix)
 
 
 def is_dicom_path(path: str | os.PathLike) -> bool:
@@ -119,7 +124,7 @@ def dicom_frame_count(ds: Dataset) -> int:
     except (TypeError, ValueError):
         count = -1
     if count < 0:
-        raise DicomError(_name_of(ds), "corrupt header", f"NumberOfFrames is {value!r}, expected an integer.",
+        raise DicomError(_name_of(ds), Reason.CORRUPT_HEADER, f"NumberOfFrames is {value!r}, expected an integer.",
                          _REEXPORT)
     return max(count, 1)
 
@@ -194,7 +199,7 @@ def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,
         except Exception as err:  # pydicom and its plugins raise many unrelated types for bad pixel data
             fix = (f"try another decoder: {_INSTALL_DECODERS}. Else {_REEXPORT}" if syntax.is_encapsulated
                    else _REEXPORT)
-            raise DicomError(name, "undecodable pixel data", f"frame {index} ({syntax.name}) failed to decode: "
+            raise DicomError(name, Reason.UNDECODABLE_PIXEL_DATA, f"frame {index} ({syntax.name}) failed to decode: "
                              f"{type(err).__name__}: {err}", fix) from err
         stored.append(array)
     colour_space = properties["photometric_interpretation"]
@@ -208,7 +213,7 @@ def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,
     except RenderError as err:
         raise DicomError(name, err.reason, err.detail, err.fix or _REEXPORT) from err
     except Exception as err:  # malformed windows or LUTs surface as assorted pydicom / numpy errors
-        raise DicomError(name, "corrupt header", f"rendering failed on its LUT or window values: "
+        raise DicomError(name, Reason.CORRUPT_HEADER, f"rendering failed on its LUT or window values: "
                          f"{type(err).__name__}: {err}", _REEXPORT) from err
 
 
@@ -224,7 +229,7 @@ def _pydicom() -> Any:
 
 def _require_file(path: str) -> None:
     if not os.path.isfile(path):
-        raise DicomError(path, "missing file", "no such file.", "fix the path, or restore the file.")
+        raise DicomError(path, Reason.MISSING_FILE, "no such file.", "fix the path, or restore the file.")
 
 
 def _name_of(ds: Dataset) -> str:
@@ -252,7 +257,7 @@ def _dcmread(source: str | BinaryIO, name: str, *, stop_before_pixels: bool) -> 
     except InvalidDicomError:
         pass  # no "DICM" preamble: maybe a pre-DICOM-3.0 (ACR-NEMA) file, which viewers still open
     except Exception as err:  # pydicom raises many types (struct.error, EOFError, KeyError) for broken headers
-        raise DicomError(name, "unreadable DICOM", f"the header does not parse ({type(err).__name__}: {err}).",
+        raise DicomError(name, Reason.UNREADABLE_DICOM, f"the header does not parse ({type(err).__name__}: {err}).",
                          _REEXPORT) from err
     if not isinstance(source, str):
         source.seek(0)
@@ -265,7 +270,7 @@ def _dcmread(source: str | BinaryIO, name: str, *, stop_before_pixels: bool) -> 
         return ds
     if ds is not None and "SOPClassUID" in ds:
         raise _no_pixels(ds, name)
-    raise DicomError(name, "not a DICOM file", "no 'DICM' marker at byte 128 and no image header.",
+    raise DicomError(name, Reason.NOT_DICOM, "no 'DICM' marker at byte 128 and no image header.",
                      "check it is a DICOM file and not, e.g., a PNG, PDF report or archive named .dcm.")
 
 
@@ -277,7 +282,7 @@ def _transfer_syntax(ds: Dataset, name: str) -> Any:
     # Files without file meta (ACR-NEMA) are never compressed: their pixels are encoded like the dataset.
     implicit, little = ds.original_encoding
     if implicit is None:
-        raise DicomError(name, "corrupt header", "no Transfer Syntax UID, so its encoding is unknown.", _REEXPORT)
+        raise DicomError(name, Reason.CORRUPT_HEADER, "no Transfer Syntax UID, so its encoding is unknown.", _REEXPORT)
     if implicit:
         return pydicom.uid.ImplicitVRLittleEndian
     return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
@@ -289,11 +294,11 @@ def _decoder_for(syntax: Any, name: str) -> Any:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as err:
-        raise DicomError(name, "unsupported compression", f"pixel data encoded as {syntax.name} ({syntax}), "
+        raise DicomError(name, Reason.UNSUPPORTED_COMPRESSION, f"pixel data encoded as {syntax.name} ({syntax}), "
                          "which pydicom cannot decode.",
                          "decompress it first, e.g. `gdcmconv --raw in.dcm out.dcm`.") from err
     if not decoder.is_available:
-        raise DicomError(name, "no decoder installed", f"pixel data compressed as {syntax.name}; no installed "
+        raise DicomError(name, Reason.NO_DECODER, f"pixel data compressed as {syntax.name}; no installed "
                          f"plugin decodes it ({'; '.join(decoder.missing_dependencies)}).",
                          f"{_INSTALL_DECODERS}, or decompress the files with `gdcmconv --raw`.")
     return decoder
@@ -302,17 +307,17 @@ def _decoder_for(syntax: Any, name: str) -> Any:
 def _require_image_tags(ds: Dataset, name: str) -> None:
     missing = [tag for tag in _IMAGE_TAGS if ds.get(tag) is None or ds.get(tag) == ""]
     if missing:
-        raise DicomError(name, "corrupt header", f"it has pixel data but no {', '.join(missing)}, so the pixels "
+        raise DicomError(name, Reason.CORRUPT_HEADER, f"it has pixel data but no {', '.join(missing)}, so the pixels "
                          "cannot be laid out.", _REEXPORT)
     dicom_frame_count(ds)  # raises on a malformed NumberOfFrames
 
 
 def _no_pixels(ds: Dataset, name: str) -> DicomError:
     if "Rows" in ds:
-        return DicomError(name, "truncated file", f"the header describes a {ds.Rows}x{ds.Columns} image but the "
+        return DicomError(name, Reason.TRUNCATED_FILE, f"the header describes a {ds.Rows}x{ds.Columns} image but the "
                           "file ends before its pixel data.", _REEXPORT)
     kind = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
-    return DicomError(name, "no pixel data", f"it holds no image ({kind}, Modality {ds.get('Modality', '?')}).",
+    return DicomError(name, Reason.NO_PIXEL_DATA, f"it holds no image ({kind}, Modality {ds.get('Modality', '?')}).",
                       "pass only image files (CT, MR, CR, DX, US, ...): reports, RT plans and other "
                       "non-image objects have no pixels.")
 
@@ -327,12 +332,12 @@ def _check_pixel_data(ds: Dataset, name: str) -> None:
     """A fully read dataset: pixel data present, and long enough when uncompressed."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            raise DicomError(name, "unsupported image type", "float pixel data (e.g. a parametric map).")
+            raise DicomError(name, Reason.UNSUPPORTED_IMAGE_TYPE, "float pixel data (e.g. a parametric map).")
         raise _no_pixels(ds, name)
     _require_image_tags(ds, name)
     syntax = _transfer_syntax(ds, name)
     if not syntax.is_encapsulated and len(ds.PixelData) < (expected := _expected_bytes(ds)):
-        raise DicomError(name, "truncated file", f"the pixel data holds {len(ds.PixelData)} bytes but "
+        raise DicomError(name, Reason.TRUNCATED_FILE, f"the pixel data holds {len(ds.PixelData)} bytes but "
                          f"{ds.Rows}x{ds.Columns}, {dicom_frame_count(ds)} frame(s) of {ds.BitsAllocated}-bit "
                          f"samples need {expected}.", _REEXPORT)
 
@@ -347,7 +352,7 @@ def _check_pixel_element(fp: BinaryIO, ds: Dataset, name: str) -> None:
     implicit, little = ds.original_encoding
     order = "<" if little else ">"
     if struct.unpack(order + "HH", head[:4]) != (0x7FE0, 0x0010):
-        raise DicomError(name, "unsupported image type", "float pixel data (e.g. a parametric map).")
+        raise DicomError(name, Reason.UNSUPPORTED_IMAGE_TYPE, "float pixel data (e.g. a parametric map).")
     _require_image_tags(ds, name)
     # Explicit VR: tag, VR (OB / OW / UN), 2 reserved bytes, 4-byte length. Implicit VR: tag, 4-byte length.
     # The VR bytes are checked too: some files claim explicit VR but are written implicit (pydicom copes).
@@ -360,10 +365,10 @@ def _check_pixel_element(fp: BinaryIO, ds: Dataset, name: str) -> None:
         _check_fragments(fp, size, name)
         return
     if start + header_size + length > size:
-        raise DicomError(name, "truncated file", f"its pixel data should end at byte {start + header_size + length} "
+        raise DicomError(name, Reason.TRUNCATED_FILE, f"its pixel data should end at byte {start + header_size + length} "
                          f"but the file is {size} bytes long.", _REEXPORT)
     if length < (expected := _expected_bytes(ds)):
-        raise DicomError(name, "corrupt header", f"the pixel data holds {length} bytes but {ds.Rows}x{ds.Columns}, "
+        raise DicomError(name, Reason.CORRUPT_HEADER, f"the pixel data holds {length} bytes but {ds.Rows}x{ds.Columns}, "
                          f"{dicom_frame_count(ds)} frame(s) of {ds.BitsAllocated}-bit samples need {expected}.",
                          _REEXPORT)
 
@@ -376,18 +381,18 @@ def _check_fragments(fp: BinaryIO, size: int, name: str) -> None:
         head = fp.read(8)
         if len(head) < 8:
             # pydicom drops pixel data that lacks its closing delimiter: the file was cut short.
-            raise DicomError(name, "truncated file", f"the compressed pixel data stops at byte {position} after "
+            raise DicomError(name, Reason.TRUNCATED_FILE, f"the compressed pixel data stops at byte {position} after "
                              f"{max(fragments, 0)} fragment(s), without its closing delimiter.", _REEXPORT)
         group, element, length = struct.unpack("<HHI", head)
         if (group, element) == (0xFFFE, 0xE0DD):  # sequence delimiter
             if fragments < 1:
-                raise DicomError(name, "no pixel data", "the compressed pixel data has no fragments.", _REEXPORT)
+                raise DicomError(name, Reason.NO_PIXEL_DATA, "the compressed pixel data has no fragments.", _REEXPORT)
             return
         if (group, element) != (0xFFFE, 0xE000):
-            raise DicomError(name, "corrupt pixel data", f"expected a fragment item (FFFE,E000) at byte {position}, "
+            raise DicomError(name, Reason.CORRUPT_PIXEL_DATA, f"expected a fragment item (FFFE,E000) at byte {position}, "
                              f"found ({group:04X},{element:04X}).", _REEXPORT)
         if position + 8 + length > size:
-            raise DicomError(name, "truncated file", f"the compressed fragment at byte {position} needs {length} "
+            raise DicomError(name, Reason.TRUNCATED_FILE, f"the compressed fragment at byte {position} needs {length} "
                              f"bytes but the file ends {position + 8 + length - size} bytes short.", _REEXPORT)
         fp.seek(length, os.SEEK_CUR)
         fragments += 1

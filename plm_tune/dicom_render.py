@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from plm_tune.errors import DataError, Reason
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -22,18 +24,17 @@ _PIPELINE_TAGS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentatio
 _FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 
-class RenderError(ValueError):
+class RenderError(DataError):
     """Pixels that cannot be rendered; ``plm_tune.dicom`` re-raises it as a ``DicomError`` naming the file.
 
     Args:
-        reason: a short stable code (``"unsupported image type"``, ``"corrupt header"``).
+        reason: a ``Reason`` (``Reason.UNSUPPORTED_IMAGE_TYPE``, ``Reason.CORRUPT_HEADER``).
         detail: what was expected and what was found.
         fix: what the user can do about it ("" when re-exporting the file is the fix).
     """
 
     def __init__(self, reason: str, detail: str, fix: str = "") -> None:
-        self.reason, self.detail, self.fix = reason, detail, fix
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(reason, detail, fix, message=f"{reason}: {detail}")
 
 
 def render_grey(ds: Dataset, stored: list[np.ndarray], indices: list[int]) -> np.ndarray:
@@ -134,17 +135,17 @@ def render_colour(ds: Dataset, array: np.ndarray, colour_space: str, bits_stored
         bits = rgb.dtype.itemsize * 8
     elif colour_space in ("YBR_FULL", "YBR_FULL_422"):
         if array.dtype != np.uint8:
-            raise RenderError("unsupported image type", f"{colour_space} with {bits_stored}-bit samples; "
+            raise RenderError(Reason.UNSUPPORTED_IMAGE_TYPE, f"{colour_space} with {bits_stored}-bit samples; "
                               "only 8-bit YBR is converted to RGB.", "convert it to RGB before training.")
         rgb, bits = convert_color_space(array, colour_space, "RGB"), 8
     elif colour_space in ("RGB", "YBR_ICT", "YBR_RCT"):
         rgb, bits = array, int(bits_stored)  # JPEG 2000 decoders undo ICT / RCT themselves: this is RGB
     else:
-        raise RenderError("unsupported image type", f"photometric interpretation {colour_space!r}; "
+        raise RenderError(Reason.UNSUPPORTED_IMAGE_TYPE, f"photometric interpretation {colour_space!r}; "
                           "supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL(_422), YBR_ICT, YBR_RCT.",
                           "convert it to RGB before training.")
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise RenderError("corrupt header", f"a colour frame decoded to shape {rgb.shape}, not (H, W, 3).")
+        raise RenderError(Reason.CORRUPT_HEADER, f"a colour frame decoded to shape {rgb.shape}, not (H, W, 3).")
     # Keep the top 8 bits: data written from 8-bit sources as v*256 or v*257 maps back to exactly v.
     return (rgb >> (bits - 8)).astype(np.uint8) if bits > 8 else rgb.astype(np.uint8)
 

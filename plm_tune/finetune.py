@@ -130,7 +130,7 @@ def finetune(
     streamed = not hasattr(train_set, "__len__")
     if streamed and training_args.max_steps <= 0:  # before the weights load, not when the Trainer finds out
         raise ValueError("The training set is a stream (streaming: true), which has no length to count epochs in: "
-                         "set max_steps (e.g. --max_steps 1000); num_train_epochs cannot end a stream.")
+                         "set `max_steps` (e.g. 1000); num_train_epochs cannot end a stream.")
     # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
     # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
     model, processor = load_model(model_args, dtype=dtype, seed=training_args.seed,

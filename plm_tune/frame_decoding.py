@@ -46,6 +46,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from plm_tune.errors import MediaError, Reason
+
 __all__ = ["Keyframe", "PacketTable", "SeekDecode", "decode_in_order", "decode_seeking", "scan_packets"]
 
 
@@ -227,9 +229,10 @@ def decode_in_order(container: Any, stream: Any, indices: list[int], path: str) 
     """Decode the frames at these (increasing) indices, counted in presentation order, in one forward pass.
 
     Raises:
-        ValueError: frames stop decoding (a truncated or corrupt file) more than one frame before a wanted
+        MediaError: frames stop decoding (a truncated or corrupt file) more than one frame before a wanted
             index: the header promised frames that are not there, and repeating the last good frame would
-            train on a still image labelled as motion.
+            train on a still image labelled as motion (``Reason.TRUNCATED_VIDEO``); or no frame decodes at all
+            (``Reason.UNREADABLE_VIDEO``).
     """
     picked: list[np.ndarray] = []
     wanted = iter(indices)
@@ -246,7 +249,7 @@ def decode_in_order(container: Any, stream: Any, indices: list[int], path: str) 
                     break
     except Exception as err:  # corrupt packets surface as av errors mid-stream
         if last is None:
-            raise ValueError(f"Could not decode video frames of '{path}': {err}") from err
+            raise MediaError(Reason.UNREADABLE_VIDEO, f"Could not decode video frames of '{path}': {err}") from err
         broke = err
     if target is not None and last is not None and target - last[0] > 1:
         # A frame count in the header one too high is normal: the last frame serves that index.
@@ -254,9 +257,10 @@ def decode_in_order(container: Any, stream: Any, indices: list[int], path: str) 
         at = f"{last[0] / rate:.2f}s" if rate else f"frame {last[0]}"
         until = f"{indices[-1] / rate:.2f}s" if rate else f"frame {indices[-1]}"
         why = f" ({type(broke).__name__}: {broke})" if broke is not None else ""
-        raise ValueError(
+        raise MediaError(
+            Reason.TRUNCATED_VIDEO,
             f"Video '{path}' stops decoding at {at} but its header promises frames up to {until}{why}: the "
-            f"file is truncated or corrupt. Re-download or re-encode it, or end the clip before {at}.")
+            "file is truncated or corrupt.", f"Re-download or re-encode it, or end the clip before {at}.")
     while target is not None and last is not None:
         picked.append(last[1].to_ndarray(format="rgb24"))
         target = next(wanted, None)

@@ -6,6 +6,8 @@ Pure functions over counts (no file is opened here): ``plm_tune.media`` decodes 
 
 from __future__ import annotations
 
+from plm_tune.errors import MediaError, Reason
+
 __all__ = ["NUM_FRAMES", "select_frame_indices", "uniform_indices", "pick_uniform"]
 
 NUM_FRAMES = 32  # the default frames per video everywhere: PLM's own trainer samples up to 32
@@ -43,7 +45,8 @@ def select_frame_indices(total_frames: int, fps: float, start: float | None, end
         Strictly increasing frame indices in ``[0, total_frames)``.
 
     Raises:
-        ValueError: no frames, a non-positive fps or ``max_frames``, ``end < start``, a start past the end.
+        MediaError: no frames, a non-positive fps, ``end < start``, a start past the end (its ``reason`` says which).
+        ValueError: ``max_frames`` under 1.
 
     >>> select_frame_indices(250, 25.0, None, None, 4)      # 10 s at 25 fps: 1 fps candidates, 4 of 10 picked
     [0, 75, 150, 225]
@@ -51,18 +54,19 @@ def select_frame_indices(total_frames: int, fps: float, start: float | None, end
     32
     """
     if total_frames < 1:
-        raise ValueError("The video has no frames.")
+        raise MediaError(Reason.NO_VIDEO_FRAMES, "The video has no frames.")
     if max_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {max_frames}.")
     if not fps > 0:
-        raise ValueError(f"The video's frame rate must be positive, got {fps}.")
+        raise MediaError(Reason.UNREADABLE_VIDEO, f"The video's frame rate must be positive, got {fps}.")
     if start is not None and end is not None and end < start:
-        raise ValueError(f"Clip end ({end}s) is before its start ({start}s). Swap or fix the times.")
+        raise MediaError(Reason.BAD_CLIP_TIMES, f"Clip end ({end}s) is before its start ({start}s).",
+                         "Swap or fix the times.")
     last = total_frames - 1
     first = 0 if start is None else int(start * fps)
     if first > last:
-        raise ValueError(f"Clip start {start}s is past the end of the video ({total_frames} frames at "
-                         f"{fps:g} fps: {total_frames / fps:.2f}s).")
+        raise MediaError(Reason.CLIP_OUTSIDE_VIDEO, f"Clip start {start}s is past the end of the video "
+                         f"({total_frames} frames at {fps:g} fps: {total_frames / fps:.2f}s).")
     stop = last if end is None else min(int(end * fps), last)
     if stop == first:
         stop = min(first + 1, last)

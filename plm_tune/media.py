@@ -4,7 +4,8 @@ Images become RGB ``PIL.Image``s; videos become ``(T, H, W, 3)`` uint8 arrays of
 Videos are decoded with PyAV (transformers' own loader needs torchcodec, which we do not require).
 This is the one module that opens media files: ``image_size``, ``video_duration`` and ``video_frame_count``
 read headers only (PIL's lazy open, PyAV's container metadata, pydicom's header), for the adapters' checks
-and for cost estimates (``plm_tune.costs``); their errors are ``MediaError``s with a stable ``reason``.
+and for cost estimates (``plm_tune.costs``). A file that cannot be read raises a ``MediaError`` whose ``reason``
+(``plm_tune.errors.Reason``) says why.
 
 Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
 a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from plm_tune.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
+from plm_tune.errors import MediaError, Reason
 from plm_tune.frame_decoding import decode_in_order, decode_seeking
 from plm_tune.frame_selection import NUM_FRAMES, pick_uniform, select_frame_indices
 
@@ -36,15 +38,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class MediaError(ValueError):
-    """A media file that cannot be read: ``reason`` is a short stable code (``"missing file"``, ``"unreadable
-    video"``, ...) the adapters group skipped records by; ``detail`` names the file, ``fix`` the remedy."""
-
-    def __init__(self, reason: str, detail: str, fix: str = "") -> None:
-        self.reason, self.detail, self.fix = reason, detail, fix
-        super().__init__(f"{detail} {fix}" if fix else detail)
 
 
 def describe_media(entry: Any) -> str:
@@ -71,7 +64,8 @@ def load_image(entry: Any) -> Image.Image:
         An RGB ``PIL.Image`` (fully loaded, so the file handle is closed).
 
     Raises:
-        ValueError: the entry is missing, unreadable or not an image; the message names the entry.
+        MediaError: the file is missing or not a readable image (its ``reason`` says which); the message names it.
+        ValueError: an entry of an unsupported type.
     """
     if isinstance(entry, Image.Image) and entry.mode == "RGB" and _orientation(entry) == 1:
         return entry
@@ -144,7 +138,8 @@ def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dico
         reading: "decode" or "read the header of", for error messages.
 
     Raises:
-        ValueError: a missing file, unreadable data or an unsupported entry; the message names the entry.
+        MediaError: a missing file or unreadable data; the message names the entry.
+        ValueError: an unsupported entry.
     """
     if isinstance(entry, Image.Image):
         return from_pil(entry)
@@ -159,20 +154,20 @@ def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dico
             with Image.open(io.BytesIO(entry)) as img:
                 return from_pil(img)
         except Exception as err:  # PIL raises several unrelated types for bad data
-            raise ValueError(f"Could not {reading} image from {describe_media(entry)}: {err}. "
-                             "Check that the bytes are a complete PNG/JPEG/... file.") from err
+            raise MediaError(Reason.UNDECODABLE_IMAGE, f"Could not {reading} image from {describe_media(entry)}: "
+                             f"{err}.", "Check that the bytes are a complete PNG/JPEG/... file.") from err
     if isinstance(entry, str | os.PathLike):
         path = os.fspath(entry)
         if not os.path.exists(path):
-            raise ValueError(f"Image file '{path}' does not exist. Fix the path in your data, "
-                             "or set the dataset's media root so relative paths resolve.")
+            raise MediaError(Reason.MISSING_FILE, f"Image file '{path}' does not exist.", "Fix the path in your "
+                             "data, or set the dataset's media root so relative paths resolve.")
         if is_dicom_path(path):
             return from_dicom(path)
         try:
             with Image.open(path) as img:
                 return from_pil(img)
         except Exception as err:
-            raise ValueError(f"Could not {reading} image file '{path}': {err}. "
+            raise MediaError(Reason.UNDECODABLE_IMAGE, f"Could not {reading} image file '{path}': {err}.",
                              "Re-export it as PNG or JPEG, or skip the record.") from err
     raise ValueError(f"Unsupported image entry of type {type(entry).__name__}; "
                      "use a PIL image, a file path or encoded bytes.")
@@ -193,7 +188,8 @@ def load_video(entry: Any, num_frames: int = NUM_FRAMES) -> np.ndarray:
         ``(T, H, W, 3)`` uint8 array with ``1 <= T <= num_frames``.
 
     Raises:
-        ValueError: missing or undecodable file, a clip outside the video, or a video with no frames.
+        MediaError: a missing or undecodable file, a bad clip, or a video with no frames (``reason`` says which).
+        ValueError: an unsupported entry, or frames given that are not a (T, H, W, 3) uint8 array.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
@@ -241,9 +237,9 @@ def _frames_from_array_or_images(entry: Any) -> np.ndarray:
 
 
 def require_video_file(path: str) -> None:
-    """Raise a ValueError naming ``path`` and the fix when the video file does not exist."""
+    """Raise a ``MediaError`` naming ``path`` and the fix when the video file does not exist."""
     if not os.path.exists(path):
-        raise MediaError("missing file", f"Video file '{path}' does not exist.", "Fix the path in your data, "
+        raise MediaError(Reason.MISSING_FILE, f"Video file '{path}' does not exist.", "Fix the path in your data, "
                          "or set the dataset's media root so relative paths resolve.")
 
 
@@ -259,11 +255,11 @@ def open_video_stream(path: str) -> Iterator[tuple[Any, Any]]:
     try:
         container = av.open(path)
     except Exception as err:  # av raises its own error hierarchy for bad containers
-        raise MediaError("unreadable video", f"Could not open video '{path}': {err}.",
+        raise MediaError(Reason.UNREADABLE_VIDEO, f"Could not open video '{path}': {err}.",
                          "Re-encode it (e.g. H.264 MP4).") from err
     with container:
         if not container.streams.video:
-            raise MediaError("no video frames", f"'{path}' has no video stream.",
+            raise MediaError(Reason.NO_VIDEO_FRAMES, f"'{path}' has no video stream.",
                              "Re-export the video (an empty or audio-only file).")
         yield container, container.streams.video[0]
 
@@ -281,7 +277,8 @@ def _decode_video_file(path: str, start: float | None, end: float | None, num_fr
     with open_video_stream(path) as (container, stream):  # a fresh decoder, read from the first packet
         frames = decode_in_order(container, stream, indices, path)
     if not frames:
-        raise ValueError(f"Video '{path}' has no decodable frames (zero-frame or corrupt file).")
+        raise MediaError(Reason.NO_VIDEO_FRAMES, f"Video '{path}' has no decodable frames (zero-frame or corrupt "
+                         "file).")
     return np.stack(frames)
 
 
@@ -294,18 +291,18 @@ def clip_frame_indices(container: Any, stream: Any, path: str, start: float | No
     stream's average rate.
 
     Raises:
-        ValueError: naming ``path``: no frame rate or frame count in the metadata, or a bad clip.
+        MediaError: naming ``path``: no frame rate or frame count in the metadata, or a bad clip.
     """
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
     total = stream.frames or round(_duration_seconds(container, stream) * fps)
     if fps <= 0 or total < 1:
-        raise ValueError(f"Video '{path}' records no frame rate or frame count in its metadata (fps {fps:g}, "
-                         f"{total} frames). Re-encode it (e.g. H.264 MP4).")
+        raise MediaError(Reason.UNREADABLE_VIDEO, f"Video '{path}' records no frame rate or frame count in its "
+                         f"metadata (fps {fps:g}, {total} frames).", "Re-encode it (e.g. H.264 MP4).")
     try:
         return select_frame_indices(total, fps, start, end, num_frames)
-    except ValueError as err:
-        raise ValueError(f"{err} (video '{path}')") from err
+    except MediaError as err:
+        raise MediaError(err.reason, f"{err} (video '{path}')") from err
 
 
 def _duration_seconds(container: Any, stream: Any) -> float:
@@ -345,7 +342,8 @@ def image_size(entry: Any) -> tuple[int, int]:
     """
     width, height = read_image_entry(entry, viewed_size, dicom_image_size, reading="read the header of")
     if width < 1 or height < 1:
-        raise ValueError(f"Image {describe_media(entry)} has size {width}x{height}. Re-export the image.")
+        raise MediaError(Reason.UNDECODABLE_IMAGE, f"Image {describe_media(entry)} has size {width}x{height}.",
+                         "Re-export the image.")
     return width, height
 
 
@@ -361,7 +359,7 @@ def video_duration(path: str) -> float:
     with open_video_stream(path) as (container, stream):
         duration = _duration_seconds(container, stream)
         if stream.frames == 0 and duration <= 0:
-            raise MediaError("no video frames", f"'{path}' has a video stream with no frames.",
+            raise MediaError(Reason.NO_VIDEO_FRAMES, f"'{path}' has a video stream with no frames.",
                              "Re-export the video.")
         if duration > 0:
             _check_packets_reach_end(container, stream, duration, path)
@@ -369,7 +367,7 @@ def video_duration(path: str) -> float:
 
 
 def _check_packets_reach_end(container: Any, stream: Any, duration: float, path: str) -> None:
-    """``MediaError("truncated video")`` when the packets stop well before the header's duration (a cut
+    """``MediaError(Reason.TRUNCATED_VIDEO)`` when the packets stop well before the header's duration (a cut
     download or copy).
 
     Reads packets (not frames) from the keyframe before the last second: a header written first (MP4
@@ -389,7 +387,7 @@ def _check_packets_reach_end(container: Any, stream: Any, duration: float, path:
         pass  # judged by the packets read before the error
     if last is None or last < duration - slack:
         where = "no packets near its end" if last is None else f"packets stop at {last:.2f}s"
-        raise MediaError("truncated video", f"'{path}' header says {duration:.2f}s, but {where}.",
+        raise MediaError(Reason.TRUNCATED_VIDEO, f"'{path}' header says {duration:.2f}s, but {where}.",
                          "Re-download or re-encode the file.")
 
 

@@ -79,7 +79,7 @@ def merge_adapter(
     if is_adapter(output_dir):
         raise ValueError(
             f"The output folder {output_dir} holds an adapter (adapter_config.json): the merged model would "
-            "load as that adapter again. Pass another --output folder."
+            "load as that adapter again. Pass another `output_dir`."
         )
     base = resolve_base_model(adapter_dir, base_model)
     dtype = dtype or default_dtype()
@@ -98,8 +98,7 @@ def merge_adapter(
     except OSError as error:
         raise OSError(
             f"Could not load the base model {base!r} of the adapter in {adapter_dir}: {error}\n"
-            "Pass --base-model (base_model=...) with the local folder or Hub id of the model it was trained "
-            "on."
+            "Pass `base_model` with the local folder or Hub id of the model it was trained on."
         ) from error
     source = adapter_dir if has_processor(adapter_dir) else base
     try:
@@ -108,7 +107,7 @@ def merge_adapter(
         raise OSError(
             f"Could not load the processor from {source} (the adapter folder's when it has processor files, "
             f"else the base's): {error}\nSave the processor next to the adapter (processor.save_pretrained) "
-            "or pass --base-model."
+            "or pass `base_model`."
         ) from error
 
     # safe_merge: checks the merged weights for NaN / inf before anything is written.

@@ -430,9 +430,9 @@ def load_for_inference(
         adapter = model
         model = resolve_base_model(adapter)
     if adapter is not None and not is_adapter(adapter):
-        raise FileNotFoundError(f"--adapter {adapter}: no {ADAPTER_CONFIG} there, so it is not a peft adapter "
+        raise FileNotFoundError(f"`adapter` {adapter}: no {ADAPTER_CONFIG} there, so it is not a peft adapter "
                                 "folder. Pass the folder the recipe saved (its output_dir), or a merged model as "
-                                "--model without --adapter.")
+                                "`model` without `adapter`.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     base = AutoModelForImageTextToText.from_pretrained(
         model, dtype=dtype or default_dtype(), use_safetensors=True, trust_remote_code=False

@@ -153,7 +153,7 @@ def save_run(
             raise ValueError("push_to_hub: plm-tune pushes adapters with their model card; for a full finetune "
                              "use huggingface_hub.upload_folder on the output folder.")
         if not hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (user/name): pass --hub_model_id.")
+            raise ValueError("push_to_hub needs hub_model_id (user/name): set `hub_model_id`.")
         metrics = dict(info.get("metrics") or {})
         if outputs.eval_result is not None:
             metrics.update({f"eval_{k}": v for k, v in outputs.eval_result.metrics.items() if k != "samples"})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plm_tune.collator import PLMCollator
+from plm_tune.errors import Reason, reason_of
 
 __all__ = ["inspect_samples", "check_dataset", "CheckResult", "render_sample"]
 
@@ -119,7 +120,8 @@ class CheckResult:
 
 def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, progress: bool = True,
                   total: int | None = None) -> CheckResult:
-    """Decode every media item of every sample and count problems by reason.
+    """Decode every media item of every sample and count problems by reason (``plm_tune.errors.Reason``, the
+    codes the adapters' skip reports use; ``"invalid sample"`` for an error that carries none).
 
     Adapter-level skips (``dataset.skip_report``) are included, so one table shows everything wrong.
     """
@@ -142,28 +144,8 @@ def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, p
         try:
             validate_sample(sample, decode_media=False)
             encoded = collator.build(sample, collator.plan(sample, settings=measuring))  # decodes every medium
-        except ValueError as err:
-            reason = _reason_of(str(err))
-            result.add_problem(reason, f"{name}: {str(err)[:160]}")
+        except ValueError as err:  # the collator's and validate_sample's errors carry their cause's reason
+            result.add_problem(reason_of(err) or Reason.INVALID_SAMPLE, f"{name}: {str(err)[:160]}")
             continue
         result.token_counts.append(len(encoded.input_ids))
     return result
-
-
-def _reason_of(message: str) -> str:
-    """Group error messages into a few stable reasons."""
-    lowered = message.lower()
-    for needle, reason in (
-        ("does not exist", "missing file"),
-        ("placeholder", "media count mismatch"),
-        ("no assistant turn", "no answer text"),
-        ("content is empty", "empty content"),
-        ("no decodable frames", "zero-frame video"),
-        ("video", "undecodable video"),
-        ("dicom", "unreadable DICOM"),
-        ("decode", "undecodable image"),
-        ("image", "undecodable image"),
-    ):
-        if needle in lowered:
-            return reason
-    return "invalid sample"

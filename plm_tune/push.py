@@ -140,7 +140,7 @@ def push_plan(
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"--repo-id {repo_id!r} is not a Hub repo id like 'user/name': {error}") from None
+        raise ValueError(f"`repo_id` {repo_id!r} is not a Hub repo id like 'user/name': {error}") from None
     folder = adapter_folder(adapter_dir, needs_weights=True)
     missing = missing_processor_files(folder)
     if missing:
@@ -161,7 +161,7 @@ def push_plan(
         if card_kwargs:
             raise ValueError(
                 f"{readme} is a card of your own, so {sorted(card_kwargs)} would be ignored. Pass "
-                "overwrite_card=True (--overwrite-card) to publish plm-tune's card instead, or delete it."
+                "`overwrite_card=True` to publish plm-tune's card instead, or delete it."
             )
         card, source = readme.read_text(errors="replace"), "yours"
     else:
@@ -242,7 +242,7 @@ def push_adapter(
         # dropped (from None) so neither its message nor its traceback can carry the token into a log.
         message = " ".join(redact(f"{type(error).__name__}: {error}", token).split())
         raise PushError(
-            f"Pushing {plan.folder} to {repo_id} failed: {message}. Check --repo-id, that the token (HF_TOKEN or "
+            f"Pushing {plan.folder} to {repo_id} failed: {message}. Check `repo_id`, that the token (HF_TOKEN or "
             "`hf auth login`) may write to it, and the network."
         ) from None
     url = getattr(commit, "commit_url", None) or str(commit)
@@ -292,7 +292,7 @@ def _checked_include(folder: Path, include: Sequence[str]) -> set[str]:
         )
     for name in chosen:
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"--include {name}: there is no {folder / name}.")
+            raise FileNotFoundError(f"`include` {name}: there is no {folder / name}.")
     return chosen
 
 

@@ -8,22 +8,16 @@ Everything stays logged to TensorBoard / the Trainer's ``log_history`` as before
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
-__all__ = ["VERBOSE_ENV", "QuietPrinterCallback", "QuietProgressCallback", "is_verbose", "quiet_training_log",
-           "short_log_line"]
+from plm_tune.verbosity import is_verbose
 
-VERBOSE_ENV = "PLM_TUNE_VERBOSE"  # "1": full Trainer log dicts and full skip lists (data_adapters read it too)
+__all__ = ["QuietPrinterCallback", "QuietProgressCallback", "quiet_training_log", "short_log_line"]
+
 # What a reader follows during training; the rest (throughput, collator counters, entropy) is in TensorBoard.
 SHOWN = ("loss", "eval_loss", "train_loss", "learning_rate", "epoch", "train_runtime")
-
-
-def is_verbose() -> bool:
-    """Whether ``PLM_TUNE_VERBOSE`` asks for the full logs (any value but "", "0", "false", "no")."""
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def short_log_line(logs: dict[str, Any], step: int, max_steps: int) -> str | None:

@@ -122,13 +122,13 @@ def adapter_folder(folder: str | Path, *, needs_weights: bool = False) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"Adapter folder {folder} does not exist: pass --adapter with a saved adapter folder."
+            f"Adapter folder {folder} does not exist: pass `adapter_dir` with a saved adapter folder."
         )
     if not (folder / ADAPTER_CONFIG).exists():
         hint = (
             " It holds a full model (config.json): it needs no merge, load it with from_pretrained."
             if (folder / MODEL_CONFIG).exists()
-            else " Pass --adapter with the folder trainer.save_model / save_pretrained wrote."
+            else " Pass `adapter_dir` with the folder trainer.save_model / save_pretrained wrote."
         )
         raise FileNotFoundError(
             f"{folder} has no {ADAPTER_CONFIG}, so it is not a peft adapter folder.{hint}"
@@ -176,13 +176,13 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
     base = override or base_model(folder)
     if not base:
         raise ValueError(
-            f"{folder}/{ADAPTER_CONFIG} names no base_model_name_or_path: pass --base-model "
-            "(base_model=...) with the model the adapter was trained on."
+            f"{folder}/{ADAPTER_CONFIG} names no base_model_name_or_path: pass `base_model` "
+            "with the model the adapter was trained on."
         )
     if looks_local(base) and not Path(base).expanduser().exists():
-        where = "--base-model" if override else f"{folder}/{ADAPTER_CONFIG}"
+        where = "`base_model`" if override else f"{folder}/{ADAPTER_CONFIG}"
         raise FileNotFoundError(
-            f"Base model folder {base} (from {where}) does not exist. Pass --base-model (base_model=...) "
+            f"Base model folder {base} (from {where}) does not exist. Pass `base_model` "
             "with the local folder or Hub id of the model the adapter was trained on."
         )
     return base

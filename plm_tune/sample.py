@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from plm_tune.errors import DataError, Reason, reason_of
 from plm_tune.media import describe_media, load_image, load_video
 
 __all__ = [
@@ -95,8 +96,9 @@ def bad_text(text: str) -> str | None:
 def _text_part(text: str, where: str) -> Part:
     problem = bad_text(text)
     if problem is not None:
-        raise ValueError(f"{where}: the text holds {problem}. Re-encode the data as UTF-8 "
-                         "(and write whole surrogate pairs in JSON escapes).")
+        raise DataError(Reason.NOT_UTF8_TEXT,
+                        f"{where}: the text holds {problem}. Re-encode the data as UTF-8 "
+                        "(and write whole surrogate pairs in JSON escapes).")
     return Part("text", text=text)
 
 
@@ -105,23 +107,27 @@ def _parts_of(content: Any, where: str, counters: dict[str, int]) -> tuple[Part,
     if isinstance(content, str):
         return (_text_part(content, where),)
     if not isinstance(content, list | tuple):
-        raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}.")
+        raise DataError(Reason.INVALID_CONVERSATION,
+                        f"{where}: content must be a string or a list of parts, got {type(content).__name__}.")
     parts: list[Part] = []
     for j, item in enumerate(content):
         if not isinstance(item, dict) or "type" not in item:
-            raise ValueError(f"{where}, part {j}: expected a dict with a 'type' key "
-                             f"('text', 'image' or 'video'), got {item!r}.")
+            raise DataError(Reason.INVALID_CONVERSATION,
+                            f"{where}, part {j}: expected a dict with a 'type' key "
+                            f"('text', 'image' or 'video'), got {item!r}.")
         kind = item["type"]
         if kind == "text":
             text = item.get("text")
             if not isinstance(text, str):
-                raise ValueError(f"{where}, part {j}: a text part needs a string 'text', got {text!r}.")
+                raise DataError(Reason.INVALID_CONVERSATION,
+                                f"{where}, part {j}: a text part needs a string 'text', got {text!r}.")
             parts.append(_text_part(text, f"{where}, part {j}"))
         elif kind in MEDIA_KINDS:
             parts.append(Part(kind, index=counters[kind]))
             counters[kind] += 1
         else:
-            raise ValueError(f"{where}, part {j}: unknown part type {kind!r}; use 'text', 'image' or 'video'.")
+            raise DataError(Reason.INVALID_CONVERSATION,
+                            f"{where}, part {j}: unknown part type {kind!r}; use 'text', 'image' or 'video'.")
     return tuple(parts)
 
 
@@ -133,7 +139,7 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
         require_answer: a training sample needs an assistant turn; a prompt to generate from does not.
 
     Raises:
-        ValueError: naming the sample and message, for any of: no messages, unknown role, a system
+        DataError: naming the sample and message, with a ``Reason`` (``plm_tune.errors``), for any of: no messages, unknown role, a system
             message that is not first, empty content, no assistant turn, a first non-system message that is not
             the user's or a last one that is not the assistant's (both with ``require_answer``), text that is not UTF-8,
             a ``max_tiles`` / ``num_frames`` that is not a positive integer, or placeholder / media count mismatch.
@@ -141,8 +147,9 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
     sid = _sample_id(sample)
     messages = sample.get("messages")
     if not isinstance(messages, list | tuple) or len(messages) == 0:
-        raise ValueError(f"{sid}'messages' must be a non-empty list of {{'role', 'content'}} dicts, "
-                         f"got {type(messages).__name__}.")
+        raise DataError(Reason.INVALID_CONVERSATION,
+                        f"{sid}'messages' must be a non-empty list of {{'role', 'content'}} dicts, "
+                        f"got {type(messages).__name__}.")
     _check_positive_int(sample, "max_tiles")  # here, so the collator and the planner refuse 0 as validation does
     _check_positive_int(sample, "num_frames")
     counters = {"image": 0, "video": 0}
@@ -150,29 +157,35 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
     for i, message in enumerate(messages):
         where = f"{sid}message {i}"
         if not isinstance(message, dict):
-            raise ValueError(f"{where}: expected a dict with 'role' and 'content', got {type(message).__name__}.")
+            raise DataError(Reason.INVALID_CONVERSATION,
+                            f"{where}: expected a dict with 'role' and 'content', got {type(message).__name__}.")
         role = message.get("role")
         if role not in ROLES:
-            raise ValueError(f"{where}: unknown role {role!r}; use one of {', '.join(ROLES)} "
-                             "(map 'human' -> 'user' and 'gpt' -> 'assistant').")
+            raise DataError(Reason.INVALID_CONVERSATION,
+                            f"{where}: unknown role {role!r}; use one of {', '.join(ROLES)} "
+                            "(map 'human' -> 'user' and 'gpt' -> 'assistant').")
         if role == "system" and i != 0:
-            raise ValueError(f"{where}: a system message must be the first message.")
+            raise DataError(Reason.INVALID_CONVERSATION,
+                            f"{where}: a system message must be the first message.")
         parts = _parts_of(message.get("content"), where, counters)
         if not any(p.kind != "text" or p.text.strip() for p in parts):
-            raise ValueError(f"{where} ({role}): content is empty. Give it text or media, or remove the message.")
+            raise DataError(Reason.EMPTY_CONTENT,
+                            f"{where} ({role}): content is empty. Give it text or media, or remove the message.")
         if role == "system" and any(p.kind != "text" for p in parts):
-            raise ValueError(f"{where}: a system message can only hold text.")
+            raise DataError(Reason.INVALID_CONVERSATION, f"{where}: a system message can only hold text.")
         turns.append(Turn(role, parts))
     if require_answer and not any(t.role == "assistant" for t in turns):
-        raise ValueError(f"{sid}no assistant turn: there is nothing to train on. "
-                         "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
+        raise DataError(Reason.NO_ANSWER_TEXT, f"{sid}no assistant turn: there is nothing to train on. "
+                        "Add the expected answer as an {'role': 'assistant', 'content': ...} message.")
     first = next((i for i, t in enumerate(turns) if t.role != "system"), None)
     if require_answer and first is not None and turns[first].role != "user":
-        raise ValueError(f"{sid}message {first}: the conversation starts with the assistant; PLM's template "
-                         "expects a user message first. Add the question as a user message before it.")
+        raise DataError(Reason.INVALID_CONVERSATION,
+                        f"{sid}message {first}: the conversation starts with the assistant; PLM's template "
+                        "expects a user message first. Add the question as a user message before it.")
     if require_answer and turns[-1].role != "assistant":
-        raise ValueError(f"{sid}message {len(turns) - 1}: the conversation ends with a user message, which is a "
-                         "prompt, not a training sample. Add its answer, or remove the trailing user message.")
+        raise DataError(Reason.INVALID_CONVERSATION,
+                        f"{sid}message {len(turns) - 1}: the conversation ends with a user message, which is a "
+                        "prompt, not a training sample. Add its answer, or remove the trailing user message.")
     for kind, key in (("image", "images"), ("video", "videos")):
         given = len(sample.get(key) or [])
         if counters[kind] != given:
@@ -182,17 +195,19 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
                         "text) become samples with data_adapters.from_hf_dataset(..., messages_column='messages').")
             elif given == 0 and sample.get(kind) is not None:
                 hint = f" The sample has '{kind}' (singular): a canonical sample lists them under '{key}'."
-            raise ValueError(f"{sid}{counters[kind]} {{'type': '{kind}'}} placeholder(s) in the messages but "
-                             f"{given} entr{'y' if given == 1 else 'ies'} in '{key}'. Each placeholder takes the "
-                             f"next entry of '{key}' in order: add or remove placeholders so the counts match."
-                             + hint)
+            raise DataError(Reason.MEDIA_COUNT_MISMATCH,
+                            f"{sid}{counters[kind]} {{'type': '{kind}'}} placeholder(s) in the messages but "
+                            f"{given} entr{'y' if given == 1 else 'ies'} in '{key}'. Each placeholder takes the "
+                            f"next entry of '{key}' in order: add or remove placeholders so the counts match."
+                            + hint)
     return turns
 
 
 def _check_positive_int(sample: dict[str, Any], key: str) -> None:
     value = sample.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{_sample_id(sample)}'{key}' must be a positive integer, got {value!r}.")
+        raise DataError(Reason.INVALID_SAMPLE,
+                        f"{_sample_id(sample)}'{key}' must be a positive integer, got {value!r}.")
 
 
 def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> None:
@@ -204,17 +219,19 @@ def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> Non
             media are found now rather than mid-training.
 
     Raises:
-        ValueError: the message names the sample (its ``id``/``image_id`` when present), what was expected,
-            what was found and how to fix it.
+        DataError: the message names the sample (its ``id``/``image_id`` when present), what was expected,
+            what was found and how to fix it; ``reason`` (``plm_tune.errors.Reason``) says what is wrong, for an
+            unreadable media entry the reason its ``MediaError`` gave.
 
     Example:
         >>> validate_sample({"messages": [{"role": "user", "content": "Hi"}]})
         Traceback (most recent call last):
         ...
-        ValueError: no assistant turn: there is nothing to train on. ...
+        plm_tune.errors.DataError: no assistant turn: there is nothing to train on. ...
     """
     if not isinstance(sample, dict):
-        raise ValueError(f"A sample must be a dict with a 'messages' key, got {type(sample).__name__}.")
+        raise DataError(Reason.INVALID_SAMPLE,
+                        f"A sample must be a dict with a 'messages' key, got {type(sample).__name__}.")
     normalize_messages(sample)
     if not decode_media:
         return
@@ -223,12 +240,14 @@ def validate_sample(sample: dict[str, Any], *, decode_media: bool = True) -> Non
         try:
             load_image(entry)
         except ValueError as err:
-            raise ValueError(f"{sid}images[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
+            raise DataError(reason_of(err) or Reason.UNDECODABLE_IMAGE,
+                            f"{sid}images[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
     for i, entry in enumerate(sample.get("videos") or []):
         try:
             load_video(entry, num_frames=1)
         except ValueError as err:
-            raise ValueError(f"{sid}videos[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
+            raise DataError(reason_of(err) or Reason.UNREADABLE_VIDEO,
+                            f"{sid}videos[{i}] ({describe_media(entry)}) is unreadable: {err}") from err
 
 
 # ------------------------------------------------------------------------------------------- table form

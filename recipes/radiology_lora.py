@@ -43,7 +43,7 @@ from trl import SFTConfig, TrlParser
 from data_adapters import SHUFFLE_BUFFER, from_dicom, from_hf_dataset, held_out_split
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
 from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
-from plm_tune.quiet_log import VERBOSE_ENV
+from plm_tune.verbosity import VERBOSE_ENV
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 PYDICOM_TESTDATA = "pydicom-testdata"  # a dicom_dir value: the example files pydicom and pydicom-data install

@@ -247,9 +247,9 @@ BAD = {
                         r"missing caption: the \.json has keys \['width'\]"),
     "no media": ({"__key__": "bad", "json": {"caption": "Orphan."}, "txt": "Orphan."},
                  r"no media: members are \.json, \.txt; expected an image"),
-    "bad conversation": ({"__key__": "bad", "png": png_bytes(), "json": {"messages": [
+    "invalid conversation": ({"__key__": "bad", "png": png_bytes(), "json": {"messages": [
         {"role": "human", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}},
-        r"bad conversation: .*unknown role 'human'"),
+        r"invalid conversation: .*unknown role 'human'"),
 }
 
 

@@ -125,7 +125,7 @@ def test_data_check_lists_every_kind_of_bad_input_by_reason_and_record(tiny_plm_
     assert result.returncode == 1, result.stdout + result.stderr
     report = result.stdout
     assert "Checked 1 samples: 8 with problems." in report, report
-    for line, reason in [(2, "not UTF-8 text"), (3, "invalid conversation"), (4, "bad media path"),
+    for line, reason in [(2, "not UTF-8 text"), (3, "not UTF-8 text"), (4, "bad media path"),
                          (5, "missing file"), (6, "undecodable image"), (7, "truncated video"),
                          (8, "invalid conversation"), (9, "invalid conversation")]:
         row = next((ln for ln in report.splitlines() if reason in ln), "")

@@ -96,3 +96,27 @@ def test_a_typod_flag_shows_the_subcommands_usage(tmp_path, args, usage):
     result = _cli(*args, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
     assert f"error: unrecognized arguments: {args[-1] if args[0] == 'push' else '--data-adaptor'}" in result.stderr
+
+
+def test_a_library_error_names_the_parameter_to_python_and_the_flag_at_the_command_line(tmp_path):
+    from plm_tune import merge_adapter
+    from plm_tune.push import push_plan
+
+    with pytest.raises(FileNotFoundError, match=r"does not exist: pass `adapter_dir` with a saved adapter folder"):
+        merge_adapter(tmp_path / "missing", tmp_path / "out")
+    line = _one_line(_cli("merge", "--adapter", "missing", "--output", "out", cwd=tmp_path),
+                     "plm-tune merge: error: Adapter folder missing does not exist: pass --adapter with a saved")
+    assert "`" not in line
+    with pytest.raises(ValueError, match=r"^`repo_id` 'not a repo' is not a Hub repo id"):
+        push_plan(tmp_path / "missing", "not a repo")
+    _one_line(_cli("push", "--adapter", "missing", "--repo-id", "not a repo", "--dry-run", cwd=tmp_path),
+              "plm-tune push: error: --repo-id 'not a repo' is not a Hub repo id")
+
+
+def test_the_commands_own_mistakes_are_the_same_one_line(tmp_path):
+    (tmp_path / "m").mkdir()
+    line = _one_line(_cli("eval", "--model", "./m", cwd=tmp_path),
+                     "plm-tune eval: error: No eval data: m/eval_data does not exist")
+    assert line.endswith("--data-adapter NAME --arg ...")
+    _one_line(_cli("data", "check", "--data-adapter", "image_folder", "--arg", "root", cwd=tmp_path),
+              "plm-tune data check: error: --arg expects KEY=VALUE, got 'root'.")

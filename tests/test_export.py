@@ -145,7 +145,7 @@ def test_merge_takes_base_model_when_the_recorded_base_is_gone_and_its_processor
     config = json.loads((lora_copy / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "/nonexistent/Perception-LM-1B"
     (lora_copy / "adapter_config.json").write_text(json.dumps(config))
-    expected = r"/nonexistent/Perception-LM-1B.*adapter_config\.json.*--base-model"
+    expected = r"/nonexistent/Perception-LM-1B.*adapter_config\.json.*`base_model`"
     with pytest.raises(FileNotFoundError, match=expected):
         merge_adapter(lora_copy, tmp_path / "merged")
     for name in PROCESSOR_FILES:  # and, without its own processor, the adapter gets the base's
@@ -156,11 +156,11 @@ def test_merge_takes_base_model_when_the_recorded_base_is_gone_and_its_processor
 
 
 def test_merge_errors_name_the_folder_and_the_fix(lora_copy, tiny_plm_path, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist: pass --adapter"):
+    with pytest.raises(FileNotFoundError, match="does not exist: pass `adapter_dir`"):
         merge_adapter(tmp_path / "missing", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no adapter_config.json.*full model.*needs no merge"):
         merge_adapter(tiny_plm_path, tmp_path / "out")
-    with pytest.raises(ValueError, match="holds an adapter.*--output"):
+    with pytest.raises(ValueError, match="holds an adapter.*Pass another `output_dir`"):
         merge_adapter(lora_copy, lora_copy)
     (lora_copy / "adapter_model.safetensors").rename(lora_copy / "adapter_model.bin")
     with pytest.raises(ValueError, match="adapter_model.bin, a pickle"):
@@ -357,7 +357,7 @@ def test_a_failed_push_never_shows_the_token(lora_copy, tmp_path, monkeypatch, c
 def test_push_refuses_incomplete_folders_before_any_network_call(lora_copy, tmp_path, monkeypatch):
     hub = _Hub(tmp_path / "remote")
     hub.install(monkeypatch)
-    with pytest.raises(ValueError, match="--repo-id 'not a repo' is not a Hub repo id"):
+    with pytest.raises(ValueError, match="`repo_id` 'not a repo' is not a Hub repo id"):
         push_adapter(lora_copy, "not a repo", token=TOKEN)
 
     (lora_copy / "README.md").write_text("# My own card\n")

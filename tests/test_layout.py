@@ -49,7 +49,7 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
 
 def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
     """Adapters build samples: they may check structure and read media headers, never collate or train."""
-    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom"}
+    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom", "plm_tune.errors", "plm_tune.verbosity"}
     for path in (ROOT / "data_adapters").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
@@ -62,7 +62,8 @@ def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
 
 # plm_tune's layers, bottom to top (docs/design.md, "Layers"). A module imports only from its own layer or below.
 LAYERS = (
-    ("data", {"frame_selection", "frame_decoding", "dicom_render", "dicom", "media", "sample", "arguments"}),
+    ("data", {"errors", "verbosity", "frame_selection", "frame_decoding", "dicom_render", "dicom", "media", "sample",
+              "arguments", "methods"}),
     ("encoding", {"formatting", "tiling", "length_policy", "sample_plan", "pixels", "collator", "costs", "sampler",
                   "sparse_logits", "preflight"}),
     ("model", {"precision", "architecture", "model", "run_folder", "memory", "devices", "quiet_log", "testing",

@@ -159,7 +159,7 @@ def test_push_refuses_extra_files_and_allowlisted_symlinks(adapter, monkeypatch)
     (adapter / "x.npy").write_bytes(b"\x93NUMPY")
     with pytest.raises(ValueError, match=r"will not include x\.npy.*dataset repo"):
         push_plan(adapter, "me/plm-lora", include=["x.npy"])
-    with pytest.raises(FileNotFoundError, match="--include eval/report.html: there is no"):
+    with pytest.raises(FileNotFoundError, match="`include` eval/report.html: there is no"):
         push_plan(adapter, "me/plm-lora", include=["eval/report.html"])
     (adapter / "eval").mkdir()
     (adapter / "eval" / "report.html").write_text("<html></html>")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 from conftest import make_image
 from trl import SFTConfig
 
 from data_adapters import BadRecord, SkipReport
-from plm_tune.quiet_log import VERBOSE_ENV, short_log_line
+from plm_tune.quiet_log import short_log_line
+from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 
 def _report() -> SkipReport:
@@ -32,6 +36,22 @@ def test_verbose_skip_summary_names_every_record_in_full(monkeypatch):
     text = _report().summary()
     assert all(f"/site-packages/pydicom/data/test_files/nopixels{i}.dcm" in text for i in range(14))
     assert "more)" not in text and _report().summary(verbose=False) != text
+
+
+@pytest.mark.parametrize("value, verbose", [("", False), ("0", False), (" False ", False), ("no", False),
+                                            ("1", True), ("yes", True)])
+def test_one_switch_sets_the_skip_summaries_and_the_training_log(monkeypatch, value, verbose):
+    from transformers import ProgressCallback
+    from transformers.trainer_callback import CallbackHandler
+
+    from plm_tune.quiet_log import quiet_training_log
+
+    monkeypatch.setenv(VERBOSE_ENV, value)
+    assert is_verbose() is verbose
+    assert ("(+11 more)" not in _report().summary()) is verbose
+    trainer = SimpleNamespace(callback_handler=CallbackHandler([ProgressCallback()], None, None, None, None))
+    quiet_training_log(trainer)  # reads only the trainer's callbacks
+    assert (type(trainer.callback_handler.callbacks[0]) is ProgressCallback) is verbose
 
 
 def test_short_log_line_keeps_loss_rate_epoch():

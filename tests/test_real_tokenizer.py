@@ -163,12 +163,12 @@ def test_a_packed_row_gives_each_sample_its_solo_loss(real_processor, real_model
     torch.testing.assert_close(torch.tensor(together), torch.tensor(alone), atol=2e-4, rtol=2e-5)
 
 
-def test_cli_layer_flags_need_a_size_and_bad_depths_are_refused(tmp_path):
+def test_cli_layer_flags_need_a_size_and_bad_depths_are_refused(tmp_path, capsys):
     from plm_tune.cli import main
     from plm_tune.testing_real import build_random_plm
 
-    with pytest.raises(SystemExit, match="--size"):
-        main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"])
+    assert main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"]) == 1
+    assert "plm-tune tiny-model: error: --text-layers / --vision-layers go with --size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="text_layers must be between 1 and PLM-1B's 16, got 17"):
         build_random_plm(tmp_path / "m", "1B", text_layers=17)
     with pytest.raises(ValueError, match="size must be one of"):

@@ -44,9 +44,9 @@ def test_resolve_base_model_prefers_the_override_and_names_the_fix(tmp_path):
     named = _adapter(tmp_path / "named", {"base_model_name_or_path": "/nonexistent/plm"})
     unnamed = _adapter(tmp_path / "unnamed", {})
     assert resolve_base_model(named, "facebook/Perception-LM-1B") == "facebook/Perception-LM-1B"
-    with pytest.raises(FileNotFoundError, match=r"/nonexistent/plm \(from .*named/adapter_config.json\).*--base-model"):
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent/plm \(from .*named/adapter_config.json\).*`base_model`"):
         resolve_base_model(named)
-    with pytest.raises(ValueError, match="names no base_model_name_or_path: pass --base-model"):
+    with pytest.raises(ValueError, match="names no base_model_name_or_path: pass `base_model`"):
         resolve_base_model(unnamed)
     # load_for_inference reads an adapter folder given as the model through the same owner: a clear error,
     # raised before anything is loaded.
