@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from plm_tune.frame_selection import NUM_FRAMES
+from plm_tune.methods import Method, methods_help
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -44,8 +45,7 @@ class ModelArguments:
     """Which PLM, how it trains (``plm_tune.load_model``) and each part's learning rate (``build_trainer``)."""
 
     model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id or folder."})
-    method: Literal["lora", "dora", "qlora", "full"] = field(default="lora", metadata={
-        "help": "lora / dora (LoRA with weight decomposition) / qlora (LoRA on a 4-bit language model) / full."})
+    method: Method = field(default="lora", metadata={"help": f"{methods_help()}."})
     freeze: list[str] = field(default_factory=lambda: ["vision"], metadata={
         "help": "Parts that do not train: vision, projector, language."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})

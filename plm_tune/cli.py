@@ -16,6 +16,7 @@ import sys
 
 from plm_tune.arguments import DEFAULT_MODEL
 from plm_tune.cli_run import add_after_training_commands
+from plm_tune.methods import METHODS
 from plm_tune.run_folder import check_model_path
 
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
                       help="per-device batch size (default: the config's per_device_train_batch_size, else SFTConfig's)")
-    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"],
+    plan.add_argument("--method", choices=METHODS,
                       help="default: the config's, else ModelArguments'")
     plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                       action=argparse.BooleanOptionalAction,

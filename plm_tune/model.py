@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, dora_dropout_note, settings_from
+from plm_tune.methods import METHOD_WORDS, METHODS, Method
 from plm_tune.precision import attention_by_part, deepspeed_dtype, default_dtype, set_training_dtypes
 from plm_tune.run_folder import (
     ADAPTER_CONFIG,
@@ -44,11 +45,9 @@ __all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradi
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["lora", "dora", "qlora", "full"]
 Part = Literal["vision", "projector", "language"]
 LoraTargets = Literal["language", "language+vision"]
 
-METHODS = ("lora", "dora", "qlora", "full")
 PARTS = ("language", "vision", "projector")
 LORA_TARGETS = ("language", "language+vision")
 
@@ -193,7 +192,7 @@ def load_model(
 
     adapted = lora_targets.split("+") if method != "full" else []
     how = {part: "full" for part in PARTS}  # how each part trains, for the summary line
-    how.update({part: {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}[method] for part in adapted})
+    how.update({part: METHOD_WORDS[method].name for part in adapted})
     how.update({part: "frozen" for part in frozen})
     if method == "full":
         for name, param in model.named_parameters():

@@ -14,14 +14,14 @@ import math
 import re
 from typing import Any
 
+from plm_tune.methods import METHOD_WORDS
+
 __all__ = ["html_text", "loss_curve_svg", "summary_html"]
 
 # C0 controls except tab / newline / carriage return, DEL and the C1 controls: invisible or invalid in HTML.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # The headline score of "what changed", first present wins: the ones a reader grasps without a definition.
 _HEADLINE = ("accuracy", "exact_match", "rouge_l", "bleu")
-_METHODS = {"lora": "a LoRA adapter", "dora": "a DoRA adapter", "qlora": "a QLoRA adapter (4-bit base)",
-            "full": "all unfrozen weights (full finetune)"}
 
 
 def html_text(value: Any) -> str:
@@ -36,7 +36,8 @@ def summary_html(info: dict[str, Any], metrics: dict[str, float], base_metrics: 
     record are left out rather than guessed. ``baseline``: ``(most common reference, its exact-match share)``."""
     training = info.get("training") or {}
     lines = []
-    method = _METHODS.get(training.get("method"), "an adapter" if info.get("adapter") else "the model")
+    fallback = "an adapter" if info.get("adapter") else "the model"
+    method = METHOD_WORDS[training["method"]].trained if training.get("method") in METHOD_WORDS else fallback
     trained = f"Trained {method}"
     if info.get("model"):
         trained += f" on {info['model']}"

@@ -29,6 +29,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from plm_tune.methods import METHODS, methods_help
+
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
@@ -69,7 +71,7 @@ REPORT_HTML = "report.html"
 
 # Every key write_training_info accepts, with what it holds. A fixed set: a typo fails instead of vanishing.
 TRAINING_INFO_KEYS = {
-    "method": 'how it trained: "lora", "dora", "qlora" (LoRA on a 4-bit NF4 base) or "full"',
+    "method": f"how it trained: {methods_help()}",
     "lora_r": "LoRA rank (adapter_config.json's r wins when both exist)",
     "lora_alpha": "LoRA alpha (adapter_config.json's lora_alpha wins when both exist)",
     "target_modules": "LoRA target modules (adapter_config.json's wins when both exist)",
@@ -267,7 +269,7 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
 
     Raises:
         FileNotFoundError: ``output_dir`` does not exist.
-        ValueError: an unknown key, or ``method`` not one of lora / dora / qlora / full.
+        ValueError: an unknown key, or ``method`` not one of ``METHODS``.
         TypeError: a value JSON cannot hold.
 
     Example:
@@ -292,7 +294,6 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
 
 def check_training_info(info: dict[str, Any], *, where: str) -> None:
     """Raise ValueError, naming ``where``, for a key outside ``TRAINING_INFO_KEYS`` or an unknown ``method``."""
-    from plm_tune.model import METHODS  # here, not at the top: model.py reads run folders through this module
 
     unknown = sorted(set(info) - set(TRAINING_INFO_KEYS))
     if unknown:
