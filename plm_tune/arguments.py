@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.methods import Method, methods_help
@@ -29,15 +29,20 @@ from plm_tune.methods import Method, methods_help
 __all__ = [
     "DEFAULT_MODEL",
     "NUM_FRAMES",
+    "TRAIN_ON",
     "EvalArguments",
     "MediaArguments",
     "ModelArguments",
+    "TrainOn",
     "dora_dropout_note",
     "settings_from",
     "training_info",
 ]
 
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
+# Which tokens are in the loss; plm_tune.formatting implements each and says why "assistant" is the default.
+TrainOn = Literal["assistant", "all", "plm"]
+TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
 
 
 @dataclass
@@ -102,7 +107,9 @@ class MediaArguments:
         "help": "Tiles per image when a sample has several images (None: tile each as a single image)."})
     keep_media_order: bool = field(default=False, metadata={
         "help": "Keep media where the messages put them (False: first, as PLM's trainer placed them)."})
-    train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    train_on: TrainOn = field(default="assistant", metadata={
+        "help": "Tokens in the loss: assistant (each answer and its <|eot_id|>), plm (as PLM's trainer: also each "
+                "answer's header and a closing <|end_of_text|>) or all (every token but media)."})
     fit_frames: bool = field(default=False, metadata={
         "help": "A sample over max_length keeps its turns and loses the fewest video frames (re-picked over the "
                 "clip, never below 1) before tiles or turns."})

@@ -12,8 +12,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from transformers import HfArgumentParser
 
-from plm_tune import build_trainer, load_model, plan_report
+from plm_tune import PLMCollator, build_trainer, load_model, plan_report
 from plm_tune.arguments import (
+    TRAIN_ON,
     EvalArguments,
     MediaArguments,
     ModelArguments,
@@ -120,3 +121,11 @@ def test_every_list_of_methods_is_the_one_in_plm_tune_methods():
                 spelled.append(f"{path.name}:{node.lineno}")
     assert [where.split(":")[0] for where in spelled] == ["methods.py"], spelled
 
+
+def test_train_on_plm_is_a_run_setting_as_it_is_a_collator_setting(processor):
+    media, = HfArgumentParser(MediaArguments).parse_args_into_dataclasses(["--train_on", "plm"])
+    assert media.train_on == "plm" and _choices(HfArgumentParser(MediaArguments), "train_on") == TRAIN_ON
+    assert _choices(build_parser(), "train_on", "plan") == TRAIN_ON  # plm-tune plan / data --train-on
+    assert PLMCollator(processor, train_on=media.train_on).train_on == "plm"
+    with pytest.raises(SystemExit):
+        HfArgumentParser(MediaArguments).parse_args_into_dataclasses(["--train_on", "answers"])
