@@ -28,6 +28,7 @@ from plm_tune.methods import Method, methods_help
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MAX_NEW_TOKENS",
     "NUM_FRAMES",
     "TRAIN_ON",
     "EvalArguments",
@@ -40,6 +41,13 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
+# The longest generated answer, in tokens, wherever plm-tune generates and the caller sets no limit: generate,
+# evaluate, the eval during and after training, `plm-tune generate` / `eval` and the model card's snippet. One
+# value, so an answer is cut at the same length in each of them and their scores compare. 128 is what the recipes'
+# evals have always used: a caption or a short report, while greedy decoding of a model that never stops (it runs
+# a batch until every answer ends or reaches the limit) stays cheap. eval.json counts the answers cut there
+# (answers_cut_at_max_new_tokens), so a limit too short for a dataset shows.
+MAX_NEW_TOKENS = 128
 # Which tokens are in the loss; plm_tune.formatting implements each and says why "assistant" is the default.
 TrainOn = Literal["assistant", "all", "plm"]
 TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
@@ -127,7 +135,8 @@ class EvalArguments:
         "help": "Answer the eval split by generation and score it; writes eval/eval.json and eval/report.html."})
     compare_base: bool = field(default=True, metadata={
         "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
+    eval_max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata={
+        "help": "Longest generated eval answer, in tokens."})
     generation_eval_steps: int = field(default=0, metadata={
         "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})

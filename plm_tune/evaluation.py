@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import CollatorStats, PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.frame_selection import NUM_FRAMES
@@ -111,7 +112,7 @@ def evaluate(
     samples: Sequence[dict[str, Any]],
     *,
     base_model: Any | Literal["disable_adapter"] | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
     max_tiles: int | None = None,
     num_frames: int = NUM_FRAMES,

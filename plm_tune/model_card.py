@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.methods import METHOD_WORDS
 from plm_tune.run_folder import adapter_config, adapter_folder, check_training_info, read_training_info
 from plm_tune.run_folder import base_model as recorded_base_model
@@ -223,7 +224,7 @@ inputs = processor.apply_chat_template(
     messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
 ).to(model.device)
 with torch.no_grad():
-    output = model.generate(**inputs, max_new_tokens=256)
+    output = model.generate(**inputs, max_new_tokens={MAX_NEW_TOKENS})
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
 
 

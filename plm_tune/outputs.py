@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.evaluation import EvalResult, evaluate, majority_baseline, metrics_table, save_eval
 from plm_tune.push import push_adapter
 from plm_tune.report import write_report
@@ -75,7 +76,7 @@ def save_run(
     training_info: dict[str, Any] | None = None,
     generate_eval: bool = True,
     compare_base: bool = True,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     eval_batch_size: int = 8,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,

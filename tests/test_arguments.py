@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from transformers import HfArgumentParser
 
 from plm_tune import PLMCollator, build_trainer, load_model, plan_report
 from plm_tune.arguments import (
+    MAX_NEW_TOKENS,
     TRAIN_ON,
     EvalArguments,
     MediaArguments,
@@ -22,8 +24,12 @@ from plm_tune.arguments import (
     settings_from,
     training_info,
 )
+from plm_tune.callbacks import GenerationEvalCallback
 from plm_tune.cli import build_parser
+from plm_tune.evaluation import evaluate
+from plm_tune.generation import generate
 from plm_tune.methods import METHOD_WORDS, METHODS
+from plm_tune.outputs import save_run
 from plm_tune.report_summary import summary_html
 
 LIBRARY = Path(__file__).resolve().parent.parent / "plm_tune"
@@ -129,3 +135,13 @@ def test_train_on_plm_is_a_run_setting_as_it_is_a_collator_setting(processor):
     assert PLMCollator(processor, train_on=media.train_on).train_on == "plm"
     with pytest.raises(SystemExit):
         HfArgumentParser(MediaArguments).parse_args_into_dataclasses(["--train_on", "answers"])
+
+
+def test_every_generation_reads_the_one_max_new_tokens_default():
+    keywords = {generate: "max_new_tokens", evaluate: "max_new_tokens", save_run: "max_new_tokens",
+                GenerationEvalCallback: "max_new_tokens", build_trainer: "generation_max_new_tokens"}
+    defaults = {f.__name__: inspect.signature(f).parameters[name].default for f, name in keywords.items()}
+    assert defaults == dict.fromkeys(defaults, MAX_NEW_TOKENS)
+    assert EvalArguments().eval_max_new_tokens == MAX_NEW_TOKENS
+    generate_command = build_parser().parse_args(["generate", "--prompt", "Hi?"])
+    assert generate_command.max_new_tokens == MAX_NEW_TOKENS

@@ -21,6 +21,7 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plm_tune import PLMCollator, load_model
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.merge import merge_adapter
 from plm_tune.model_card import write_model_card
 from plm_tune.push import files_to_upload, push_adapter
@@ -240,7 +241,7 @@ def test_the_cards_usage_snippet_runs(lora_copy, tmp_path):
     snippet = (
         snippet.replace('"me/plm-lora"', repr(str(lora_copy)))
         .replace('"image.png"', repr(str(tmp_path / "image.png")))
-        .replace("max_new_tokens=256", "max_new_tokens=3")  # the tiny model's words mean nothing
+        .replace(f"max_new_tokens={MAX_NEW_TOKENS}", "max_new_tokens=3")  # the tiny model's words mean nothing
     )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
