@@ -166,7 +166,7 @@ def training_info(model_args: ModelArguments, media_args: MediaArguments,
                   datasets: list[str] | None = None) -> dict[str, Any]:
     """What ``plm_tune_training.json`` records about a run's settings (``plm_tune.run_folder.TRAINING_INFO_KEYS``).
 
-    ``save_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
+    ``finish_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
 
     Example:
         >>> training_info(ModelArguments(method="full"), MediaArguments(max_tiles=4))["max_tiles"]

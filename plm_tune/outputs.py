@@ -1,6 +1,6 @@
 """The end of a training run: save, evaluate by generation, write the report, push. What every recipe does last.
 
-``save_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
+``finish_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
 ``plm_tune_training.json``, the held-out split in ``eval_data/`` and ``eval/eval.json`` + ``eval/report.html``
 (``plm_tune.run_folder`` owns that layout and documents it).
 """
@@ -27,12 +27,12 @@ from plm_tune.run_folder import (
 )
 from plm_tune.sample import to_table
 
-__all__ = ["RunOutputs", "save_run"]
+__all__ = ["RunOutputs", "finish_run"]
 
 
 @dataclass
 class RunOutputs:
-    """Where ``save_run`` put things (``None``: not made, e.g. no eval split or not the main process)."""
+    """Where ``finish_run`` put things (``None``: not made, e.g. no eval split or not the main process)."""
 
     output_dir: Path
     eval_json: Path | None = None
@@ -69,7 +69,7 @@ def _zero3(trainer: Any) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def save_run(
+def finish_run(
     trainer: Any,
     *,
     eval_set: Any | None = None,

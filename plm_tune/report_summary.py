@@ -1,7 +1,7 @@
 """The top of the HTML report: what was trained, on what, for how long and what changed, and the loss curve.
 
 Both are read from an ``EvalResult``'s ``info``: ``info["training"]`` is the run's ``plm_tune_training.json``
-(``save_run`` and ``plm-tune eval`` put it there), whose ``log_history`` holds the losses the Trainer logged.
+(``finish_run`` and ``plm-tune eval`` put it there), whose ``log_history`` holds the losses the Trainer logged.
 The curve is an inline SVG (no JavaScript, no external file). ``html_text`` is the report's one way to put
 text into the page: escaped for HTML, with control characters (a random model's answers contain them) shown
 as ``\\x07``-style escapes instead of reaching the page raw.

@@ -1,8 +1,8 @@
 """A run folder: what a finished training run leaves on disk, its file names and what can be read from it.
 
-Every module that writes or reads a run folder asks this one: ``save_run`` writes it, ``merge_adapter``,
+Every module that writes or reads a run folder asks this one: ``finish_run`` writes it, ``merge_adapter``,
 ``write_model_card``, ``push_adapter``, ``load_for_inference`` and the ``plm-tune`` after-training commands read
-it. The layout (``save_run`` makes all of it; ``trainer.save_model`` alone makes the first two lines)::
+it. The layout (``finish_run`` makes all of it; ``trainer.save_model`` alone makes the first two lines)::
 
     output_dir/
         adapter_config.json, adapter_model.safetensors   an adapter (peft); or config.json + model.safetensors

@@ -29,7 +29,7 @@ from plm_tune.cli import build_parser
 from plm_tune.evaluation import evaluate
 from plm_tune.generation import generate
 from plm_tune.methods import METHOD_WORDS, METHODS
-from plm_tune.outputs import save_run
+from plm_tune.outputs import finish_run
 from plm_tune.report_summary import summary_html
 
 LIBRARY = Path(__file__).resolve().parent.parent / "plm_tune"
@@ -138,7 +138,7 @@ def test_train_on_plm_is_a_run_setting_as_it_is_a_collator_setting(processor):
 
 
 def test_every_generation_reads_the_one_max_new_tokens_default():
-    keywords = {generate: "max_new_tokens", evaluate: "max_new_tokens", save_run: "max_new_tokens",
+    keywords = {generate: "max_new_tokens", evaluate: "max_new_tokens", finish_run: "max_new_tokens",
                 GenerationEvalCallback: "max_new_tokens", build_trainer: "generation_max_new_tokens"}
     defaults = {f.__name__: inspect.signature(f).parameters[name].default for f, name in keywords.items()}
     assert defaults == dict.fromkeys(defaults, MAX_NEW_TOKENS)

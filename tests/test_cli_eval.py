@@ -29,7 +29,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tiny_plm_path, tmp_path_factory) -> Path:
-    """A run folder as save_run leaves it: a LoRA adapter, its training info, a 2-sample eval split; plus a
+    """A run folder as finish_run leaves it: a LoRA adapter, its training info, a 2-sample eval split; plus a
     ``checkpoint-200`` holding the same adapter and nothing else (as the Trainer's checkpoints do)."""
     from plm_tune import load_model
 
