@@ -19,9 +19,9 @@ from plm_tune.run_folder import (
     EVAL_DIR,
     EVAL_JSON,
     REPORT_HTML,
-    base_model,
     check_model_path,
     read_training_info,
+    recorded_base_model,
     run_path,
 )
 
@@ -72,7 +72,7 @@ def _generate(args: argparse.Namespace) -> int:
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
-    args.model = args.model or base_model(args.adapter) or args.default_model
+    args.model = args.model or recorded_base_model(args.adapter) or args.default_model
     _training_defaults(args, args.adapter or args.model)
     sample = _media_sample(args)  # before loading: a flag mistake is reported without the wait
     model, processor = load_for_inference(args.model, args.adapter)
@@ -121,7 +121,7 @@ def _eval(args: argparse.Namespace) -> int:
     from plm_tune.report import write_report
 
     config = _eval_config(args)
-    args.model = (args.model or config.get("model_name_or_path") or base_model(args.adapter)
+    args.model = (args.model or config.get("model_name_or_path") or recorded_base_model(args.adapter)
                   or args.default_model)
     for key in ("max_tiles", "num_frames"):
         if getattr(args, key) is None and config.get(key) is not None:

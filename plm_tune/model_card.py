@@ -17,8 +17,13 @@ from typing import Any
 
 from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.methods import METHOD_WORDS
-from plm_tune.run_folder import adapter_config, adapter_folder, check_training_info, read_training_info
-from plm_tune.run_folder import base_model as recorded_base_model
+from plm_tune.run_folder import (
+    adapter_config,
+    adapter_folder,
+    check_training_info,
+    read_training_info,
+    recorded_base_model,
+)
 
 __all__ = ["is_generated_card", "model_card_text", "write_model_card"]
 

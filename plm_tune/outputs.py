@@ -20,9 +20,9 @@ from plm_tune.run_folder import (
     EVAL_DIR,
     EVAL_JSON,
     REPORT_HTML,
-    base_model,
     is_adapter,
     read_training_info,
+    recorded_base_model,
     write_training_info,
 )
 from plm_tune.sample import to_table
@@ -140,7 +140,7 @@ def finish_run(
             # The base an adapter was trained on, as its saved adapter_config.json names it; a full finetune's
             # starting point, which no file in the folder records.
             config = getattr(model, "config", None)
-            started_from = base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
+            started_from = recorded_base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
             result.info.update(model=str(started_from or ""),
                                adapter=str(output_dir) if adapter else None,
                                data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None},

@@ -17,7 +17,7 @@ peft's ``adapter_config.json`` names the base model (``base_model_name_or_path``
 QLoRA's 4-bit base, the data, the tiles / frames or the results: ``plm_tune_training.json`` records those.
 
 Example:
-    >>> base_model("outputs/radiology-lora")                          # doctest: +SKIP
+    >>> recorded_base_model("outputs/radiology-lora")                 # doctest: +SKIP
     'facebook/Perception-LM-1B'
     >>> read_training_info("outputs/radiology-lora")["max_tiles"]     # doctest: +SKIP
     4
@@ -44,7 +44,6 @@ __all__ = [
     "TRAINING_INFO_KEYS",
     "adapter_config",
     "adapter_folder",
-    "base_model",
     "check_model_path",
     "check_training_info",
     "has_processor",
@@ -52,6 +51,7 @@ __all__ = [
     "looks_local",
     "missing_processor_files",
     "read_training_info",
+    "recorded_base_model",
     "resolve_base_model",
     "run_path",
     "write_training_info",
@@ -156,7 +156,7 @@ def adapter_config(folder: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ base model
 
 
-def base_model(folder: str | Path | None) -> str | None:
+def recorded_base_model(folder: str | Path | None) -> str | None:
     """The base model an adapter folder was trained on (``base_model_name_or_path`` in its
     ``adapter_config.json``); None for no folder, a folder without an adapter, or an adapter that names none."""
     if folder is None or not is_adapter(folder):
@@ -175,7 +175,7 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
         ValueError: neither ``override`` nor ``adapter_config.json`` names a base.
         FileNotFoundError: the base looks like a local path (``looks_local``) that does not exist here.
     """
-    base = override or base_model(folder)
+    base = override or recorded_base_model(folder)
     if not base:
         raise ValueError(
             f"{folder}/{ADAPTER_CONFIG} names no base_model_name_or_path: pass --base-model "
