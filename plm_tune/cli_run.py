@@ -131,7 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
     samples, source = _eval_samples(args, config)
     model, processor = load_for_inference(args.model, args.adapter)
     base = "disable_adapter" if args.adapter and not args.no_base else None
-    result = evaluate(model, processor, samples, base_model=base, max_new_tokens=args.max_new_tokens,
+    result = evaluate(model, processor, samples, compare_with=base, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, max_tiles=args.max_tiles, num_frames=args.num_frames)
     result.info.update(model=args.model, adapter=args.adapter, data=source, max_tiles=args.max_tiles,
                        num_frames=args.num_frames, training=read_training_info(args.adapter or args.model))

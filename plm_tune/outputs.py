@@ -134,7 +134,7 @@ def finish_run(
                   f"plm-tune eval --adapter {output_dir}")
         elif generate_eval:
             base = "disable_adapter" if compare_base and adapter else None
-            result = evaluate(model, trainer.plm_collator.processor, eval_set, base_model=base,
+            result = evaluate(model, trainer.plm_collator.processor, eval_set, compare_with=base,
                               max_new_tokens=max_new_tokens, batch_size=eval_batch_size,
                               collator=trainer.plm_collator)
             # The base an adapter was trained on, as its saved adapter_config.json names it; a full finetune's
