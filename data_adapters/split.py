@@ -9,7 +9,7 @@ message and holds out ``share`` of each group, at least one sample of every grou
 
 A stream (``datasets.IterableDataset``) has no length to take a share of: ``held_out_split(stream, 64)`` holds out
 its first 64 records, what ``stream.take(64)`` reads, read now into a table (the Trainer evaluates it and
-``save_run`` answers it; both need a length). The training stream is every other record, but not
+``finish_run`` answers it; both need a length). The training stream is every other record, but not
 ``stream.skip(64)``: ``datasets`` splits a ``skip`` between a stream's readers (``SkipExamplesIterable`` with
 ``split_when_sharding``), so with 2 DataLoader workers each would skip the first 32 records of its own shards,
 training on some held-out records and never reading others. Here the held-out records are counted by shard, and

@@ -150,7 +150,7 @@ def main() -> None:
     ################
     # Evaluate: greedy answers on the held-out samples, finetuned vs base (the same model, adapter off)
     ################
-    result = evaluate(model, processor, eval_set, base_model="disable_adapter", collator=trainer.plm_collator,
+    result = evaluate(model, processor, eval_set, compare_with="disable_adapter", collator=trainer.plm_collator,
                       max_new_tokens=32, progress=False)
     scores = ", ".join(f"{name} {result.base_metrics[name]:.3g} -> {result.metrics[name]:.3g}"
                        for name in ("exact_match", "rouge_l"))

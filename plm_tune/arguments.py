@@ -21,22 +21,36 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from plm_tune.frame_selection import NUM_FRAMES
+from plm_tune.methods import Method, methods_help
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MAX_NEW_TOKENS",
     "NUM_FRAMES",
+    "TRAIN_ON",
     "EvalArguments",
     "MediaArguments",
     "ModelArguments",
+    "TrainOn",
     "dora_dropout_note",
     "settings_from",
     "training_info",
 ]
 
 DEFAULT_MODEL = "facebook/Perception-LM-1B"
+# The longest generated answer, in tokens, wherever plm-tune generates and the caller sets no limit: generate,
+# evaluate, the eval during and after training, `plm-tune generate` / `eval` and the model card's snippet. One
+# value, so an answer is cut at the same length in each of them and their scores compare. 128 is what the recipes'
+# evals have always used: a caption or a short report, while greedy decoding of a model that never stops (it runs
+# a batch until every answer ends or reaches the limit) stays cheap. eval.json counts the answers cut there
+# (answers_cut_at_max_new_tokens), so a limit too short for a dataset shows.
+MAX_NEW_TOKENS = 128
+# Which tokens are in the loss; plm_tune.formatting implements each and says why "assistant" is the default.
+TrainOn = Literal["assistant", "all", "plm"]
+TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
 
 
 @dataclass
@@ -44,8 +58,7 @@ class ModelArguments:
     """Which PLM, how it trains (``plm_tune.load_model``) and each part's learning rate (``build_trainer``)."""
 
     model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id or folder."})
-    method: Literal["lora", "dora", "qlora", "full"] = field(default="lora", metadata={
-        "help": "lora / dora (LoRA with weight decomposition) / qlora (LoRA on a 4-bit language model) / full."})
+    method: Method = field(default="lora", metadata={"help": f"{methods_help()}."})
     freeze: list[str] = field(default_factory=lambda: ["vision"], metadata={
         "help": "Parts that do not train: vision, projector, language."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -102,7 +115,9 @@ class MediaArguments:
         "help": "Tiles per image when a sample has several images (None: tile each as a single image)."})
     keep_media_order: bool = field(default=False, metadata={
         "help": "Keep media where the messages put them (False: first, as PLM's trainer placed them)."})
-    train_on: Literal["assistant", "all"] = field(default="assistant", metadata={"help": "Tokens in the loss."})
+    train_on: TrainOn = field(default="assistant", metadata={
+        "help": "Tokens in the loss: assistant (each answer and its <|eot_id|>), plm (as PLM's trainer: also each "
+                "answer's header and a closing <|end_of_text|>) or all (every token but media)."})
     fit_frames: bool = field(default=False, metadata={
         "help": "A sample over max_length keeps its turns and loses the fewest video frames (re-picked over the "
                 "clip, never below 1) before tiles or turns."})
@@ -120,7 +135,8 @@ class EvalArguments:
         "help": "Answer the eval split by generation and score it; writes eval/eval.json and eval/report.html."})
     compare_base: bool = field(default=True, metadata={
         "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "Longest generated eval answer, in tokens."})
+    eval_max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata={
+        "help": "Longest generated eval answer, in tokens."})
     generation_eval_steps: int = field(default=0, metadata={
         "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})
@@ -150,7 +166,7 @@ def training_info(model_args: ModelArguments, media_args: MediaArguments,
                   datasets: list[str] | None = None) -> dict[str, Any]:
     """What ``plm_tune_training.json`` records about a run's settings (``plm_tune.run_folder.TRAINING_INFO_KEYS``).
 
-    ``save_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
+    ``finish_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
 
     Example:
         >>> training_info(ModelArguments(method="full"), MediaArguments(max_tiles=4))["max_tiles"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import PLMCollator
 from plm_tune.generation import generate
 from plm_tune.metrics import score_answers
@@ -73,7 +74,8 @@ class GenerationEvalCallback(TrainerCallback):
     would count as the step's log and swallow the loss logged at that step.
     """
 
-    def __init__(self, trainer: Any, samples: Any, every_n_steps: int, max_new_tokens: int = 64) -> None:
+    def __init__(self, trainer: Any, samples: Any, every_n_steps: int,
+                 max_new_tokens: int = MAX_NEW_TOKENS) -> None:
         if every_n_steps < 1:
             raise ValueError(f"generation_eval_steps must be >= 1, got {every_n_steps}.")
         self.trainer, self.samples, self.every, self.max_new_tokens = trainer, samples, every_n_steps, max_new_tokens

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from plm_tune.arguments import DEFAULT_MODEL
+from plm_tune.arguments import DEFAULT_MODEL, TRAIN_ON
 from plm_tune.cli_run import add_after_training_commands
+from plm_tune.methods import METHODS
 from plm_tune.run_folder import check_model_path
 
 
@@ -166,7 +167,7 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, adapter_flags: tuple[str
     parser.add_argument("--max-length", dest="max_length", type=int)
     parser.add_argument("--max-tiles", dest="max_tiles", type=int)
     parser.add_argument("--num-frames", dest="num_frames", type=int)
-    parser.add_argument("--train-on", dest="train_on", choices=["assistant", "all"])
+    parser.add_argument("--train-on", dest="train_on", choices=TRAIN_ON)
     parser.add_argument("--vision-input-type", dest="vision_input_type", choices=["thumb+tile", "vanilla"])
 
 
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(plan)
     plan.add_argument("--batch-size", dest="batch_size", type=int,
                       help="per-device batch size (default: the config's per_device_train_batch_size, else SFTConfig's)")
-    plan.add_argument("--method", choices=["lora", "dora", "qlora", "full"],
+    plan.add_argument("--method", choices=METHODS,
                       help="default: the config's, else ModelArguments'")
     plan.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                       action=argparse.BooleanOptionalAction,

@@ -13,21 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from plm_tune.arguments import MAX_NEW_TOKENS, MediaArguments
 from plm_tune.run_folder import (
     EVAL_DATA,
     EVAL_DIR,
     EVAL_JSON,
     REPORT_HTML,
-    base_model,
     check_model_path,
     read_training_info,
+    recorded_base_model,
     run_path,
 )
 
 __all__ = ["add_after_training_commands"]
-
-DEFAULT_MAX_NEW_TOKENS = 128  # when the folder records none: the recipes' eval_max_new_tokens default
-
 
 def _media_sample(args: argparse.Namespace) -> dict:
     """One canonical sample from --image / --video / --dicom and --prompt (media first, in that order)."""
@@ -51,14 +49,15 @@ def _media_sample(args: argparse.Namespace) -> dict:
 
 
 def _training_defaults(args: argparse.Namespace, folder: str | None) -> None:
-    """Unset --max-tiles / --num-frames default to what the adapter (or model) folder was trained with, and
-    --max-new-tokens to its eval's (a checkpoint folder reads its run's: ``read_training_info``)."""
+    """Unset --max-tiles / --num-frames default to what the adapter (or model) folder was trained with, else to
+    ``MediaArguments``' defaults, and --max-new-tokens to its eval's, else ``MAX_NEW_TOKENS`` (a checkpoint folder
+    reads its run's: ``read_training_info``)."""
     info = read_training_info(folder) if folder else {}
     for key in ("max_tiles", "num_frames"):
-        if getattr(args, key, None) is None and info.get(key) is not None:
-            setattr(args, key, info[key])
+        if getattr(args, key, None) is None:
+            setattr(args, key, info[key] if info.get(key) is not None else getattr(MediaArguments, key))
     if args.max_new_tokens is None:
-        args.max_new_tokens = info.get("eval_max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+        args.max_new_tokens = info.get("eval_max_new_tokens") or MAX_NEW_TOKENS
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -73,7 +72,7 @@ def _generate(args: argparse.Namespace) -> int:
     from plm_tune.generation import generate
     from plm_tune.model import load_for_inference
 
-    args.model = args.model or base_model(args.adapter) or args.default_model
+    args.model = args.model or recorded_base_model(args.adapter) or args.default_model
     _training_defaults(args, args.adapter or args.model)
     sample = _media_sample(args)  # before loading: a flag mistake is reported without the wait
     model, processor = load_for_inference(args.model, args.adapter)
@@ -123,7 +122,7 @@ def _eval(args: argparse.Namespace) -> int:
     from plm_tune.report import write_report
 
     config = _eval_config(args)
-    args.model = (args.model or config.get("model_name_or_path") or base_model(args.adapter)
+    args.model = (args.model or config.get("model_name_or_path") or recorded_base_model(args.adapter)
                   or args.default_model)
     for key in ("max_tiles", "num_frames"):
         if getattr(args, key) is None and config.get(key) is not None:
@@ -133,8 +132,8 @@ def _eval(args: argparse.Namespace) -> int:
     samples, source = _eval_samples(args, config)
     model, processor = load_for_inference(args.model, args.adapter)
     base = "disable_adapter" if args.adapter and not args.no_base else None
-    result = evaluate(model, processor, samples, base_model=base, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, max_tiles=args.max_tiles, num_frames=args.num_frames or 32)
+    result = evaluate(model, processor, samples, compare_with=base, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, max_tiles=args.max_tiles, num_frames=args.num_frames)
     result.info.update(model=args.model, adapter=args.adapter, data=source, max_tiles=args.max_tiles,
                        num_frames=args.num_frames, training=read_training_info(args.adapter or args.model))
     save_eval(result, output / EVAL_JSON)
@@ -222,11 +221,13 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=256, help="longest answer")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=MAX_NEW_TOKENS,
+                        help=f"longest answer, in tokens (default {MAX_NEW_TOKENS})")
     parser.add_argument("--max-tiles", dest="max_tiles", type=int,
                         help="tiles per image (default: the value the adapter was trained with, else PLM's 36)")
     parser.add_argument("--num-frames", dest="num_frames", type=int,
-                        help="frames per video (default: the value the adapter was trained with, else 32)")
+                        help="frames per video (default: the value the adapter was trained with, else "
+                        f"{MediaArguments.num_frames})")
 
 
 def add_after_training_commands(
@@ -279,7 +280,7 @@ def add_after_training_commands(
     evaluate.add_argument("--no-report", dest="no_report", action="store_true", help="no HTML report")
     evaluate.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
                           help="longest answer (default: the run's eval_max_new_tokens, else "
-                          f"{DEFAULT_MAX_NEW_TOKENS})")
+                          f"{MAX_NEW_TOKENS})")
     evaluate.set_defaults(func=_eval, read_data=read_data, default_model=default_model)
 
     report = sub.add_parser("report", help="(re)write the HTML report of an eval.json")

@@ -9,6 +9,7 @@ and read as JSON, and what ``plm_tune.report`` renders.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.frame_selection import NUM_FRAMES
@@ -78,7 +80,7 @@ def base_model_context(model: Any) -> contextlib.AbstractContextManager:
 
     The adapter (LoRA / DoRA layers and any ``modules_to_save`` copies) is switched off on entry and back on at
     exit, also on error, so base answers come from the same weights without loading the model twice.
-    ``evaluate(..., base_model="disable_adapter")`` uses it.
+    ``evaluate(..., compare_with="disable_adapter")`` uses it.
 
     Args:
         model: a ``PeftModel`` (what ``load_model`` returns for LoRA methods, or ``PeftModel.from_pretrained``).
@@ -88,7 +90,7 @@ def base_model_context(model: Any) -> contextlib.AbstractContextManager:
 
     Raises:
         ValueError: ``model`` is not a ``PeftModel`` (a merged or fully finetuned model has no adapter to switch
-            off: load the base model and pass it as ``base_model``).
+            off: load the base model and pass it as ``compare_with``).
 
     Example:
         >>> with base_model_context(peft_model):                                   # doctest: +SKIP
@@ -98,8 +100,8 @@ def base_model_context(model: Any) -> contextlib.AbstractContextManager:
 
     if not isinstance(model, PeftModel):
         raise ValueError(
-            f"base_model='disable_adapter' needs a peft.PeftModel, got {type(model).__name__}: a merged or "
-            "fully finetuned model has no adapter to switch off. Load the base model and pass it as base_model."
+            f"compare_with='disable_adapter' needs a peft.PeftModel, got {type(model).__name__}: a merged or "
+            "fully finetuned model has no adapter to switch off. Load the base model and pass it as compare_with."
         )
     return model.disable_adapter()
 
@@ -109,8 +111,8 @@ def evaluate(
     processor: Any,
     samples: Sequence[dict[str, Any]],
     *,
-    base_model: Any | Literal["disable_adapter"] | None = None,
-    max_new_tokens: int = 256,
+    compare_with: Any | Literal["disable_adapter"] | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
     max_tiles: int | None = None,
     num_frames: int = NUM_FRAMES,
@@ -130,9 +132,9 @@ def evaluate(
         model: the finetuned PLM (a ``PeftModel``, a merged or a fully finetuned model).
         processor: its processor.
         samples: canonical samples (a list or a ``datasets.Dataset``).
-        base_model: also evaluate a base model on the same samples: a model object, or ``"disable_adapter"`` to
-            get base answers from ``model`` itself with its adapter switched off (``base_model_context``;
-            ``model`` must be a ``PeftModel``). None: only ``model``.
+        compare_with: also answer the same samples with a base model, for ``base_metrics`` and each record's
+            ``base_answer``: a model object, or ``"disable_adapter"`` for ``model`` itself with its adapter
+            switched off (``base_model_context``; ``model`` must be a ``PeftModel``). None: only ``model``.
         max_new_tokens: longest answer, in tokens.
         batch_size: samples per ``generate`` call and per loss forward pass.
         max_tiles, num_frames: per-image tiles and per-video frames (use the training values); ignored when
@@ -150,41 +152,25 @@ def evaluate(
         one); ``info`` with the model and adapter names, counts and generation seconds.
 
     Raises:
-        ValueError: an unknown ``base_model`` string, ``"disable_adapter"`` on a model without an adapter, an
+        ValueError: an unknown ``compare_with`` string, ``"disable_adapter"`` on a model without an adapter, an
             unknown ``kind``, or a malformed sample (named).
 
     Example:
         >>> model, processor = load_model("facebook/Perception-LM-1B", method="lora")   # doctest: +SKIP
-        >>> result = evaluate(model, processor, eval_samples, base_model="disable_adapter")  # doctest: +SKIP
+        >>> result = evaluate(model, processor, eval_samples, compare_with="disable_adapter")  # doctest: +SKIP
         >>> result.metrics["rouge_l"], result.base_metrics["rouge_l"]                  # doctest: +SKIP
     """
-    disable_adapter = isinstance(base_model, str)
-    if disable_adapter and base_model != "disable_adapter":
-        raise ValueError(f"base_model must be a model, 'disable_adapter' or None, got {base_model!r}.")
+    disable_adapter = isinstance(compare_with, str)
+    if disable_adapter and compare_with != "disable_adapter":
+        raise ValueError(f"compare_with must be a model, 'disable_adapter' or None, got {compare_with!r}.")
     if disable_adapter:
         base_model_context(model)  # fail now, not after generating the finetuned answers
     if kind not in ("auto", "caption", "choice"):
         raise ValueError(f"kind must be 'auto', 'caption' or 'choice', got {kind!r}.")
     collator = collator or PLMCollator(processor, max_tiles=max_tiles, num_frames=num_frames)
-    options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
-
-    def run(subject: Any, name: str) -> tuple[list[Generation], list[dict[str, float]], dict[str, float], dict]:
-        started = time.perf_counter()
-        generations = generate(subject, processor, samples, collator=collator, details=True, **options)
-        seconds = time.perf_counter() - started
-        references = [g.reference for g in generations]
-        per_sample, metrics = score_answers([g.answer for g in generations], references, kind=kind)
-        answered = [i for i, reference in enumerate(references) if reference is not None]
-        info = {f"{name}generation_seconds": seconds,
-                f"{name}new_tokens": sum(g.new_tokens for g in generations),
-                f"{name}answers_cut_at_max_new_tokens": sum(g.new_tokens >= max_new_tokens for g in generations)}
-        if compute_loss and answered:
-            loss, tokens = _eval_loss(subject, collator, [samples[i] for i in answered], batch_size, progress)
-            info[f"{name}loss_tokens"] = tokens
-            if tokens:
-                metrics["eval_loss"] = loss
-        metrics["samples"] = float(len(answered))
-        return generations, per_sample, metrics, info
+    run = functools.partial(_answer_and_score, processor=processor, samples=samples, collator=collator, kind=kind,
+                            compute_loss=compute_loss, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            progress=progress)
 
     generations, scores, metrics, info = run(model, "")
     base_generations: list[Generation] | None = None
@@ -194,27 +180,15 @@ def evaluate(
         with base_model_context(model):
             base_generations, base_scores, base_metrics, base_info = run(model, "base_")
         info.update(base_info)
-    elif base_model is not None:
-        base_generations, base_scores, base_metrics, base_info = run(base_model, "base_")
+    elif compare_with is not None:
+        base_generations, base_scores, base_metrics, base_info = run(compare_with, "base_")
         info.update(base_info)
 
-    records = []
-    for i, generation in enumerate(generations):
-        sample = samples[i]
-        records.append(EvalRecord(
-            index=i,
-            sample_id=next((str(sample[key]) for key in ID_KEYS if sample.get(key) is not None), None),
-            prompt=_prompt_text(sample),
-            reference=generation.reference,
-            answer=generation.answer,
-            base_answer=base_generations[i].answer if base_generations is not None else None,
-            scores=scores[i],
-            base_scores=base_scores[i],
-        ))
+    records = _records(samples, generations, scores, base_generations, base_scores)
     info = {
         "model": _model_name(model),
         "adapter": getattr(model, "active_adapter", None) if _is_peft(model) else None,
-        "base_model": "disable_adapter" if disable_adapter else _model_name(base_model),
+        "base_model": "disable_adapter" if disable_adapter else _model_name(compare_with),
         "samples": len(records),
         "answered": sum(r.reference is not None for r in records),
         "kind": kind,
@@ -222,6 +196,49 @@ def evaluate(
         **info,
     }
     return EvalResult(metrics=metrics, records=records, base_metrics=base_metrics, info=info)
+
+
+def _answer_and_score(
+    subject: Any, name: str, *, processor: Any, samples: Sequence[dict[str, Any]], collator: PLMCollator,
+    kind: ScoreKind, compute_loss: bool, max_new_tokens: int, batch_size: int, progress: bool,
+) -> tuple[list[Generation], list[dict[str, float]], dict[str, float], dict[str, Any]]:
+    """``evaluate``'s one pass with one model (the finetuned one, then the base): its answers, their scores per
+    sample and overall (with ``eval_loss``), and timings / counts for ``info`` under keys starting with ``name``."""
+    started = time.perf_counter()
+    generations = generate(subject, processor, samples, collator=collator, details=True,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - started
+    references = [g.reference for g in generations]
+    per_sample, metrics = score_answers([g.answer for g in generations], references, kind=kind)
+    answered = [i for i, reference in enumerate(references) if reference is not None]
+    info = {f"{name}generation_seconds": seconds,
+            f"{name}new_tokens": sum(g.new_tokens for g in generations),
+            f"{name}answers_cut_at_max_new_tokens": sum(g.new_tokens >= max_new_tokens for g in generations)}
+    if compute_loss and answered:
+        loss, tokens = _eval_loss(subject, collator, [samples[i] for i in answered], batch_size, progress)
+        info[f"{name}loss_tokens"] = tokens
+        if tokens:
+            metrics["eval_loss"] = loss
+    metrics["samples"] = float(len(answered))
+    return generations, per_sample, metrics, info
+
+
+def _records(samples: Sequence[dict[str, Any]], generations: list[Generation], scores: list[dict[str, float]],
+             base_generations: list[Generation] | None, base_scores: list[dict[str, float]]) -> list[EvalRecord]:
+    """One ``EvalRecord`` per sample, in order: its id and prompt, the reference, both answers and their scores."""
+    return [
+        EvalRecord(
+            index=i,
+            sample_id=next((str(samples[i][key]) for key in ID_KEYS if samples[i].get(key) is not None), None),
+            prompt=_prompt_text(samples[i]),
+            reference=generation.reference,
+            answer=generation.answer,
+            base_answer=base_generations[i].answer if base_generations is not None else None,
+            scores=scores[i],
+            base_scores=base_scores[i],
+        )
+        for i, generation in enumerate(generations)
+    ]
 
 
 def metrics_table(result: EvalResult) -> str:

@@ -8,7 +8,7 @@ A recipe reads top to bottom:
 3. its own data section, then ``data_adapters.held_out_split`` for the held-out share (a stream's first
    samples with ``streaming: true``, the rest shuffled through a buffer);
 4. ``finetune``: with ``--plan true`` print ``plan_report`` and stop; else ``load_model``, ``build_trainer``,
-   train, a last eval, ``save_run`` (``plm_tune_training.json`` from ``training_info``), and the lines that say
+   train, a last eval, ``finish_run`` (``plm_tune_training.json`` from ``training_info``), and the lines that say
    what the run made.
 """
 
@@ -22,7 +22,7 @@ import torch
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
 from plm_tune.devices import check_gpu_usable
 from plm_tune.model import load_model
-from plm_tune.outputs import RunOutputs, save_run
+from plm_tune.outputs import RunOutputs, finish_run
 from plm_tune.plan import plan_report
 from plm_tune.trainer import build_trainer, loss_change
 
@@ -115,7 +115,7 @@ def finetune(
         dtype: the weights' dtype (``load_model``'s default: bf16 on a bf16 GPU, else float32).
 
     Returns:
-        ``save_run``'s ``RunOutputs``; None with ``eval_args.plan`` (the plan is printed instead).
+        ``finish_run``'s ``RunOutputs``; None with ``eval_args.plan`` (the plan is printed instead).
 
     Raises:
         ValueError: ``train_set`` is a stream and ``training_args.max_steps`` is not set.
@@ -138,7 +138,7 @@ def finetune(
                                   gradient_checkpointing=training_args.activation_checkpointing)
     training_args.activation_checkpointing = training_args.gradient_checkpointing = False
 
-    # save_run pushes at the end, with plm-tune's model card; the Trainer's own push would go first without it.
+    # finish_run pushes at the end, with plm-tune's model card; the Trainer's own push would go first without it.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = build_trainer(model, processor, train_set, eval_set, training_args, media=media_args,
                             model_args=model_args, eval_args=eval_args)
@@ -148,7 +148,7 @@ def finetune(
 
     # The model or adapter (and the parts trained in full) with its processor, how it was trained
     # (plm_tune_training.json), the held-out split, its generated answers and an HTML report; then the Hub.
-    outputs = save_run(
+    outputs = finish_run(
         trainer,
         eval_set=eval_set,
         training_info=training_info(model_args, media_args, datasets),

@@ -42,15 +42,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-from plm_tune.arguments import MediaArguments
+from plm_tune.arguments import TRAIN_ON, MediaArguments, TrainOn
 from plm_tune.sample import Part, Turn
 
 __all__ = ["TrainOn", "EncodedConversation", "ConversationEncoder", "DEFAULT_SYSTEM_PROMPT", "media_first"]
 
-TrainOn = Literal["assistant", "all", "plm"]
-TRAIN_ON = ("assistant", "all", "plm")
 IGNORE_INDEX = -100
 _TEXT_CACHE_SIZE = 4096  # texts whose token ids a ConversationEncoder keeps
 

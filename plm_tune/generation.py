@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import EncodedSample, PLMCollator
 from plm_tune.frame_selection import NUM_FRAMES
 from plm_tune.precision import mixed_precision_context
@@ -73,7 +74,7 @@ def generate(
     processor: Any,
     samples: Sequence[dict[str, Any]],
     *,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
     do_sample: bool = False,
     temperature: float = 1.0,

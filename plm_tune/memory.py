@@ -158,7 +158,8 @@ def estimate_memory(
     LoRA on the vision tower, the fused LM head and CUDA's own autocast rules (LayerNorm in float32, which only the
     vision tower has) follow the same counting but were not measured here.
     """
-    from plm_tune.model import METHODS, PARTS
+    from plm_tune.methods import METHODS
+    from plm_tune.model import PARTS
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, dora_dropout_note, settings_from
+from plm_tune.methods import METHOD_WORDS, METHODS, Method
 from plm_tune.precision import attention_by_part, deepspeed_dtype, default_dtype, set_training_dtypes
 from plm_tune.run_folder import (
     ADAPTER_CONFIG,
@@ -44,11 +45,9 @@ __all__ = ["load_model", "load_for_inference", "parameter_groups", "enable_gradi
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["lora", "dora", "qlora", "full"]
 Part = Literal["vision", "projector", "language"]
 LoraTargets = Literal["language", "language+vision"]
 
-METHODS = ("lora", "dora", "qlora", "full")
 PARTS = ("language", "vision", "projector")
 LORA_TARGETS = ("language", "language+vision")
 
@@ -144,22 +143,42 @@ def load_model(
         >>> model, processor = load_model(path, method="qlora", freeze=("vision",))   # doctest: +SKIP
         >>> model.print_trainable_parameters()                                      # doctest: +SKIP
     """
+    args = _settings(name_or_path, method=method, freeze=freeze, lora_r=lora_r, lora_alpha=lora_alpha,
+                     lora_dropout=lora_dropout, lora_targets=lora_targets)
+    if args.attn_implementation:
+        from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
+    frozen = _check_choices(args.method, args.freeze, args.lora_targets, from_pretrained_kwargs)
+    engine_dtype = deepspeed_dtype()  # None outside DeepSpeed
+    model, processor = _load_pretrained(args.model_name_or_path, args.method, dtype or default_dtype(),
+                                        trust_remote_code, from_pretrained_kwargs)
+    # Before peft wraps the model, so modules_to_save copies (e.g. a fully trained tower) inherit it.
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model, how = _make_trainable(model, args, frozen, seed)
+    set_training_dtypes(model, engine_dtype)
+    _check_frozen(model, frozen)
+    logger.info("%s", _summary(model, args.method, how))
+    return model, processor
+
+
+def _settings(name_or_path: str | ModelArguments, **keywords: Any) -> ModelArguments:
+    """``load_model``'s settings: the ``ModelArguments`` given as ``name_or_path`` (its keywords left at their
+    defaults, ``settings_from``), or the folder / Hub id given with the keywords."""
+    if isinstance(name_or_path, ModelArguments):
+        freeze = keywords["freeze"]
+        keywords["freeze"] = [freeze] if isinstance(freeze, str) else list(freeze)
+        return settings_from(name_or_path, ModelArguments, **keywords)
+    return ModelArguments(model_name_or_path=name_or_path, **keywords)
+
+
+def _load_pretrained(name_or_path: str, method: Method, dtype: torch.dtype, trust_remote_code: bool,
+                     from_pretrained_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The pretrained model, 4-bit for QLoRA (then every weight frozen), and its processor, from the same files."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if isinstance(name_or_path, ModelArguments):
-        args = settings_from(name_or_path, ModelArguments, method=method,
-                             freeze=[freeze] if isinstance(freeze, str) else list(freeze), lora_r=lora_r,
-                             lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets)
-        name_or_path, method, freeze = args.model_name_or_path, args.method, args.freeze
-        lora_r, lora_alpha, lora_dropout, lora_targets = args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets
-        if args.attn_implementation:
-            from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
-    frozen = _check_choices(method, freeze, lora_targets, from_pretrained_kwargs)
-    dtype = dtype or default_dtype()
     kwargs = dict(from_pretrained_kwargs)
     if "attn_implementation" in kwargs:
         kwargs["attn_implementation"] = attention_by_part(kwargs["attn_implementation"])
-    engine_dtype = deepspeed_dtype()  # None outside DeepSpeed
     if method == "qlora":
         _check_qlora_sharding()
         kwargs["quantization_config"] = _qlora_config()
@@ -178,7 +197,6 @@ def load_model(
         trust_remote_code=trust_remote_code,
         **{k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS},
     )
-
     if method == "qlora":
         # What peft's prepare_model_for_kbit_training does, less its upcast of every unquantised weight to float32
         # (for PLM-8B: the frozen 1.9B-parameter tower, the embeddings and the untied lm_head, ~12 GB, and a float32
@@ -187,41 +205,42 @@ def load_model(
         # hook is only for reentrant checkpointing; ours is non-reentrant.
         for param in model.parameters():
             param.requires_grad_(False)
-    # Before peft wraps the model, so modules_to_save copies (e.g. a fully trained tower) inherit it.
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+    return model, processor
 
-    adapted = lora_targets.split("+") if method != "full" else []
-    how = {part: "full" for part in PARTS}  # how each part trains, for the summary line
-    how.update({part: {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}[method] for part in adapted})
+
+def _make_trainable(model: Any, args: ModelArguments, frozen: set[str], seed: int | None) -> tuple[Any, dict[str, str]]:
+    """Unfreeze what ``args`` trains: every weight of the unfrozen parts (``"full"``), or LoRA adapters on the
+    ``lora_targets`` parts with the other unfrozen parts in full (peft ``modules_to_save``).
+
+    Returns:
+        ``(model, how)``: the model (peft-wrapped for LoRA methods) and how each part trains, for the summary.
+    """
+    adapted = args.lora_targets.split("+") if args.method != "full" else []
+    how = {part: "full" for part in PARTS}
+    how.update({part: METHOD_WORDS[args.method].name for part in adapted})
     how.update({part: "frozen" for part in frozen})
-    if method == "full":
+    if args.method == "full":
         for name, param in model.named_parameters():
             param.requires_grad_(part_of(name) not in frozen)
-    else:
-        from peft import LoraConfig, get_peft_model
+        return model, how
+    from peft import LoraConfig, get_peft_model
 
-        full_parts = [part for part in PARTS if part not in frozen and part not in adapted]
-        if note := dora_dropout_note(method, lora_dropout):
-            logger.warning(note)
-        config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            use_dora=method == "dora",
-            target_modules="|".join(LORA_LINEARS[part] for part in adapted),
-            modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
-            task_type="CAUSAL_LM",
-        )
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()), enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
-            model = get_peft_model(model, config)
-
-    set_training_dtypes(model, engine_dtype)
-    _check_frozen(model, frozen)
-    logger.info("%s", _summary(model, method, how))
-    return model, processor
+    full_parts = [part for part in PARTS if part not in frozen and part not in adapted]
+    if note := dora_dropout_note(args.method, args.lora_dropout):
+        logger.warning(note)
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        use_dora=args.method == "dora",
+        target_modules="|".join(LORA_LINEARS[part] for part in adapted),
+        modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()), enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
+        return get_peft_model(model, config), how
 
 
 def _check_qlora_sharding() -> None:

@@ -15,8 +15,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plm_tune.run_folder import adapter_config, adapter_folder, check_training_info, read_training_info
-from plm_tune.run_folder import base_model as recorded_base_model
+from plm_tune.arguments import MAX_NEW_TOKENS
+from plm_tune.methods import METHOD_WORDS
+from plm_tune.run_folder import (
+    adapter_config,
+    adapter_folder,
+    check_training_info,
+    read_training_info,
+    recorded_base_model,
+)
 
 __all__ = ["is_generated_card", "model_card_text", "write_model_card"]
 
@@ -29,12 +36,6 @@ _GENERATED_MARKERS = (
     "This model card has been generated automatically",  # transformers' Trainer
     "trained with plm-tune.",  # ours (_card_body's first sentence)
 )
-_METHOD_LABELS = {
-    "lora": "LoRA",
-    "dora": "DoRA (weight-decomposed LoRA)",
-    "qlora": "QLoRA (LoRA on a language model quantised to 4-bit NF4)",
-    "full": "full finetuning",
-}
 
 
 def write_model_card(adapter_dir: str | Path, *, repo_id: str, **details: Any) -> Path:
@@ -139,7 +140,7 @@ def is_generated_card(text: str) -> bool:
 
 
 def _card_body(repo_id: str, base: str, method: str, method_recorded: bool, config: dict, info: dict) -> str:
-    label = _METHOD_LABELS.get(method, method)
+    label = METHOD_WORDS[method].label if method in METHOD_WORDS else method
     if not method_recorded:
         label += " (read from adapter_config.json; a 4-bit QLoRA base is not recorded there)"
     if base == NOT_RECORDED:
@@ -228,7 +229,7 @@ inputs = processor.apply_chat_template(
     messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
 ).to(model.device)
 with torch.no_grad():
-    output = model.generate(**inputs, max_new_tokens=256)
+    output = model.generate(**inputs, max_new_tokens={MAX_NEW_TOKENS})
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
 
 

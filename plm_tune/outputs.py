@@ -1,6 +1,6 @@
 """The end of a training run: save, evaluate by generation, write the report, push. What every recipe does last.
 
-``save_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
+``finish_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
 ``plm_tune_training.json``, the held-out split in ``eval_data/`` and ``eval/eval.json`` + ``eval/report.html``
 (``plm_tune.run_folder`` owns that layout and documents it).
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.evaluation import EvalResult, evaluate, majority_baseline, metrics_table, save_eval
 from plm_tune.push import push_adapter
 from plm_tune.report import write_report
@@ -19,19 +20,19 @@ from plm_tune.run_folder import (
     EVAL_DIR,
     EVAL_JSON,
     REPORT_HTML,
-    base_model,
     is_adapter,
     read_training_info,
+    recorded_base_model,
     write_training_info,
 )
 from plm_tune.sample import to_table
 
-__all__ = ["RunOutputs", "save_run"]
+__all__ = ["RunOutputs", "finish_run"]
 
 
 @dataclass
 class RunOutputs:
-    """Where ``save_run`` put things (``None``: not made, e.g. no eval split or not the main process)."""
+    """Where ``finish_run`` put things (``None``: not made, e.g. no eval split or not the main process)."""
 
     output_dir: Path
     eval_json: Path | None = None
@@ -68,14 +69,14 @@ def _zero3(trainer: Any) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def save_run(
+def finish_run(
     trainer: Any,
     *,
     eval_set: Any | None = None,
     training_info: dict[str, Any] | None = None,
     generate_eval: bool = True,
     compare_base: bool = True,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     eval_batch_size: int = 8,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
@@ -133,13 +134,13 @@ def save_run(
                   f"plm-tune eval --adapter {output_dir}")
         elif generate_eval:
             base = "disable_adapter" if compare_base and adapter else None
-            result = evaluate(model, trainer.plm_collator.processor, eval_set, base_model=base,
+            result = evaluate(model, trainer.plm_collator.processor, eval_set, compare_with=base,
                               max_new_tokens=max_new_tokens, batch_size=eval_batch_size,
                               collator=trainer.plm_collator)
             # The base an adapter was trained on, as its saved adapter_config.json names it; a full finetune's
             # starting point, which no file in the folder records.
             config = getattr(model, "config", None)
-            started_from = base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
+            started_from = recorded_base_model(output_dir) if adapter else getattr(config, "_name_or_path", None)
             result.info.update(model=str(started_from or ""),
                                adapter=str(output_dir) if adapter else None,
                                data={"saved": str((output_dir / EVAL_DATA).resolve()), "limit": None},

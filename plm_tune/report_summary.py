@@ -1,7 +1,7 @@
 """The top of the HTML report: what was trained, on what, for how long and what changed, and the loss curve.
 
 Both are read from an ``EvalResult``'s ``info``: ``info["training"]`` is the run's ``plm_tune_training.json``
-(``save_run`` and ``plm-tune eval`` put it there), whose ``log_history`` holds the losses the Trainer logged.
+(``finish_run`` and ``plm-tune eval`` put it there), whose ``log_history`` holds the losses the Trainer logged.
 The curve is an inline SVG (no JavaScript, no external file). ``html_text`` is the report's one way to put
 text into the page: escaped for HTML, with control characters (a random model's answers contain them) shown
 as ``\\x07``-style escapes instead of reaching the page raw.
@@ -14,14 +14,14 @@ import math
 import re
 from typing import Any
 
+from plm_tune.methods import METHOD_WORDS
+
 __all__ = ["html_text", "loss_curve_svg", "summary_html"]
 
 # C0 controls except tab / newline / carriage return, DEL and the C1 controls: invisible or invalid in HTML.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # The headline score of "what changed", first present wins: the ones a reader grasps without a definition.
 _HEADLINE = ("accuracy", "exact_match", "rouge_l", "bleu")
-_METHODS = {"lora": "a LoRA adapter", "dora": "a DoRA adapter", "qlora": "a QLoRA adapter (4-bit base)",
-            "full": "all unfrozen weights (full finetune)"}
 
 
 def html_text(value: Any) -> str:
@@ -36,7 +36,8 @@ def summary_html(info: dict[str, Any], metrics: dict[str, float], base_metrics: 
     record are left out rather than guessed. ``baseline``: ``(most common reference, its exact-match share)``."""
     training = info.get("training") or {}
     lines = []
-    method = _METHODS.get(training.get("method"), "an adapter" if info.get("adapter") else "the model")
+    fallback = "an adapter" if info.get("adapter") else "the model"
+    method = METHOD_WORDS[training["method"]].trained if training.get("method") in METHOD_WORDS else fallback
     trained = f"Trained {method}"
     if info.get("model"):
         trained += f" on {info['model']}"

@@ -1,8 +1,8 @@
 """A run folder: what a finished training run leaves on disk, its file names and what can be read from it.
 
-Every module that writes or reads a run folder asks this one: ``save_run`` writes it, ``merge_adapter``,
+Every module that writes or reads a run folder asks this one: ``finish_run`` writes it, ``merge_adapter``,
 ``write_model_card``, ``push_adapter``, ``load_for_inference`` and the ``plm-tune`` after-training commands read
-it. The layout (``save_run`` makes all of it; ``trainer.save_model`` alone makes the first two lines)::
+it. The layout (``finish_run`` makes all of it; ``trainer.save_model`` alone makes the first two lines)::
 
     output_dir/
         adapter_config.json, adapter_model.safetensors   an adapter (peft); or config.json + model.safetensors
@@ -17,7 +17,7 @@ peft's ``adapter_config.json`` names the base model (``base_model_name_or_path``
 QLoRA's 4-bit base, the data, the tiles / frames or the results: ``plm_tune_training.json`` records those.
 
 Example:
-    >>> base_model("outputs/radiology-lora")                          # doctest: +SKIP
+    >>> recorded_base_model("outputs/radiology-lora")                 # doctest: +SKIP
     'facebook/Perception-LM-1B'
     >>> read_training_info("outputs/radiology-lora")["max_tiles"]     # doctest: +SKIP
     4
@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from plm_tune.methods import METHODS, methods_help
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -42,7 +44,6 @@ __all__ = [
     "TRAINING_INFO_KEYS",
     "adapter_config",
     "adapter_folder",
-    "base_model",
     "check_model_path",
     "check_training_info",
     "has_processor",
@@ -50,6 +51,7 @@ __all__ = [
     "looks_local",
     "missing_processor_files",
     "read_training_info",
+    "recorded_base_model",
     "resolve_base_model",
     "run_path",
     "write_training_info",
@@ -69,7 +71,7 @@ REPORT_HTML = "report.html"
 
 # Every key write_training_info accepts, with what it holds. A fixed set: a typo fails instead of vanishing.
 TRAINING_INFO_KEYS = {
-    "method": 'how it trained: "lora", "dora", "qlora" (LoRA on a 4-bit NF4 base) or "full"',
+    "method": f"how it trained: {methods_help()}",
     "lora_r": "LoRA rank (adapter_config.json's r wins when both exist)",
     "lora_alpha": "LoRA alpha (adapter_config.json's lora_alpha wins when both exist)",
     "target_modules": "LoRA target modules (adapter_config.json's wins when both exist)",
@@ -154,7 +156,7 @@ def adapter_config(folder: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ base model
 
 
-def base_model(folder: str | Path | None) -> str | None:
+def recorded_base_model(folder: str | Path | None) -> str | None:
     """The base model an adapter folder was trained on (``base_model_name_or_path`` in its
     ``adapter_config.json``); None for no folder, a folder without an adapter, or an adapter that names none."""
     if folder is None or not is_adapter(folder):
@@ -173,7 +175,7 @@ def resolve_base_model(folder: str | Path, override: str | None = None) -> str:
         ValueError: neither ``override`` nor ``adapter_config.json`` names a base.
         FileNotFoundError: the base looks like a local path (``looks_local``) that does not exist here.
     """
-    base = override or base_model(folder)
+    base = override or recorded_base_model(folder)
     if not base:
         raise ValueError(
             f"{folder}/{ADAPTER_CONFIG} names no base_model_name_or_path: pass `base_model` "
@@ -267,7 +269,7 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
 
     Raises:
         FileNotFoundError: ``output_dir`` does not exist.
-        ValueError: an unknown key, or ``method`` not one of lora / dora / qlora / full.
+        ValueError: an unknown key, or ``method`` not one of ``METHODS``.
         TypeError: a value JSON cannot hold.
 
     Example:
@@ -292,7 +294,6 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
 
 def check_training_info(info: dict[str, Any], *, where: str) -> None:
     """Raise ValueError, naming ``where``, for a key outside ``TRAINING_INFO_KEYS`` or an unknown ``method``."""
-    from plm_tune.model import METHODS  # here, not at the top: model.py reads run folders through this module
 
     unknown = sorted(set(info) - set(TRAINING_INFO_KEYS))
     if unknown:

@@ -58,7 +58,7 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     generation_eval_steps: int = EvalArguments.generation_eval_steps,
     generation_eval_samples: int = EvalArguments.generation_eval_samples,
-    generation_max_new_tokens: int = 64,
+    generation_max_new_tokens: int = EvalArguments.eval_max_new_tokens,
     labelled_logits_only: bool | None = None,
 ):
     """A TRL ``SFTTrainer`` that trains PLM on canonical samples.

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import inspect
+from pathlib import Path
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from transformers import HfArgumentParser
 
-from plm_tune import build_trainer, load_model, plan_report
+from plm_tune import PLMCollator, build_trainer, load_model, plan_report
 from plm_tune.arguments import (
+    MAX_NEW_TOKENS,
+    TRAIN_ON,
     EvalArguments,
     MediaArguments,
     ModelArguments,
@@ -17,6 +24,15 @@ from plm_tune.arguments import (
     settings_from,
     training_info,
 )
+from plm_tune.callbacks import GenerationEvalCallback
+from plm_tune.cli import build_parser
+from plm_tune.evaluation import evaluate
+from plm_tune.generation import generate
+from plm_tune.methods import METHOD_WORDS, METHODS
+from plm_tune.outputs import finish_run
+from plm_tune.report_summary import summary_html
+
+LIBRARY = Path(__file__).resolve().parent.parent / "plm_tune"
 
 
 def test_keywords_build_the_settings_and_an_object_is_taken_as_given():
@@ -82,3 +98,50 @@ def test_dora_dropout_note_names_the_cost_and_the_fix():
     assert "Set lora_dropout=0.0" in note and "\n" not in note
     assert dora_dropout_note("dora", 0.0) is None
     assert dora_dropout_note("lora", 0.05) is None and dora_dropout_note("qlora", 0.1) is None
+
+
+def _choices(parser: argparse.ArgumentParser, dest: str, command: str | None = None) -> tuple[str, ...]:
+    """The choices of ``parser``'s option ``dest`` (in its sub-command ``command`` when given)."""
+    if command is not None:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = commands.choices[command]
+    return tuple(next(action for action in parser._actions if action.dest == dest).choices)
+
+
+def test_every_list_of_methods_is_the_one_in_plm_tune_methods():
+    assert _choices(HfArgumentParser(ModelArguments), "method") == METHODS  # the recipes' --method
+    assert _choices(build_parser(), "method", "plan") == METHODS  # plm-tune plan --method
+    for method in METHODS:  # the report says what each trained
+        html = summary_html({"training": {"method": method}}, {}, None)
+        assert f"Trained {METHOD_WORDS[method].trained}." in html
+    # No other module writes two or more method names out as a tuple, list, set or dict keys of its own (a
+    # typing.Literal[...] is a type, not a list the code reads).
+    spelled = []
+    for path in sorted(LIBRARY.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        types = {id(node.slice) for node in ast.walk(tree) if isinstance(node, ast.Subscript)}
+        for node in ast.walk(tree):
+            values = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", [])
+            names = {value.value for value in values if isinstance(value, ast.Constant)}
+            if len(names & set(METHODS)) >= 2 and id(node) not in types:
+                spelled.append(f"{path.name}:{node.lineno}")
+    assert [where.split(":")[0] for where in spelled] == ["methods.py"], spelled
+
+
+def test_train_on_plm_is_a_run_setting_as_it_is_a_collator_setting(processor):
+    media, = HfArgumentParser(MediaArguments).parse_args_into_dataclasses(["--train_on", "plm"])
+    assert media.train_on == "plm" and _choices(HfArgumentParser(MediaArguments), "train_on") == TRAIN_ON
+    assert _choices(build_parser(), "train_on", "plan") == TRAIN_ON  # plm-tune plan / data --train-on
+    assert PLMCollator(processor, train_on=media.train_on).train_on == "plm"
+    with pytest.raises(SystemExit):
+        HfArgumentParser(MediaArguments).parse_args_into_dataclasses(["--train_on", "answers"])
+
+
+def test_every_generation_reads_the_one_max_new_tokens_default():
+    keywords = {generate: "max_new_tokens", evaluate: "max_new_tokens", finish_run: "max_new_tokens",
+                GenerationEvalCallback: "max_new_tokens", build_trainer: "generation_max_new_tokens"}
+    defaults = {f.__name__: inspect.signature(f).parameters[name].default for f, name in keywords.items()}
+    assert defaults == dict.fromkeys(defaults, MAX_NEW_TOKENS)
+    assert EvalArguments().eval_max_new_tokens == MAX_NEW_TOKENS
+    generate_command = build_parser().parse_args(["generate", "--prompt", "Hi?"])
+    assert generate_command.max_new_tokens == MAX_NEW_TOKENS

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import make_image
 
+from plm_tune.arguments import MediaArguments
 from plm_tune.evaluation import EvalRecord, EvalResult
 from plm_tune.outputs import RunOutputs
 from plm_tune.run_folder import EVAL_DATA, write_training_info
@@ -28,7 +29,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tiny_plm_path, tmp_path_factory) -> Path:
-    """A run folder as save_run leaves it: a LoRA adapter, its training info, a 2-sample eval split; plus a
+    """A run folder as finish_run leaves it: a LoRA adapter, its training info, a 2-sample eval split; plus a
     ``checkpoint-200`` holding the same adapter and nothing else (as the Trainer's checkpoints do)."""
     from plm_tune import load_model
 
@@ -62,6 +63,16 @@ def test_eval_defaults_come_from_the_run_and_a_second_eval_goes_to_a_new_folder(
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"Wrote {run / 'eval-2/eval.json'}" in second.stdout
     assert json.loads((run / "eval/eval.json").read_text())["info"] == info  # the first one is untouched
+
+
+def test_a_run_that_recorded_no_frames_is_evaluated_with_the_run_settings_default(run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("eval*", "checkpoint-*", "plm_tune_training.json"))
+    shutil.copytree(run / EVAL_DATA, folder / EVAL_DATA)
+    result = _cli("eval", "--adapter", folder, "--no-base", "--no-report", "--limit", "1", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((folder / "eval/eval.json").read_text())["info"]
+    assert (info["num_frames"], info["max_tiles"]) == (MediaArguments.num_frames, MediaArguments.max_tiles)
 
 
 def test_eval_refuses_to_replace_an_eval_without_overwrite(run, tmp_path):

@@ -173,7 +173,7 @@ def test_base_answers_from_a_disabled_adapter(model, processor, tiny_plm_path):
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
     samples = _samples()[1:]  # video, text, unanswered: keeps the test short
-    result = evaluate(lora, processor, samples, base_model="disable_adapter", max_new_tokens=5, progress=False)
+    result = evaluate(lora, processor, samples, compare_with="disable_adapter", max_new_tokens=5, progress=False)
     plain = evaluate(model, processor, samples, max_new_tokens=5, progress=False)
 
     assert [r.base_answer for r in result.records] == [r.answer for r in plain.records]
@@ -186,7 +186,7 @@ def test_base_answers_from_a_disabled_adapter(model, processor, tiny_plm_path):
     assert result.info["base_model"] == "disable_adapter" and result.info["adapter"] == "default"
 
     # A base model object is used as given.
-    given = evaluate(lora, processor, samples[:1], base_model=model, max_new_tokens=5, compute_loss=False,
+    given = evaluate(lora, processor, samples[:1], compare_with=model, max_new_tokens=5, compute_loss=False,
                      progress=False)
     assert given.records[0].base_answer == plain.records[0].answer
 
@@ -195,6 +195,6 @@ def test_base_model_errors(model, processor):
     with pytest.raises(ValueError, match="needs a peft.PeftModel"):
         base_model_context(model)
     with pytest.raises(ValueError, match="needs a peft.PeftModel"):
-        evaluate(model, processor, _samples(), base_model="disable_adapter", progress=False)
+        evaluate(model, processor, _samples(), compare_with="disable_adapter", progress=False)
     with pytest.raises(ValueError, match="'disable_adapter' or None"):
-        evaluate(model, processor, _samples(), base_model="base", progress=False)
+        evaluate(model, processor, _samples(), compare_with="base", progress=False)

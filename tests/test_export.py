@@ -21,6 +21,7 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plm_tune import PLMCollator, load_model
+from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.merge import merge_adapter
 from plm_tune.model_card import write_model_card
 from plm_tune.push import files_to_upload, push_adapter
@@ -240,7 +241,7 @@ def test_the_cards_usage_snippet_runs(lora_copy, tmp_path):
     snippet = (
         snippet.replace('"me/plm-lora"', repr(str(lora_copy)))
         .replace('"image.png"', repr(str(tmp_path / "image.png")))
-        .replace("max_new_tokens=256", "max_new_tokens=3")  # the tiny model's words mean nothing
+        .replace(f"max_new_tokens={MAX_NEW_TOKENS}", "max_new_tokens=3")  # the tiny model's words mean nothing
     )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -384,13 +385,13 @@ def test_push_keeps_a_card_of_your_own(lora_copy, tmp_path, monkeypatch):
     assert hub.calls[0][3]["private"] is False
 
 
-def test_save_run_pushes_the_trained_adapter_with_its_card_and_not_the_eval_data(tiny_plm_path, tmp_path, monkeypatch):
-    """The recipes' push_to_hub path: train 2 steps, save_run saves, evaluates, then pushes through HfApi."""
+def test_finish_run_pushes_the_trained_adapter_with_its_card_and_not_the_eval_data(tiny_plm_path, tmp_path, monkeypatch):
+    """The recipes' push_to_hub path: train 2 steps, finish_run saves, evaluates, then pushes through HfApi."""
     from trl import SFTConfig
 
     from data_adapters.synthetic import synthetic_shapes
     from plm_tune import build_trainer, load_model
-    from plm_tune.outputs import save_run
+    from plm_tune.outputs import finish_run
 
     hub = _Hub(tmp_path / "remote")
     hub.install(monkeypatch)
@@ -400,7 +401,7 @@ def test_save_run_pushes_the_trained_adapter_with_its_card_and_not_the_eval_data
                      bf16=False, max_length=None, save_strategy="no", logging_steps=1, disable_tqdm=True)
     trainer = build_trainer(model, processor, samples.select(range(8)), samples.select(range(8, 12)), args)
     trainer.train()
-    outputs = save_run(trainer, eval_set=samples.select(range(8, 12)), training_info={"method": "lora"},
+    outputs = finish_run(trainer, eval_set=samples.select(range(8, 12)), training_info={"method": "lora"},
                        max_new_tokens=4, push_to_hub=True, hub_model_id="me/plm-run")
 
     assert outputs.hub_url.startswith("https://huggingface.co/me/plm-run/commit/")

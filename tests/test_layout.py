@@ -60,6 +60,51 @@ def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
 
 
 
+def _library_import_graph() -> dict[str, set[str]]:
+    """{plm_tune module: the plm_tune modules it imports}, from every import statement in it: at the top, in a
+    function (a deferred import still runs, and a circle through one breaks whoever imports first) or anywhere."""
+    modules = {"plm_tune" if path.stem == "__init__" else f"plm_tune.{path.stem}": path
+               for path in (ROOT / "plm_tune").glob("*.py")}
+    graph = {}
+    for module, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from plm_tune import testing` imports the submodule plm_tune.testing.
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[module] = {name for name in imported if name in modules and name != module}
+    return graph
+
+
+def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None when there is none (depth-first search)."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        for imported in sorted(graph[module]):
+            if circle := visit(imported, path + [module]):
+                return circle
+        done.add(module)
+        return None
+
+    return next((circle for module in sorted(graph) if (circle := visit(module, []))), None)
+
+
+def test_the_library_has_no_import_circle():
+    graph = _library_import_graph()
+    assert "plm_tune.run_folder" in graph["plm_tune.model"]  # the graph sees imports (this one is at the top)
+    assert "plm_tune.model" in graph["plm_tune.memory"]  # and those inside functions
+    assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    circle = _a_circle(graph)
+    assert circle is None, f"import circle: {' -> '.join(circle)}; move what both need to a module lower down."
+
+
 # plm_tune's layers, bottom to top (docs/design.md, "Layers"). A module imports only from its own layer or below.
 LAYERS = (
     ("data", {"errors", "verbosity", "frame_selection", "frame_decoding", "dicom_render", "dicom", "media", "sample",
@@ -76,19 +121,10 @@ LAYERS = (
 
 
 def _plm_tune_imports() -> dict[str, set[str]]:
-    """Every plm_tune module's plm_tune imports, at module level and inside functions alike."""
-    modules = {p.stem for p in (ROOT / "plm_tune").glob("*.py")}
-    found = {}
-    for path in (ROOT / "plm_tune").glob("*.py"):
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("plm_tune"):
-                parts = node.module.split(".")
-                names |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names if a.name in modules}
-            elif isinstance(node, ast.Import):
-                names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("plm_tune.")}
-        found[path.stem] = names - {path.stem}
-    return found
+    """``_library_import_graph`` by short module names (``collator``, ...), ``__init__`` for the package."""
+    short = {"plm_tune": "__init__"}
+    return {short.get(m, m.removeprefix("plm_tune.")): {short.get(n, n.removeprefix("plm_tune.")) for n in names}
+            for m, names in _library_import_graph().items()}
 
 
 def test_every_library_module_has_a_layer():

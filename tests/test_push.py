@@ -189,7 +189,7 @@ def quickstart_run(tiny_plm_path, tmp_path_factory):
 
     from data_adapters import from_image_folder
     from plm_tune import build_trainer, load_model
-    from plm_tune.outputs import save_run
+    from plm_tune.outputs import finish_run
 
     folder = tmp_path_factory.mktemp("quickstart")
     photos = folder / "my_photos"
@@ -206,7 +206,7 @@ def quickstart_run(tiny_plm_path, tmp_path_factory):
                      report_to="none", bf16=False, disable_tqdm=True, activation_checkpointing=False)
     trainer = build_trainer(model, processor, samples["train"], args=args, max_tiles=1)
     trainer.train()
-    save_run(trainer, eval_set=samples["test"], training_info={"method": "lora", "max_tiles": 1}, max_new_tokens=2)
+    finish_run(trainer, eval_set=samples["test"], training_info={"method": "lora", "max_tiles": 1}, max_new_tokens=2)
     return folder / "outputs/my-photos"
 
 

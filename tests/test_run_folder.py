@@ -11,10 +11,10 @@ from plm_tune.run_folder import (
     EVAL_DATA,
     TRAINING_INFO_FILE,
     adapter_folder,
-    base_model,
     is_adapter,
     missing_processor_files,
     read_training_info,
+    recorded_base_model,
     resolve_base_model,
     write_training_info,
 )
@@ -34,10 +34,10 @@ def test_the_base_model_is_what_adapter_config_names_or_none(tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "config.json").write_text("{}")
-    assert base_model(named) == "facebook/Perception-LM-1B" and is_adapter(named)
-    assert base_model(unnamed) is None
-    assert base_model(full) is None and not is_adapter(full)
-    assert base_model(None) is None and base_model(tmp_path / "missing") is None
+    assert recorded_base_model(named) == "facebook/Perception-LM-1B" and is_adapter(named)
+    assert recorded_base_model(unnamed) is None
+    assert recorded_base_model(full) is None and not is_adapter(full)
+    assert recorded_base_model(None) is None and recorded_base_model(tmp_path / "missing") is None
 
 
 def test_resolve_base_model_prefers_the_override_and_names_the_fix(tmp_path):

@@ -244,7 +244,7 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
 
     from plm_tune import build_trainer, load_model
     from plm_tune.media import load_video
-    from plm_tune.outputs import save_run
+    from plm_tune.outputs import finish_run
 
     def qa(question, answer, media):
         return [{"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]},
@@ -262,7 +262,7 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
     trainer.train()
     collator = trainer.plm_collator
     assert collator.stats["samples"] == 2 and collator.stats["media_tokens"] > 0
-    save_run(trainer, eval_set=samples, generate_eval=False)
+    finish_run(trainer, eval_set=samples, generate_eval=False)
 
     saved = datasets.load_from_disk(str(tmp_path / "run/eval_data"))
     assert saved[0]["videos"] is None and len(saved[0]["images"]) == 1
