@@ -342,8 +342,8 @@ def from_webdataset(
         split_by_rank: read only this rank's shards (``select_shards`` with the rank of torch.distributed,
             else of torchrun's ``RANK`` / ``WORLD_SIZE``), for a plain torchrun loop. With fewer shards than ranks,
             every rank reads them all and keeps every ``world_size``-th record, with a warning (what accelerate
-            does with too few shards, ``plm_tune.distributed.stream_per_process``). Leave False under accelerate
-            (``build_trainer``, the Trainer, ``accelerator.prepare``): with ``dispatch_batches=False``, which
+            does with too few shards, ``plm_tune.distributed.stream_accelerator_config``). Leave False under
+            accelerate (``build_trainer``, the Trainer, ``accelerator.prepare``): with ``dispatch_batches=False``, which
             ``build_trainer`` sets (TRL's ``SFTTrainer`` forces it too), accelerate gives each process a block of
             the shards itself (``IterableDataset.shard``); splitting here as well, each process would read only
             1 / world_size of its own share.

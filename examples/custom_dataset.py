@@ -48,6 +48,8 @@ import torch
 from trl import SFTConfig
 
 from plm_tune import (
+    MediaArguments,
+    ModelArguments,
     build_trainer,
     evaluate,
     load_model,
@@ -142,8 +144,9 @@ def main() -> None:
         report_to="none",
         dataloader_pin_memory=False,
     )
-    trainer = build_trainer(model, processor, train_set, args=training_args, max_tiles=args.max_tiles,
-                            projector_lr=1e-4 if on_gpu else 1e-3)
+    trainer = build_trainer(model, processor, train_set, args=training_args,
+                            media=MediaArguments(max_tiles=args.max_tiles),
+                            model_args=ModelArguments(projector_lr=1e-4 if on_gpu else 1e-3))
     trainer.train()
     print(loss_change(trainer.state.log_history))
 

@@ -47,7 +47,7 @@ import torch
 from trl import SFTConfig
 
 from data_adapters import from_video_folder
-from plm_tune import build_trainer, evaluate, load_model, loss_change
+from plm_tune import MediaArguments, build_trainer, evaluate, load_model, loss_change
 
 QUESTION = "Which way does the ball move?"
 
@@ -130,7 +130,8 @@ def main() -> None:
         report_to="none",
         dataloader_pin_memory=False,
     )
-    trainer = build_trainer(model, processor, train_set, args=training_args, num_frames=args.num_frames)
+    trainer = build_trainer(model, processor, train_set, args=training_args,
+                            media=MediaArguments(num_frames=args.num_frames))
     trainer.train()
     print(loss_change(trainer.state.log_history))
     unchanged = all(torch.equal(tower[name], p) for name, p in model.named_parameters() if name in tower)

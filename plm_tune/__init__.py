@@ -17,7 +17,9 @@ The public API:
   folder (``plm_tune.run_folder``, which owns the output folder's layout).
 * ``ModelArguments``, ``MediaArguments``, ``EvalArguments``, ``training_info``: a run's settings, as the recipes
   and ``plm-tune plan`` parse them, and what ``plm_tune_training.json`` records of them (``plm_tune.arguments``).
-* ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``).
+* ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``), as a
+  ``PLMTrainer``: the SFTTrainer subclass that groups by PLM's costs and scores labelled logits
+  (``plm_tune.plm_trainer``; importing it imports TRL).
 * ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
   (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
@@ -73,6 +75,7 @@ _EXPORTS = {
     "parameter_groups": "plm_tune.model",
     "write_model_card": "plm_tune.model_card",
     "PixelEncoder": "plm_tune.pixels",
+    "PLMTrainer": "plm_tune.plm_trainer",
     "Plan": "plm_tune.plan",
     "attention_by_part": "plm_tune.precision",
     "set_training_dtypes": "plm_tune.precision",

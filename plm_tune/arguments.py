@@ -7,8 +7,9 @@ overrides, an unknown key an error) in every recipe and by ``plm-tune plan``:
 - ``MediaArguments``: how media become tokens (tiles per image, frames per video) and what is in the loss;
 - ``EvalArguments``: what a run does besides training (plan and exit, generation eval, the report).
 
-``load_model``, ``build_trainer`` and ``plan_report`` take these objects; their plain keywords still work and
-default to the class attributes here (``MediaArguments.num_frames``), so each default is written once, and ``training_info`` derives what ``plm_tune_training.json`` records from them.
+``load_model``, ``build_trainer`` and ``plan_report`` take these objects (``build_trainer`` only them; the plain
+keywords of the other two default to the class attributes here, ``MediaArguments.num_frames``), so each default
+is written once, and ``training_info`` derives what ``plm_tune_training.json`` records from them.
 Corpus settings (which files, which columns) stay in each recipe's own ``DataArguments``.
 
 Example:
@@ -55,7 +56,8 @@ TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
 
 @dataclass
 class ModelArguments:
-    """Which PLM, how it trains (``plm_tune.load_model``) and each part's learning rate (``build_trainer``)."""
+    """Which PLM, how it trains (``plm_tune.load_model``), each part's learning rate and how the loss is scored
+    (``build_trainer``)."""
 
     model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id or folder."})
     method: Method = field(default="lora", metadata={"help": f"{methods_help()}."})
@@ -69,6 +71,9 @@ class ModelArguments:
         default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
     vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
     projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
+    labelled_logits_loss: bool | None = field(default=None, metadata={
+        "help": "Loss from logits at the labelled positions only (True), or TRL's fused LM head (False; every "
+                "position off CUDA / XPU). None: True except on CUDA / XPU. Same loss either way (PLMTrainer)."})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "sdpa, eager or flash_attention_2; None: transformers' choice."})
     build_tiny_if_missing: bool = field(
@@ -136,7 +141,7 @@ class EvalArguments:
     compare_base: bool = field(default=True, metadata={
         "help": "Also answer with the adapter off (the base model), for the report's before / after columns."})
     eval_max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata={
-        "help": "Longest generated eval answer, in tokens."})
+        "help": "Longest generated eval answer, in tokens (the end-of-run eval and generation_eval_steps checks)."})
     generation_eval_steps: int = field(default=0, metadata={
         "help": "During training, every N steps answer generation_eval_samples eval samples and log their "
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})

@@ -13,7 +13,7 @@ import torch
 from plm_tune.collator import PLMCollator
 from plm_tune.costs import Cost, dataset_costs
 
-__all__ = ["media_kinds", "process_share", "shared_costs", "shards_weights", "stream_per_process"]
+__all__ = ["media_kinds", "process_share", "shared_costs", "shards_weights", "stream_accelerator_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,9 @@ def media_kinds(dataset: Any) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def stream_per_process(args: Any, train_dataset: Any) -> Any:
-    """``args`` for a streaming ``train_dataset``: every process reads its own shards; batches are never dispatched.
+def stream_accelerator_config(args: Any, train_dataset: Any) -> Any:
+    """The ``args.accelerator_config`` to train ``train_dataset`` with: for a stream, every process reads its own
+    shards and batches are never dispatched; anything else keeps ``args``' own.
 
     accelerate's default for an ``IterableDataset``, ``dispatch_batches=True``, reads every batch on process 0 and
     concatenates the processes' batches there to slice them out (``accelerate.data_loader.DataLoaderDispatcher``):
@@ -99,16 +100,16 @@ def stream_per_process(args: Any, train_dataset: Any) -> Any:
 
     TRL's ``SFTTrainer`` turns dispatching off for a ``datasets.IterableDataset`` as well, but overrides an explicit
     ``dispatch_batches=True`` with a warning and edits the caller's ``AcceleratorConfig`` in place: here the first is
-    refused, and ``args`` gets a new ``AcceleratorConfig``.
+    refused, and a new ``AcceleratorConfig`` is returned (for ``build_trainer``'s one ``dataclasses.replace``).
 
     Raises:
         ValueError: ``dispatch_batches=True``, or a stream already split by process.
     """
     import datasets
 
-    if not isinstance(train_dataset, torch.utils.data.IterableDataset):
-        return args
     config = args.accelerator_config
+    if not isinstance(train_dataset, torch.utils.data.IterableDataset):
+        return config
     if config.dispatch_batches:
         raise ValueError("accelerator_config dispatch_batches=True with a streaming train_dataset: accelerate would "
                          "concatenate every process's batches on process 0, which fails for PLM batches of different "
@@ -119,10 +120,10 @@ def stream_per_process(args: Any, train_dataset: Any) -> Any:
         raise ValueError("train_dataset was already split by process (datasets.distributed.split_dataset_by_node); "
                          "accelerate splits it again under the Trainer, and most of it would never be read. Pass the "
                          "whole stream: each process gets shards of its own.")
-    args.accelerator_config = dataclasses.replace(config, dispatch_batches=False)
     processes = args.world_size
+    per_process = dataclasses.replace(config, dispatch_batches=False)
     if processes == 1 or not isinstance(train_dataset, datasets.IterableDataset):
-        return args
+        return per_process
     shards = train_dataset.num_shards
     if config.split_batches or shards < processes:
         cause, fix = (("split_batches=True", "leave split_batches off") if config.split_batches else
@@ -135,4 +136,4 @@ def stream_per_process(args: Any, train_dataset: Any) -> Any:
         logger.warning("Training stream with %d shards for %d processes: the first %d processes read one shard more "
                        "than the others, whose records then come round more often. A multiple of %d shards balances "
                        "them.", shards, processes, shards % processes, processes)
-    return args
+    return per_process

@@ -26,9 +26,9 @@ from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import PLMCollator
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.frame_selection import NUM_FRAMES
-from plm_tune.generation import Generation, generate, vision_dtype
+from plm_tune.generation import Generation, generate
 from plm_tune.metrics import ScoreKind, score_answers
-from plm_tune.precision import mixed_precision_context
+from plm_tune.precision import mixed_precision_context, vision_dtype
 from plm_tune.sample import normalize_messages
 from plm_tune.sparse_logits import labelled_positions
 

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.collator import EncodedSample, PLMCollator
 from plm_tune.frame_selection import NUM_FRAMES
-from plm_tune.precision import mixed_precision_context
+from plm_tune.precision import mixed_precision_context, vision_dtype
 
-__all__ = ["generate", "Generation", "end_token_ids", "left_pad", "vision_dtype"]
+__all__ = ["generate", "Generation", "end_token_ids", "left_pad"]
 
 END_TOKENS = ("<|eot_id|>", "<|end_of_text|>")
 
@@ -57,15 +57,6 @@ def left_pad(encoded: Sequence[EncodedSample], pad_token_id: int, pixel_dtype: t
     if frames:
         batch["pixel_values_videos"] = torch.cat(frames).unsqueeze(0).to(pixel_dtype)
     return batch
-
-
-def vision_dtype(model: Any) -> torch.dtype:
-    """The dtype pixels should have: that of the vision tower's first weight (QLoRA never quantises it)."""
-    named = list(model.named_parameters())
-    for name, parameter in named:
-        if "vision" in name and parameter.is_floating_point():
-            return parameter.dtype
-    return next((p.dtype for _, p in named if p.is_floating_point()), torch.float32)
 
 
 @torch.no_grad()

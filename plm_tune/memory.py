@@ -36,6 +36,7 @@ import torch
 
 from plm_tune.architecture import PLM_SIZES, count_parameters, plm_config, read_arch
 from plm_tune.arguments import ModelArguments
+from plm_tune.methods import Method
 
 __all__ = ["MemoryEstimate", "PLM_SIZES", "estimate_memory", "plm_config", "count_parameters"]
 
@@ -92,7 +93,7 @@ class MemoryEstimate:
 
 def estimate_memory(
     arch: Any,
-    method: Literal["lora", "dora", "qlora", "full"] = "lora",
+    method: Method = "lora",
     *,
     batch_size: int = 1,
     seq_len: int,
@@ -158,153 +159,234 @@ def estimate_memory(
     LoRA on the vision tower, the fused LM head and CUDA's own autocast rules (LayerNorm in float32, which only the
     vision tower has) follow the same counting but were not measured here.
     """
+    frozen = {freeze} if isinstance(freeze, str) else set(freeze)
+    _check_choices(method, frozen, optimizer, batch_size, seq_len)
+    run = _run(read_arch(arch), method, frozen, batch_size=batch_size, seq_len=seq_len,
+               crops=batch_size * (tiles_per_sample + frames_per_sample), gradient_checkpointing=gradient_checkpointing,
+               dtype=dtype, autocast=autocast, lora_r=lora_r, lora_dropout=lora_dropout, lora_targets=lora_targets,
+               logit_tokens=logit_tokens, fused_lm_head=fused_lm_head, device=device)
+    weights, gradients, states, trainable, total = _parameter_bytes(run, optimizer)
+    activations_text, recomputed_layer = _text_activations(run)
+    activations_vision, vision_transient, recomputed_block = _vision_activations(run)
+    return MemoryEstimate(
+        weights=int(weights), gradients=int(gradients), optimizer=int(states),
+        activations_text=int(activations_text), activations_vision=activations_vision,
+        weight_copies=int(_weight_copies(run)), logits=int(_loss_bytes(run)),
+        recomputed=int(max(recomputed_layer, recomputed_block)),
+        embedding_gradient=4 * run.arch.vocab * run.arch.hidden if run.lang_full else 0,
+        vision_transient=vision_transient, overhead=_GIB // 2 if device == "cuda" else 0,
+        trainable_params=int(trainable), total_params=total,
+        precision=_precision(method, dtype, autocast),
+    )
+
+
+def _check_choices(method: str, frozen: set[str], optimizer: str, batch_size: int, seq_len: int) -> None:
+    """Refuse an unknown method, part or optimizer, or a non-positive batch / sequence (ValueError)."""
     from plm_tune.methods import METHODS
     from plm_tune.model import PARTS
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
-    frozen = {freeze} if isinstance(freeze, str) else set(freeze)
     if frozen - set(PARTS):
         raise ValueError(f"freeze takes parts among {', '.join(PARTS)}; got {sorted(frozen - set(PARTS))}.")
     if optimizer not in ("adamw", "adamw_8bit"):
         raise ValueError(f"optimizer must be 'adamw' or 'adamw_8bit', got {optimizer!r}.")
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}.")
-    a = read_arch(arch)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the counting needs to know of a run, derived once from ``estimate_memory``'s arguments.
+
+    The byte sizes per element, named as in the formulas below: ``d`` frozen weights (QLoRA's unquantised ones
+    are in its bf16 compute dtype); ``r`` the decoder's residual stream, in the embedding's dtype (a trained
+    embedding is float32, and adding a bf16 output to it stays float32); ``c`` what matmuls and attention
+    return; ``lora_in`` what an adapter saves of its input (peft casts it to float32, autocast back).
+    """
+
+    arch: Any  # plm_tune.architecture.Arch
+    method: str
+    adapted: frozenset[str]  # parts with LoRA / DoRA adapters
+    trains: dict[str, bool]  # part -> whether it trains (adapted or in full)
+    full_parts: tuple[str, ...]  # parts trained in full
+    lang_full: bool  # the embedding, every decoder weight and the LM head train
+    d: int
+    r: int
+    c: int
+    lora_in: int
+    autocast: bool
+    rows: int
+    seq_len: int
+    crops: float  # tiles + frames the tower sees in one step
+    positions: int  # positions projected onto the vocabulary
+    gradient_checkpointing: bool
+    lora_r: int
+    lora_dropout: float
+    fused_lm_head: bool
+    device: str
+
+
+def _run(arch: Any, method: str, frozen: set[str], *, batch_size: int, seq_len: int, crops: float,
+         gradient_checkpointing: bool, dtype: torch.dtype, autocast: torch.dtype | None, lora_r: int,
+         lora_dropout: float, lora_targets: str, logit_tokens: int | None, fused_lm_head: bool, device: str) -> _Run:
+    """The ``_Run`` of ``estimate_memory``'s (checked) arguments."""
+    from plm_tune.model import PARTS
+
     lora = method != "full"
-    adapted = set(lora_targets.split("+")) if lora else set()
+    adapted = frozenset(lora_targets.split("+")) if lora else frozenset()
     trains = {part: part not in frozen for part in PARTS}
-    full_parts = [p for p in PARTS if trains[p] and p not in adapted]
-    lang_full = "language" in full_parts  # the embedding, every decoder weight and the LM head train
-    # Bytes per element. d: frozen weights (QLoRA's unquantised ones are in its bf16 compute dtype). r: the
-    # decoder's residual stream, in the embedding's dtype (a trained embedding is float32, and adding a bf16
-    # output to it stays float32). c: what matmuls and attention return.
+    full_parts = tuple(p for p in PARTS if trains[p] and p not in adapted)
+    lang_full = "language" in full_parts
     d = 2 if method == "qlora" else torch.finfo(dtype).bits // 8
     r = 4 if lang_full else d
     c = torch.finfo(autocast).bits // 8 if autocast is not None else r
-    lora_in = c if autocast is not None else 4  # what an adapter saves of its input: peft casts it to float32
+    return _Run(arch=arch, method=method, adapted=adapted, trains=trains, full_parts=full_parts, lang_full=lang_full,
+                d=d, r=r, c=c, lora_in=c if autocast is not None else 4, autocast=autocast is not None,
+                rows=batch_size, seq_len=seq_len, crops=crops,
+                positions=batch_size * seq_len if logit_tokens is None else logit_tokens,
+                gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_dropout=lora_dropout,
+                fused_lm_head=fused_lm_head, device=device)
 
-    # ---- parameters: weights, gradients, optimizer states
-    adapters = sum(lora_r * (i + o) + (o if method == "dora" else 0)
-                   for part in adapted for i, o in a.lora_linears[part])
-    full_trained = sum(a.params[p] for p in full_parts)
+
+def _parameter_bytes(run: _Run, optimizer: Optimizer) -> tuple[float, int, int, int, int]:
+    """Weights, gradients and optimizer-state bytes, and the trainable and total parameter counts."""
+    a, d = run.arch, run.d
+    adapters = sum(run.lora_r * (i + o) + (o if run.method == "dora" else 0)
+                   for part in run.adapted for i, o in a.lora_linears[part])
+    full_trained = sum(a.params[p] for p in run.full_parts)
     total = sum(a.params.values())
-    if method == "qlora":
+    if run.method == "qlora":
         # NF4 with double quantisation: 4 bits + an 8-bit absmax per 64 + a float32 per 256 absmaxes.
         nf4 = a.quantized * (0.5 + 1 / 64 + 4 / (64 * 256))
         weights = int(nf4) + d * (total - a.quantized) + 4 * (adapters + full_trained)
-    elif lora:
+    elif run.method != "full":
         # modules_to_save keeps the frozen original of a fully trained part next to its float32 trained copy.
         weights = d * total + 4 * (adapters + full_trained)
     else:
         weights = d * (total - full_trained) + 4 * full_trained
     trainable = adapters + full_trained
     gradients = 4 * trainable
-    if lang_full and a.tied:
+    if run.lang_full and a.tied:
         # The tied matrix gets a gradient from the LM head early in the backward and one from the embedding at
         # its end; autograd sums the two there: a second float32 [vocab, hidden] next to every other gradient.
         gradients += 4 * a.vocab * a.hidden
     states = 2 * trainable if optimizer == "adamw_8bit" else 8 * trainable
+    return weights, gradients, states, trainable, total
 
-    # ---- activations: bytes autograd saves, per token
-    rows, tokens = batch_size, batch_size * seq_len
+
+def _decoder_layer_bytes(run: _Run) -> int:
+    """Bytes per token that one decoder layer saves for backward (without the attention mask)."""
+    a, r, c = run.arch, run.r, run.c
     h, q, kv, i = a.hidden, a.attention, a.kv, a.intermediate
-    norm = 4 * h + 4 + (r * h if lang_full else 0)  # float32 input copy, rsqrt (+ normalised input, for its weight)
+    norm = 4 * h + 4 + (r * h if run.lang_full else 0)  # float32 input copy, rsqrt (+ normalised input, for its weight)
     layer = 2 * norm + c * (2 * q + 2 * kv) + 4 * a.heads + 3 * c * i  # + q, k, v, attention out, lse, MLP
-    if lang_full:
+    if run.lang_full:
         # Each trained linear saves its input: one tensor per group (q/k/v; gate/up) when the norm output is
         # already in the compute dtype, else autocast casts a copy for each linear. Then down's input.
         layer += (2 * c * h if r == c else 5 * c * h) + c * i
-    if "language" in adapted:
-        layer += _adapter_inputs(a.lora_linears["language"], a.layers, shared=2 * h + i, saved=lora_in,
-                                 copies=autocast is not None or r != 4, dropout=lora_dropout, rank=lora_r)
-        if method == "dora":
+    if "language" in run.adapted:
+        layer += _adapter_inputs(a.lora_linears["language"], a.layers, shared=2 * h + i, saved=run.lora_in,
+                                 copies=run.autocast or r != 4, dropout=run.lora_dropout, rank=run.lora_r)
+        if run.method == "dora":
             layer += 2 * c * sum(o for _, o in a.lora_linears["language"]) // a.layers  # base and adapter outputs
-    head = 4 * h + 4 + (r * h if lang_full else 0)  # the final norm
+    return layer
+
+
+def _text_activations(run: _Run) -> tuple[int, int]:
+    """What the decoder saves for backward (+ the batch's ids, labels, mask), and with gradient checkpointing the
+    bytes of the one layer rebuilt in backward (else 0)."""
+    a, r, c = run.arch, run.r, run.c
+    h = a.hidden
+    tokens = run.rows * run.seq_len
+    layer = _decoder_layer_bytes(run)
+    head = 4 * h + 4 + (r * h if run.lang_full else 0)  # the final norm
     inputs = 3 * 8 * tokens  # input_ids, labels, attention_mask (int64)
     # Padded rows need sdpa's 4D mask: boolean, and each layer's attention converts it to an additive mask in
     # the compute dtype and keeps that for its backward. A single row is unpadded: causal, without a mask.
-    mask = rows * seq_len * seq_len if rows > 1 else 0
-    if gradient_checkpointing:
+    mask = run.rows * run.seq_len * run.seq_len if run.rows > 1 else 0
+    if run.gradient_checkpointing:
         text = tokens * (a.layers * r * h + head) + mask  # each layer's input (the boolean mask too)
         recomputed = tokens * layer + mask * c
     else:
         text = tokens * (a.layers * layer + head) + mask * c * a.layers
         recomputed = 0
-    positions = tokens if logit_tokens is None else logit_tokens
-    if fused_lm_head:
-        text += positions * r * h  # the fused head keeps its labelled hidden rows
-    elif lang_full:
-        text += positions * c * h  # the LM head keeps its input
-    activations_text = text + inputs
+    if run.fused_lm_head:
+        text += run.positions * r * h  # the fused head keeps its labelled hidden rows
+    elif run.lang_full:
+        text += run.positions * c * h  # the LM head keeps its input
+    return text + inputs, recomputed
 
-    crops = batch_size * (tiles_per_sample + frames_per_sample)
-    vtok = crops * a.tile_tokens
-    w, m = a.vision_width, a.vision_mlp
+
+def _vision_activations(run: _Run) -> tuple[int, int, int]:
+    """What the tower and projector save (+ the pixel tensors), a frozen tower's forward working set, and with
+    gradient checkpointing the bytes of the one trained vision block rebuilt in backward (else 0)."""
+    a, c = run.arch, run.c
+    vtok = run.crops * a.tile_tokens
+    w, m, h = a.vision_width, a.vision_mlp, a.hidden
     block = c * (13 * w + 2 * m) + 4 * c + 4 * a.vision_heads  # LN x2, qkv, rope, sdpa, proj, MLP, LayerScale
-    if "vision" in adapted:
-        block += _adapter_inputs(a.lora_linears["vision"], a.vision_depth, shared=2 * w + m, saved=lora_in,
-                                 copies=autocast is not None or d != 4, dropout=lora_dropout, rank=lora_r)
-    pixels = int(crops * 3 * a.tile_size**2 * d)  # in the model's dtype (PLMCollator)
-    tower_trains = trains["vision"]
+    if "vision" in run.adapted:
+        block += _adapter_inputs(a.lora_linears["vision"], a.vision_depth, shared=2 * w + m, saved=run.lora_in,
+                                 copies=run.autocast or run.d != 4, dropout=run.lora_dropout, rank=run.lora_r)
+    pixels = int(run.crops * 3 * a.tile_size**2 * run.d)  # in the model's dtype (PLMCollator)
+    tower_trains = run.trains["vision"]
+    recomputed = 0
     if tower_trains:
-        tower = vtok * (a.vision_depth * c * w if gradient_checkpointing else a.vision_depth * block)
+        tower = vtok * (a.vision_depth * c * w if run.gradient_checkpointing else a.vision_depth * block)
         tower += vtok * c * w  # pre-norm and patch embedding outputs
-        if gradient_checkpointing:
-            recomputed = max(recomputed, int(vtok * block))
+        if run.gradient_checkpointing:
+            recomputed = int(vtok * block)
     else:
         tower = 0
-    patches = crops * a.patches
-    if trains["projector"]:
+    patches = run.crops * a.patches
+    if run.trains["projector"]:
         projector = patches * c * (w + 3 * h)  # linear_1 input, GELU input and output, pooling input
     elif tower_trains:
         projector = patches * c * 2 * h
     else:
         projector = 0
-    activations_vision = int(tower + projector) + pixels
     vision_transient = 0 if tower_trains else int(vtok * block + pixels)
+    return int(tower + projector) + pixels, vision_transient, recomputed
 
-    # ---- autocast's weight copies: a float32 weight that trains is cast once per forward and kept (its cache
-    # lasts the forward; autograd keeps what backward needs); a frozen one in another dtype is cast where it
-    # passes gradients on. The fused LM head casts its weight tile by tile instead.
-    copies = 0
-    if autocast is not None and c != 4:
-        cast_trained = lora_r * sum(i + o for part in adapted for i, o in a.lora_linears[part])
-        cast_trained += sum(a.matmul_params[p] for p in full_parts)
-        if lang_full and fused_lm_head:
-            cast_trained -= a.vocab * h
-        cast_frozen = 0
-        if d != c and method != "qlora":
-            on_path = ["language"] + (["vision"] if "vision" in adapted else [])
-            cast_frozen = sum(a.matmul_params[p] for p in on_path if p not in full_parts)
-        copies = c * (cast_trained + cast_frozen)
 
-    # ---- the LM head's loss
-    if fused_lm_head:
+def _weight_copies(run: _Run) -> int:
+    """Autocast's weight copies: a float32 weight that trains is cast once per forward and kept (its cache lasts
+    the forward; autograd keeps what backward needs); a frozen one in another dtype is cast where it passes
+    gradients on. The fused LM head casts its weight tile by tile instead."""
+    a, c = run.arch, run.c
+    if not run.autocast or c == 4:
+        return 0
+    cast_trained = run.lora_r * sum(i + o for part in run.adapted for i, o in a.lora_linears[part])
+    cast_trained += sum(a.matmul_params[p] for p in run.full_parts)
+    if run.lang_full and run.fused_lm_head:
+        cast_trained -= a.vocab * a.hidden
+    cast_frozen = 0
+    if run.d != c and run.method != "qlora":
+        on_path = ["language"] + (["vision"] if "vision" in run.adapted else [])
+        cast_frozen = sum(a.matmul_params[p] for p in on_path if p not in run.full_parts)
+    return c * (cast_trained + cast_frozen)
+
+
+def _loss_bytes(run: _Run) -> int:
+    """The LM head's loss tensors, + the float32 gradient of a trained LM head from its backward on."""
+    a, c, positions = run.arch, run.c, run.positions
+    h = a.hidden
+    if run.fused_lm_head:
         # One [4096, 32768] tile in the compute dtype and the hidden states' float32 gradient; a trained head's
         # float32 [vocab, hidden] gradient is allocated with them, and each weight tile cast to the compute dtype.
         logits = c * min(positions, 4096) * min(a.vocab, 32768) + 4 * positions * h
-        if lang_full:
+        if run.lang_full:
             logits += 4 * a.vocab * h + (c * min(a.vocab, 32768) * h if c != 4 else 0)
-    else:
-        logits = 12 * positions * a.vocab  # logits, their float32 log-softmax and its gradient
-        if lang_full:
-            # A trained LM head's weight gradient is computed with every activation still alive: first in the
-            # compute dtype, next to the logits' gradient (and, on a CPU, torch's bf16 matmul accumulates it in a
-            # float32 buffer of its size); under autocast then cast to float32, in place of the weight copy that
-            # backward has released by then.
-            cpu_buffer = 4 * a.vocab * h if device == "cpu" and c != 4 else 0
-            logits = max(logits, c * positions * a.vocab + c * a.vocab * h + cpu_buffer, 4 * a.vocab * h)
-
-    overhead = _GIB // 2 if device == "cuda" else 0
-    return MemoryEstimate(
-        weights=int(weights), gradients=int(gradients), optimizer=int(states),
-        activations_text=int(activations_text), activations_vision=activations_vision, weight_copies=int(copies),
-        logits=int(logits), recomputed=int(recomputed), embedding_gradient=4 * a.vocab * h if lang_full else 0,
-        vision_transient=vision_transient, overhead=overhead,
-        trainable_params=int(trainable), total_params=total,
-        precision=_precision(method, dtype, autocast),
-    )
+        return logits
+    logits = 12 * positions * a.vocab  # logits, their float32 log-softmax and its gradient
+    if run.lang_full:
+        # A trained LM head's weight gradient is computed with every activation still alive: first in the
+        # compute dtype, next to the logits' gradient (and, on a CPU, torch's bf16 matmul accumulates it in a
+        # float32 buffer of its size); under autocast then cast to float32, in place of the weight copy that
+        # backward has released by then.
+        cpu_buffer = 4 * a.vocab * h if run.device == "cpu" and c != 4 else 0
+        logits = max(logits, c * positions * a.vocab + c * a.vocab * h + cpu_buffer, 4 * a.vocab * h)
+    return logits
 
 
 def _precision(method: str, dtype: torch.dtype, autocast: torch.dtype | None) -> str:

@@ -10,6 +10,7 @@ The rules, one place each:
 * ``mixed_precision_context``: what the Trainer's autocast is for a training step, for forwards outside it
   (generation, eval loss) on a model whose frozen weights are bf16 and trained ones float32.
 * ``attention_by_part``: flash / flex / hub kernels go to the Llama decoder; the timm tower keeps sdpa.
+* ``vision_dtype``: pixels go in the dtype of the vision tower's weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["apply_run_dtypes", "attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context", "set_training_dtypes"]
+__all__ = ["apply_run_dtypes", "attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context",
+           "set_training_dtypes", "vision_dtype"]
 
 # Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
 # sub-config, and the timm tower (TimmWrapperModel) supports only these two: flash / flex / hub kernels go to the
@@ -56,6 +58,15 @@ def default_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def vision_dtype(model: Any) -> torch.dtype:
+    """The dtype pixels should have: that of the vision tower's first weight (QLoRA never quantises it)."""
+    named = list(model.named_parameters())
+    for name, parameter in named:
+        if "vision" in name and parameter.is_floating_point():
+            return parameter.dtype
+    return next((p.dtype for _, p in named if p.is_floating_point()), torch.float32)
 
 
 def set_training_dtypes(model: Any, engine_dtype: torch.dtype | None = None) -> int:

@@ -7,9 +7,9 @@ projects every position onto the vocabulary: ``(batch, seq_len, vocab)`` logits,
 the loss is the same, since every other position has an ignored label.
 
 ``project_labelled_only`` goes one step further for padded batches: it selects the labelled (row, position)
-pairs themselves, not positions shared by all rows. ``build_trainer`` uses it (``labelled_logits_only``; on CUDA
-it uses TRL's fused LM head instead, which scores the labelled positions in tiles). Use these functions where you
-call the model yourself.
+pairs themselves, not positions shared by all rows. ``build_trainer`` uses it (``ModelArguments.labelled_logits_loss``;
+on CUDA it uses TRL's fused LM head instead, which scores the labelled positions in tiles). Use these functions where
+you call the model yourself.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import TrainerCallback
 from trl import SFTConfig
 
-from plm_tune import PLMCollator, build_trainer, load_model
+from plm_tune import EvalArguments, ModelArguments, PLMCollator, build_trainer, load_model
 
 LR = 1e-3  # language model
 PROJECTOR_LR = 3e-4  # distinct, to see that per-part learning rates survive inside DeepSpeed
@@ -181,8 +181,9 @@ def main() -> None:
     collator = worker_collator(processor, record=cli.out / f"batches_rank{rank}.jsonl",
                                text_only=cli.text_only_rank == int(rank))
     trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, collator=collator,
-                            projector_lr=PROJECTOR_LR, callbacks=[recorder], generation_eval_steps=3,
-                            generation_eval_samples=2, generation_max_new_tokens=4)
+                            model_args=ModelArguments(projector_lr=PROJECTOR_LR), callbacks=[recorder],
+                            eval_args=EvalArguments(generation_eval_steps=3, generation_eval_samples=2,
+                                                    generation_eval_max_new_tokens=4))
     trainer.train()
 
     engine = trainer.deepspeed

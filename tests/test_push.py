@@ -188,7 +188,7 @@ def quickstart_run(tiny_plm_path, tmp_path_factory):
     from trl import SFTConfig
 
     from data_adapters import from_image_folder
-    from plm_tune import build_trainer, load_model
+    from plm_tune import MediaArguments, build_trainer, load_model
     from plm_tune.outputs import finish_run
 
     folder = tmp_path_factory.mktemp("quickstart")
@@ -204,7 +204,7 @@ def quickstart_run(tiny_plm_path, tmp_path_factory):
     args = SFTConfig(output_dir=str(folder / "outputs/my-photos"), max_steps=2, save_steps=2,
                      per_device_train_batch_size=2, learning_rate=2e-4, max_length=4096, logging_steps=1,
                      report_to="none", bf16=False, disable_tqdm=True, activation_checkpointing=False)
-    trainer = build_trainer(model, processor, samples["train"], args=args, max_tiles=1)
+    trainer = build_trainer(model, processor, samples["train"], args=args, media=MediaArguments(max_tiles=1))
     trainer.train()
     finish_run(trainer, eval_set=samples["test"], training_info={"method": "lora", "max_tiles": 1}, max_new_tokens=2)
     return folder / "outputs/my-photos"

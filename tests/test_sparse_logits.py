@@ -10,7 +10,7 @@ from conftest import make_image, mixed_samples, qa
 from transformers import AutoModelForImageTextToText, TrainerCallback
 from trl import SFTConfig
 
-from plm_tune import PLMCollator, build_trainer
+from plm_tune import ModelArguments, PLMCollator, build_trainer
 from plm_tune.formatting import IGNORE_INDEX
 from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions, project_labelled_only
 
@@ -115,8 +115,9 @@ def _train(tiny_plm_path, processor, tmp_path, mode: str):
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
     logs = _Logs()
+    labelled_logits_loss = {"labelled": None, "fused": False, "full": False}[mode]
     trainer = build_trainer(model, processor, mixed_samples(), args=args, callbacks=[logs],
-                            labelled_logits_only={"labelled": None, "fused": False, "full": False}[mode])
+                            model_args=ModelArguments(labelled_logits_loss=labelled_logits_loss))
     lm_head_rows = []
     model.lm_head.register_forward_hook(lambda module, inputs, output: lm_head_rows.append(output.shape[:-1]))
     if mode == "full":

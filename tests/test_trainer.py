@@ -13,10 +13,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from trl import SFTConfig
 
 from data_adapters.synthetic import synthetic_shapes
-from plm_tune import PLMCollator, build_trainer, load_model
+from plm_tune import ModelArguments, PLMCollator, build_trainer, load_model
 from plm_tune.model import part_of
 
 LRS = {"language": 1e-3, "vision": 2e-4, "projector": 5e-3}
+PART_LRS = ModelArguments(vision_lr=LRS["vision"], projector_lr=LRS["projector"])  # the language's: learning_rate
 PLM_METRICS = ("tokens_per_second", "labelled_tokens_per_step", "media_token_share")
 COLLATOR_COUNTS = tuple(
     f"collator/{key}"
@@ -81,8 +82,7 @@ def test_trains_only_trainable_weights_with_one_learning_rate_per_part(tiny_plm_
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
 
-    trainer, recorder = _train(model, processor, shapes, _args(tmp_path), vision_lr=LRS["vision"],
-                               projector_lr=LRS["projector"])
+    trainer, recorder = _train(model, processor, shapes, _args(tmp_path), model_args=PART_LRS)
 
     # The optimizer the Trainer stepped holds our groups: each part's parameters at its own rate.
     assert {group["name"]: group["lr"] for group in recorder.groups} == LRS
@@ -117,8 +117,7 @@ def test_logs_per_part_rates_throughput_and_collator_counts_up_to_tensorboard(ti
     samples = [_two_exchanges(shapes[i]) for i in range(8)]
     # 120 tokens hold the first exchange (~75) but not the second: every sample loses its last two turns.
     args = _args(tmp_path, max_steps=2, max_length=120, report_to="tensorboard")
-    trainer, recorder = _train(model, processor, samples, args, vision_lr=LRS["vision"],
-                               projector_lr=LRS["projector"])
+    trainer, recorder = _train(model, processor, samples, args, model_args=PART_LRS)
     stats = trainer.plm_collator.stats
 
     logs = [log for log in recorder.logs if "loss" in log]
@@ -297,3 +296,49 @@ def test_group_by_length_and_padding_free_from_the_training_arguments(tiny_plm_p
     assert runs[("group_by_length", True)] == 0.0  # packed: no padding at all
     assert runs[("group_by_length", False)] < 0.5 * runs[("random", False)], runs
 
+
+
+def test_build_trainer_takes_settings_objects_and_returns_a_plm_trainer(tiny_plm_path, tmp_path, shapes):
+    """One way in: settings come as MediaArguments / ModelArguments / EvalArguments, never as loose keywords; the
+    result is the importable PLMTrainer, whose settings are constructor arguments."""
+    import inspect
+
+    import plm_tune
+    from plm_tune import MediaArguments, PLMTrainer
+    from plm_tune.trainer import run_config
+
+    assert list(inspect.signature(build_trainer).parameters) == [
+        "model", "processor", "train_dataset", "eval_dataset", "args", "media", "model_args", "eval_args",
+        "collator", "callbacks"]
+    model, processor = load_model(tiny_plm_path, method="lora")
+    args = _args(tmp_path, train_sampling_strategy="group_by_length")
+    trainer = build_trainer(model, processor, list(shapes), args=args, media=MediaArguments(train_on="all"),
+                            model_args=ModelArguments(labelled_logits_loss=False))
+    assert isinstance(trainer, plm_tune.PLMTrainer)
+    assert trainer.plm_group_by_length and not trainer.plm_labelled_logits_loss
+    assert trainer.plm_collator is trainer.data_collator and trainer.plm_collator.train_on == "all"
+    # TRL sees grouping off (PLMTrainer groups), the caller's SFTConfig is left as it was.
+    assert trainer.args.train_sampling_strategy == "random" and args.train_sampling_strategy == "group_by_length"
+    with pytest.raises(ValueError, match="both media= and collator="):
+        build_trainer(model, processor, list(shapes), args=args, media=MediaArguments(),
+                      collator=PLMCollator(processor))
+
+    class Subclassed(PLMTrainer):
+        pass
+
+    built = Subclassed(model=model, args=run_config(_args(tmp_path), list(shapes)),
+                       data_collator=PLMCollator(processor), train_dataset=shapes, processing_class=processor)
+    assert isinstance(built, PLMTrainer) and built.plm_labelled_logits_loss  # default: True off CUDA / XPU
+    assert not built.plm_group_by_length
+
+
+def test_import_plm_tune_and_build_trainer_do_not_import_trl():
+    """TRL is imported by plm_tune.plm_trainer alone, when a trainer is built or PLMTrainer is named."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport plm_tune\nfrom plm_tune import build_trainer\nassert 'trl' not in sys.modules\n"
+            "from trl import SFTTrainer\nassert issubclass(plm_tune.PLMTrainer, SFTTrainer)\nprint('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
