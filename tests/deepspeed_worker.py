@@ -183,7 +183,7 @@ def main() -> None:
     trainer = build_trainer(model, processor, _samples(), _samples(2), args=config, collator=collator,
                             model_args=ModelArguments(projector_lr=PROJECTOR_LR), callbacks=[recorder],
                             eval_args=EvalArguments(generation_eval_steps=3, generation_eval_samples=2,
-                                                    generation_eval_max_new_tokens=4))
+                                                    eval_max_new_tokens=4))
     trainer.train()
 
     engine = trainer.deepspeed
