@@ -13,7 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from transformers import HfArgumentParser
 
-from plm_tune import PLMCollator, build_trainer, load_model, plan_report
+from plm_tune import PLMCollator, load_model, plan_report
 from plm_tune.arguments import (
     MAX_NEW_TOKENS,
     TRAIN_ON,
@@ -136,9 +136,9 @@ def test_train_on_plm_is_a_run_setting_as_it_is_a_collator_setting(processor):
 
 def test_every_generation_reads_the_one_max_new_tokens_default():
     keywords = {generate: "max_new_tokens", evaluate: "max_new_tokens", finish_run: "max_new_tokens",
-                GenerationEvalCallback: "max_new_tokens", build_trainer: "generation_max_new_tokens"}
+                GenerationEvalCallback: "max_new_tokens"}
     defaults = {f.__name__: inspect.signature(f).parameters[name].default for f, name in keywords.items()}
     assert defaults == dict.fromkeys(defaults, MAX_NEW_TOKENS)
-    assert EvalArguments().eval_max_new_tokens == MAX_NEW_TOKENS
+    assert EvalArguments().eval_max_new_tokens == MAX_NEW_TOKENS  # build_trainer's generation checks read it too
     generate_command = build_parser().parse_args(["generate", "--prompt", "Hi?"])
     assert generate_command.max_new_tokens == MAX_NEW_TOKENS
