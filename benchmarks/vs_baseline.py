@@ -1,7 +1,7 @@
 """plm-tune against the model card's finetuning script, on the same random-init model and the same data, on CPU.
 
-    .venv/bin/python benchmarks/vs_baseline.py            # about 5 minutes on 2 CPU cores (275 s here)
-    .venv/bin/python benchmarks/vs_baseline.py --steps 8  # a quicker, noisier look
+    .venv/bin/python benchmarks/vs_baseline.py               # 5 rounds of 6 runs: 30 fresh processes
+    .venv/bin/python benchmarks/vs_baseline.py --repeats 3   # a quicker, noisier look
     .venv/bin/python benchmarks/vs_baseline.py --real-width --steps 4 --batch 2   # PLM-1B's widths, 2 layers
 
 The baseline is the "Simple PLM Fine-tuning Example" of the PLM model card, run as written except for the
@@ -13,8 +13,16 @@ and ``vision_input_type="vanilla"`` (one tile per image, since its collator cann
 
 plm-tune runs the same model, data, optimizer, learning rates and batch size through ``build_trainer``
 (TRL's SFTTrainer, the loss on the answers only), first with padded random batches, then packed
-(``padding_free``) and length-grouped. Each run is a fresh process; ``VmHWM`` is reset before training, so
-"peak RSS" is the peak while training (the model, data and optimizer states included).
+(``padding_free``) and length-grouped.
+
+How it measures, on machines that are shared and noisy: every run is a fresh Python process (``run_one``) that
+resets its own ``VmHWM`` before training and reports it at the end, so "peak RSS" is that process's peak while
+training (the model, data and optimizer states included) and no run inherits another's memory. The compared runs
+alternate: each round runs every variant once, in an order rotated by one each round (baseline, A, B; then A, B,
+baseline; ...), for ``--repeats`` rounds. Each variant's figures are the median over rounds and the min-max; a
+ratio against the baseline is the ratio of the medians, and its spread the min-max of the per-round ratios (the
+two runs of a round ran minutes apart, under about the same load). The data are read and decoded once, by the
+parent, and handed to every run as the same pickled samples.
 
 The model: the tiny PLM architecture widened to something mid-size (a 4-layer, 256-wide Llama decoder, a
 64-wide PE tower on 224 px tiles: 64 tokens per tile) with PLM's real vocabulary of 128,256 tokens, because the
@@ -38,6 +46,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -106,6 +115,15 @@ def dicom_samples(vanilla_single_frame: bool) -> list[dict]:
     return samples
 
 
+def save_samples(folder: Path) -> list[dict]:
+    """Read the data once, for every run: ``folder/card.pkl`` the single-frame images decoded (the baseline's
+    input), ``folder/demo.pkl`` the demo's whole mix (paths). Returns the demo's samples."""
+    demo = dicom_samples(vanilla_single_frame=False)
+    (folder / "demo.pkl").write_bytes(pickle.dumps(demo))
+    (folder / "card.pkl").write_bytes(pickle.dumps(dicom_samples(vanilla_single_frame=True)))
+    return demo
+
+
 # ----------------------------------------------------------------------------------------------------- one run
 class StepClock:
     """A TrainerCallback: wall time of each optimizer step, from the end of the previous one (data included)."""
@@ -142,8 +160,8 @@ def answer_tokens(sample: dict, tokenizer) -> int:
     return len(tokenizer(caption(sample), add_special_tokens=False)["input_ids"]) + 1
 
 
-def run(variant: str, model_path: Path, steps: int, out: Path, batch: int = BATCH) -> None:
-    """Train ``steps`` steps of ``variant`` in this process and write its measurements to ``out``."""
+def run(variant: str, model_path: Path, data: Path, steps: int, batch: int = BATCH) -> dict:
+    """Train ``steps`` steps of ``variant`` in this process and return its measurements (``data``: ``save_samples``)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
@@ -152,10 +170,10 @@ def run(variant: str, model_path: Path, steps: int, out: Path, batch: int = BATC
     demo_mix = variant.startswith("demo mix")  # plm-tune alone: thumb+tile images and videos, as the demo
     if not demo_mix:
         processor.image_processor.vision_input_type = "vanilla"  # as the card does
-    samples = dicom_samples(vanilla_single_frame=not demo_mix)
+    samples = pickle.loads((data / ("demo.pkl" if demo_mix else "card.pkl")).read_bytes())
     clock = StepClock()
     answers = {caption(s): answer_tokens(s, processor.tokenizer) for s in samples}
-    common = dict(output_dir=str(out.parent / f"trainer-{variant}"), max_steps=steps, per_device_train_batch_size=batch,
+    common = dict(output_dir=str(data / f"trainer-{variant}"), max_steps=steps, per_device_train_batch_size=batch,
                   gradient_accumulation_steps=1, warmup_steps=50, learning_rate=1e-4, weight_decay=0.01,
                   optim="adamw_torch", logging_steps=10**6, save_strategy="no", report_to="none",
                   remove_unused_columns=False, dataloader_pin_memory=False, bf16=False, seed=0, disable_tqdm=True)
@@ -234,14 +252,54 @@ def run(variant: str, model_path: Path, steps: int, out: Path, batch: int = BATC
     seconds = sum(clock.steps[timed])
     first, last = clock.counts[1], clock.counts[-1]
     totals = {key: last[key] - first[key] for key in last}
-    out.write_text(json.dumps({
-        "variant": variant, "timed_steps": len(clock.steps[timed]), "seconds": seconds,
-        "median_step_s": statistics.median(clock.steps[timed]), "peak_rss_mib": rss_peak_mib(), **totals,
-    }))
+    return {"variant": variant, "timed_steps": len(clock.steps[timed]), "seconds": seconds,
+            "peak_rss_mib": rss_peak_mib(), **totals}
 
 
-# ----------------------------------------------------------------------------------------------------- the table
-def demo_mix_padding(model_path: Path) -> list[tuple[str, float]]:
+# ----------------------------------------------------------------------------------------------------- the harness
+CARD = ["baseline", "plm-tune padded", "plm-tune packed"]  # the first of a group is its baseline
+DEMO = ["demo mix padded", "demo mix grouped", "demo mix packed"]
+
+
+def run_one(variant: str, model_path: Path, data: Path, steps: int, batch: int) -> dict:
+    """``run(variant)`` in a fresh Python process; its measurements are the last line it prints (JSON)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    child = subprocess.run([sys.executable, __file__, "--run", variant, "--model", str(model_path), "--data", str(data),
+                            "--steps", str(steps), "--batch", str(batch)],
+                           check=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def schedule(groups: list[list[str]], repeats: int) -> list[tuple[int, str]]:
+    """(round, variant) in the order to run them: each round runs every group once, rotated by one more each round,
+    so each variant runs first, middle and last equally often and the runs a ratio pairs are never far apart.
+
+    >>> schedule([["base", "a", "b"]], 3)
+    [(0, 'base'), (0, 'a'), (0, 'b'), (1, 'a'), (1, 'b'), (1, 'base'), (2, 'b'), (2, 'base'), (2, 'a')]
+    """
+    return [(r, group[(r + i) % len(group)]) for r in range(repeats) for group in groups for i in range(len(group))]
+
+
+def figures(run: dict) -> dict:
+    """One run's rates (per second of its timed steps), peak RSS and padding."""
+    per_s = {f"{key}/s": run[key] / run["seconds"] for key in ("answer", "labelled", "tokens", "samples")}
+    return {**per_s, "steps/s": run["timed_steps"] / run["seconds"], "rss": run["peak_rss_mib"],
+            "padding": 1 - run["tokens"] / run["slots"]}
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """The median and, in brackets, the min-max: ``91 (85-97)``."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def vs(runs: list[dict], base: list[dict], key: str) -> str:
+    """The ratio of the medians and, in brackets, the min-max of the per-round ratios: ``3.35x (3.10-3.62)``."""
+    ratio = statistics.median(r[key] for r in runs) / statistics.median(b[key] for b in base)
+    rounds = [r[key] / b[key] for r, b in zip(runs, base, strict=True)]
+    return f"{ratio:.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
+
+
+def demo_mix_padding(model_path: Path, samples: list[dict]) -> list[tuple[str, float]]:
     """Padding on the radiology demo's own mix (thumb+tile up to 4 tiles, 4-frame videos), batch 8."""
     import torch
     from transformers import AutoProcessor
@@ -251,7 +309,6 @@ def demo_mix_padding(model_path: Path) -> list[tuple[str, float]]:
     from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
 
     processor = AutoProcessor.from_pretrained(model_path)
-    samples = dicom_samples(vanilla_single_frame=False)
     collator = PLMCollator(processor, max_tiles=4, num_frames=4)
     costs = [sample_cost(s, collator) for s in samples]
     order = torch.randperm(len(costs), generator=torch.Generator().manual_seed(0)).tolist()
@@ -267,67 +324,70 @@ def demo_mix_padding(model_path: Path) -> list[tuple[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=14, help="optimizer steps per run (the first 2 are not timed)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first 2 are not timed)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds; each runs every variant once, each run in a fresh process")
     parser.add_argument("--real-width", action="store_true",
                         help="PLM-1B's real widths and tokenizer (2 decoder layers, 2 vision blocks), the three "
                              "runs against the card only; use with --steps 4 --batch 2 on 2 CPU cores")
     parser.add_argument("--batch", type=int, default=BATCH, help="rows per step (the card's 8)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.run:
-        run(cli.run, cli.model, cli.steps, cli.out, cli.batch)
+        print(json.dumps(run(cli.run, cli.model, cli.data, cli.steps, cli.batch)))
         return
     if cli.steps < 3:
         parser.error(f"--steps must be at least 3 (2 warm-up steps and one timed), got {cli.steps}.")
+    if cli.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {cli.repeats}.")
 
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    groups = [CARD] if cli.real_width else [CARD, DEMO]
     with tempfile.TemporaryDirectory() as tmp:
         model_path = build_model(Path(tmp) / "plm-bench", cli.real_width)
-        results = []
-        variants = ["baseline", "plm-tune padded", "plm-tune packed"]
-        if not cli.real_width:
-            variants += ["demo mix padded", "demo mix grouped", "demo mix packed"]
-        for variant in variants:
-            out = Path(tmp) / f"{variant.replace(' ', '-')}.json"
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-            subprocess.run([sys.executable, __file__, "--run", variant, "--model", str(model_path), "--out", str(out),
-                            "--steps", str(cli.steps), "--batch", str(cli.batch)], check=True, env=env, cwd=ROOT)
-            results.append(json.loads(out.read_text()))
-            print(f"  {variant}: done", flush=True)
-        padding = [] if cli.real_width else demo_mix_padding(model_path)
+        demo_samples = save_samples(Path(tmp))
+        runs: dict[str, list[dict]] = {variant: [] for group in groups for variant in group}
+        for round_, variant in schedule(groups, cli.repeats):
+            result = figures(run_one(variant, model_path, Path(tmp), cli.steps, cli.batch))
+            runs[variant].append(result)
+            print(f"  round {round_ + 1}/{cli.repeats}, {variant}: {result['answer/s']:.0f} answer tok/s, "
+                  f"{result['tokens/s']:.0f} real tok/s, {result['rss']:.0f} MiB peak RSS", flush=True)
+        padding = [] if cli.real_width else demo_mix_padding(model_path, demo_samples)
 
-    results, demo = results[:3], results[3:]
-    base = results[0]
     model = ("PLM-1B's real widths (2048-wide decoder, 2 layers; 1024-wide PE tower at 448 px, 2 blocks; real "
              "tokenizer)" if cli.real_width else "a 256-wide, 4-layer decoder and a 64-wide tower at 224 px")
-    print(f"\nvs the model card's script: CPU, float32, batch {cli.batch}, vanilla single tile, "
-          f"{base['timed_steps']} timed steps each, 128,256-token vocabulary, {model}\n")
-    header = ("run", "answer tok/s", "labelled tok/s", "real tok/s", "padding", "peak RSS MiB", "s/step",
-              "answer tok/s vs card", "peak RSS vs card")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in results:
-        rate = lambda key, r=r: r[key] / r["seconds"]  # noqa: E731
-        print(f"| {r['variant']} | {rate('answer'):.0f} | {rate('labelled'):.0f} | {rate('tokens'):.0f} | "
-              f"{1 - r['tokens'] / r['slots']:.1%} | {r['peak_rss_mib']:.0f} | {r['median_step_s']:.2f} | "
-              f"{rate('answer') / (base['answer'] / base['seconds']):.2f}x | {r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |")
+    print(f"\nvs the model card's script: CPU, float32, batch {cli.batch}, vanilla single tile, {cli.steps - 2} timed "
+          f"steps per run, {cli.repeats} rounds, 128,256-token vocabulary, {model}. Median (min-max) over rounds; "
+          f"vs card: ratio of medians (min-max of the per-round ratios).\n")
+    print("| run | answer tok/s | steps/s | peak RSS MiB | answer tok/s vs card | peak RSS vs card | labelled tok/s "
+          "| real tok/s | padding |\n|---|---|---|---|---|---|---|---|---|")
+    base = runs[CARD[0]]
+    for variant in CARD:
+        rs = runs[variant]
+        median = lambda key, rs=rs: statistics.median(r[key] for r in rs)  # noqa: E731
+        print(f"| {variant} | {spread([r['answer/s'] for r in rs], '.0f')} "
+              f"| {spread([r['steps/s'] for r in rs], '.3f')} | {spread([r['rss'] for r in rs], '.0f')} | {vs(rs, base, 'answer/s')} | {vs(rs, base, 'rss')} "
+              f"| {median('labelled/s'):.0f} | {median('tokens/s'):.0f} | {median('padding'):.1%} |")
     print("\nlabelled = the tokens each run puts its loss on: the card's every token but the image ones "
           "(system, prompt, a stray generation prompt); plm-tune's the answers and their <|eot_id|>.")
-    if cli.real_width:
-        print(f"\nTotal {time.perf_counter() - started:.0f} s")
-        return
-    print("\n| batches | padding |\n|---|---|")
-    for name, fraction in padding:
-        print(f"| {name} | {fraction:.1%} |")
-    print("\nplm-tune alone on that mix: random padded batches, length-grouped padded batches, packed + grouped:\n")
-    print("| run | real tok/s | samples/s | padding | peak RSS MiB | s/step | real tok/s vs padded |\n|---|---|---|---|---|---|---|")
-    for r in demo:
-        print(f"| {r['variant']} | {r['tokens'] / r['seconds']:.0f} | {r['samples'] / r['seconds']:.2f} | "
-              f"{1 - r['tokens'] / r['slots']:.1%} | {r['peak_rss_mib']:.0f} | {r['median_step_s']:.2f} | "
-              f"{(r['tokens'] / r['seconds']) / (demo[0]['tokens'] / demo[0]['seconds']):.2f}x |")
-    print(f"\nTotal {time.perf_counter() - started:.0f} s")
+    if not cli.real_width:
+        print("\n| batches | padding |\n|---|---|")
+        for name, fraction in padding:
+            print(f"| {name} | {fraction:.1%} |")
+        print("\nplm-tune alone on that mix: random padded batches, length-grouped padded batches, packed + grouped:\n")
+        print("| run | real tok/s | samples/s | steps/s | peak RSS MiB | real tok/s vs padded | padding |"
+              "\n|---|---|---|---|---|---|---|")
+        base = runs[DEMO[0]]
+        for variant in DEMO:
+            rs = runs[variant]
+            print(f"| {variant} | {spread([r['tokens/s'] for r in rs], '.0f')} "
+                  f"| {spread([r['samples/s'] for r in rs], '.2f')} | {spread([r['steps/s'] for r in rs], '.3f')} "
+                  f"| {spread([r['rss'] for r in rs], '.0f')} | {vs(rs, base, 'tokens/s')} "
+                  f"| {statistics.median(r['padding'] for r in rs):.1%} |")
+    print(f"\nTotal {time.perf_counter() - started:.0f} s; 1-minute load average {load:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
