@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/cli_startup.py            # median of 5 fresh processes per command; ~15 s
     .venv/bin/python benchmarks/cli_startup.py --runs 9
 
-Each run is a fresh ``python -m plm_tune.cli ... --help`` process, timed from start to exit by this script
+Each run is a fresh ``python -m plm_tune.apps.cli ... --help`` process, timed from start to exit by this script
 (wall clock, interpreter start-up included), so the number is what a user waits for. The second part lists
 the packages outside the standard library that ``--help`` imports (one in-process parse, ``sys.modules``):
 torch, transformers, peft or trl there would mean a lazy import was lost. The goal is under 1 s per command.
@@ -27,7 +27,7 @@ def help_seconds(command: list[str], runs: int) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "plm_tune.cli", *command, "--help"], check=True,
+        subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *command, "--help"], check=True,
                        stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -36,9 +36,9 @@ def help_seconds(command: list[str], runs: int) -> float:
 def imported_packages() -> list[str]:
     """Top-level packages outside the standard library that parsing ``--help`` imports, in a fresh process."""
     code = (
-        "import contextlib, io, sys\nimport plm_tune.cli\n"
+        "import contextlib, io, sys\nimport plm_tune.apps.cli\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    plm_tune.cli.build_parser().parse_args(['--help'])\n"
+        "    plm_tune.apps.cli.build_parser().parse_args(['--help'])\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))"
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

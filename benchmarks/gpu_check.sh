@@ -107,7 +107,7 @@ else
   log ""
   log "flash-attention: not installed (no PyPI wheel; build it with pip install flash-attn --no-build-isolation) — sdpa only"
 fi
-part build-plm-1b "${LIMITS[4]}" $PY -m plm_tune.cli tiny-model "$WORK/plm-1b" --size 1B "${LAYERS[@]}"
+part build-plm-1b "${LIMITS[4]}" $PY -m plm_tune.apps.cli tiny-model "$WORK/plm-1b" --size 1B "${LAYERS[@]}"
 part "radiology-$STEPS-steps" "${LIMITS[5]}" $PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
   --mixed_precision no --dynamo_backend no recipes/radiology_lora.py --config recipes/configs/radiology_lora.yaml \
   --model_name_or_path "$WORK/plm-1b" --dicom_dir pydicom-testdata --on_error skip --max_steps $STEPS \

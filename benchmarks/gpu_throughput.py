@@ -6,7 +6,7 @@
     python benchmarks/gpu_throughput.py --smoke               # the same code on a CPU with the tiny PLM (4 steps)
 
 The model: weights are random (speed does not depend on them). ``PerceptionLMForConditionalGeneration`` is built
-once per size from ``plm_tune.memory.plm_config(size)`` (the released architectures), in bf16 on the GPU, and
+once per size from ``plm_tune.modeling.memory.plm_config(size)`` (the released architectures), in bf16 on the GPU, and
 saved with the processor to a temporary folder; every run then loads that folder the way its side would (below).
 The processor is the tiny PLM's tokenizer with PLM's real image geometry (448 px tiles, 256 tokens per tile),
 and the model's image / video token ids are set to that tokenizer's, so nothing is downloaded.
@@ -29,7 +29,7 @@ The dtype policy, the recipes' own: weights load in bf16, every trainable parame
 optimizer steps fp32 weights), frozen parameters stay bf16, and the Trainer's ``bf16=True`` autocast computes in
 bf16. A hand-written TRL script would train bf16 weights (LoRA adapters excepted: peft upcasts them); the
 baseline here gets the same upcast as plm-tune, applied after its trainer is built, so both sides do the same
-arithmetic and differ only in how they batch and score. ``plm_tune.precision.set_training_dtypes`` applies it
+arithmetic and differ only in how they batch and score. ``plm_tune.modeling.precision.set_training_dtypes`` applies it
 to every run (a no-op where ``load_model`` and ``build_trainer`` already did it). On the CPU (``--smoke``)
 everything is fp32.
 
@@ -171,8 +171,8 @@ def build_model(size: str, max_tiles: int, workdir: Path, device: torch.device, 
     """
     from transformers import AutoConfig, AutoProcessor, PerceptionLMForConditionalGeneration
 
-    from plm_tune.memory import plm_config
-    from plm_tune.testing import build_tiny_plm
+    from plm_tune.modeling.memory import plm_config
+    from plm_tune.modeling.testing import build_tiny_plm
 
     tiny = build_tiny_plm(workdir / "tiny", tile_size=56 if smoke else 448)
     processor = AutoProcessor.from_pretrained(tiny)
@@ -341,8 +341,8 @@ def run(variant: str, size: str, method: str, model_dir: Path, samples: list[dic
 
     from plm_tune import build_trainer, load_model
     from plm_tune.arguments import ModelArguments
-    from plm_tune.model import LORA_LINEARS
-    from plm_tune.precision import attention_by_part, set_training_dtypes
+    from plm_tune.modeling.model import LORA_LINEARS
+    from plm_tune.modeling.precision import attention_by_part, set_training_dtypes
 
     smoke = device.type != "cuda"
     dtype = weights_dtype(device)
@@ -364,7 +364,7 @@ def run(variant: str, size: str, method: str, model_dir: Path, samples: list[dic
                              train_dataset=datasets.Dataset.from_list(samples), processing_class=processor,
                              data_collator=collator, peft_config=lora if method == "lora" else None,
                              callbacks=[clock])
-    else:  # as plm_tune.finetune does: load_model owns checkpointing (decoder and tower), the Trainer's is off
+    else:  # as plm_tune.apps.finetune does: load_model owns checkpointing (decoder and tower), the Trainer's is off
         model, processor = load_model(str(model_dir), method=method, freeze=("vision",), dtype=dtype, seed=0,
                                       gradient_checkpointing=not smoke, attn_implementation=args.attn,
                                       device_map=device.type)

@@ -51,7 +51,7 @@ def build_model(name: str, folder: Path) -> Path:
     """Write the random-init PLM ``name`` (see MODELS) with the tiny PLM's processor to ``folder``."""
     from transformers import AutoConfig, PerceptionLMForConditionalGeneration
 
-    from plm_tune.testing import build_tiny_plm
+    from plm_tune.modeling.testing import build_tiny_plm
 
     path = build_tiny_plm(folder, seed=0)
     overrides = MODELS[name]
@@ -81,7 +81,7 @@ def _measure(spec: dict) -> dict:
     import torch
 
     from plm_tune import load_model
-    from plm_tune.sparse_logits import project_labelled_only
+    from plm_tune.encoding.sparse_logits import project_labelled_only
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -179,7 +179,7 @@ def estimate(path: Path, method: str, *, gradient_checkpointing: bool, batch_siz
     """The estimate for the same configuration as ``measure``."""
     import torch
 
-    from plm_tune.memory import estimate_memory
+    from plm_tune.modeling.memory import estimate_memory
 
     return estimate_memory(str(path), method, batch_size=batch_size, seq_len=seq_len, tiles_per_sample=tiles,
                            gradient_checkpointing=gradient_checkpointing, dtype=getattr(torch, dtype),

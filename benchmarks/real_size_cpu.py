@@ -68,7 +68,7 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
     import torch
 
     from plm_tune import PLMCollator, generate, load_model
-    from plm_tune.memory import estimate_memory
+    from plm_tune.modeling.memory import estimate_memory
 
     torch.manual_seed(0)
     method, freeze = METHODS[name]
@@ -159,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from plm_tune.testing_real import build_random_plm
+    from plm_tune.modeling.testing_real import build_random_plm
 
     depth = f"{args.text_layers or 16}+{args.vision_layers or 23}"
     path = args.model_dir or ROOT / ".cache" / f"plm-1b-random-{depth}"

@@ -28,8 +28,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from plm_tune.frame_decoding import decode_in_order, decode_seeking
-from plm_tune.media import clip_frame_indices, load_video, open_video_stream
+from plm_tune.data.frame_decoding import decode_in_order, decode_seeking
+from plm_tune.data.media import clip_frame_indices, load_video, open_video_stream
 
 WIDTH, HEIGHT, FPS, SECONDS, NUM_FRAMES = 1280, 720, 30, 90, 32
 

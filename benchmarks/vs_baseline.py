@@ -84,10 +84,10 @@ def build_model(path: Path, real_width: bool = False) -> Path:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from plm_tune.testing import build_tiny_plm
+    from plm_tune.modeling.testing import build_tiny_plm
 
     if real_width:
-        from plm_tune.testing_real import build_random_plm
+        from plm_tune.modeling.testing_real import build_random_plm
 
         return build_random_plm(path, "1B", text_layers=2, vision_layers=2)
 
@@ -104,7 +104,7 @@ def dicom_samples(vanilla_single_frame: bool) -> list[dict]:
     from radiology_lora import dicom_folders
 
     from data_adapters.dicom import from_dicom
-    from plm_tune.media import load_image
+    from plm_tune.data.media import load_image
 
     logging.getLogger("data_adapters").setLevel(logging.ERROR)  # the skip report of the deliberately bad files
     warnings.filterwarnings("ignore", module="pydicom")
@@ -305,8 +305,8 @@ def demo_mix_padding(model_path: Path, samples: list[dict]) -> list[tuple[str, f
     from transformers import AutoProcessor
 
     from plm_tune import PLMCollator
-    from plm_tune.costs import sample_cost
-    from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
+    from plm_tune.encoding.costs import sample_cost
+    from plm_tune.encoding.sampler import LengthGroupedBatchSampler, padding_fraction
 
     processor = AutoProcessor.from_pretrained(model_path)
     collator = PLMCollator(processor, max_tiles=4, num_frames=4)

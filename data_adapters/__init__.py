@@ -1,4 +1,4 @@
-"""Turn image / video corpora into plm-tune's canonical samples (see ``plm_tune.sample``).
+"""Turn image / video corpora into plm-tune's canonical samples (see ``plm_tune.data.sample``).
 
 One small module per corpus kind; each ``from_*`` function returns a ``datasets.Dataset`` (or
 ``IterableDataset`` when streaming) whose media stay paths or encoded bytes until the collator decodes them.

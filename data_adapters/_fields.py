@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from data_adapters._records import BadRecord, make_sample, media_part, text_part
+from plm_tune.data.sample import bad_text, normalize_messages
 from plm_tune.errors import Reason, reason_of
-from plm_tune.sample import bad_text, normalize_messages
 
 __all__ = [
     "checked_sample", "parse_row", "prompt_builder", "question_answer", "read_table", "table_columns",

@@ -1,6 +1,6 @@
 """Media checks run while a dataset is built, and the parsing of a clip's ``start`` / ``end``.
 
-``plm_tune.media`` reads the headers (PIL, PyAV, pydicom; nothing decoded); here its errors become named
+``plm_tune.data.media`` reads the headers (PIL, PyAV, pydicom; nothing decoded); here its errors become named
 ``BadRecord``s, so a missing, empty or non-media file is reported when the sample table is built, not a crash
 mid-training.
 """
@@ -11,8 +11,8 @@ import math
 from typing import Any
 
 from data_adapters._records import BadRecord
+from plm_tune.data.media import image_size, video_duration
 from plm_tune.errors import DataError, Reason
-from plm_tune.media import image_size, video_duration
 
 __all__ = ["check_image", "clip_times", "probe_video"]
 

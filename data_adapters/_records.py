@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plm_tune.data.sample import table_messages
 from plm_tune.errors import DataError, Reason
-from plm_tune.sample import table_messages
 from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 __all__ = [
@@ -381,8 +381,8 @@ def make_sample(messages: list[dict[str, Any]], *, images: list[Any] | None = No
     """A canonical sample with the same keys and part shapes for every adapter.
 
     Every adapter builds its samples here so that datasets from different adapters share one schema
-    (``plm_tune.sample.sample_features``, so they can be mixed or concatenated): messages in their table form
-    (``plm_tune.sample.table_messages``: string content becomes one text part, every part has both ``type``
+    (``plm_tune.data.sample.sample_features``, so they can be mixed or concatenated): messages in their table form
+    (``plm_tune.data.sample.table_messages``: string content becomes one text part, every part has both ``type``
     and ``text``), a video entry is always ``{"path", "start", "end"}``, and ``max_tiles`` / ``num_frames``
     are present (None: the collator's default).
     """

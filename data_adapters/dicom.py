@@ -1,8 +1,8 @@
 """DICOM files -> canonical samples: a single-frame file is an image sample, a multi-frame one (cine MR,
 ultrasound loop, enhanced CT / MR) a video sample.
 
-The media entry stays the ``.dcm`` path: ``plm_tune.media`` renders it when the batch is built (Modality LUT,
-window, MONOCHROME1 inversion, colour; see ``plm_tune.dicom``). Building the dataset reads headers only, and
+The media entry stays the ``.dcm`` path: ``plm_tune.data.media`` renders it when the batch is built (Modality LUT,
+window, MONOCHROME1 inversion, colour; see ``plm_tune.data.dicom``). Building the dataset reads headers only, and
 checks that each file's pixel data is all there and that a decoder for its compression is installed, so
 truncated files, non-images and missing JPEG plugins stop the build (or are counted skips), not a training
 run. A corrupt compressed stream, or a plugin limit such as Pillow's on 12-bit JPEG, shows only when pixels
@@ -54,8 +54,14 @@ from data_adapters._records import (
     short_name,
     text_part,
 )
-from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, is_dicom_path, read_dicom_header
-from plm_tune.sample import bad_text
+from plm_tune.data.dicom import (
+    DicomError,
+    dicom_frame_count,
+    dicom_to_frames,
+    is_dicom_path,
+    read_dicom_header,
+)
+from plm_tune.data.sample import bad_text
 from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 __all__ = ["PHI_TAGS", "from_dicom"]

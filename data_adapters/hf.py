@@ -13,7 +13,7 @@ The model card's radiology set, ``unsloth/Radiology_mini`` (columns ``image``: I
      "max_tiles": None, "num_frames": None}
 
 Images stay encoded: an ``Image`` column is read as ``Image(decode=False)``, whose ``{"bytes", "path"}``
-dict ``plm_tune.media.load_image`` decodes at collate time. Keeping the ``Image`` feature instead would decode
+dict ``plm_tune.data.media.load_image`` decodes at collate time. Keeping the ``Image`` feature instead would decode
 every image into a PIL object while the sample table is built, for nothing. The cost: the encoded bytes are
 copied into the sample table (streaming=True avoids holding them), and ``images`` entries are dicts, not the
 path strings of the file adapters (``data_adapters.mix`` unifies the two). Each image's header is opened with

@@ -13,7 +13,7 @@ interleave_datasets``), so a radiograph from this mix comes out as::
 Members made by different adapters disagree on column types (image paths, image bytes, an HF ``Image``
 column) and on columns (a member with no ``videos`` or ``max_tiles``). Each member is first rewritten, lazily,
 into one schema: the canonical columns only, images as ``{"bytes", "path"}`` (what an ``Image(decode=False)``
-column holds, and what ``plm_tune.media.load_image`` reads), videos as files ``{"path", "start", "end"}`` or,
+column holds, and what ``plm_tune.data.media.load_image`` reads), videos as files ``{"path", "start", "end"}`` or,
 when every video in the mix is in-table frames (``synthetic_videos``), as lists of frame images.
 The mixture is an ``IterableDataset`` whose members are split between DataLoader workers (and, through
 ``datasets.distributed.split_dataset_by_node`` or accelerate, between ranks) by ``datasets`` itself.
@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 
 from data_adapters._records import SHARDS_PER_TABLE, make_sample
-from plm_tune.media import describe_media
-from plm_tune.sample import sample_features
+from plm_tune.data.media import describe_media
+from plm_tune.data.sample import sample_features
 
 __all__ = ["mix", "MEDIA_SETTINGS"]
 

@@ -43,7 +43,7 @@ from data_adapters._conversations import conversation_sample, media_count, read_
 from data_adapters._fields import parse_row
 from data_adapters._probe import clip_times
 from data_adapters._records import BadRecord, OnError, build_dataset
-from plm_tune.sample import normalize_messages
+from plm_tune.data.sample import normalize_messages
 
 __all__ = ["from_plm_jsonl", "to_plm_jsonl", "record_to_sample", "sample_to_record"]
 

@@ -10,7 +10,7 @@
 
 ``synthetic_videos`` moves a shape across the frame and asks which way it goes (``"left"``, ``"right"``,
 ``"up"``, ``"down"``). Its frames are PNG bytes kept in the table (``"videos": [[b"\\x89PNG...", ...]]``), which
-``plm_tune.media.load_video`` reads as a list of images: the dataset is self-contained (no cache folder to
+``plm_tune.data.media.load_video`` reads as a list of images: the dataset is self-contained (no cache folder to
 carry along), lossless (no codec blur on a small shape) and decoded only when the collator needs the frames.
 
 Everything is drawn from ``seed`` alone (same seed, identical bytes), answers are balanced (counts differ by at

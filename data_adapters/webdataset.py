@@ -15,7 +15,7 @@ in its json, becomes::
      "messages": [{"role": "user", "content": [{"type": "image", "text": None},
                                                {"type": "text", "text": "Which side?"}]},
                   {"role": "assistant", "content": [{"type": "text", "text": "Left."}]}],
-     "images": [b"\\xff\\xd8\\xff..."],   # the .jpg member's bytes: plm_tune.media.load_image decodes them
+     "images": [b"\\xff\\xd8\\xff..."],   # the .jpg member's bytes: plm_tune.data.media.load_image decodes them
      "videos": [], "max_tiles": None, "num_frames": None}
 
 Images stay encoded bytes until the collator decodes them. A video becomes a file: its bytes are written once
@@ -53,8 +53,8 @@ from data_adapters._records import (
     text_part,
 )
 from data_adapters._shards import current_rank, expand_shards, select_shards
+from plm_tune.data.sample import normalize_messages, sample_features
 from plm_tune.errors import Reason, reason_of
-from plm_tune.sample import normalize_messages, sample_features
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
 
@@ -342,7 +342,7 @@ def from_webdataset(
         split_by_rank: read only this rank's shards (``select_shards`` with the rank of torch.distributed,
             else of torchrun's ``RANK`` / ``WORLD_SIZE``), for a plain torchrun loop. With fewer shards than ranks,
             every rank reads them all and keeps every ``world_size``-th record, with a warning (what accelerate
-            does with too few shards, ``plm_tune.distributed.stream_accelerator_config``). Leave False under
+            does with too few shards, ``plm_tune.training.distributed.stream_accelerator_config``). Leave False under
             accelerate (``build_trainer``, the Trainer, ``accelerator.prepare``): with ``dispatch_batches=False``, which
             ``build_trainer`` sets (TRL's ``SFTTrainer`` forces it too), accelerate gives each process a block of
             the shards itself (``IterableDataset.shard``); splitting here as well, each process would read only

@@ -2,7 +2,7 @@
 
 Your records can be anything: rows of a CSV, a list of dicts from a database, a JSON export. All plm-tune
 needs is one canonical sample per record, written by a plain generator function. This is the whole format
-(``plm_tune.sample``); every key but ``messages`` is optional:
+(``plm_tune.data.sample``); every key but ``messages`` is optional:
 
     {
         "id": "case-0007",                                        # named in every error about this sample

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 
 from plm_tune import base_model_context, generate, load_for_inference
-from plm_tune.run_folder import read_training_info
+from plm_tune.modeling.run_folder import read_training_info
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ A PLM-1B image is a thumbnail plus up to ``max_tiles`` tiles of 256 tokens; a vi
 So the share of *samples* a member gets (its weight) is not its share of *compute*: a 3:1 image:video mix at
 4 tiles and 8 frames spends more tokens on the videos than the weights suggest. ``data_adapters.mix`` draws from
 each member in proportion to its weight and stamps each member's own ``max_tiles`` / ``num_frames`` into its
-samples; ``plm_tune.costs.estimate_cost`` says, from media headers only (no pixels decoded), exactly what the
+samples; ``plm_tune.encoding.costs.estimate_cost`` says, from media headers only (no pixels decoded), exactly what the
 training collator will make of a sample; its ``.cost`` is ``(tokens, tiles + frames)``, tabulated here per
 member. ``plm-tune plan`` does the same for a whole dataset from the command line.
 
@@ -40,7 +40,7 @@ from trl import SFTConfig
 
 from data_adapters import mix, synthetic_shapes, synthetic_videos
 from plm_tune import PLMCollator, build_trainer, load_model, loss_change
-from plm_tune.costs import estimate_cost
+from plm_tune.encoding.costs import estimate_cost
 
 
 def main() -> None:

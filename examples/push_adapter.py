@@ -39,7 +39,7 @@ import shutil
 from pathlib import Path
 
 from plm_tune import push_adapter
-from plm_tune.push import push_plan
+from plm_tune.after_training.push import push_plan
 
 
 def main() -> None:

@@ -2,29 +2,31 @@
 
 The public API:
 
-* ``validate_sample``: check a canonical sample (``plm_tune.sample`` documents the format).
+* ``validate_sample``: check a canonical sample (``plm_tune.data.sample`` documents the format).
 * ``DataError``, ``MediaError``, ``Reason``, ``reason_of``: what is wrong with a sample or its media, as a reason
   code on the exception (``plm_tune.errors``).
-* ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.collator``).
-* ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.formatting``).
-* ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.model``).
-* ``generate``: batched answers for canonical samples, formatted as in training (``plm_tune.generation``).
+* ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.encoding.collator``).
+* ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.encoding.formatting``).
+* ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.modeling.model``).
+* ``generate``: batched answers for canonical samples, formatted as in training (``plm_tune.inference.generation``).
 * ``evaluate``, ``save_eval``, ``load_eval``: score a finetuned (and the base) model on an eval split
-  (``plm_tune.evaluation``); ``score_answers``: exact match, accuracy, BLEU, ROUGE-L (``plm_tune.metrics``).
-* ``write_report``: a self-contained HTML report of an evaluation, base vs finetuned (``plm_tune.report``).
-* ``merge_adapter`` (``plm_tune.merge``), ``write_model_card`` (``plm_tune.model_card``), ``push_adapter``,
-  ``files_to_upload`` (``plm_tune.push``): ship an adapter; ``write_training_info``: how it trained, in its run
-  folder (``plm_tune.run_folder``, which owns the output folder's layout).
+  (``plm_tune.inference.evaluation``); ``score_answers``: exact match, accuracy, BLEU, ROUGE-L (``plm_tune.inference.metrics``).
+* ``write_report``: a self-contained HTML report of an evaluation, base vs finetuned (``plm_tune.after_training.report``).
+* ``merge_adapter`` (``plm_tune.after_training.merge``), ``write_model_card`` (``plm_tune.after_training.model_card``), ``push_adapter``,
+  ``files_to_upload`` (``plm_tune.after_training.push``): ship an adapter; ``write_training_info``: how it trained, in its run
+  folder (``plm_tune.modeling.run_folder``, which owns the output folder's layout).
 * ``ModelArguments``, ``MediaArguments``, ``EvalArguments``, ``training_info``: a run's settings, as the recipes
   and ``plm-tune plan`` parse them, and what ``plm_tune_training.json`` records of them (``plm_tune.arguments``).
-* ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.trainer``), as a
+* ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.training.trainer``), as a
   ``PLMTrainer``: the SFTTrainer subclass that groups by PLM's costs and scores labelled logits
-  (``plm_tune.plm_trainer``; importing it imports TRL).
-* ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.costs``);
+  (``plm_tune.training.plm_trainer``; importing it imports TRL).
+* ``plan_sample``, ``SamplePlan``: what the collator builds of a sample (kept turns, tiles, frames, tokens), from
+  media sizes (``plm_tune.encoding.sample_plan``; ``PLMCollator.plan`` applies it);
+  ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.encoding.costs``);
   ``plan_dataset``, ``plan_report``, ``Plan``: a dataset's token distribution, padding waste and peak memory
-  (``plm_tune.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.memory``).
-* ``plm_tune.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
-* ``plm_tune.testing_real.build_random_plm``: PLM-1B / 3B / 8B at random init with the real tokenizer, offline.
+  (``plm_tune.training.plan``); ``estimate_memory``, ``plm_config``: peak memory, real 1B/3B/8B configs (``plm_tune.modeling.memory``).
+* ``plm_tune.modeling.testing.build_tiny_plm``: an offline random-init PLM for tests and demos.
+* ``plm_tune.modeling.testing_real.build_random_plm``: PLM-1B / 3B / 8B at random init with the real tokenizer, offline.
 """
 
 from __future__ import annotations
@@ -41,56 +43,58 @@ _EXPORTS = {
     "MediaArguments": "plm_tune.arguments",
     "ModelArguments": "plm_tune.arguments",
     "training_info": "plm_tune.arguments",
-    "CollatorStats": "plm_tune.collator",
-    "EncodedSample": "plm_tune.collator",
-    "PLMCollator": "plm_tune.collator",
-    "SampleEstimate": "plm_tune.costs",
-    "estimate_cost": "plm_tune.costs",
+    "CollatorStats": "plm_tune.encoding.collator",
+    "EncodedSample": "plm_tune.encoding.collator",
+    "PLMCollator": "plm_tune.encoding.collator",
+    "SampleEstimate": "plm_tune.encoding.costs",
+    "SamplePlan": "plm_tune.encoding.sample_plan",
+    "plan_sample": "plm_tune.encoding.sample_plan",
+    "estimate_cost": "plm_tune.encoding.costs",
     "DataError": "plm_tune.errors",
     "MediaError": "plm_tune.errors",
     "Reason": "plm_tune.errors",
     "reason_of": "plm_tune.errors",
-    "EvalRecord": "plm_tune.evaluation",
-    "EvalResult": "plm_tune.evaluation",
-    "base_model_context": "plm_tune.evaluation",
-    "evaluate": "plm_tune.evaluation",
-    "load_eval": "plm_tune.evaluation",
-    "save_eval": "plm_tune.evaluation",
-    "DEFAULT_SYSTEM_PROMPT": "plm_tune.formatting",
-    "ConversationEncoder": "plm_tune.formatting",
-    "EncodedConversation": "plm_tune.formatting",
-    "Generation": "plm_tune.generation",
-    "generate": "plm_tune.generation",
-    "load_image": "plm_tune.media",
-    "load_video": "plm_tune.media",
-    "select_frame_indices": "plm_tune.media",
-    "MemoryEstimate": "plm_tune.memory",
-    "estimate_memory": "plm_tune.memory",
-    "plm_config": "plm_tune.memory",
-    "merge_adapter": "plm_tune.merge",
-    "score_answers": "plm_tune.metrics",
-    "enable_gradient_checkpointing": "plm_tune.model",
-    "load_for_inference": "plm_tune.model",
-    "load_model": "plm_tune.model",
-    "parameter_groups": "plm_tune.model",
-    "write_model_card": "plm_tune.model_card",
-    "PixelEncoder": "plm_tune.pixels",
-    "PLMTrainer": "plm_tune.plm_trainer",
-    "Plan": "plm_tune.plan",
-    "attention_by_part": "plm_tune.precision",
-    "set_training_dtypes": "plm_tune.precision",
-    "plan_dataset": "plm_tune.plan",
-    "plan_report": "plm_tune.plan",
-    "files_to_upload": "plm_tune.push",
-    "push_adapter": "plm_tune.push",
-    "write_report": "plm_tune.report",
-    "write_training_info": "plm_tune.run_folder",
-    "normalize_messages": "plm_tune.sample",
-    "validate_sample": "plm_tune.sample",
-    "GenerationEvalCallback": "plm_tune.callbacks",
-    "PLMMetricsCallback": "plm_tune.callbacks",
-    "build_trainer": "plm_tune.trainer",
-    "loss_change": "plm_tune.trainer",
+    "EvalRecord": "plm_tune.inference.evaluation",
+    "EvalResult": "plm_tune.inference.evaluation",
+    "base_model_context": "plm_tune.inference.evaluation",
+    "evaluate": "plm_tune.inference.evaluation",
+    "load_eval": "plm_tune.inference.evaluation",
+    "save_eval": "plm_tune.inference.evaluation",
+    "DEFAULT_SYSTEM_PROMPT": "plm_tune.encoding.formatting",
+    "ConversationEncoder": "plm_tune.encoding.formatting",
+    "EncodedConversation": "plm_tune.encoding.formatting",
+    "Generation": "plm_tune.inference.generation",
+    "generate": "plm_tune.inference.generation",
+    "load_image": "plm_tune.data.media",
+    "load_video": "plm_tune.data.media",
+    "select_frame_indices": "plm_tune.data.media",
+    "MemoryEstimate": "plm_tune.modeling.memory",
+    "estimate_memory": "plm_tune.modeling.memory",
+    "plm_config": "plm_tune.modeling.memory",
+    "merge_adapter": "plm_tune.after_training.merge",
+    "score_answers": "plm_tune.inference.metrics",
+    "enable_gradient_checkpointing": "plm_tune.modeling.model",
+    "load_for_inference": "plm_tune.modeling.model",
+    "load_model": "plm_tune.modeling.model",
+    "parameter_groups": "plm_tune.modeling.model",
+    "write_model_card": "plm_tune.after_training.model_card",
+    "PixelEncoder": "plm_tune.encoding.pixels",
+    "PLMTrainer": "plm_tune.training.plm_trainer",
+    "Plan": "plm_tune.training.plan",
+    "attention_by_part": "plm_tune.modeling.precision",
+    "set_training_dtypes": "plm_tune.modeling.precision",
+    "plan_dataset": "plm_tune.training.plan",
+    "plan_report": "plm_tune.training.plan",
+    "files_to_upload": "plm_tune.after_training.push",
+    "push_adapter": "plm_tune.after_training.push",
+    "write_report": "plm_tune.after_training.report",
+    "write_training_info": "plm_tune.modeling.run_folder",
+    "normalize_messages": "plm_tune.data.sample",
+    "validate_sample": "plm_tune.data.sample",
+    "GenerationEvalCallback": "plm_tune.training.callbacks",
+    "PLMMetricsCallback": "plm_tune.training.callbacks",
+    "build_trainer": "plm_tune.training.trainer",
+    "loss_change": "plm_tune.training.trainer",
 }
 
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from plm_tune.frame_selection import NUM_FRAMES
+from plm_tune.data.frame_selection import NUM_FRAMES
 from plm_tune.methods import Method, methods_help
 
 __all__ = [
@@ -49,7 +49,7 @@ DEFAULT_MODEL = "facebook/Perception-LM-1B"
 # a batch until every answer ends or reaches the limit) stays cheap. eval.json counts the answers cut there
 # (answers_cut_at_max_new_tokens), so a limit too short for a dataset shows.
 MAX_NEW_TOKENS = 128
-# Which tokens are in the loss; plm_tune.formatting implements each and says why "assistant" is the default.
+# Which tokens are in the loss; plm_tune.encoding.formatting implements each and says why "assistant" is the default.
 TrainOn = Literal["assistant", "all", "plm"]
 TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
 
@@ -79,7 +79,7 @@ class ModelArguments:
     build_tiny_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny random PLM at model_name_or_path if that folder is missing."})
     tiny_preset: Literal["test", "learner"] = field(
-        default="test", metadata={"help": "Size of that tiny PLM (plm_tune.testing.TINY_PRESETS)."})
+        default="test", metadata={"help": "Size of that tiny PLM (plm_tune.modeling.testing.TINY_PRESETS)."})
 
 
 def dora_dropout_note(method: str, lora_dropout: float) -> str | None:
@@ -169,7 +169,7 @@ def settings_from(settings: Any, cls: type, **keywords: Any) -> Any:
 
 def training_info(model_args: ModelArguments, media_args: MediaArguments,
                   datasets: list[str] | None = None) -> dict[str, Any]:
-    """What ``plm_tune_training.json`` records about a run's settings (``plm_tune.run_folder.TRAINING_INFO_KEYS``).
+    """What ``plm_tune_training.json`` records about a run's settings (``plm_tune.modeling.run_folder.TRAINING_INFO_KEYS``).
 
     ``finish_run`` adds the step counts and final losses. LoRA settings are recorded for LoRA methods only.
 

@@ -3,7 +3,7 @@
 Every problem the library finds in data (a missing file, an undecodable image, a truncated video, a DICOM file
 without pixels, a conversation with no answer) raises a ``DataError`` whose ``reason`` is one of ``Reason``.
 Whoever groups problems reads that code, never the message: the adapters' skip reports
-(``data_adapters.BadRecord``, itself a ``DataError``), ``plm-tune data check`` (``plm_tune.preflight``).
+(``data_adapters.BadRecord``, itself a ``DataError``), ``plm-tune data check`` (``plm_tune.encoding.preflight``).
 An adapter may add codes of its own for what only its format can get wrong (``"bad json"``, ``"extra csv
 fields"``); the codes here are the ones the library and the adapters share.
 
@@ -40,7 +40,7 @@ class Reason(str, Enum):
     TRUNCATED_VIDEO = "truncated video"
     BAD_CLIP_TIMES = "bad clip times"
     CLIP_OUTSIDE_VIDEO = "clip outside video"
-    # DICOM files (plm_tune.dicom cites the standard for each)
+    # DICOM files (plm_tune.data.dicom cites the standard for each)
     NOT_DICOM = "not a DICOM file"
     UNREADABLE_DICOM = "unreadable DICOM"
     CORRUPT_HEADER = "corrupt header"
@@ -51,7 +51,7 @@ class Reason(str, Enum):
     UNSUPPORTED_COMPRESSION = "unsupported compression"
     NO_DECODER = "no decoder installed"
     UNSUPPORTED_IMAGE_TYPE = "unsupported image type"
-    # a sample's conversation (plm_tune.sample)
+    # a sample's conversation (plm_tune.data.sample)
     NO_ANSWER_TEXT = "no answer text"
     EMPTY_CONTENT = "empty content"
     MEDIA_COUNT_MISMATCH = "media count mismatch"

@@ -1,5 +1,5 @@
 """How much plm-tune prints: one switch, ``PLM_TUNE_VERBOSE``, read here for the training log
-(``plm_tune.quiet_log``) and the data adapters' skip summaries and reader notes alike.
+(``plm_tune.training.quiet_log``) and the data adapters' skip summaries and reader notes alike.
 
 An environment variable so that it reaches the data adapters and the Trainer's callbacks without being passed
 through every call (and into the forked processes that build a table); the recipes' ``--verbose`` sets it.

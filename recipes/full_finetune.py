@@ -31,8 +31,8 @@ from typing import Literal
 from trl import SFTConfig, TrlParser
 
 from data_adapters import SHUFFLE_BUFFER, from_hf_dataset, held_out_split, synthetic_shapes
+from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 

@@ -41,8 +41,8 @@ from typing import Literal
 from trl import SFTConfig, TrlParser
 
 from data_adapters import SHUFFLE_BUFFER, from_dicom, from_hf_dataset, held_out_split
+from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 from plm_tune.verbosity import VERBOSE_ENV
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."

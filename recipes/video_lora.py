@@ -31,8 +31,8 @@ from typing import Literal
 from trl import SFTConfig, TrlParser
 
 from data_adapters import SHUFFLE_BUFFER, from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
+from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-from plm_tune.finetune import build_tiny_if_asked, finetune, recipe_parser
 
 
 @dataclass

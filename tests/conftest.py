@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from plm_tune.testing import build_tiny_plm
+from plm_tune.modeling.testing import build_tiny_plm
 
 
 def pytest_collection_modifyitems(config, items):

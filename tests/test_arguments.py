@@ -14,6 +14,9 @@ from torch.overrides import TorchFunctionMode
 from transformers import HfArgumentParser
 
 from plm_tune import PLMCollator, load_model, plan_report
+from plm_tune.after_training.outputs import finish_run
+from plm_tune.after_training.report_summary import summary_html
+from plm_tune.apps.cli import build_parser
 from plm_tune.arguments import (
     MAX_NEW_TOKENS,
     TRAIN_ON,
@@ -24,13 +27,10 @@ from plm_tune.arguments import (
     settings_from,
     training_info,
 )
-from plm_tune.callbacks import GenerationEvalCallback
-from plm_tune.cli import build_parser
-from plm_tune.evaluation import evaluate
-from plm_tune.generation import generate
+from plm_tune.inference.evaluation import evaluate
+from plm_tune.inference.generation import generate
 from plm_tune.methods import METHOD_WORDS, METHODS
-from plm_tune.outputs import finish_run
-from plm_tune.report_summary import summary_html
+from plm_tune.training.callbacks import GenerationEvalCallback
 
 LIBRARY = Path(__file__).resolve().parent.parent / "plm_tune"
 

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from plm_tune.checkpoints import CheckpointWriteError, ensure_writable, guarded_train
+from plm_tune.training.checkpoints import CheckpointWriteError, ensure_writable, guarded_train
 
 PROBES = 300
 

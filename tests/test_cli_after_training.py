@@ -10,7 +10,7 @@ import pytest
 
 
 def _cli(*args, cwd=None) -> str:
-    result = subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *map(str, args)], capture_output=True, text=True,
                             cwd=cwd, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
@@ -53,7 +53,7 @@ def test_generate_with_adapter_or_adapter_folder_alone(radiology_demo, ct_file, 
 
 def test_a_user_error_is_one_message_not_a_traceback(radiology_demo, tmp_path):
     missing = tmp_path / "missing.png"
-    result = subprocess.run([sys.executable, "-m", "plm_tune.cli", "generate", "--model", str(radiology_demo.out),
+    result = subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", "generate", "--model", str(radiology_demo.out),
                              "--image", str(missing), "--prompt", "Describe."], capture_output=True, text=True,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1

@@ -11,7 +11,7 @@ from conftest import make_image
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture

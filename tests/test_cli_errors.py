@@ -19,7 +19,7 @@ def _cli(*args, cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
     env.pop("PLM_TUNE_DEBUG", None)
     if debug:
         env["PLM_TUNE_DEBUG"] = "1"
-    return subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd)
 
 
@@ -100,7 +100,7 @@ def test_a_typod_flag_shows_the_subcommands_usage(tmp_path, args, usage):
 
 def test_a_library_error_names_the_parameter_to_python_and_the_flag_at_the_command_line(tmp_path):
     from plm_tune import merge_adapter
-    from plm_tune.push import push_plan
+    from plm_tune.after_training.push import push_plan
 
     with pytest.raises(FileNotFoundError, match=r"does not exist: pass `adapter_dir` with a saved adapter folder"):
         merge_adapter(tmp_path / "missing", tmp_path / "out")

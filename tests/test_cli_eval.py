@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from conftest import make_image
 
+from plm_tune.after_training.outputs import RunOutputs
 from plm_tune.arguments import MediaArguments
-from plm_tune.evaluation import EvalRecord, EvalResult
-from plm_tune.outputs import RunOutputs
-from plm_tune.run_folder import EVAL_DATA, write_training_info
-from plm_tune.sample import to_table
+from plm_tune.data.sample import to_table
+from plm_tune.inference.evaluation import EvalRecord, EvalResult
+from plm_tune.modeling.run_folder import EVAL_DATA, write_training_info
 
 TRAINED = {"method": "lora", "max_tiles": 2, "num_frames": 4, "eval_max_new_tokens": 5}
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

@@ -13,7 +13,7 @@ av = pytest.importorskip("av")
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plm_tune.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

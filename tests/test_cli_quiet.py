@@ -22,10 +22,10 @@ def _python(code: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProc
 
 
 def test_the_cli_and_its_help_import_no_heavy_package():
-    code = ("import contextlib, io, sys\nimport plm_tune.cli\n"
+    code = ("import contextlib, io, sys\nimport plm_tune.apps.cli\n"
             "for argv in (['--help'], ['push', '--help'], ['data', 'check', '--help'], ['generate', '--help']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-            "        plm_tune.cli.build_parser().parse_args(argv)\n"
+            "        plm_tune.apps.cli.build_parser().parse_args(argv)\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     result = _python(code)
     assert result.returncode == 0, result.stderr
@@ -46,7 +46,7 @@ def test_the_public_api_imports_by_name_on_first_use():
 
 def test_tiny_model_and_a_lora_load_print_no_warning_of_ours(tmp_path):
     """tiny-model saves a model (accelerate imports DeepSpeed there) and the load wraps it with peft."""
-    code = ("import sys\nfrom plm_tune.cli import main\nassert main(['tiny-model', sys.argv[1]]) == 0\n"
+    code = ("import sys\nfrom plm_tune.apps.cli import main\nassert main(['tiny-model', sys.argv[1]]) == 0\n"
             "from plm_tune import load_model\nload_model(sys.argv[1], method='lora')\n")
     result = _python(code, str(tmp_path / "tiny"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

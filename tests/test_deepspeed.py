@@ -33,8 +33,8 @@ pytest.importorskip("deepspeed", reason='needs DeepSpeed: pip install "plm-tune[
 from deepspeed_worker import GRAD_ACCUM, LR, MAX_GRAD_NORM, PROJECTOR_LR, _samples, worker_collator  # noqa: E402
 
 from plm_tune import PLMCollator  # noqa: E402
-from plm_tune.costs import sample_cost  # noqa: E402
-from plm_tune.sampler import LengthGroupedBatchSampler  # noqa: E402
+from plm_tune.encoding.costs import sample_cost  # noqa: E402
+from plm_tune.encoding.sampler import LengthGroupedBatchSampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "recipes" / "accelerate"

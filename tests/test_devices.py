@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plm_tune.devices import UnusableGPUError, check_gpu_usable, nvidia_driver_version
+from plm_tune.modeling.devices import UnusableGPUError, check_gpu_usable, nvidia_driver_version
 
 OLD_DRIVER = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.129.03  Thu Oct 19 18:56:32 UTC 2023\n"
               "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")

@@ -1,4 +1,4 @@
-"""Tests for DICOM rendering (plm_tune.dicom), its hook in plm_tune.media and the from_dicom adapter.
+"""Tests for DICOM rendering (plm_tune.data.dicom), its hook in plm_tune.data.media and the from_dicom adapter.
 
 Every file is a real one shipped with pydicom (``pydicom/data/test_files``) or pydicom-data
 (``data_store/data``), found offline with ``get_testdata_file(name, download=False)``. Expected pixels come
@@ -34,8 +34,8 @@ from pydicom.pixels import (  # noqa: E402
 from data_adapters._records import BadRecord  # noqa: E402
 from data_adapters.dicom import PHI_TAGS, from_dicom  # noqa: E402
 from plm_tune import PLMCollator, load_image, load_video, validate_sample  # noqa: E402
-from plm_tune.dicom import DicomError, dicom_frame_count, dicom_to_frames, read_dicom_header  # noqa: E402
-from plm_tune.media import pick_uniform  # noqa: E402
+from plm_tune.data.dicom import DicomError, dicom_frame_count, dicom_to_frames, read_dicom_header  # noqa: E402
+from plm_tune.data.media import pick_uniform  # noqa: E402
 
 TEMPLATE = "{Modality} {BodyPartExamined}: {StudyDescription}"
 
@@ -190,7 +190,7 @@ def test_multiframe_ultrasound_frames_match_convert_color_space():
 
 
 # --------------------------------------------------------------------------------------------------------
-# plm_tune.media on .dcm paths
+# plm_tune.data.media on .dcm paths
 # --------------------------------------------------------------------------------------------------------
 def test_load_image_renders_a_dcm_any_case_and_refuses_a_multiframe_one(tmp_path):
     path = shutil.copy(shipped("MR_small.dcm"), tmp_path / "scan.DCM")

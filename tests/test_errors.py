@@ -9,12 +9,12 @@ import pytest
 from conftest import make_image, qa
 
 from data_adapters._records import BadRecord
-from plm_tune.collator import PLMCollator
-from plm_tune.dicom import DicomError
-from plm_tune.dicom_render import RenderError
+from plm_tune.data.dicom import DicomError
+from plm_tune.data.dicom_render import RenderError
+from plm_tune.data.sample import validate_sample
+from plm_tune.encoding.collator import PLMCollator
+from plm_tune.encoding.preflight import check_dataset
 from plm_tune.errors import DataError, MediaError, Reason, reason_of
-from plm_tune.preflight import check_dataset
-from plm_tune.sample import validate_sample
 
 
 def test_check_dataset_counts_each_problem_by_the_reason_its_error_carries(processor, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from conftest import make_frames, make_image
 
 from plm_tune import PLMCollator, generate, load_model
-from plm_tune.evaluation import EvalResult, base_model_context, evaluate, load_eval, save_eval
-from plm_tune.metrics import (
+from plm_tune.inference.evaluation import EvalResult, base_model_context, evaluate, load_eval, save_eval
+from plm_tune.inference.metrics import (
     bleu,
     choice_accuracy,
     exact_match,

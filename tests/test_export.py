@@ -21,11 +21,11 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plm_tune import PLMCollator, load_model
+from plm_tune.after_training.merge import merge_adapter
+from plm_tune.after_training.model_card import write_model_card
+from plm_tune.after_training.push import files_to_upload, push_adapter
 from plm_tune.arguments import MAX_NEW_TOKENS
-from plm_tune.merge import merge_adapter
-from plm_tune.model_card import write_model_card
-from plm_tune.push import files_to_upload, push_adapter
-from plm_tune.run_folder import TRAINING_INFO_FILE, TRAINING_INFO_KEYS, write_training_info
+from plm_tune.modeling.run_folder import TRAINING_INFO_FILE, TRAINING_INFO_KEYS, write_training_info
 
 TOKEN = "hf_SECRET123"
 LORA_R, LORA_ALPHA = 8, 24  # not load_model's defaults, so the card must read them from adapter_config.json
@@ -116,7 +116,7 @@ def test_merged_folder_loads_alone_and_gives_the_adapters_logits(
         expected = _logits(model, batch)
     assert (expected - _logits(_base(tiny_plm_path), batch)).abs().max() > 1e-2  # the adapter matters
 
-    with caplog.at_level(logging.WARNING, logger="plm_tune.merge"):
+    with caplog.at_level(logging.WARNING, logger="plm_tune.after_training.merge"):
         out = merge_adapter(adapter_dir, tmp_path / "merged", dtype=torch.float32)
 
     assert out == tmp_path / "merged"
@@ -391,7 +391,7 @@ def test_finish_run_pushes_the_trained_adapter_with_its_card_and_not_the_eval_da
 
     from data_adapters.synthetic import synthetic_shapes
     from plm_tune import build_trainer, load_model
-    from plm_tune.outputs import finish_run
+    from plm_tune.after_training.outputs import finish_run
 
     hub = _Hub(tmp_path / "remote")
     hub.install(monkeypatch)

@@ -33,9 +33,9 @@ from PIL import Image
 from data_adapters import from_image_folder, from_llava_json, from_plm_jsonl, from_video_folder
 from data_adapters._records import BadRecord
 from plm_tune import PLMCollator, build_trainer, load_image, load_model, validate_sample
-from plm_tune.cli import _parse_value
-from plm_tune.costs import estimate_cost
-from plm_tune.media import image_size, load_video
+from plm_tune.apps.cli import _parse_value
+from plm_tune.data.media import image_size, load_video
+from plm_tune.encoding.costs import estimate_cost
 
 BAD_INPUTS = (
     "DICOM free text with the patient's name, ID, birth date, accession number (redacted)",
@@ -345,7 +345,7 @@ def test_disk_full_mid_save_is_one_line_and_resume_skips_the_partial_checkpoint(
     full = _train(tiny_plm_path, out, 20_000)
     assert full.returncode != 0
     last = full.stderr.strip().splitlines()[-1]
-    assert last.startswith("plm_tune.checkpoints.CheckpointWriteError: Training stopped: writing to"), full.stderr[-2000:]
+    assert last.startswith("plm_tune.training.checkpoints.CheckpointWriteError: Training stopped: writing to"), full.stderr[-2000:]
     assert "a file-size limit was reached" in last and "checkpoint-1 is skipped" in last
     assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-1" / "trainer_state.json").exists()
 
@@ -366,7 +366,7 @@ def test_disk_full_mid_save_is_one_line_and_resume_skips_the_partial_checkpoint(
 
 
 def test_unwritable_output_dir_is_one_line_before_training(tmp_path):
-    from plm_tune.checkpoints import CheckpointWriteError, ensure_writable
+    from plm_tune.training.checkpoints import CheckpointWriteError, ensure_writable
 
     (tmp_path / "file").write_text("a file where a folder should be")
     with pytest.raises(CheckpointWriteError, match=r"output_dir '.*file/out' cannot be written") as err:

@@ -15,8 +15,8 @@ from test_frame_selection import encode_indexed_video
 
 from plm_tune import PLMCollator, build_trainer, load_model, plan_report
 from plm_tune.arguments import MediaArguments
-from plm_tune.costs import estimate_cost, sample_cost
-from plm_tune.media import load_video, select_frame_indices
+from plm_tune.data.media import load_video, select_frame_indices
+from plm_tune.encoding.costs import estimate_cost, sample_cost
 
 ANSWER = "Colours change slowly from dark red to a lighter red over the whole clip."
 TOTAL, FPS = 500, 25  # 20 s: 20 candidates at 1 frame per second

@@ -9,7 +9,7 @@ import torch
 from conftest import make_frames, make_image
 
 from plm_tune import DEFAULT_SYSTEM_PROMPT, PLMCollator
-from plm_tune.testing import PLM_CHAT_TEMPLATE
+from plm_tune.modeling.testing import PLM_CHAT_TEMPLATE
 
 
 def _with_inline_media(sample):
@@ -293,7 +293,7 @@ def test_default_system_prompt_is_plms(processor):
 
 
 def test_generation_prompt_appends_open_assistant_header_without_labels(processor):
-    from plm_tune.sample import Part, Turn
+    from plm_tune.data.sample import Part, Turn
 
     encoder = PLMCollator(processor).encoder
     turns = [Turn("user", (Part("text", text="Say yes."),))]

@@ -1,4 +1,4 @@
-"""Seeking decode (plm_tune.frame_decoding) against a decode from the start: the same arrays, bit for bit.
+"""Seeking decode (plm_tune.data.frame_decoding) against a decode from the start: the same arrays, bit for bit.
 
 Each clip is H.264 (x264's defaults: B-frames, CABAC) of a random texture that moves one pixel a frame, so P-
 and B-frames really reference their neighbours (a frame decoded from the wrong references differs) and no two
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plm_tune.frame_decoding import decode_in_order, decode_seeking, scan_packets
-from plm_tune.frame_selection import select_frame_indices
-from plm_tune.media import load_video
+from plm_tune.data.frame_decoding import decode_in_order, decode_seeking, scan_packets
+from plm_tune.data.frame_selection import select_frame_indices
+from plm_tune.data.media import load_video
 
 av = pytest.importorskip("av")
 

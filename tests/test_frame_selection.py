@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from plm_tune import PLMCollator
-from plm_tune.costs import estimate_cost
-from plm_tune.frame_decoding import decode_seeking
-from plm_tune.media import load_video, pick_uniform, select_frame_indices, video_frame_count
+from plm_tune.data.frame_decoding import decode_seeking
+from plm_tune.data.media import load_video, pick_uniform, select_frame_indices, video_frame_count
+from plm_tune.encoding.costs import estimate_cost
 
 av = pytest.importorskip("av")
 

@@ -10,7 +10,7 @@ import torch
 from conftest import make_frames, make_image
 
 from plm_tune import PLMCollator, generate
-from plm_tune.generation import end_token_ids
+from plm_tune.inference.generation import end_token_ids
 
 
 def _question(text, media=("image",), answer=None):

@@ -22,7 +22,7 @@ def _imported_top_levels(folder: Path) -> dict[str, set[str]]:
 
 
 # The command line is the application layer (like a recipe): it may use the adapters, lazily.
-APPLICATION_MODULES = {"plm_tune/cli.py"}
+APPLICATION_MODULES = {"plm_tune/apps/cli.py"}
 
 
 def test_library_never_imports_adapters_recipes_or_examples():
@@ -49,7 +49,7 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
 
 def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
     """Adapters build samples: they may check structure and read media headers, never collate or train."""
-    allowed = {"plm_tune.sample", "plm_tune.media", "plm_tune.dicom", "plm_tune.errors", "plm_tune.verbosity"}
+    allowed = {"plm_tune.data.sample", "plm_tune.data.media", "plm_tune.data.dicom", "plm_tune.errors", "plm_tune.verbosity"}
     for path in (ROOT / "data_adapters").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
@@ -60,11 +60,16 @@ def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
 
 
 
+def _module_name(path: Path) -> str:
+    """``plm_tune/encoding/collator.py`` -> ``plm_tune.encoding.collator``; a package's ``__init__`` is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _library_import_graph() -> dict[str, set[str]]:
     """{plm_tune module: the plm_tune modules it imports}, from every import statement in it: at the top, in a
     function (a deferred import still runs, and a circle through one breaks whoever imports first) or anywhere."""
-    modules = {"plm_tune" if path.stem == "__init__" else f"plm_tune.{path.stem}": path
-               for path in (ROOT / "plm_tune").glob("*.py")}
+    modules = {_module_name(path): path for path in (ROOT / "plm_tune").rglob("*.py")}
     graph = {}
     for module, path in modules.items():
         imported = set()
@@ -72,7 +77,7 @@ def _library_import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from plm_tune import testing` imports the submodule plm_tune.testing.
+                # `from plm_tune.modeling import testing` imports the submodule plm_tune.modeling.testing.
                 imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
         graph[module] = {name for name in imported if name in modules and name != module}
     return graph
@@ -98,48 +103,57 @@ def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_library_has_no_import_circle():
     graph = _library_import_graph()
-    assert "plm_tune.run_folder" in graph["plm_tune.model"]  # the graph sees imports (this one is at the top)
-    assert "plm_tune.model" in graph["plm_tune.memory"]  # and those inside functions
+    assert "plm_tune.modeling.run_folder" in graph["plm_tune.modeling.model"]  # the graph sees imports (this one is at the top)
+    assert "plm_tune.modeling.model" in graph["plm_tune.modeling.memory"]  # and those inside functions
     assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     circle = _a_circle(graph)
     assert circle is None, f"import circle: {' -> '.join(circle)}; move what both need to a module lower down."
 
 
-# plm_tune's layers, bottom to top (docs/design.md, "Layers"). A module imports only from its own layer or below.
+# plm_tune's layers, bottom to top (docs/design.md, "Layers"): the foundation modules at the top of the package,
+# then one sub-package per layer. A module imports only from its own layer or below.
 LAYERS = (
-    ("data", {"errors", "verbosity", "frame_selection", "frame_decoding", "dicom_render", "dicom", "media", "sample",
-              "arguments", "methods"}),
-    ("encoding", {"formatting", "tiling", "length_policy", "sample_plan", "pixels", "collator", "costs", "sampler",
-                  "sparse_logits", "preflight"}),
-    ("model", {"precision", "architecture", "model", "run_folder", "memory", "devices", "quiet_log", "testing",
-               "testing_real"}),
-    ("inference", {"generation", "metrics", "evaluation"}),
-    ("training", {"callbacks", "checkpoints", "distributed", "trainer", "plm_trainer", "plan"}),
-    ("after training", {"outputs", "report", "report_summary", "merge", "push", "model_card"}),
-    ("application", {"finetune", "cli", "cli_run", "__init__"}),
+    "plm_tune.errors", "plm_tune.verbosity", "plm_tune.methods",  # the foundation: they import no plm_tune module
+    "plm_tune.data",
+    "plm_tune.arguments",  # the run settings: defaults from the data layer (NUM_FRAMES), read from encoding up
+    "plm_tune.encoding",
+    "plm_tune.modeling",
+    "plm_tune.inference",
+    "plm_tune.training",
+    "plm_tune.after_training",
+    "plm_tune.apps",
 )
 
 
-def _plm_tune_imports() -> dict[str, set[str]]:
-    """``_library_import_graph`` by short module names (``collator``, ...), ``__init__`` for the package."""
-    short = {"plm_tune": "__init__"}
-    return {short.get(m, m.removeprefix("plm_tune.")): {short.get(n, n.removeprefix("plm_tune.")) for n in names}
-            for m, names in _library_import_graph().items()}
+def _level(module: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + "."))
 
 
-def test_every_library_module_has_a_layer():
-    layered = set().union(*(modules for _, modules in LAYERS))
-    assert {p.stem for p in (ROOT / "plm_tune").glob("*.py")} <= layered
+def test_every_library_module_is_in_a_layer():
+    graph = _library_import_graph()
+    assert len(graph) > 40
+    unplaced = [m for m in graph if m != "plm_tune"
+                and not any(m == layer or m.startswith(layer + ".") for layer in LAYERS)]
+    assert unplaced == [], "put each module in a layer's sub-package (or add a foundation module to LAYERS)"
 
 
 def test_imports_never_go_up_a_layer():
-    """The layers of docs/design.md hold: data -> encoding -> model -> inference -> training -> after training
-    -> application, each importing only from its own layer or below (costs, for one, below the collator's users)."""
-    level = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
-    upward = [(module, imported) for module, names in _plm_tune_imports().items() for imported in names
-              if imported in level and level[imported] > level[module] and module != "__init__"]
+    """data -> encoding -> modeling -> inference -> training -> after_training -> apps: each layer imports only
+    from its own layer or below (the package's own __init__, the public API, is above them all)."""
+    graph = _library_import_graph()
+    upward = [(module, imported) for module, names in graph.items() if module != "plm_tune"
+              for imported in names if imported != "plm_tune" and _level(imported) > _level(module)]
     assert upward == []
 
 
 def test_costs_sit_below_the_collator():
-    assert "collator" not in _plm_tune_imports()["costs"]
+    graph = _library_import_graph()
+    assert "plm_tune.encoding.collator" not in graph["plm_tune.encoding.costs"]
+    assert "plm_tune.encoding.costs" not in graph["plm_tune.encoding.collator"]
+
+
+def test_no_library_function_is_over_100_lines():
+    long = [f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in (ROOT / "plm_tune").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 100]
+    assert long == []

@@ -1,4 +1,4 @@
-"""plm_tune.length_policy: the max_length decision from counts (the collator and the cost estimate both call it)."""
+"""plm_tune.encoding.length_policy: the max_length decision from counts (the collator and the cost estimate both call it)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from conftest import make_image
 
 from plm_tune import PLMCollator
-from plm_tune.length_policy import MessageCount, SampleCounts, fit_sample
-from plm_tune.sample import normalize_messages
+from plm_tune.data.sample import normalize_messages
+from plm_tune.encoding.length_policy import MessageCount, SampleCounts, fit_sample
 
 # prefix 10; user 5 + image 0; answer 4; user 3 + image 1; answer 6. 2 tokens per tile.
 COUNTS = SampleCounts(

@@ -1,4 +1,4 @@
-"""Tests for plm_tune.media: image loading and video decoding (PLM's frame selection: test_frame_selection.py).
+"""Tests for plm_tune.data.media: image loading and video decoding (PLM's frame selection: test_frame_selection.py).
 
 Videos are real files encoded with PyAV into tmp_path. Every frame is a uniform grey whose level encodes
 its index (``20 + 4 * index``), so a decoded frame tells exactly which source frame it came from.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plm_tune.media import (
+from plm_tune.data.media import (
     MediaError,
     image_size,
     load_image,

@@ -11,7 +11,7 @@ from conftest import make_image
 from transformers import AutoModelForImageTextToText
 
 from plm_tune import PLMCollator
-from plm_tune.model import enable_gradient_checkpointing, load_model, parameter_groups, part_of
+from plm_tune.modeling.model import enable_gradient_checkpointing, load_model, parameter_groups, part_of
 
 LANGUAGE_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 VISION_LINEARS = {"qkv", "proj", "fc1", "fc2"}
@@ -181,7 +181,7 @@ def test_parameter_groups_on_a_plain_model_cover_every_parameter(model):
 
 
 def test_dtype_defaults_to_float32_on_cpu_and_can_be_chosen_and_a_summary_is_logged(tiny_plm_path, caplog):
-    with caplog.at_level(logging.INFO, logger="plm_tune.model"):
+    with caplog.at_level(logging.INFO, logger="plm_tune.modeling.model"):
         model, _ = load_model(tiny_plm_path, method="full", freeze=("vision",))
         assert {p.dtype for p in model.parameters()} == {torch.float32}
         model, _ = load_model(tiny_plm_path, method="lora", dtype=torch.bfloat16)

@@ -13,8 +13,8 @@ from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
 from plm_tune import PLMCollator, build_trainer
-from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.sparse_logits import keep_labelled_logits
+from plm_tune.encoding.formatting import IGNORE_INDEX
+from plm_tune.encoding.sparse_logits import keep_labelled_logits
 
 
 def _spans(batch):

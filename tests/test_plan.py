@@ -1,4 +1,4 @@
-"""plm_tune.plan / plm_tune.memory: exact header-only token counts, dataset plans, PLM configs, memory estimates.
+"""plm_tune.training.plan / plm_tune.modeling.memory: exact header-only token counts, dataset plans, PLM configs, memory estimates.
 
 Every count is compared with what the real collator builds from the same sample with the tiny PLM's real
 processor: images of many sizes and aspect ratios, budgets from 1 to 36 tiles, thumb+tile and vanilla, videos
@@ -19,9 +19,9 @@ from conftest import ROOT, make_frames, make_image
 from test_media import encode_grey_video
 
 from plm_tune import PLMCollator
-from plm_tune.costs import estimate_cost
-from plm_tune.memory import count_parameters, estimate_memory, plm_config
-from plm_tune.plan import plan_dataset
+from plm_tune.encoding.costs import estimate_cost
+from plm_tune.modeling.memory import count_parameters, estimate_memory, plm_config
+from plm_tune.training.plan import plan_dataset
 
 SIZES = [(64, 64), (300, 100), (100, 300), (1000, 700), (57, 1999), (20, 20), (56, 56), (500, 90)]
 
@@ -168,7 +168,7 @@ def test_planner_and_collator_agree_on_every_outcome_through_one_policy(processo
 
 
 def test_tile_grid_is_the_image_processors_on_many_sizes_and_budgets(processor):
-    """``plm_tune.tiling`` against PLM's image processor (its public ``resize``, which returns the grid it
+    """``plm_tune.encoding.tiling`` against PLM's image processor (its public ``resize``, which returns the grid it
     picked) on random and edge sizes, for every budget shape: both branches (upscale onto a canvas, or shrink
     to the closest aspect ratio) and the tie-breaks."""
     import copy
@@ -176,7 +176,7 @@ def test_tile_grid_is_the_image_processors_on_many_sizes_and_budgets(processor):
 
     import torch
 
-    from plm_tune.tiling import image_tiles, tile_grid
+    from plm_tune.encoding.tiling import image_tiles, tile_grid
 
     rng = random.Random(0)
     tile = 28
@@ -337,7 +337,7 @@ def test_memory_estimate_in_bf16_autocast_is_within_10_percent_of_a_measured_ste
 
 # ------------------------------------------------------------------------------------------ the command
 def _plan(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "plm_tune.cli", "plan", *map(str, args), "--no-progress"],
+    return subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", "plan", *map(str, args), "--no-progress"],
                           capture_output=True, text=True, cwd=cwd)
 
 

@@ -12,9 +12,9 @@ from transformers import AutoModelForImageTextToText
 from trl import SFTConfig
 
 from plm_tune import build_trainer, generate, load_model
-from plm_tune.evaluation import _eval_loss
-from plm_tune.model import part_of
-from plm_tune.precision import attention_by_part
+from plm_tune.inference.evaluation import _eval_loss
+from plm_tune.modeling.model import part_of
+from plm_tune.modeling.precision import attention_by_part
 
 # (method, freeze) as a user asks for them, and the parts that then train.
 METHODS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
-from plm_tune.push import PushError, files_to_upload, push_adapter, push_plan, redact
+from plm_tune.after_training.push import PushError, files_to_upload, push_adapter, push_plan, redact
 
 # Tokens of several shapes: only the first looks like a Hub token, so a pattern alone cannot catch the others.
 TOKENS = {"argument": "hf_ArgumentToken123", "env": "my-secret.token/with+chars=", "login": "sk_live_stored42"}
@@ -57,7 +57,7 @@ def _seed_junk(folder: Path) -> list[str]:
 
 def _cli(*args: str, env: dict | None = None, hub: str = "") -> subprocess.CompletedProcess:
     """Run plm-tune in a fresh process; ``hub`` is Python run first (to replace the Hub's network calls)."""
-    code = f"import sys\n{hub}\nfrom plm_tune.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = f"import sys\n{hub}\nfrom plm_tune.apps.cli import main\nsys.exit(main(sys.argv[1:]))"
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     environment.pop("PLM_TUNE_DEBUG", None)
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=environment,
@@ -189,7 +189,7 @@ def quickstart_run(tiny_plm_path, tmp_path_factory):
 
     from data_adapters import from_image_folder
     from plm_tune import MediaArguments, build_trainer, load_model
-    from plm_tune.outputs import finish_run
+    from plm_tune.after_training.outputs import finish_run
 
     folder = tmp_path_factory.mktemp("quickstart")
     photos = folder / "my_photos"
@@ -244,7 +244,7 @@ def test_a_hand_written_card_is_kept_unless_overwrite_card(adapter):
     ("# Notes\n\nThis model is great.\n", False),
 ])
 def test_which_cards_are_generated(text, generated):
-    from plm_tune.model_card import is_generated_card
+    from plm_tune.after_training.model_card import is_generated_card
 
     assert is_generated_card(text) is generated
 

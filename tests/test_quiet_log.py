@@ -9,7 +9,7 @@ from conftest import make_image
 from trl import SFTConfig
 
 from data_adapters import BadRecord, SkipReport
-from plm_tune.quiet_log import short_log_line
+from plm_tune.training.quiet_log import short_log_line
 from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
 
@@ -44,7 +44,7 @@ def test_one_switch_sets_the_skip_summaries_and_the_training_log(monkeypatch, va
     from transformers import ProgressCallback
     from transformers.trainer_callback import CallbackHandler
 
-    from plm_tune.quiet_log import quiet_training_log
+    from plm_tune.training.quiet_log import quiet_training_log
 
     monkeypatch.setenv(VERBOSE_ENV, value)
     assert is_verbose() is verbose
@@ -97,7 +97,7 @@ def test_pydicoms_notes_are_one_summary_line_and_every_note_when_verbose(monkeyp
     import pydicom.data
 
     from data_adapters import from_dicom
-    from plm_tune.media import load_image
+    from plm_tune.data.media import load_image
 
     padded = Path(pydicom.data.__file__).parent / "test_files" / "MR_small_padded.dcm"  # pydicom warns on it
     monkeypatch.delenv(VERBOSE_ENV, raising=False)

@@ -18,7 +18,7 @@ import real_size_cpu  # noqa: E402
 
 @pytest.mark.slow
 def test_lora_step_generate_merge_and_memory_estimate_at_real_width(tmp_path):
-    from plm_tune.testing_real import build_random_plm
+    from plm_tune.modeling.testing_real import build_random_plm
 
     path = build_random_plm(tmp_path / "plm-1b", "1B", text_layers=2, vision_layers=2, dtype=torch.bfloat16)
     result = real_size_cpu.measure(path, "lora", max_tiles=1, timeout=None)

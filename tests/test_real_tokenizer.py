@@ -14,16 +14,16 @@ from conftest import make_frames, make_image, mixed_samples, qa
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from plm_tune import PLMCollator
-from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.sparse_logits import keep_labelled_logits
-from plm_tune.testing import PLM_CHAT_TEMPLATE
+from plm_tune.encoding.formatting import IGNORE_INDEX
+from plm_tune.encoding.sparse_logits import keep_labelled_logits
+from plm_tune.modeling.testing import PLM_CHAT_TEMPLATE
 
 pytest.importorskip("llama_models", reason='needs the real-tokenizer extra: pip install "plm-tune[real-tokenizer]"')
 
 
 @pytest.fixture(scope="session")
 def real_path(tmp_path_factory):
-    from plm_tune.testing_real import build_random_plm
+    from plm_tune.modeling.testing_real import build_random_plm
 
     # bfloat16 on disk, as released: half the bytes to write; loaded back in float32 below.
     return build_random_plm(tmp_path_factory.mktemp("plm-1b"), "1B", text_layers=1, vision_layers=1,
@@ -164,8 +164,8 @@ def test_a_packed_row_gives_each_sample_its_solo_loss(real_processor, real_model
 
 
 def test_cli_layer_flags_need_a_size_and_bad_depths_are_refused(tmp_path, capsys):
-    from plm_tune.cli import main
-    from plm_tune.testing_real import build_random_plm
+    from plm_tune.apps.cli import main
+    from plm_tune.modeling.testing_real import build_random_plm
 
     assert main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"]) == 1
     assert "plm-tune tiny-model: error: --text-layers / --vision-layers go with --size" in capsys.readouterr().err

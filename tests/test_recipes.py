@@ -60,7 +60,7 @@ def test_config_parses_against_its_recipe(config):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
 def test_plan_and_recipe_read_the_same_settings_from_every_config(config):
     """`plm-tune plan` parses a config's run settings with the recipes' own dataclasses and defaults."""
-    from plm_tune.finetune import parse_settings, settings_keys
+    from plm_tune.apps.finetune import parse_settings, settings_keys
 
     recipe = load_recipe(recipe_of(config))
     model_args, media_args, _, training_args, eval_args = recipe.make_parser().parse_args_and_config(
@@ -89,8 +89,8 @@ def test_one_default_per_setting():
     import inspect
 
     from plm_tune import PLMCollator, build_trainer, estimate_memory, generate, load_model, plan_report
+    from plm_tune.apps.finetune import parse_settings
     from plm_tune.arguments import MediaArguments, ModelArguments
-    from plm_tune.finetune import parse_settings
 
     model_args, media_args, _, _, _ = load_recipe(ROOT / "recipes/video_lora.py").make_parser().parse_args_and_config([])
     assert parse_settings({})[:2] == (model_args, media_args) == (ModelArguments(), MediaArguments())
@@ -216,8 +216,8 @@ def test_a_stream_needs_max_steps_and_a_number_of_held_out_samples(tmp_path, tin
     from trl import SFTConfig
 
     from data_adapters import held_out_split, synthetic_shapes
+    from plm_tune.apps.finetune import finetune
     from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
-    from plm_tune.finetune import finetune
 
     stream = synthetic_shapes(8, streaming=True)
     with pytest.raises(ValueError, match=r"no length to hold out a share of \(got 0.1\)"):

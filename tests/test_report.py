@@ -1,4 +1,4 @@
-"""Tests for plm_tune.report: the HTML file is parsed back, then opened in a real headless Chromium.
+"""Tests for plm_tune.after_training.report: the HTML file is parsed back, then opened in a real headless Chromium.
 
 Media are real: a PIL image, a video given as frames, a CT slice and a multi-frame MR series shipped with
 pydicom, and a text-only sample whose answer tries to inject a ``<script>``. The browser test reads back
@@ -21,8 +21,8 @@ import pytest
 from conftest import make_frames, make_image
 from PIL import Image
 
-from plm_tune.evaluation import EvalRecord, EvalResult
-from plm_tune.report import rank_records, write_report
+from plm_tune.after_training.report import rank_records, write_report
+from plm_tune.inference.evaluation import EvalRecord, EvalResult
 
 pydicom_data = pytest.importorskip("pydicom.data")
 

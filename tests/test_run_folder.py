@@ -1,4 +1,4 @@
-"""plm_tune.run_folder on real folders: what it reads, what it refuses and the fix each error names."""
+"""plm_tune.modeling.run_folder on real folders: what it reads, what it refuses and the fix each error names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from plm_tune import load_for_inference
-from plm_tune.run_folder import (
+from plm_tune.modeling.run_folder import (
     EVAL_DATA,
     TRAINING_INFO_FILE,
     adapter_folder,

@@ -1,4 +1,4 @@
-"""Tests for plm_tune.sample: the canonical sample's validation and message normalisation.
+"""Tests for plm_tune.data.sample: the canonical sample's validation and message normalisation.
 
 Every error must say what is wrong and how to fix it, so each test asserts on the key phrases of the message.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plm_tune.sample import Part, Turn, normalize_messages, validate_sample
+from plm_tune.data.sample import Part, Turn, normalize_messages, validate_sample
 
 
 def _image(seed: int = 0) -> Image.Image:
@@ -448,7 +448,7 @@ def test_bad_video_frames_array_raises_only_when_decoding():
 
 
 def test_to_table_keeps_every_key_and_the_same_conversation(tmp_path):
-    from plm_tune.sample import sample_columns, to_table
+    from plm_tune.data.sample import sample_columns, to_table
 
     image = tmp_path / "a.png"
     _image().save(image)
@@ -472,7 +472,7 @@ def test_make_sample_fills_exactly_the_features_schema(images, videos):
     import datasets
 
     from data_adapters._records import make_sample, media_part, text_part
-    from plm_tune.sample import sample_features
+    from plm_tune.data.sample import sample_features
 
     png = _image().tobytes() if images == "bytes" else {"bytes": None, "path": "a.png"}
     sample = make_sample([{"role": "user", "content": [media_part("image"), media_part("video"), text_part("Q?")]},

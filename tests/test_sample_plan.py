@@ -1,5 +1,5 @@
 """Plan once, build once: the collator decodes and processes each kept medium once, at its planned size, and never
-decodes the media of dropped turns (``plm_tune.sample_plan``)."""
+decodes the media of dropped turns (``plm_tune.encoding.sample_plan``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from conftest import make_image
 from PIL import ImageFile
 
-import plm_tune.sample_plan
+import plm_tune.encoding.sample_plan
 from plm_tune import PLMCollator
-from plm_tune.costs import estimate_cost
+from plm_tune.encoding.costs import estimate_cost
 
 ANSWER = "Random noise in many colours, with no objects, no text and no structure at all."
 
@@ -86,10 +86,10 @@ def test_encode_counts_nothing_and_agrees_with_the_estimate(tmp_path, processor)
 
 
 def test_the_processor_is_checked_against_the_plan_on_every_sample(monkeypatch, tmp_path, processor):
-    """If plm_tune.tiling and the processor ever disagree, the sample fails loudly instead of training on
+    """If plm_tune.encoding.tiling and the processor ever disagree, the sample fails loudly instead of training on
     placeholder counts that do not match the pixels."""
     sample = _several_images(tmp_path, n_exchanges=1)
-    rule = plm_tune.sample_plan.image_tiles
-    monkeypatch.setattr(plm_tune.sample_plan, "image_tiles", lambda *a, **k: rule(*a, **k) - 1)  # a drifted rule
-    with pytest.raises(RuntimeError, match=r"images\[0\].*37 tiles.*planned 36.*plm_tune.tiling"):
+    rule = plm_tune.encoding.sample_plan.image_tiles
+    monkeypatch.setattr(plm_tune.encoding.sample_plan, "image_tiles", lambda *a, **k: rule(*a, **k) - 1)  # a drifted rule
+    with pytest.raises(RuntimeError, match=r"images\[0\].*37 tiles.*planned 36.*plm_tune.encoding.tiling"):
         PLMCollator(processor, multi_image_tiles=None)([sample])

@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 
 from data_adapters.synthetic import synthetic_shapes
 from plm_tune import PLMCollator
-from plm_tune.costs import dataset_costs, sample_cost
-from plm_tune.distributed import process_share
-from plm_tune.sampler import LengthGroupedBatchSampler, padding_fraction
+from plm_tune.encoding.costs import dataset_costs, sample_cost
+from plm_tune.encoding.sampler import LengthGroupedBatchSampler, padding_fraction
+from plm_tune.training.distributed import process_share
 
 
 def _samples():

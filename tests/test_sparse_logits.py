@@ -11,8 +11,8 @@ from transformers import AutoModelForImageTextToText, TrainerCallback
 from trl import SFTConfig
 
 from plm_tune import ModelArguments, PLMCollator, build_trainer
-from plm_tune.formatting import IGNORE_INDEX
-from plm_tune.sparse_logits import keep_labelled_logits, labelled_positions, project_labelled_only
+from plm_tune.encoding.formatting import IGNORE_INDEX
+from plm_tune.encoding.sparse_logits import keep_labelled_logits, labelled_positions, project_labelled_only
 
 
 def _some_parameters(model):

@@ -10,7 +10,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from data_adapters import held_out_split
-from plm_tune.sample import to_table
+from plm_tune.data.sample import to_table
 
 
 def _samples(counts: dict[str, int]) -> datasets.Dataset:

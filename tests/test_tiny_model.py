@@ -9,7 +9,7 @@ import sys
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from plm_tune.testing import PLM_CHAT_TEMPLATE, build_tiny_plm
+from plm_tune.modeling.testing import PLM_CHAT_TEMPLATE, build_tiny_plm
 
 
 def _digest(folder):
@@ -89,7 +89,7 @@ def test_forward_backward_with_image(processor, tiny_plm_path):
 
 
 def test_cli_writes_a_loadable_model(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "plm_tune.cli", "tiny-model", str(tmp_path / "m")],
+    result = subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", "tiny-model", str(tmp_path / "m")],
                             capture_output=True, text=True, check=True)
     assert "Wrote a tiny random-init PLM" in result.stdout
     AutoModelForImageTextToText.from_pretrained(tmp_path / "m")

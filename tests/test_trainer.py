@@ -14,7 +14,7 @@ from trl import SFTConfig
 
 from data_adapters.synthetic import synthetic_shapes
 from plm_tune import ModelArguments, PLMCollator, build_trainer, load_model
-from plm_tune.model import part_of
+from plm_tune.modeling.model import part_of
 
 LRS = {"language": 1e-3, "vision": 2e-4, "projector": 5e-3}
 PART_LRS = ModelArguments(vision_lr=LRS["vision"], projector_lr=LRS["projector"])  # the language's: learning_rate
@@ -242,8 +242,8 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
     from conftest import make_frames, make_image
 
     from plm_tune import build_trainer, load_model
-    from plm_tune.media import load_video
-    from plm_tune.outputs import finish_run
+    from plm_tune.after_training.outputs import finish_run
+    from plm_tune.data.media import load_video
 
     def qa(question, answer, media):
         return [{"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]},
@@ -272,8 +272,8 @@ def test_plain_lists_of_mixed_samples_train_and_save(tiny_plm_path, tmp_path):
 def test_group_by_length_and_padding_free_from_the_training_arguments(tiny_plm_path, tmp_path):
     """`train_sampling_strategy="group_by_length"` and `padding_free=True`, as a recipe passes them in SFTConfig:
     the Trainer's batches are LengthGroupedBatchSampler's, and packing leaves no padding."""
-    from plm_tune.costs import sample_cost
-    from plm_tune.sampler import GroupedOrder, LengthGroupedBatchSampler
+    from plm_tune.encoding.costs import sample_cost
+    from plm_tune.encoding.sampler import GroupedOrder, LengthGroupedBatchSampler
 
     samples = synthetic_shapes(16, seed=0, image_size=56)
     samples = [{**samples[i], "max_tiles": 1 + i % 4, "id": i} for i in range(len(samples))]  # 2 to 5 tiles: ragged
@@ -305,7 +305,7 @@ def test_build_trainer_takes_settings_objects_and_returns_a_plm_trainer(tiny_plm
 
     import plm_tune
     from plm_tune import MediaArguments, PLMTrainer
-    from plm_tune.trainer import run_config
+    from plm_tune.training.trainer import run_config
 
     assert list(inspect.signature(build_trainer).parameters) == [
         "model", "processor", "train_dataset", "eval_dataset", "args", "media", "model_args", "eval_args",
@@ -333,7 +333,7 @@ def test_build_trainer_takes_settings_objects_and_returns_a_plm_trainer(tiny_plm
 
 
 def test_import_plm_tune_and_build_trainer_do_not_import_trl():
-    """TRL is imported by plm_tune.plm_trainer alone, when a trainer is built or PLMTrainer is named."""
+    """TRL is imported by plm_tune.training.plm_trainer alone, when a trainer is built or PLMTrainer is named."""
     import subprocess
     import sys
 
