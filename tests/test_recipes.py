@@ -224,6 +224,6 @@ def test_a_stream_needs_max_steps_and_a_number_of_held_out_samples(tmp_path, tin
         held_out_split(stream, 0.1)  # a recipe's default eval_split
     train, held = held_out_split(stream, 2)
     args = SFTConfig(output_dir=str(tmp_path / "out"), bf16=False, report_to="none")  # max_steps unset: -1
-    with pytest.raises(ValueError, match=r"a stream \(streaming: true\).*set max_steps"):
+    with pytest.raises(ValueError, match=r"a stream \(streaming: true\).*set `max_steps`"):
         finetune(train, held, ModelArguments(model_name_or_path=str(tiny_plm_path)), MediaArguments(), args,
                  EvalArguments())
