@@ -1,7 +1,9 @@
 """``PLMCollator``: canonical samples -> a model-ready PLM batch.
 
-Per sample: validate structure, process each image / video into pixels (exact placeholder counts follow from
-the pixel shapes), encode the conversation with exact labels, apply the ``max_length`` policy. Per batch:
+Per sample, two steps: ``plan`` (``plm_tune.encoding.sample_plan``: from media headers, the turns kept under the
+``max_length`` policy, the tiles of each image and frames of each video, the token ids with exact labels), then
+``build``: each image / video of a kept turn decoded and processed once, at its planned size, and checked
+against the plan. ``encode`` is both and counts nothing; ``__call__`` counts what the policy did. Per batch:
 right-pad ids / labels / mask, and concatenate every image tile of the batch in token order into
 ``pixel_values`` ``(1, total_tiles, 3, T, T)`` (likewise frames into ``pixel_values_videos``). The model
 scatters vision features into placeholder positions in order, so ragged tile and frame counts batch freely.
