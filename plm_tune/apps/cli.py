@@ -20,6 +20,25 @@ from plm_tune.methods import METHODS
 from plm_tune.modeling.run_folder import check_model_path
 
 
+def _installed_version() -> str:
+    """plm-tune's version as installed (the distribution's metadata; the package's own when run from a clone)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("plm-tune")
+    except metadata.PackageNotFoundError:
+        from plm_tune import __version__
+
+        return __version__
+
+
+def _env(args: argparse.Namespace) -> int:
+    from plm_tune.apps.environment import environment, format_environment
+
+    print(format_environment(environment()))
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     if not args.size and (args.text_layers or args.vision_layers):
         raise ValueError("--text-layers / --vision-layers go with --size (the tiny model's depth is fixed); "
@@ -236,7 +255,11 @@ class _CommandParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plm-tune", description="Finetune Perception Language Models (PLM).")
+    parser.add_argument("--version", action="version", version=f"plm-tune {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
+    env = sub.add_parser("env", help="versions of plm-tune, Python, torch + CUDA and the training libraries, and "
+                                     "the GPUs: paste it into a bug report")
+    env.set_defaults(func=_env)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-init PLM (offline tests and demos)")
     tiny.add_argument("path", help="output folder")
