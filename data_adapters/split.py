@@ -26,13 +26,10 @@ from functools import partial
 from typing import Any
 
 from data_adapters._records import stream_rows
+from plm_tune.arguments import SHUFFLE_BUFFER  # the recipes' CorpusArguments default: one value
 
 __all__ = ["SHUFFLE_BUFFER", "held_out_split"]
 
-# Samples a recipe's training stream is shuffled through (``IterableDataset.shuffle(buffer_size=...)``): a stream
-# has no order to permute, so each sample is drawn from a buffer of the next ones. The buffer holds samples as the
-# adapters give them (media as paths or encoded bytes), so 1000 is a few hundred MB of JPEGs at most.
-SHUFFLE_BUFFER = 1000
 
 
 def held_out_split(dataset: Any, held_out: float, *, seed: int = 0, stratify: bool = False,

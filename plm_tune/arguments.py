@@ -31,7 +31,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "MAX_NEW_TOKENS",
     "NUM_FRAMES",
+    "SHUFFLE_BUFFER",
     "TRAIN_ON",
+    "CorpusArguments",
     "EvalArguments",
     "MediaArguments",
     "ModelArguments",
@@ -69,11 +71,17 @@ class ModelArguments:
         "help": "Dropout on the LoRA input; 0.0 with dora, whose dropout redoes each base matmul."})
     lora_targets: Literal["language", "language+vision"] = field(
         default="language", metadata={"help": "Where LoRA adapters go; other unfrozen parts train in full."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "Which linear layers of the lora_targets parts get adapters, by name (e.g. q_proj v_proj; TRL's "
+                "key); None or all-linear: all of them (language: q/k/v/o_proj, gate/up/down_proj)."})
     vision_lr: float | None = field(default=None, metadata={"help": "Vision tower LR; None: learning_rate."})
     projector_lr: float | None = field(default=None, metadata={"help": "Projector LR; None: learning_rate."})
     labelled_logits_loss: bool | None = field(default=None, metadata={
         "help": "Loss from logits at the labelled positions only (True), or TRL's fused LM head (False; every "
                 "position off CUDA / XPU). None: True except on CUDA / XPU. Same loss either way (PLMTrainer)."})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = field(default=None, metadata={
+        "help": "Load dtype of the weights (TRL's dtype / torch_dtype); None or auto: bfloat16 on a GPU with bf16, "
+                "else float32. Trainable weights are float32 either way (plm_tune.modeling.precision)."})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "sdpa, eager or flash_attention_2; None: transformers' choice."})
     build_tiny_if_missing: bool = field(
@@ -128,6 +136,30 @@ class MediaArguments:
                 "clip, never below 1) before tiles or turns."})
     fit_tiles: bool = field(default=False, metadata={
         "help": "A sample over max_length keeps its turns and has its image tile budgets lowered, after frames."})
+
+
+# Samples a recipe's training stream is shuffled through (``data_adapters.held_out_split``, which
+# ``IterableDataset.shuffle(buffer_size=...)``s it): a stream has no order to permute, so each sample is drawn from a
+# buffer of the next ones. The buffer holds samples as the adapters give them (media as paths or encoded bytes), so
+# 1000 is a few hundred MB of JPEGs at most. A table is shuffled whole.
+SHUFFLE_BUFFER = 1000
+
+
+@dataclass
+class CorpusArguments:
+    """What every recipe does with its corpus, whatever reads it: bad records, the held-out split, streaming.
+
+    A recipe's own ``DataArguments`` (which files, which columns) subclasses it, so these keys mean the same
+    in every config."""
+
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
+    eval_split: float = field(default=0.1, metadata={
+        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split "
+                "(TRL's dataset_streaming)."})
+    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
+        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
 
 
 @dataclass

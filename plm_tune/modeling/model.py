@@ -24,14 +24,21 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
 
 from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, dora_dropout_note, settings_from
 from plm_tune.methods import METHOD_WORDS, METHODS, Method
-from plm_tune.modeling.precision import attention_by_part, deepspeed_dtype, default_dtype, set_training_dtypes
+from plm_tune.modeling.precision import (
+    attention_by_part,
+    deepspeed_dtype,
+    default_dtype,
+    load_dtype,
+    set_training_dtypes,
+)
 from plm_tune.modeling.run_folder import (
     ADAPTER_CONFIG,
     check_model_path,
@@ -108,7 +115,8 @@ def load_model(
             ``mlp.fc2`` (never the patch embedding); then ``"vision"`` must not be in ``freeze``. Unfrozen
             parts that are not LoRA targets train in full (peft ``modules_to_save``): with the defaults the
             projector trains in full, and with ``freeze=()`` the vision tower does too.
-        dtype: the load dtype; default bfloat16 on a CUDA GPU with bf16 support, else float32 (CPU). Frozen
+        dtype: the load dtype; default ``ModelArguments.dtype`` when one is given (a name: ``load_dtype``), else
+            bfloat16 on a CUDA GPU with bf16 support, else float32 (CPU). Frozen
             weights stay in it; trainable ones (adapters, a part trained in full) are float32, for the optimizer
             to step, or under DeepSpeed the engine's dtype (it keeps float32 master weights itself):
             ``set_training_dtypes``. Train a bf16 load with ``bf16=True`` (autocast computes in bf16). QLoRA
@@ -149,7 +157,7 @@ def load_model(
         from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
     frozen = _check_choices(args.method, args.freeze, args.lora_targets, from_pretrained_kwargs)
     engine_dtype = deepspeed_dtype()  # None outside DeepSpeed
-    model, processor = _load_pretrained(args.model_name_or_path, args.method, dtype or default_dtype(),
+    model, processor = _load_pretrained(args.model_name_or_path, args.method, load_dtype(dtype or args.dtype),
                                         trust_remote_code, from_pretrained_kwargs)
     # Before peft wraps the model, so modules_to_save copies (e.g. a fully trained tower) inherit it.
     if gradient_checkpointing:
@@ -233,7 +241,7 @@ def _make_trainable(model: Any, args: ModelArguments, frozen: set[str], seed: in
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         use_dora=args.method == "dora",
-        target_modules="|".join(LORA_LINEARS[part] for part in adapted),
+        target_modules=lora_target_pattern(model, adapted, args.lora_target_modules),
         modules_to_save=[_WHOLE_MODULES[part] for part in full_parts] or None,
         task_type="CAUSAL_LM",
     )
@@ -241,6 +249,25 @@ def _make_trainable(model: Any, args: ModelArguments, frozen: set[str], seed: in
         if seed is not None:
             torch.manual_seed(seed)  # CPU and every GPU: the adapter may sit wherever its base layer does
         return get_peft_model(model, config), how
+
+
+def lora_target_pattern(model: Any, parts: Iterable[str], names: Sequence[str] | str | None) -> str:
+    """peft's ``target_modules`` regex: the linear layers of ``parts`` (``LORA_LINEARS``), only those whose last
+    name is in ``names`` (TRL's ``lora_target_modules``: ``["q_proj", "v_proj"]``); None / ``"all-linear"``: all.
+
+    Raises:
+        ValueError: a name that is no LoRA-able linear layer of ``parts``, with the names there are.
+    """
+    pattern = "|".join(LORA_LINEARS[part] for part in parts)
+    if names is None or names == "all-linear" or list(names) == ["all-linear"]:
+        return pattern
+    names = [names] if isinstance(names, str) else list(names)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if re.fullmatch(pattern, name)}
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise ValueError(f"lora_target_modules {', '.join(missing)}: no such linear layer in the LoRA target parts "
+                         f"({'+'.join(parts)}); they have {', '.join(sorted(present))} (or all-linear: all of them).")
+    return f"(?=.*\\.(?:{'|'.join(map(re.escape, names))})$)(?:{pattern})"
 
 
 def _check_qlora_sharding() -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["apply_run_dtypes", "attention_by_part", "default_dtype", "deepspeed_dtype", "mixed_precision_context",
+__all__ = ["apply_run_dtypes", "attention_by_part", "default_dtype", "deepspeed_dtype", "load_dtype",
+           "mixed_precision_context",
            "set_training_dtypes", "vision_dtype"]
 
 # Attention kernels every sub-model of PLM takes. transformers copies a string attn_implementation into every
@@ -58,6 +59,32 @@ def default_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+# ModelArguments.dtype's names (and TRL's / torch's spellings of them) -> the dtype; "auto" / None: default_dtype.
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def load_dtype(name: str | torch.dtype | None) -> torch.dtype:
+    """The dtype to load weights in for ``ModelArguments.dtype`` (a name, a ``torch.dtype``, ``"auto"`` or None).
+
+    Raises:
+        ValueError: a name that is not a floating dtype plm-tune loads in.
+
+    Example:
+        >>> load_dtype("bfloat16"), load_dtype("float32")
+        (torch.bfloat16, torch.float32)
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None or name == "auto":
+        return default_dtype()
+    key = str(name).removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"dtype {name!r} is not one plm-tune loads weights in: use bfloat16, float16, float32 "
+                         "or auto (bfloat16 on a GPU with bf16, else float32).")
+    return _DTYPES[key]
 
 
 def vision_dtype(model: Any) -> torch.dtype:
