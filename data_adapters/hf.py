@@ -155,6 +155,7 @@ def from_hf_dataset(
     system_prompt: str | None = None,
     messages_column: str | None = None,
     split: str = "train",
+    config: str | None = None,
     streaming: bool = False,
     media_root: str | os.PathLike | None = None,
     allow_outside_root: bool = False,
@@ -181,8 +182,10 @@ def from_hf_dataset(
             ``<video>`` placeholders where the media go or none, which puts them at the start of the first
             user turn as TRL does; or TRL's list of ``{"type": ...}`` parts). The images come from
             ``image_column``: TRL's ``images`` list (taken when ``image_column`` is left at ``"image"`` and the
-            dataset has no such column) or a singular ``image``.
+            dataset has no such column) or a singular ``image``. ``"auto"``: ``"messages"`` when the dataset has
+            that column (TRL's conversational format), else ``prompt`` / ``answer_column``.
         split: which split to read.
+        config: the dataset's configuration name (``datasets.load_dataset``'s ``name``; TRL's ``dataset_config``).
         streaming: return an ``IterableDataset`` that converts rows as they are read (nothing held in memory;
             bad records surface while iterating). It keeps the source's shards (its files, or up to 64 row
             ranges of a table), so under several processes accelerate gives each process whole shards of its
@@ -211,12 +214,14 @@ def from_hf_dataset(
     """
     import datasets
 
-    data, source, local_root = _load(name_or_path, split, streaming)
+    data, source, local_root = _load(name_or_path, split, streaming, config)
     if not streaming and isinstance(data, datasets.IterableDataset):
         raise ValueError(f"{source}: a datasets.IterableDataset (a stream) with streaming=False. Building a table "
                          "from it would read every row, and its images, into memory. Pass streaming=True to convert "
                          "rows as they are read, or give a datasets.Dataset.")
     columns = _columns(data)
+    if messages_column == "auto":
+        messages_column = "messages" if "messages" in columns else None
     if messages_column is not None and image_column == "image" and "image" not in columns:
         image_column = "images" if "images" in columns else None  # TRL's list column, or none
     checked = (("image_column", image_column), ("video_column", video_column),
@@ -282,7 +287,7 @@ def _shard_rows(data: Any, shards: list[Any]) -> Iterator[tuple[int | str, dict[
             yield (index if data.num_shards == 1 else f"{index} in shard {shard}"), row
 
 
-def _load(name_or_path: Any, split: str, streaming: bool) -> tuple[Any, str, str | None]:
+def _load(name_or_path: Any, split: str, streaming: bool, config: str | None = None) -> tuple[Any, str, str | None]:
     """The split to read, a name for it in messages, and its local folder (if any)."""
     import datasets
 
@@ -298,7 +303,7 @@ def _load(name_or_path: Any, split: str, streaming: bool) -> tuple[Any, str, str
             loaded = _pick_split(loaded, split, str(path))
         return loaded, source, str(path)
     try:
-        loaded = datasets.load_dataset(str(name_or_path), split=split, streaming=streaming)
+        loaded = datasets.load_dataset(str(name_or_path), config, split=split, streaming=streaming)
     except ValueError as err:  # an unknown split lists the available ones
         raise ValueError(f"Could not load {source}: {err}") from err
     return loaded, source, str(path) if path.is_dir() else None

@@ -12,9 +12,11 @@ commands call the data reader ``--data-adapter`` (``--adapter`` still works ther
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 from plm_tune.apps.cli_run import add_after_training_commands
+from plm_tune.apps.train import add_train_commands
 from plm_tune.arguments import DEFAULT_MODEL, TRAIN_ON
 from plm_tune.methods import METHODS
 from plm_tune.modeling.run_folder import check_model_path
@@ -61,17 +63,10 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-# Adapter names accepted by `plm-tune data ... --adapter NAME`, as "module:function" in data_adapters.
-ADAPTERS = {
-    "hf": "data_adapters.hf:from_hf_dataset",
-    "image_folder": "data_adapters.image_folder:from_image_folder",
-    "llava": "data_adapters.llava:from_llava_json",
-    "plm_jsonl": "data_adapters.plm_jsonl:from_plm_jsonl",
-    "video_folder": "data_adapters.video_folder:from_video_folder",
-    "dicom": "data_adapters.dicom:from_dicom",
-    "webdataset": "data_adapters.webdataset:from_webdataset",
-    "synthetic_shapes": "data_adapters.synthetic:synthetic_shapes",
-}
+def _adapter_names() -> list[str]:
+    from data_adapters.registry import ADAPTERS  # a table only: no adapter is imported
+
+    return list(ADAPTERS)
 
 
 def _parse_value(text: str):
@@ -91,8 +86,8 @@ def _parse_value(text: str):
     return value
 
 
-def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:
-    """(adapter name, adapter kwargs, collator settings) from a YAML config and/or command-line flags."""
+def _load_data_spec(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(the data: section, collator settings) from a YAML config and/or command-line flags."""
     spec: dict = {}
     if args.config:
         import yaml
@@ -110,41 +105,20 @@ def _load_data_spec(args: argparse.Namespace) -> tuple[str, dict, dict]:
         if not sep:
             raise ValueError(f"--arg expects KEY=VALUE, got {item!r}.")
         spec[key] = _parse_value(value)
-    if adapter not in ADAPTERS:
-        raise ValueError(f"Unknown or missing data adapter {adapter!r}: pass --data-adapter with one of "
-                         f"{', '.join(ADAPTERS)} (or a config whose data: section has adapter: NAME).")
     collator_settings = {k: getattr(args, k) for k in ("max_length", "max_tiles", "num_frames", "train_on",
                                                         "vision_input_type") if getattr(args, k, None) is not None}
-    return adapter, spec, collator_settings
+    return {"adapter": adapter, **spec}, collator_settings
 
 
 def _dataset_from_args(args: argparse.Namespace):
     """(dataset, collator settings) from the data adapter named by the config / flags."""
-    import importlib
-    import inspect
+    from data_adapters.registry import read_data
 
-    adapter, kwargs, settings = _load_data_spec(args)
-    module_name, function_name = ADAPTERS[adapter].split(":")
-    build = getattr(importlib.import_module(module_name), function_name)
-    _check_adapter_args(adapter, build, kwargs)
-    if getattr(args, "command_data", None) == "check":
-        kwargs.setdefault("on_error", "skip")  # walk everything; problems are tabulated, not fatal
-    if getattr(args, "no_progress", False) and "progress" in inspect.signature(build).parameters:
-        kwargs.setdefault("progress", False)  # the adapter's scan of the records is a bar too
-    return build(**kwargs), settings
-
-
-def _check_adapter_args(adapter: str, build, kwargs: dict) -> None:
-    """Refuse argument names the data adapter does not take, listing the ones it does (before it runs)."""
-    import inspect
-
-    parameters = inspect.signature(build).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = [key for key in kwargs if key not in parameters]
-    if unknown:
-        raise ValueError(f"the {adapter} data adapter has no argument {', '.join(map(repr, unknown))} (from --arg or "
-                         f"the config's data: section); its arguments: {', '.join(parameters)}")
+    section, settings = _load_data_spec(args)
+    defaults = {"on_error": "skip"} if getattr(args, "command_data", None) == "check" else {}  # tabulate, not stop
+    if getattr(args, "no_progress", False):
+        defaults["progress"] = False  # the adapter's scan of the records is a bar too
+    return read_data(section, **defaults), settings
 
 
 def _data_setup(args: argparse.Namespace):
@@ -177,7 +151,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 def _add_data_flags(parser: argparse.ArgumentParser, *, adapter_flags: tuple[str, ...] = ("--data-adapter",)) -> None:
     parser.add_argument("config", nargs="?", help="a YAML config with a data: section (adapter: NAME plus its args)")
-    parser.add_argument(*adapter_flags, dest="data_adapter", choices=sorted(ADAPTERS),
+    parser.add_argument(*adapter_flags, dest="data_adapter", choices=sorted(_adapter_names()),
                         help="which data adapter reads the data")
     parser.add_argument("--arg", action="append", metavar="KEY=VALUE",
                         help="an adapter argument (repeatable), e.g. --arg root=./scans --arg prompt='Describe.'")
@@ -201,38 +175,33 @@ PLAN_FLAGS = {"model_name_or_path": "model_name_or_path", "max_length": "max_len
 def _plan(args: argparse.Namespace) -> int:
     """The config's run settings parsed as the recipes parse them; the data from its data: section or flags.
 
-    A recipe config has no data: section: its corpus keys are its recipe's, which the library does not import.
-    With --data-adapter they are listed as ignored; without it, the error says how to plan that config.
+    A recipe config (no data: section, no --data-adapter) is planned by its recipe, as ``plm-tune train CONFIG
+    --plan true`` runs it: the corpus keys are the recipe's. With --data-adapter a recipe config's corpus keys are
+    listed as ignored.
     """
-    import difflib
-
-    import yaml
-
-    from plm_tune.apps.finetune import parse_settings, settings_keys
+    from plm_tune.apps.config import RECIPE_KEY, read_config
+    from plm_tune.apps.finetune import recipe_parser
     from plm_tune.training.plan import plan_report
 
-    config = {}
-    if args.config:
-        with open(args.config) as f:
-            config = yaml.safe_load(f) or {}
-    has_data = "data" in config
-    config.pop("data", None)
-    valid = [key for names in settings_keys().values() for key in names]
+    config = read_config(args.config) if args.config else {}
+    flags = {setting: getattr(args, flag) for flag, setting in PLAN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.config and "data" not in config and not args.data_adapter:
+        from plm_tune.apps.train import train
+
+        overrides = [item for setting, value in flags.items() for item in (f"--{setting}", str(value))]
+        return train(args.config, [*overrides, "--plan", "true"])
+    has_data = config.pop("data", None) is not None
+    config.pop(RECIPE_KEY, None)
+    parser = recipe_parser()
+    valid = {key for names in parser.valid_keys().values() for key in names}
     other = sorted(key for key in config if key not in valid)
-    typos = {key: difflib.get_close_matches(key, valid, n=1, cutoff=0.8) for key in other}
-    typos = {key: match[0] for key, match in typos.items() if match}
+    typos = [key for key in other if difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.8)]
     if other and (has_data or typos):  # a data config has no corpus keys; a near miss is a typo anyway
-        parse_settings({key: config[key] for key in (other if has_data else typos)})  # raises, naming them
-    if other and not args.data_adapter:
-        raise ValueError(f"{args.config} has no data: section and sets {', '.join(other)}: a recipe's corpus keys, "
-                         "read by its recipe. Plan it with the recipe itself (add --plan true to its command: "
-                         "python recipes/RECIPE.py --config CONFIG --plan true), or give the data here with "
-                         "--data-adapter NAME --arg KEY=VALUE.")
+        raise parser.unknown_key_error(other if has_data else typos, f"in {args.config}")
     if other:
         print(f"Ignored {', '.join(other)}: corpus keys of a recipe config (the data comes from --data-adapter).",
               file=sys.stderr)
-    flags = {setting: getattr(args, flag) for flag, setting in PLAN_FLAGS.items() if getattr(args, flag) is not None}
-    model_args, media_args, training_args, _ = parse_settings(
+    model_args, media_args, training_args, _ = parser.parse_dict(
         {**{k: v for k, v in config.items() if k not in other}, **flags})
     check_model_path(model_args.model_name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
     dataset, _ = _dataset_from_args(args)
@@ -244,11 +213,18 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 class _CommandParser(argparse.ArgumentParser):
-    """A subcommand's parser: an unknown flag is its error, with its usage (argparse would hand it to the top)."""
+    """A subcommand's parser: an unknown flag is its error, with its usage (argparse would hand it to the top);
+    with ``keep_extras`` (``train``) unknown flags are the recipe's overrides, ``args.overrides``."""
+
+    def __init__(self, *args, keep_extras: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_extras = keep_extras
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
-        if extras:
+        if self.keep_extras:
+            namespace.overrides, extras = extras, []
+        elif extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
 
@@ -297,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-progress", action="store_true", help="no progress bar")
     plan.set_defaults(func=_plan)
 
+    add_train_commands(sub)
     add_after_training_commands(sub, add_data_flags=_add_data_flags, read_data=_dataset_from_args,
                                 default_model=DEFAULT_MODEL)
     return parser
