@@ -26,19 +26,19 @@ import plm_tune  # noqa: F401
 
 # isort: split
 from dataclasses import dataclass, field
-from typing import Literal
 
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
-from data_adapters import SHUFFLE_BUFFER, from_hf_dataset, held_out_split, synthetic_shapes
+from data_adapters import from_hf_dataset, held_out_split, synthetic_shapes
+from plm_tune.apps.config import PLMParser
 from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+from plm_tune.arguments import CorpusArguments, EvalArguments, MediaArguments, ModelArguments
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
 
 
 @dataclass
-class DataArguments:
+class DataArguments(CorpusArguments):  # + on_error, eval_split, streaming, shuffle_buffer
     dataset: str = field(default="unsloth/Radiology_mini", metadata={"help": "Hub name or save_to_disk folder."})
     dataset_split: str = field(default="train", metadata={"help": "Split of `dataset` to read."})
     image_column: str = field(default="image", metadata={"help": "Image column of `dataset`."})
@@ -46,16 +46,9 @@ class DataArguments:
     prompt: str = field(default=RADIOGRAPHER_PROMPT, metadata={
         "help": "The question: a column name, a {column} template or fixed text."})
     synthetic_shapes: int = field(default=0, metadata={"help": "Instead of `dataset`: this many generated images."})
-    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    eval_split: float = field(default=0.1, metadata={
-        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
-    streaming: bool = field(default=False, metadata={
-        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split."})
-    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
-        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
 
 
-def make_parser() -> TrlParser:
+def make_parser() -> PLMParser:
     """The run settings (plm_tune.arguments; method defaults to full here), this recipe's corpus, SFTConfig."""
     return recipe_parser(DataArguments, method="full")
 

@@ -36,13 +36,13 @@ import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Literal
 
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
-from data_adapters import SHUFFLE_BUFFER, from_dicom, from_hf_dataset, held_out_split
+from data_adapters import from_dicom, from_hf_dataset, held_out_split
+from plm_tune.apps.config import PLMParser
 from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+from plm_tune.arguments import CorpusArguments, EvalArguments, MediaArguments, ModelArguments
 from plm_tune.verbosity import VERBOSE_ENV
 
 RADIOGRAPHER_PROMPT = "You are an expert radiographer. Describe accurately what you see in this image."
@@ -50,7 +50,7 @@ PYDICOM_TESTDATA = "pydicom-testdata"  # a dicom_dir value: the example files py
 
 
 @dataclass
-class DataArguments:
+class DataArguments(CorpusArguments):  # + on_error, eval_split, streaming, shuffle_buffer
     dataset: str = field(default="unsloth/Radiology_mini", metadata={"help": "Hub name or save_to_disk folder."})
     dataset_split: str = field(default="train", metadata={"help": "Split of `dataset` to read."})
     image_column: str = field(default="image", metadata={"help": "Image column of `dataset`."})
@@ -62,20 +62,13 @@ class DataArguments:
         "help": "Caption template over DICOM keywords."})
     dicom_captions_table: str | None = field(default=None, metadata={
         "help": "csv / jsonl with file_name (or SOPInstanceUID) and caption; replaces dicom_caption."})
-    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    eval_split: float = field(default=0.1, metadata={
-        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
-    streaming: bool = field(default=False, metadata={
-        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split."})
-    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
-        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
     stratify_eval: bool = field(default=False, metadata={
         "help": "Hold out eval_split of each distinct answer (class-like answers such as a modality)."})
     verbose: bool = field(default=False, metadata={
         "help": "Print every skipped file and the Trainer's full log dicts (same as PLM_TUNE_VERBOSE=1)."})
 
 
-def make_parser() -> TrlParser:
+def make_parser() -> PLMParser:
     """The run settings (plm_tune.arguments), this recipe's corpus, SFTConfig: YAML + command line."""
     return recipe_parser(DataArguments)
 

@@ -26,17 +26,17 @@ import plm_tune  # noqa: F401
 # isort: split
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
-from data_adapters import SHUFFLE_BUFFER, from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
+from data_adapters import from_plm_jsonl, from_video_folder, held_out_split, synthetic_videos
+from plm_tune.apps.config import PLMParser
 from plm_tune.apps.finetune import build_tiny_if_asked, finetune, recipe_parser
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+from plm_tune.arguments import CorpusArguments, EvalArguments, MediaArguments, ModelArguments
 
 
 @dataclass
-class DataArguments:
+class DataArguments(CorpusArguments):  # + on_error, eval_split, streaming, shuffle_buffer
     video_folder: str | None = field(default=None, metadata={"help": "Folder of videos + annotations table."})
     annotations: str = field(default="annotations.csv", metadata={"help": "The table's name in video_folder."})
     plm_jsonl: str | None = field(default=None, metadata={"help": "A perception_models jsonl file instead."})
@@ -45,16 +45,9 @@ class DataArguments:
     prompt: str | None = field(default=None, metadata={
         "help": "video_folder's question: a column, a {column} template or fixed text; None: its question "
                 "column, else 'Describe this video.'."})
-    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "On a bad record: stop or skip."})
-    eval_split: float = field(default=0.1, metadata={
-        "help": "Held out for eval loss: a share of the samples (< 1) or a number of them (a stream's first); 0: none."})
-    streaming: bool = field(default=False, metadata={
-        "help": "Read samples as training goes, none held in memory: needs max_steps and a number for eval_split."})
-    shuffle_buffer: int = field(default=SHUFFLE_BUFFER, metadata={
-        "help": "With streaming: samples the training stream is shuffled through (a table is shuffled whole)."})
 
 
-def make_parser() -> TrlParser:
+def make_parser() -> PLMParser:
     """The run settings (plm_tune.arguments), this recipe's corpus, SFTConfig: YAML + command line."""
     return recipe_parser(DataArguments)
 

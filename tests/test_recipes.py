@@ -1,13 +1,15 @@
 """Recipes: every shipped config parses against its script, and each script trains the tiny PLM end to end.
 
-A config's first line is its command, ``# accelerate launch recipes/<script>.py --config recipes/configs/<name>.yaml``:
-that is how a config names its recipe, and the first thing a reader of the YAML sees.
+A config's first lines are its commands, ``# plm-tune train <name>`` and ``# from a clone: accelerate launch
+recipes/<script>.py --config recipes/configs/<name>.yaml``: the first thing a reader of the YAML sees; its
+``recipe: <script>`` key is how ``plm-tune train`` finds the script, and the two must agree.
 The smoke runs are subprocesses run from ``tmp_path`` (nothing is written into the repository), 3 steps each.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -19,19 +21,23 @@ from conftest import run_recipe
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = sorted((ROOT / "recipes").glob("*.py"))
+RECIPES = sorted(path for path in (ROOT / "recipes").glob("*.py") if not path.name.startswith("_"))
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
-COMMAND = re.compile(r"# accelerate launch (recipes/\w+\.py) --config (recipes/configs/[\w.-]+\.yaml)")
+COMMAND = re.compile(r"# from a clone: accelerate launch (recipes/\w+\.py) --config (recipes/configs/[\w.-]+\.yaml)")
 
 
 def recipe_of(config: Path) -> Path:
-    first_line = config.read_text().splitlines()[0]
-    match = COMMAND.match(first_line)
-    assert match, f"{config.name}: the first line must be its command, '# accelerate launch recipes/<script>.py " \
-                  f"--config recipes/configs/{config.name}'; found {first_line!r}."
+    first, second = config.read_text().splitlines()[:2]
+    assert first.split()[:4] == ["#", "plm-tune", "train", config.stem], \
+        f"{config.name}: the first line must be its command, '# plm-tune train {config.stem}'; found {first!r}."
+    match = COMMAND.match(second)
+    assert match, f"{config.name}: the second line must be '# from a clone: accelerate launch recipes/<script>.py " \
+                  f"--config recipes/configs/{config.name}'; found {second!r}."
     assert match.group(2) == f"recipes/configs/{config.name}", f"{config.name}'s command names {match.group(2)}."
     script = ROOT / match.group(1)
     assert script.is_file(), f"{config.name} names {match.group(1)}, which does not exist."
+    assert yaml.safe_load(config.read_text()).get("recipe") == script.stem, \
+        f"{config.name}: its recipe: key must name {script.stem}, the script its command runs."
     return script
 
 
@@ -98,6 +104,8 @@ def test_one_default_per_setting():
     for function in (load_model, build_trainer, plan_report, PLMCollator, estimate_memory, generate):
         parameters = inspect.signature(function).parameters
         for name, value in {**vars(model_args), **vars(media_args)}.items():
+            if name == "dtype" and value is None:
+                continue  # unset is "auto": bfloat16 on a GPU, what estimate_memory assumes for the GPU it sizes
             if name in parameters and parameters[name].default is not inspect.Parameter.empty:
                 default = parameters[name].default
                 assert (list(default) if isinstance(default, tuple) else default) == value, (function, name)
@@ -180,6 +188,15 @@ def test_video_lora_demo_trains(tmp_path, tiny_plm_path):
     ])
     assert (tmp_path / "out/adapter_model.safetensors").is_file()
     assert (tmp_path / "out/processor_config.json").is_file()
+
+
+def test_sft_demo_trains_on_its_data_section(tmp_path, tiny_plm_path):
+    run_recipe(tmp_path, [
+        sys.executable, str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/configs/sft_demo.yaml"),
+        "--model_name_or_path", str(tiny_plm_path), "--report_to", "none",
+    ])
+    assert (tmp_path / "out/adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "out/adapter_config.json").read_text())["r"] == 8  # the config's lora_r
 
 
 def test_full_finetune_keeps_the_frozen_tower_bit_identical(tmp_path, tiny_plm_path):

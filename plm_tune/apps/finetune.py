@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from plm_tune.after_training.outputs import RunOutputs, finish_run
+from plm_tune.apps.config import PLMParser
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import load_model
@@ -29,19 +30,19 @@ from plm_tune.training.trainer import build_trainer, loss_change
 __all__ = ["build_tiny_if_asked", "finetune", "recipe_parser"]
 
 
-def recipe_parser(data_arguments: type | None = None, **defaults: Any) -> Any:
-    """A ``trl.TrlParser`` over ``(ModelArguments, MediaArguments, data_arguments, SFTConfig, EvalArguments)``.
+def recipe_parser(data_arguments: type | None = None, **defaults: Any) -> PLMParser:
+    """The config parser of a recipe: ``(ModelArguments, MediaArguments, data_arguments, SFTConfig, EvalArguments)``
+    read from a YAML config and the command line (``plm_tune.apps.config``: TRL's key names read too, an unknown
+    key listing the valid ones).
 
     ``defaults`` replace dataclass defaults (a recipe's own, e.g. ``method="full"``); a value from the YAML or the
     command line still wins. ``bf16`` defaults to what this machine supports: SFTConfig turns it on, which
     transformers refuses on a CPU or an old GPU. Without ``data_arguments``: the run settings alone.
     """
-    from trl import SFTConfig, TrlParser
+    from trl import SFTConfig
 
     classes = (ModelArguments, MediaArguments, *([data_arguments] if data_arguments else []), SFTConfig, EvalArguments)
-    parser = TrlParser(classes)
-    parser.set_defaults(**_machine_defaults(), **defaults)
-    return parser
+    return PLMParser(classes, **_machine_defaults(), **defaults)
 
 
 def _machine_defaults() -> dict[str, Any]:
@@ -59,10 +60,11 @@ def settings_keys() -> dict[str, list[str]]:
 
 
 def parse_settings(config: dict[str, Any]) -> tuple[ModelArguments, MediaArguments, Any, EvalArguments]:
-    """A config's run settings, parsed as ``recipe_parser`` parses them (same dataclasses, same defaults).
+    """A config's run settings, parsed as ``recipe_parser`` parses them (same dataclasses, same defaults, TRL's
+    model keys read).
 
     Args:
-        config: keys of ``settings_keys()`` only (a YAML config without its corpus keys).
+        config: keys of ``settings_keys()`` (and ``TrlKeys``' model keys) only: a YAML config without its corpus.
 
     Returns:
         ``(model_args, media_args, training_args, eval_args)``; ``training_args`` is an ``SFTConfig``.
@@ -70,14 +72,7 @@ def parse_settings(config: dict[str, Any]) -> tuple[ModelArguments, MediaArgumen
     Raises:
         ValueError: a key that no dataclass has, named, with the valid keys.
     """
-    keys = settings_keys()
-    unknown = sorted(set(config) - {key for names in keys.values() for key in names})
-    if unknown:
-        listed = "; ".join(f"{name}: {', '.join(names)}" for name, names in keys.items() if name != "SFTConfig")
-        raise ValueError(f"Unknown config key(s) {', '.join(unknown)}. Valid keys: {listed}; and any "
-                         "trl.SFTConfig field (per_device_train_batch_size, max_length, activation_checkpointing, ...).")
-    parser = recipe_parser()
-    return tuple(parser.parse_dict({**_machine_defaults(), **config}))
+    return recipe_parser().parse_dict(config)
 
 
 def build_tiny_if_asked(model_args: ModelArguments, training_args: Any) -> None:
