@@ -157,3 +157,15 @@ def test_no_library_function_is_over_100_lines():
             for path in (ROOT / "plm_tune").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 100]
     assert long == []
+
+
+def test_the_wheel_lists_every_package_of_the_tree():
+    """pyproject.toml lists the packages (recipes/ ships as plm_tune_recipes, which discovery cannot map): a new
+    sub-package missing from the list would be missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {str(init.parent.relative_to(ROOT)).replace("/", ".")
+            for top in ("plm_tune", "data_adapters") for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == tree | {"plm_tune_recipes"}
+    assert (ROOT / "recipes/__init__.py").is_file()
