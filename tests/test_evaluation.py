@@ -12,8 +12,9 @@ from conftest import make_frames, make_image
 from plm_tune import PLMCollator, generate, load_model
 from plm_tune.inference.evaluation import EvalResult, base_model_context, evaluate, load_eval, save_eval
 from plm_tune.inference.metrics import (
-    bleu,
+    bleu_signatures,
     choice_accuracy,
+    corpus_bleu,
     exact_match,
     normalize_answer,
     rouge_l,
@@ -56,28 +57,75 @@ def test_choice_accuracy_rules():
     assert choice_accuracy("D", "A", choices) == 0.0  # out-of-range letter picks nothing
 
 
+# Reference / answer pairs that exercise sacreBLEU's tokenizer and smoothing: an empty answer, punctuation glued to
+# words, case, numbers with decimals and units, a hyphen, non-ASCII text, a long answer and an exact match.
+PAIRS = [
+    ("A 3.5 cm nodule in the right upper lobe.", "A 3.5 cm nodule in the right upper lobe."),
+    ("A 3 cm nodule, right upper lobe", "a 3.5cm nodule in the RIGHT upper lobe."),
+    ("", "No acute cardiopulmonary abnormality."),
+    ("No acute abnormality!!", "No acute cardiopulmonary abnormality."),
+    ("Left-sided pleural effusion (moderate).", "Moderate left-sided pleural effusion."),
+    ("CT", "CT"),
+    ("Fracture of the 5th metatarsal; 2 fragments.", "Fracture of the fifth metatarsal with two fragments."),
+    ("Épanchement pleural «gauche» modéré.", "Épanchement pleural gauche modéré."),
+    ("The heart size is normal. The lungs are clear. There is no effusion or pneumothorax.",
+     "Heart size normal. Lungs clear; no pleural effusion, no pneumothorax."),
+]
+
+
+def test_corpus_bleu_is_sacrebleus_corpus_bleu_on_the_raw_text():
+    import sacrebleu
+
+    answers, references = [a for a, _ in PAIRS], [r for _, r in PAIRS]
+    expected = sacrebleu.corpus_bleu(answers, [references])  # the call papers' numbers come from
+    assert 0 < expected.score < 100
+    assert corpus_bleu(answers, references) * 100 == pytest.approx(expected.score, abs=1e-9)
+    _, means = score_answers(answers, references)
+    assert means["corpus_bleu"] * 100 == pytest.approx(expected.score, abs=1e-9)
+    # Each subset too (orders with no match, the brevity penalty): not only one lucky total.
+    for cut in range(1, len(PAIRS)):
+        expected = sacrebleu.corpus_bleu(answers[:cut], [references[:cut]]).score
+        assert corpus_bleu(answers[:cut], references[:cut]) * 100 == pytest.approx(expected, abs=1e-9), cut
+    metric = sacrebleu.BLEU()
+    metric.corpus_score(answers, [references])
+    assert bleu_signatures()["corpus_bleu"] == str(metric.get_signature())
+    assert "tok:13a|smooth:exp" in bleu_signatures()["corpus_bleu"]
+
+
+def test_sentence_bleu_is_sacrebleus_sentence_bleu():
+    import sacrebleu
+
+    for answer, reference in PAIRS:
+        expected = sacrebleu.sentence_bleu(answer, [reference]).score
+        assert sentence_bleu(answer, reference) * 100 == pytest.approx(min(expected, 100.0), abs=1e-9), answer
+    per_sample, _ = score_answers([a for a, _ in PAIRS], [r for _, r in PAIRS])
+    assert [s["sentence_bleu"] for s in per_sample] == [sentence_bleu(a, r) for a, r in PAIRS]
+    assert "eff:yes" in bleu_signatures()["sentence_bleu"]
+
+
 def test_bleu_hand_computed():
-    # pred "the cat sat on the mat" vs ref "the cat is on the mat", 6 tokens each, so no brevity penalty.
-    # 1-grams: the x2, cat, on, mat match: 5/6. 2-grams: the-cat, on-the, the-mat: 3/5 -> smoothed 4/6.
-    # 3-grams: on-the-mat: 1/4 -> 2/5. 4-grams: none of 3 -> 1/4. BLEU = (5/6 * 4/6 * 2/5 * 1/4) ** (1/4).
-    expected = (5 / 6 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
-    assert sentence_bleu("The cat sat on the mat.", "the cat is on the mat") == pytest.approx(expected)
-    assert bleu(["the cat sat on the mat"], ["the cat is on the mat"], smooth=False) == 0.0  # no 4-gram match
-    # Brevity: 2 of 6 reference tokens, every precision 1 (orders 2..4: (1+1)/(1+1), (0+1)/(0+1)), BP = e^(1-6/2).
-    assert sentence_bleu("the cat", "the cat sat on the mat") == pytest.approx(math.exp(-2))
-    # Corpus BLEU sums counts before dividing: unigrams (2 + 0) / (2 + 2), not the mean of 1 and 0.
-    corpus = bleu(["the cat", "red dog"], ["the cat", "blue fish"], max_order=1)
-    assert corpus == pytest.approx(0.5)
+    # 13a tokens: "The cat sat on the mat ." vs "The cat is on the mat .", 7 each, so no brevity penalty.
+    # 1-grams 6/7; 2-grams The-cat, on-the, the-mat, mat-. 4/6; 3-grams 2/5; 4-grams on-the-mat-. 1/4.
+    expected = (6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
+    assert corpus_bleu(["The cat sat on the mat."], ["The cat is on the mat."]) == pytest.approx(expected)
+    # No 4-gram matches: exp smoothing gives that order 1 / (2 * 3 four-grams) instead of zeroing the score.
+    expected = (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(expected)
+    # Corpus BLEU sums counts over sentences before dividing; "a red dog ran" adds 4/4, 3/3, 2/2, 1/1 matches.
+    answers, references = ["the cat sat on the mat", "a red dog ran"], ["the cat is on the mat", "a red dog ran"]
+    expected = (9 / 10 * 6 / 8 * 3 / 6 * 1 / 4) ** 0.25
+    assert corpus_bleu(answers, references) == pytest.approx(expected)
 
 
 def test_bleu_edge_cases():
-    assert sentence_bleu("A small nodule.", "a small nodule") == 1.0
-    assert sentence_bleu("yes", "Yes.") == 1.0  # one word, identical: smoothing keeps the empty orders at 1
+    assert sentence_bleu("Yes.", "Yes.") == 1.0  # capped at 1: sacreBLEU's float sum reads 100.00000000000004
+    assert sentence_bleu("yes", "Yes.") == 0.0  # raw text: case and punctuation count, unlike exact_match
     assert sentence_bleu("", "a small nodule") == 0.0
-    assert sentence_bleu("completely different", "a small nodule") == 0.0
-    assert bleu([], []) == 0.0
+    # Answers shorter than 4 tokens have no 4-gram: sacreBLEU's corpus BLEU gives no credit (read accuracy).
+    assert corpus_bleu(["CT", "MR"], ["CT", "MR"]) == 0.0
+    assert corpus_bleu([], []) == 0.0
     with pytest.raises(ValueError, match="one reference per prediction"):
-        bleu(["a"], [])
+        corpus_bleu(["a"], [])
 
 
 def test_rouge_l_hand_computed():
@@ -94,12 +142,12 @@ def test_rouge_l_hand_computed():
 def test_score_answers_kinds_and_unscored():
     per_sample, means = score_answers(["Nodule.", "B", "anything"], ["nodule", "no finding", None])
     assert per_sample[2] == {}  # no reference: not scored, not in the means
-    assert set(per_sample[0]) == {"exact_match", "accuracy", "bleu", "rouge_l"}  # every reference <= 3 words
+    assert set(per_sample[0]) == {"exact_match", "accuracy", "sentence_bleu", "rouge_l"}  # every reference <= 3 words
     assert means["exact_match"] == 0.5 and means["accuracy"] == 0.5
-    assert means["corpus_bleu"] == pytest.approx(bleu(["Nodule.", "B"], ["nodule", "no finding"]))
+    assert means["corpus_bleu"] == corpus_bleu(["Nodule.", "B"], ["nodule", "no finding"])
 
     per_sample, means = score_answers(["a long caption here now"], ["a long caption here too"])
-    assert set(means) == {"exact_match", "bleu", "rouge_l", "corpus_bleu"}  # 5 words: no accuracy
+    assert set(means) == {"exact_match", "sentence_bleu", "rouge_l", "corpus_bleu"}  # 5 words: no accuracy
     _, means = score_answers(["B) x"], ["B"], kind="choice")
     assert means == {"exact_match": 0.0, "accuracy": 1.0}
     assert score_answers(["x"], [None]) == ([{}], {})
@@ -143,9 +191,10 @@ def test_evaluate_records_metrics_and_eval_loss(model, processor, tmp_path):
     assert all(r.base_answer is None and r.base_scores == {} for r in result.records)
     assert result.base_metrics is None
 
-    assert set(result.metrics) == {"exact_match", "bleu", "rouge_l", "corpus_bleu", "eval_loss", "samples"}
+    assert set(result.metrics) == {"exact_match", "sentence_bleu", "rouge_l", "corpus_bleu", "eval_loss", "samples"}
     assert result.metrics["samples"] == 3
-    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("exact_match", "bleu", "rouge_l", "corpus_bleu"))
+    assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("exact_match", "sentence_bleu", "rouge_l", "corpus_bleu"))
+    assert result.info["sacrebleu_signature"] == bleu_signatures()  # the settings behind the BLEU, in eval.json
     # The answered samples as one training batch: its mean token loss is what evaluate found over 2 batches.
     batch = PLMCollator(processor)(samples[:3])
     with torch.no_grad():

@@ -160,7 +160,8 @@ def test_radiology_demo_evaluates_by_generation_and_writes_a_report(radiology_de
     assert {r["reference"] for r in result["records"]} == {"OT", "US", "MR", "CT", "CR", "RTDOSE", "NM", "SEG"}
     assert [r["reference"] for r in result["records"]] == [s["messages"][-1]["content"][0]["text"] for s in eval_data]
     assert all(r["base_answer"] is not None for r in result["records"])  # before / after, adapter switched off
-    assert {"exact_match", "bleu", "rouge_l", "eval_loss"} <= set(result["metrics"]) == set(result["base_metrics"])
+    assert {"exact_match", "sentence_bleu", "corpus_bleu", "rouge_l", "eval_loss"} <= set(result["metrics"]) \
+        == set(result["base_metrics"])
     assert (out / "eval/report.html").stat().st_size > 10_000  # images inlined
     assert "Report: out/eval/report.html" in radiology_demo.output  # output_dir is relative: out
     info = json.loads((out / "plm_tune_training.json").read_text())

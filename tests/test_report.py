@@ -23,12 +23,13 @@ from PIL import Image
 
 from plm_tune.after_training.report import rank_records, write_report
 from plm_tune.inference.evaluation import EvalRecord, EvalResult
+from plm_tune.inference.metrics import bleu_signatures
 
 pydicom_data = pytest.importorskip("pydicom.data")
 
 SCREENSHOT_COPY = Path("/tmp/plm-report-screenshot.png")
-METRICS = {"exact_match": 0.4, "bleu": 0.31, "rouge_l": 0.52, "eval_loss": 1.25}
-BASE_METRICS = {"exact_match": 0.1, "bleu": 0.12, "rouge_l": 0.3, "eval_loss": 2.5}
+METRICS = {"exact_match": 0.4, "corpus_bleu": 0.31, "rouge_l": 0.52, "eval_loss": 1.25}
+BASE_METRICS = {"exact_match": 0.1, "corpus_bleu": 0.12, "rouge_l": 0.3, "eval_loss": 2.5}
 INJECTION = "<script>alert(1)</script>"
 CONTROL = "\x07\x1b[0m\x00"  # a bell, an ANSI escape and a NUL, as random models print
 TRAINING = {"method": "lora", "train_samples": 105, "datasets": ["pydicom-testdata"], "global_step": 40,
@@ -102,7 +103,8 @@ def report(tmp_path_factory) -> tuple[Path, EvalResult, list[dict]]:
     result = EvalResult(metrics=dict(METRICS), records=_records(), base_metrics=dict(BASE_METRICS),
                         info={"model": "facebook/Perception-LM-1B", "adapter": "runs/radiology/adapter",
                               "timings": {"generate_s": 12.5}, "answered": 5, "training": TRAINING,
-                              "base_generation_seconds": 1.027413005000085})
+                              "base_generation_seconds": 1.027413005000085,
+                              "sacrebleu_signature": bleu_signatures()})
     samples = _samples()
     path = write_report(result, samples, tmp_path_factory.mktemp("report") / "out" / "report.html",
                         title="radiology LoRA <eval>", frames_per_video=FRAMES_IN_STRIP, self_check=True)
@@ -118,6 +120,17 @@ def test_metrics_table_has_one_row_per_metric_with_base_finetuned_and_change(rep
     assert re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", row) == ["rouge_l", "0.3", "0.52", "+0.22"]
     # eval_loss went down: an improvement, so it is coloured as one.
     assert re.search(r'<tr data-metric="eval_loss">.*?<td class="change up">-1.25</td>', html)
+
+
+def test_bleu_rows_are_explained_with_sacrebleus_signatures(report):
+    path, _, _ = report
+    html = path.read_text()
+    note = re.search(r'<p id="bleu-signature">(.*?)</p>', html).group(1)
+    assert "divided by 100" in note
+    for name, signature in bleu_signatures().items():
+        assert f"{name} <code>{signature}</code>" in note  # e.g. nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|...
+    assert html.index('id="metrics"') < html.index('id="bleu-signature"') < html.index('id="best"')
+    assert 'data-key="sacrebleu_signature"' not in html  # said once, under the table, not again in the details
 
 
 def test_every_image_is_an_embedded_thumbnail_and_nothing_is_fetched(report):
@@ -165,14 +178,15 @@ def test_gallery_shows_best_cases_then_worst_with_media_prompt_answers_and_score
 
 def test_without_a_base_model_the_base_column_is_a_dash_and_cases_rank_by_finetuned_score(tmp_path):
     records = [EvalRecord(index=i, sample_id=None, prompt="q", reference=None, answer=f"a{i}",
-                          scores={"bleu": s}) for i, s in enumerate([0.2, 0.9, 0.5, 0.1])]
-    result = EvalResult(metrics={"bleu": 0.425}, records=records)
+                          scores={"sentence_bleu": s}) for i, s in enumerate([0.2, 0.9, 0.5, 0.1])]
+    result = EvalResult(metrics={"sentence_bleu": 0.425}, records=records)
     html = write_report(result, [{}] * 4, tmp_path / "report.html").read_text()
     page = _Page(html)
-    assert re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", re.search(r'<tr data-metric="bleu">(.*?)</tr>', html).group(1)) \
-        == ["bleu", "\u2014", "0.425", "\u2014"]
+    row = re.search(r'<tr data-metric="sentence_bleu">(.*?)</tr>', html).group(1)
+    assert re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", row) == ["sentence_bleu", "\u2014", "0.425", "\u2014"]
     assert page.case_order() == [("best", 1), ("best", 2), ("worst", 3), ("worst", 0)]
-    assert "Best cases (highest finetuned bleu)" in page.text
+    assert "Best cases (highest finetuned sentence_bleu)" in page.text
+    assert not page.find("p", id="bleu-signature")  # no signature recorded: no claim about the settings
     assert not page.find("div", **{"class": "answer base"}) and not page.find("script")
 
 
@@ -193,9 +207,10 @@ def test_missing_or_unreadable_media_shows_a_placeholder_with_the_error(tmp_path
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     samples = [{"images": [str(tmp_path / "missing.png"), str(broken)], "videos": [{"path": "/no/clip.mp4"}]}]
-    records = [EvalRecord(index=i, sample_id=None, prompt="q", reference="r", answer="a", scores={"bleu": 0.5})
-               for i in (0, 7)]  # sample 7 does not exist
-    html = write_report(EvalResult(metrics={"bleu": 0.5}, records=records), samples, tmp_path / "r.html").read_text()
+    records = [EvalRecord(index=i, sample_id=None, prompt="q", reference="r", answer="a",
+                          scores={"sentence_bleu": 0.5}) for i in (0, 7)]  # sample 7 does not exist
+    result = EvalResult(metrics={"sentence_bleu": 0.5}, records=records)
+    html = write_report(result, samples, tmp_path / "r.html").read_text()
     page = _Page(html)
     errors = [t for t in page.text if t.startswith("could not show")]
     assert len(page.find("div", **{"class": "media-error"})) == len(errors) == 4

@@ -2,7 +2,8 @@
 
 ``finish_run`` leaves one output folder that is useful on its own: the model or adapter with its processor,
 ``plm_tune_training.json``, the held-out split in ``eval_data/`` and ``eval/eval.json`` + ``eval/report.html``
-(``plm_tune.modeling.run_folder`` owns that layout and documents it).
+(``plm_tune.modeling.run_folder`` owns that layout and documents it). The report's gallery also goes to
+TensorBoard and W&B when the run reports to them (``plm_tune.after_training.trackers``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from plm_tune.after_training.push import push_adapter
 from plm_tune.after_training.report import write_report
+from plm_tune.after_training.trackers import log_eval_gallery
 from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.data.sample import to_table
 from plm_tune.inference.evaluation import EvalResult, evaluate, majority_baseline, metrics_table, save_eval
@@ -148,6 +150,7 @@ def finish_run(
             outputs.eval_result = result
             outputs.eval_json = save_eval(result, output_dir / EVAL_DIR / EVAL_JSON)
             outputs.report = write_report(result, eval_set, output_dir / EVAL_DIR / REPORT_HTML)
+            log_eval_gallery(trainer, result, eval_set)  # to TensorBoard / W&B when report_to has them
 
     if push_to_hub:
         if not adapter:

@@ -10,7 +10,7 @@ the worst, ranked by how much the finetuned model gained over the base model on 
 The page opens with a human summary and the loss curve (``plm_tune.after_training.report_summary``); the raw run facts
 follow, folded. Stable hooks for tools and tests: ``section#summary`` with ``li[data-fact=trained|data|time|
 change]``, ``svg#loss-curve`` (``path.loss``, ``path.eval_loss``), ``table#metrics`` with one ``tr[data-metric=NAME]`` per metric, sections
-``#best``, ``#worst`` and ``#unscored``, cards ``.case[data-index=I]``, media errors ``.media-error``.
+``#best``, ``#worst`` and ``#unscored``, ``p#bleu-signature`` (sacreBLEU's signatures), cards ``.case[data-index=I]``, media errors ``.media-error``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,11 @@ from plm_tune.after_training.report_summary import html_text, summary_html
 from plm_tune.data.media import describe_media, load_image, load_video
 from plm_tune.inference.evaluation import EvalRecord, EvalResult, majority_baseline
 
-__all__ = ["write_report", "rank_records"]
+__all__ = ["write_report", "rank_records", "gallery_media", "Thumbnail"]
 
 # Per-sample score that orders the gallery, first one present wins: graded scores before binary ones, so
 # that ranks are not mostly ties. Without any of them the alphabetically first score is used.
-_SORT_PREFERENCE = ("rouge_l", "bleu", "accuracy", "exact_match")
+_SORT_PREFERENCE = ("rouge_l", "sentence_bleu", "accuracy", "exact_match")
 _DASH = "\u2014"
 
 
@@ -84,7 +85,7 @@ def write_report(result: EvalResult, samples: Sequence[dict[str, Any]], path: st
                         for r in records)
         gallery.append(f'<section id="{section_id}"><h2>{_e(heading)}</h2>{cards}</section>')
 
-    body = (_header(result, title, shown, metric, media_errors) + _metrics_table(result)
+    body = (_header(result, title, shown, metric, media_errors) + _metrics_table(result) + _bleu_note(result)
             + "".join(gallery))
     check = _SELF_CHECK if self_check else ""
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -102,7 +103,7 @@ def rank_records(result: EvalResult,
     """Pick the records the gallery shows: best cases, then worst cases, then records without the score.
 
     The rank of a record is its finetuned score minus its base score on one per-sample metric (the first of
-    rouge_l, bleu, accuracy, exact_match that the records have), or the finetuned score alone when no base
+    rouge_l, sentence_bleu, accuracy, exact_match that the records have), or the finetuned score alone when no base
     model was evaluated. For a metric named like a loss or perplexity lower is better, so the sign flips.
 
     Args:
@@ -159,6 +160,7 @@ def _header(result: EvalResult, title: str, shown: int, metric: str | None, medi
     info = dict(result.info)
     info.pop("training", None)  # told by the summary above
     info.pop("samples", None)  # the "samples" row below says it with the number shown
+    info.pop("sacrebleu_signature", None)  # under the metrics table, next to the BLEU it qualifies
     lead = [("model", info.pop("model", None)), ("adapter", info.pop("adapter", None)),
             ("samples", f"{len(result.records)} evaluated, {shown} shown")]
     if metric is not None:
@@ -184,6 +186,16 @@ def _metrics_table(result: EvalResult) -> str:
                     f"<td>{_num(tuned)}</td>{_change_cell(name, before, tuned)}</tr>")
     return ('<table id="metrics"><thead><tr><th>metric</th><th>base</th><th>finetuned</th><th>change</th>'
             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def _bleu_note(result: EvalResult) -> str:
+    """Under the metrics table: what the BLEU rows are, with sacreBLEU's signatures (``metrics.bleu_signatures``)."""
+    signatures = result.info.get("sacrebleu_signature")
+    if not isinstance(signatures, dict):
+        return ""
+    named = "; ".join(f"{_e(name)} <code>{_e(signature)}</code>" for name, signature in signatures.items())
+    return ('<p id="bleu-signature">BLEU is sacreBLEU&#x27;s on the raw answers, divided by 100 (0-1 here; '
+            f"sacreBLEU prints it &times; 100). Signatures: {named}.</p>")
 
 
 def _change_cell(name: str, before: Any, after: Any) -> str:
@@ -232,35 +244,73 @@ def _scores_table(record: EvalRecord, has_base: bool) -> str:
     return f'<table class="scores"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _media(index: int, samples: Sequence[dict[str, Any]], frames_per_video: int, thumb_size: int,
-           media_errors: list[str]) -> str:
-    """Thumbnails of every image and video of ``samples[index]``; a red placeholder for each that fails."""
+@dataclass
+class Thumbnail:
+    """One media entry of a gallery sample as the report shows it: its frames as small RGB pictures, or the error
+    that kept it from being shown."""
+
+    label: str  # "image 0", "video 1", or "sample 7" when the sample itself is missing
+    frames: list[Image.Image] = field(default_factory=list)  # 1 for an image, <= frames_per_video for a video
+    error: str | None = None  # why nothing is shown, for a visible placeholder
+
+
+def gallery_media(samples: Sequence[dict[str, Any]], index: int, *, frames_per_video: int = 6,
+                  thumb_size: int = 256) -> list[Thumbnail]:
+    """Thumbnails of every image and video of ``samples[index]``, as the report's gallery shows them.
+
+    An image becomes one RGB thumbnail (longest side ``thumb_size`` px, never enlarged); a video up to
+    ``frames_per_video`` frames, picked uniformly with both ends kept, at half that size. Media that is missing
+    or cannot be decoded, and a sample that is not there, come back as a ``Thumbnail`` with ``error`` set and
+    no frames, never as an exception: one bad file should not cost the whole gallery.
+
+    Args:
+        samples: the evaluated canonical samples.
+        index: the sample's position (``EvalRecord.index``).
+        frames_per_video: frames kept per video.
+        thumb_size: longest side of an image thumbnail in pixels.
+
+    Returns:
+        One ``Thumbnail`` per media entry, images first; empty for a text-only sample.
+    """
     try:
         sample = samples[index]
     except (IndexError, KeyError):
-        error = _media_error(f"sample {index} is not in the samples given ({len(samples)} of them)", media_errors)
-        return f'<div class="media">{error}</div>'
+        return [Thumbnail(f"sample {index}", error=f"sample {index} is not in the samples given "
+                                                   f"({len(samples)} of them)")]
     if not isinstance(sample, dict):
-        error = _media_error(f"sample {index} is a {type(sample).__name__}, not a canonical sample dict",
-                             media_errors)
-        return f'<div class="media">{error}</div>'
-    parts = []
+        return [Thumbnail(f"sample {index}",
+                          error=f"sample {index} is a {type(sample).__name__}, not a canonical sample dict")]
+    shown = []
     for i, entry in enumerate(sample.get("images") or []):
         try:
-            src = _data_uri(load_image(entry), thumb_size)
-            parts.append(f'<figure class="image"><img alt="image {i}" src="{src}"></figure>')
+            shown.append(Thumbnail(f"image {i}", [_thumbnail(load_image(entry), thumb_size)]))
         # Whatever a decoder raises (PIL, pydicom, a missing file) becomes a visible placeholder instead.
         except Exception as err:
-            parts.append(_media_error(f"image {i} ({describe_media(entry)}): {err}", media_errors))
+            shown.append(Thumbnail(f"image {i}", error=f"image {i} ({describe_media(entry)}): {err}"))
     for i, entry in enumerate(sample.get("videos") or []):
         try:
             frames = load_video(entry, frames_per_video)  # (T, H, W, 3) uint8, T <= frames_per_video
-            strip = "".join(f'<img alt="video {i} frame {t}" src="{_data_uri(Image.fromarray(f), thumb_size // 2)}">'
-                            for t, f in enumerate(frames))
-            parts.append(f'<figure class="video"><div class="strip">{strip}</div>'
-                         f"<figcaption>video {i}: {len(frames)} frames</figcaption></figure>")
+            shown.append(Thumbnail(f"video {i}", [_thumbnail(Image.fromarray(f), thumb_size // 2) for f in frames]))
         except Exception as err:
-            parts.append(_media_error(f"video {i} ({describe_media(entry)}): {err}", media_errors))
+            shown.append(Thumbnail(f"video {i}", error=f"video {i} ({describe_media(entry)}): {err}"))
+    return shown
+
+
+def _media(index: int, samples: Sequence[dict[str, Any]], frames_per_video: int, thumb_size: int,
+           media_errors: list[str]) -> str:
+    """Thumbnails of every image and video of ``samples[index]``; a red placeholder for each that fails."""
+    parts = []
+    for thumb in gallery_media(samples, index, frames_per_video=frames_per_video, thumb_size=thumb_size):
+        if thumb.error is not None:
+            parts.append(_media_error(thumb.error, media_errors))
+        elif thumb.label.startswith("image"):
+            parts.append(f'<figure class="image"><img alt="{thumb.label}" src="{_data_uri(thumb.frames[0])}">'
+                         "</figure>")
+        else:
+            strip = "".join(f'<img alt="{thumb.label} frame {t}" src="{_data_uri(frame)}">'
+                            for t, frame in enumerate(thumb.frames))
+            parts.append(f'<figure class="video"><div class="strip">{strip}</div>'
+                         f"<figcaption>{thumb.label}: {len(thumb.frames)} frames</figcaption></figure>")
     if not parts:
         return '<div class="media"><p class="none">text only</p></div>'
     return f'<div class="media">{"".join(parts)}</div>'
@@ -271,10 +321,15 @@ def _media_error(message: str, media_errors: list[str]) -> str:
     return f'<div class="media-error" role="alert">could not show {_e(message)}</div>'
 
 
-def _data_uri(image: Image.Image, size: int) -> str:
-    """A JPEG thumbnail (longest side ``size`` px, never enlarged) as a base64 ``data:`` URI."""
+def _thumbnail(image: Image.Image, size: int) -> Image.Image:
+    """An RGB copy whose longest side is at most ``size`` px (never enlarged), aspect ratio kept."""
     thumb = image.convert("RGB")
     thumb.thumbnail((size, size))
+    return thumb
+
+
+def _data_uri(thumb: Image.Image) -> str:
+    """A thumbnail as a base64 JPEG ``data:`` URI."""
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

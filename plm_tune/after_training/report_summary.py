@@ -21,7 +21,7 @@ __all__ = ["html_text", "loss_curve_svg", "summary_html"]
 # C0 controls except tab / newline / carriage return, DEL and the C1 controls: invisible or invalid in HTML.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # The headline score of "what changed", first present wins: the ones a reader grasps without a definition.
-_HEADLINE = ("accuracy", "exact_match", "rouge_l", "bleu")
+_HEADLINE = ("accuracy", "exact_match", "rouge_l", "corpus_bleu")
 
 
 def html_text(value: Any) -> str:

@@ -29,7 +29,7 @@ from plm_tune.encoding.collator import PLMCollator
 from plm_tune.encoding.formatting import IGNORE_INDEX
 from plm_tune.encoding.sparse_logits import labelled_positions
 from plm_tune.inference.generation import Generation, generate
-from plm_tune.inference.metrics import ScoreKind, score_answers
+from plm_tune.inference.metrics import ScoreKind, bleu_signatures, score_answers
 from plm_tune.modeling.precision import mixed_precision_context, vision_dtype
 
 __all__ = ["EvalRecord", "EvalResult", "evaluate", "base_model_context", "majority_baseline", "metrics_table", "save_eval",
@@ -48,7 +48,7 @@ class EvalRecord:
     reference: str | None  # the trailing assistant message, if the sample had one
     answer: str  # the finetuned model's answer
     base_answer: str | None = None  # the base model's answer, when a base model was evaluated too
-    scores: dict[str, float] = field(default_factory=dict)  # e.g. {"exact_match": 1.0, "bleu": .., "rouge_l": ..}
+    scores: dict[str, float] = field(default_factory=dict)  # {"exact_match": 1.0, "sentence_bleu": .., ...}
     base_scores: dict[str, float] = field(default_factory=dict)
 
 
@@ -56,7 +56,7 @@ class EvalRecord:
 class EvalResult:
     """Metrics over an eval split (mean of per-sample scores, plus eval loss) and every record."""
 
-    metrics: dict[str, float]  # finetuned model: {"exact_match", "accuracy", "bleu", "rouge_l", "eval_loss", ...}
+    metrics: dict[str, float]  # finetuned: {"exact_match", "accuracy", "corpus_bleu", "rouge_l", "eval_loss", ...}
     records: list[EvalRecord]
     base_metrics: dict[str, float] | None = None  # same keys for the base model, when evaluated
     info: dict[str, Any] = field(default_factory=dict)  # model / adapter names, sample count, timings
@@ -147,9 +147,10 @@ def evaluate(
 
     Returns:
         An ``EvalResult``: one ``EvalRecord`` per sample, in order; ``metrics`` with the mean of each score
-        over the scored samples, ``corpus_bleu`` when BLEU is scored, ``eval_loss`` (when computed) and
-        ``samples`` (how many samples were scored); ``base_metrics`` likewise for the base model (None without
-        one); ``info`` with the model and adapter names, counts and generation seconds.
+        over the scored samples, ``corpus_bleu`` (sacreBLEU's, 0-1) when BLEU is scored, ``eval_loss`` (when
+        computed) and ``samples`` (how many samples were scored); ``base_metrics`` likewise for the base model
+        (None without one); ``info`` with the model and adapter names, counts, generation seconds and, when
+        BLEU is scored, ``sacrebleu_signature`` (``metrics.bleu_signatures``: the settings behind the BLEU).
 
     Raises:
         ValueError: an unknown ``compare_with`` string, ``"disable_adapter"`` on a model without an adapter, an
@@ -193,6 +194,7 @@ def evaluate(
         "answered": sum(r.reference is not None for r in records),
         "kind": kind,
         "max_new_tokens": max_new_tokens,
+        **({"sacrebleu_signature": bleu_signatures()} if "corpus_bleu" in metrics else {}),
         **info,
     }
     return EvalResult(metrics=metrics, records=records, base_metrics=base_metrics, info=info)

@@ -1,8 +1,10 @@
-"""Answer scores for evaluation: exact match, choice accuracy, BLEU and ROUGE-L, in pure Python.
+"""Answer scores for evaluation: exact match, choice accuracy, ROUGE-L, and BLEU as sacreBLEU computes it.
 
-Every score compares a generated answer with a reference on normalised text (``normalize_answer``) and lies in
-[0, 1]. BLEU and ROUGE-L split that text into tokens: runs of word characters, and each punctuation mark on
-its own (``"left-sided, 3cm"`` -> ``left - sided , 3cm``)::
+Every score compares a generated answer with a reference and lies in [0, 1]. Exact match, accuracy and ROUGE-L
+work on normalised text (``normalize_answer``); ROUGE-L splits it into tokens: runs of word characters, and
+each punctuation mark on its own (``"left-sided, 3cm"`` -> ``left - sided , 3cm``). BLEU is sacreBLEU's
+(``corpus_bleu``, ``sentence_bleu``) on the raw text, divided by 100, so that it is the number papers quote,
+on the same 0-1 scale as the other scores; ``bleu_signatures`` says its settings::
 
     >>> per_sample, means = score_answers(["A small nodule."], ["a small  nodule"])
     >>> means["exact_match"], means["rouge_l"]
@@ -11,20 +13,21 @@ its own (``"left-sided, 3cm"`` -> ``left - sided , 3cm``)::
 
 from __future__ import annotations
 
-import math
 import re
 import string
 import unicodedata
-from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
+
+from sacrebleu.metrics.bleu import BLEU, BLEUSignature
 
 __all__ = [
     "normalize_answer",
     "exact_match",
     "choice_accuracy",
-    "bleu",
+    "corpus_bleu",
     "sentence_bleu",
+    "bleu_signatures",
     "rouge_l",
     "score_answers",
     "ScoreKind",
@@ -36,6 +39,10 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 # A bare option letter, as a reference or as the first word of an answer: "B", "B)", "(b)", "B.", "B:".
 _LETTER = re.compile(r"^\(?([a-z])[).:]?$")
 LABEL_MAX_WORDS = 3  # "auto" scores accuracy when every reference is a label this short
+# sacreBLEU's defaults, as sacrebleu.corpus_bleu / sacrebleu.sentence_bleu build them (sacrebleu/compat.py):
+# corpus level without effective order, sentence level with it.
+_CORPUS_BLEU = BLEU()
+_SENTENCE_BLEU = BLEU(effective_order=True)
 
 
 def _is_punctuation(char: str) -> bool:
@@ -71,7 +78,7 @@ def normalize_answer(text: str) -> str:
 
 
 def _tokens(text: str) -> list[str]:
-    """Normalised text -> word and punctuation tokens (the unit of BLEU and ROUGE-L)."""
+    """Normalised text -> word and punctuation tokens (the unit of ROUGE-L)."""
     return _TOKEN.findall(normalize_answer(text))
 
 
@@ -156,79 +163,71 @@ def choice_accuracy(prediction: str, reference: str, choices: Sequence[str] | No
     return float(_letter(predicted.split(" ", 1)[0]) == letter)
 
 
-def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1))
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU as sacreBLEU computes it (``sacrebleu.corpus_bleu``), on a 0-1 scale: sacreBLEU's score / 100.
 
-
-def bleu(predictions: Sequence[str], references: Sequence[str], max_order: int = 4, smooth: bool = True) -> float:
-    """Corpus BLEU (Papineni et al. 2002) with one reference per prediction, in [0, 1].
-
-    Clipped n-gram matches and candidate n-gram counts are summed over the corpus for n = 1..``max_order``;
-    the score is the geometric mean of the precisions times the brevity penalty ``exp(1 - r / c)`` when the
-    predictions' total length c is below the references' r (0 when c is 0). With ``smooth``, the precisions
-    of orders n >= 2 are ``(matches + 1) / (candidates + 1)`` (Lin & Och 2004, "BLEU+1"), so a short or
-    partly right answer is not zeroed by a missing 4-gram; unigram precision is never smoothed, so an answer
-    sharing no word with its reference scores 0. Without ``smooth`` any order with no match gives 0.
+    The raw answers and references go to sacreBLEU unchanged (no ``normalize_answer``): its defaults decide,
+    the ``13a`` tokenizer (mteval's: punctuation split off, case kept), ``exp`` smoothing, clipped n-gram counts
+    summed over the corpus for n = 1..4 and one brevity penalty. ``bleu_signatures()["corpus_bleu"]`` is the
+    signature of exactly this setting, to quote next to the number. As in sacreBLEU, a corpus with no 4-gram
+    in any answer (every answer under 4 tokens, e.g. class labels) scores 0: read accuracy there.
 
     Args:
         predictions: generated answers.
         references: one reference per prediction.
-        max_order: the longest n-gram.
-        smooth: add-one smoothing of the n >= 2 precisions.
 
     Returns:
-        BLEU in [0, 1]; 0.0 for an empty corpus.
+        BLEU in [0, 1] (x 100 is the figure sacreBLEU prints); 0.0 for an empty corpus.
 
     Raises:
-        ValueError: the two lists differ in length, or ``max_order`` < 1.
+        ValueError: the two lists differ in length.
 
     Example:
-        >>> round(bleu(["the cat sat on the mat"], ["the cat is on the mat"]), 4)
-        0.4855
+        >>> round(corpus_bleu(["The cat sat on the mat."], ["The cat is on the mat."]), 4)
+        0.4889
     """
     if len(predictions) != len(references):
-        raise ValueError(f"bleu needs one reference per prediction: got {len(predictions)} predictions and "
-                         f"{len(references)} references.")
-    if max_order < 1:
-        raise ValueError(f"max_order must be >= 1, got {max_order}.")
-    matches = [0] * max_order
-    candidates = [0] * max_order
-    prediction_length = reference_length = 0
-    for prediction, reference in zip(predictions, references, strict=True):
-        predicted, expected = _tokens(prediction), _tokens(reference)
-        prediction_length += len(predicted)
-        reference_length += len(expected)
-        for n in range(1, max_order + 1):
-            counts = _ngrams(predicted, n)
-            matches[n - 1] += sum((counts & _ngrams(expected, n)).values())  # & clips to the reference counts
-            candidates[n - 1] += max(len(predicted) - n + 1, 0)
-    if prediction_length == 0:
+        raise ValueError(f"corpus_bleu needs one reference per prediction: got {len(predictions)} predictions "
+                         f"and {len(references)} references.")
+    if not predictions:
         return 0.0
-    log_precision = 0.0
-    for n in range(max_order):
-        if smooth and n > 0:
-            precision = (matches[n] + 1) / (candidates[n] + 1)
-        else:
-            precision = matches[n] / candidates[n] if candidates[n] else 0.0
-        if precision == 0.0:
-            return 0.0
-        log_precision += math.log(precision) / max_order
-    brevity = 1.0 if prediction_length >= reference_length else math.exp(1 - reference_length / prediction_length)
-    return brevity * math.exp(log_precision)
+    return _unit(_CORPUS_BLEU.corpus_score(list(predictions), [list(references)]).score)
 
 
-def sentence_bleu(prediction: str, reference: str, max_order: int = 4, smooth: bool = True) -> float:
-    """BLEU of one answer against its reference (``bleu`` on a one-sentence corpus): a per-sample score.
+def sentence_bleu(prediction: str, reference: str) -> float:
+    """BLEU of one answer against its reference as sacreBLEU computes it (``sacrebleu.sentence_bleu``), 0-1 scale.
+
+    sacreBLEU's sentence-level defaults: the ``13a`` tokenizer, ``exp`` smoothing and effective order (n-gram
+    orders the answer is too short to have are left out of the mean, so a one-word answer is not zeroed). A
+    per-sample score for ranking answers; the mean of it over a set is not corpus BLEU (``corpus_bleu``).
 
     Args:
         prediction: the generated answer.
         reference: the expected answer.
-        max_order, smooth: as in ``bleu``.
 
     Returns:
         BLEU in [0, 1].
+
+    Example:
+        >>> sentence_bleu("Yes.", "Yes."), sentence_bleu("yes", "Yes.")  # case and punctuation count
+        (1.0, 0.0)
     """
-    return bleu([prediction], [reference], max_order=max_order, smooth=smooth)
+    return _unit(_SENTENCE_BLEU.sentence_score(prediction, [reference]).score)
+
+
+def _unit(score: float) -> float:
+    """sacreBLEU's 0-100 score on the 0-1 scale; its float rounding can read 100.00000000000004 for a perfect match."""
+    return min(score / 100, 1.0)
+
+
+def bleu_signatures() -> dict[str, str]:
+    """sacreBLEU's signature of ``corpus_bleu`` and ``sentence_bleu`` (``BLEU.get_signature()``): the settings
+    and sacreBLEU version behind the numbers, e.g. ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``.
+    """
+    # BLEU.get_signature() reads the reference count of the last scoring (sacrebleu/metrics/base.py) and fails
+    # before any; ours always score one reference per answer, so the signature is built with that count.
+    return {name: str(BLEUSignature({**vars(metric), "num_refs": 1}))
+            for name, metric in (("corpus_bleu", _CORPUS_BLEU), ("sentence_bleu", _SENTENCE_BLEU))}
 
 
 def _lcs_length(a: list[str], b: list[str]) -> int:
@@ -278,7 +277,7 @@ def score_answers(
 
     Scores per kind:
 
-    * ``"caption"``: ``exact_match``, ``bleu`` (``sentence_bleu``) and ``rouge_l``;
+    * ``"caption"``: ``exact_match``, ``sentence_bleu`` and ``rouge_l``;
     * ``"choice"``: ``exact_match`` and ``accuracy`` (``choice_accuracy`` without options);
     * ``"auto"``: the caption scores, plus ``accuracy`` when every reference is a short label of at most
       3 whitespace-separated words (``"pneumonia"``, ``"B"``, ``"no finding"``): then the task is
@@ -294,9 +293,9 @@ def score_answers(
 
     Returns:
         ``(per_sample, means)``: one dict per prediction, and the mean of each score over the scored samples
-        (empty when none was scored). When BLEU is scored, the means also hold ``corpus_bleu``: ``bleu`` over
-        the scored samples as one corpus, the figure papers report (the mean of sentence BLEU is lower on
-        short answers).
+        (empty when none was scored). When BLEU is scored, the means also hold ``corpus_bleu``: sacreBLEU's
+        corpus BLEU over the scored samples (``corpus_bleu``), the figure papers report; the mean of
+        ``sentence_bleu`` is a different number.
 
     Raises:
         ValueError: the lists differ in length, or ``kind`` is unknown.
@@ -324,7 +323,7 @@ def score_answers(
         if with_accuracy:
             scores["accuracy"] = choice_accuracy(prediction, reference)
         if with_text:
-            scores["bleu"] = sentence_bleu(prediction, reference)
+            scores["sentence_bleu"] = sentence_bleu(prediction, reference)
             scores["rouge_l"] = rouge_l(prediction, reference)
         per_sample[i] = scores
     means: dict[str, float] = {}
@@ -332,5 +331,5 @@ def score_answers(
         for key in per_sample[scored[0]]:
             means[key] = sum(per_sample[i][key] for i in scored) / len(scored)
         if with_text:
-            means["corpus_bleu"] = bleu([predictions[i] for i in scored], [references[i] for i in scored])
+            means["corpus_bleu"] = corpus_bleu([predictions[i] for i in scored], [references[i] for i in scored])
     return per_sample, means

@@ -64,8 +64,9 @@ class PLMMetricsCallback(TrainerCallback):
 
 class GenerationEvalCallback(TrainerCallback):
     """Every ``every_n_steps`` optimizer steps, answer a small fixed set of samples by greedy generation; the
-    scores (``gen_eval/exact_match``, ``gen_eval/bleu``, ``gen_eval/rouge_l``, ``gen_eval/accuracy`` for short
-    labels) join the next training log: the answers, not only the loss, as training goes.
+    scores (``gen_eval/exact_match``, ``gen_eval/sentence_bleu``, ``gen_eval/corpus_bleu`` (sacreBLEU's, 0-1),
+    ``gen_eval/rouge_l``, ``gen_eval/accuracy`` for short labels) join the next training log: the answers, not
+    only the loss, as training goes.
 
     Under DeepSpeed ZeRO-3 each process holds a shard of the weights, so every process answers the same
     samples with ``synced_gpus=True`` (they gather shards together until the longest answer ends); under
