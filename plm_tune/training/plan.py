@@ -312,10 +312,12 @@ def plan_processor(model_name_or_path: str) -> tuple[Any, str]:
         if size is None:
             raise
         why = "HF_HUB_OFFLINE=1" if error.offline_mode else "the Hub out of reach"
-        return _released_processor(model_name_or_path, size), (
-            f"processor: {model_name_or_path}'s released settings rebuilt offline ({why}, nothing cached): "
-            f"448 px tiles, {PLM_TOKENS_PER_TILE} tokens per tile, Llama 3's tokenizer; no weights needed")
-    return AutoProcessor.from_pretrained(model_name_or_path), ""
+    else:
+        return AutoProcessor.from_pretrained(model_name_or_path), ""
+    # Rebuilt outside the except block: an error here (the extra missing) is its own, not the Hub's.
+    return _released_processor(model_name_or_path, size), (
+        f"processor: {model_name_or_path}'s released settings rebuilt offline ({why}, nothing cached): "
+        f"448 px tiles, {PLM_TOKENS_PER_TILE} tokens per tile, Llama 3's tokenizer; no weights needed")
 
 
 def _released_processor(name: str, size: str) -> Any:
