@@ -302,6 +302,10 @@ def _load(name_or_path: Any, split: str, streaming: bool, config: str | None = N
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick_split(loaded, split, str(path))
         return loaded, source, str(path)
+    if not path.exists():  # a Hub id: the Hub answers, or the process goes offline (no minute of retries)
+        from plm_tune.hub import check_hub_access
+
+        check_hub_access(str(name_or_path), repo_type="dataset")
     try:
         loaded = datasets.load_dataset(str(name_or_path), config, split=split, streaming=streaming)
     except ValueError as err:  # an unknown split lists the available ones

@@ -110,4 +110,7 @@ def main(model_args: ModelArguments, media_args: MediaArguments, data_args: Data
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    # An error is one line and an exit code (plm_tune.apps.exits), as in plm-tune's commands.
+    from plm_tune.apps.exits import run_recipe
+
+    raise SystemExit(run_recipe(main, make_parser))

@@ -1,5 +1,6 @@
 """Ordinary mistakes at the `plm-tune` command line give one line that names the mistake and the fix, never a
-traceback (PLM_TUNE_DEBUG=1 brings it back). Each case runs the real CLI in a fresh process, offline."""
+traceback (PLM_TUNE_DEBUG=1 brings it back), and exit 2 (usage); an unexpected error exits 3 (a crash). Each case
+runs the real CLI in a fresh process, offline."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from plm_tune.apps.exits import CRASH, USAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,9 +26,9 @@ def _cli(*args, cwd: Path, debug: bool = False) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd)
 
 
-def _one_line(result: subprocess.CompletedProcess, start: str) -> str:
-    """The single stderr line of a failed command; checks exit code 1 and that there is no traceback."""
-    assert result.returncode == 1, result.stderr
+def _one_line(result: subprocess.CompletedProcess, start: str, code: int = USAGE) -> str:
+    """The single stderr line of a failed command; checks the exit code and that there is no traceback."""
+    assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -41,7 +44,8 @@ def test_a_typod_local_folder_is_no_such_folder_not_a_hub_lookup(tmp_path):
     line = _one_line(_cli("generate", "--adapter", "./outputs/my-photo", "--prompt", "Describe.", cwd=tmp_path),
                      "plm-tune generate: error: no such folder: ./outputs/my-photo")
     # A Hub id with no such local folder is left to the Hub (and here, offline, says so).
-    assert "no such folder" not in _cli("generate", "--model", "me/my-photo", "--prompt", "Hi.", cwd=tmp_path).stderr
+    _one_line(_cli("generate", "--model", "me/my-photo", "--prompt", "Hi.", cwd=tmp_path),
+              "plm-tune generate: error: HF_HUB_OFFLINE=1 and the model 'me/my-photo' is not in the local")
 
 
 def test_load_model_names_a_missing_folder_before_any_hub_call(tmp_path, monkeypatch):
@@ -60,18 +64,19 @@ def test_load_model_names_a_missing_folder_before_any_hub_call(tmp_path, monkeyp
 
 def test_offline_hub_access_is_one_line_saying_so(tmp_path):
     line = _one_line(_cli("generate", "--model", "facebook/Perception-LM-1B", "--prompt", "Hi.", cwd=tmp_path),
-                     "plm-tune generate: error: cannot reach the Hugging Face Hub (offline or no network)")
-    assert "local folder" in line
+                     "plm-tune generate: error: HF_HUB_OFFLINE=1 and the model 'facebook/Perception-LM-1B' is not "
+                     "in the local Hugging Face cache")
+    assert "unset HF_HUB_OFFLINE and connect" in line and "local model folder" in line  # the fixes
 
 
 def test_plan_on_the_plm_1b_recipe_config_offline_is_one_line(tmp_path):
     # the recipe config's run settings name facebook/Perception-LM-1B; the data comes from an adapter
     result = _cli("plan", ROOT / "recipes/configs/radiology_lora.yaml", "--data-adapter", "synthetic_shapes",
                   "--arg", "n=4", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == USAGE and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]  # plan first lists the recipe's corpus keys it ignored
-    assert last.startswith("plm-tune plan: error: cannot reach the Hugging Face Hub"), last
-    assert "local folder" in last  # the fix
+    assert last.startswith("plm-tune plan: error: HF_HUB_OFFLINE=1 and the model 'facebook/Perception-LM-1B'"), last
+    assert "local model folder" in last  # the fix
 
 
 def test_an_unknown_arg_key_lists_the_valid_ones(tmp_path):
@@ -82,9 +87,9 @@ def test_an_unknown_arg_key_lists_the_valid_ones(tmp_path):
 
 def test_an_unexpected_error_is_one_line_with_the_debug_hint_and_the_traceback_on_request(tmp_path):
     (tmp_path / "eval.json").write_text("[]")
-    line = _one_line(_cli("report", "eval.json", cwd=tmp_path), "plm-tune report: error: TypeError: ")
+    line = _one_line(_cli("report", "eval.json", cwd=tmp_path), "plm-tune report: error: TypeError: ", CRASH)
     assert line.endswith("(PLM_TUNE_DEBUG=1 for the traceback)")
-    debug = _cli("report", "eval.json", cwd=tmp_path, debug=True)
+    debug = _cli("report", "eval.json", cwd=tmp_path, debug=True)  # the exception goes through: Python exits 1
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "TypeError" in debug.stderr
 
 
@@ -94,7 +99,7 @@ def test_an_unexpected_error_is_one_line_with_the_debug_hint_and_the_traceback_o
 ])
 def test_a_typod_flag_shows_the_subcommands_usage(tmp_path, args, usage):
     result = _cli(*args, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith(usage), result.stderr
+    assert result.returncode == USAGE and result.stderr.startswith(usage), result.stderr
     assert f"error: unrecognized arguments: {args[-1] if args[0] == 'push' else '--data-adaptor'}" in result.stderr
 
 

@@ -49,7 +49,8 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
 
 def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
     """Adapters build samples: they may check structure and read media headers, never collate or train."""
-    allowed = {"plm_tune.data.sample", "plm_tune.data.media", "plm_tune.data.dicom", "plm_tune.errors", "plm_tune.verbosity"}
+    allowed = {"plm_tune.data.sample", "plm_tune.data.media", "plm_tune.data.dicom", "plm_tune.errors", "plm_tune.verbosity",
+               "plm_tune.hub"}
     for path in (ROOT / "data_adapters").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
@@ -113,7 +114,7 @@ def test_the_library_has_no_import_circle():
 # plm_tune's layers, bottom to top (docs/design.md, "Layers"): the foundation modules at the top of the package,
 # then one sub-package per layer. A module imports only from its own layer or below.
 LAYERS = (
-    "plm_tune.errors", "plm_tune.verbosity", "plm_tune.methods",  # the foundation: they import no plm_tune module
+    "plm_tune.errors", "plm_tune.verbosity", "plm_tune.methods", "plm_tune.hub",  # the foundation: no plm_tune imports
     "plm_tune.data",
     "plm_tune.arguments",  # the run settings: defaults from the data layer (NUM_FRAMES), read from encoding up
     "plm_tune.encoding",

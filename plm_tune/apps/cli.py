@@ -16,6 +16,7 @@ import difflib
 import sys
 
 from plm_tune.apps.cli_run import add_after_training_commands
+from plm_tune.apps.exits import EXIT_CODES_HELP, run_main
 from plm_tune.apps.train import add_train_commands
 from plm_tune.arguments import DEFAULT_MODEL, TRAIN_ON
 from plm_tune.methods import METHODS
@@ -230,7 +231,8 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plm-tune", description="Finetune Perception Language Models (PLM).")
+    parser = argparse.ArgumentParser(prog="plm-tune", description="Finetune Perception Language Models (PLM).",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"plm-tune {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     env = sub.add_parser("env", help="versions of plm-tune, Python, torch + CUDA and the training libraries, and "
@@ -280,27 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; any error prints one line and exits 1 (``PLM_TUNE_DEBUG=1``: the traceback instead).
+    """Run one command; an error prints one line and exits with its code (``plm_tune.apps.exits``: 1 problems in
+    the data, 2 usage, 3 a crash; ``PLM_TUNE_DEBUG=1``: the traceback instead).
 
-    A user's mistake (a bad file, record, option or path; the Hub out of reach) is its message with the fix;
-    anything else is the exception's type and message with the hint to set ``PLM_TUNE_DEBUG=1``. Hub tokens
-    are removed from the line (``plm_tune.after_training.push.redact``).
+    A user's mistake (a bad file, record, option or path; the Hub out of reach) is its message with the fix, the
+    parameters it names shown as flags (``as_flags``); anything else is the exception's type and message with the
+    hint to set ``PLM_TUNE_DEBUG=1``. Hub tokens are removed from the line (``plm_tune.after_training.push.redact``).
     """
-    import os
-
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except Exception as error:
-        if os.environ.get("PLM_TUNE_DEBUG"):
-            raise
-        command = " ".join(filter(None, (args.command, getattr(args, "command_data", None))))
-        print(f"plm-tune {command}: error: {_error_line(error)}", file=sys.stderr)
-        return 1
+    command = " ".join(filter(None, (args.command, getattr(args, "command_data", None))))
+    return run_main(args.func, args, program=f"plm-tune {command}", rewrite=as_flags)
 
-
-# A user's mistake is named by the message plm-tune (or the library it called) raised, fix included.
-_USER_ERRORS = (ValueError, FileNotFoundError, ImportError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 # The library's messages name the parameter to change as a Python caller writes it, in backquotes (`base_model`);
 # here they show the flag that sets it. One table for every command: a parameter has the same flag everywhere.
@@ -325,45 +317,6 @@ def as_flags(message: str) -> str:
     for parameter, flag in PARAMETER_FLAGS.items():
         message = message.replace(parameter, flag)
     return message
-
-
-def _error_line(error: Exception) -> str:
-    """One line for ``error``: the Hub out of reach, a user's mistake, or an unexpected exception; the parameters
-    it names shown as flags (``as_flags``)."""
-    from plm_tune.after_training.push import PushError, redact
-
-    repo = _hub_unreachable(error)
-    if repo is not None:
-        line = (f"cannot reach the Hugging Face Hub (offline or no network) for {repo or 'what this needs'}, and it "
-                "is not in the local cache: connect and run again, or use a local folder instead "
-                "(`plm-tune tiny-model .cache/tiny-plm` makes a tiny model to try things offline)")
-    elif isinstance(error, (*_USER_ERRORS, PushError)):
-        line = str(error)
-    else:
-        line = f"{type(error).__name__}: {error} (PLM_TUNE_DEBUG=1 for the traceback)"
-    return " ".join(redact(as_flags(line)).split())
-
-
-def _hub_unreachable(error: BaseException | None) -> str | None:
-    """None, unless ``error`` or an exception behind it says the Hub could not be reached (offline, no network):
-    then the quoted ``'org/name'`` one of their messages names, or ``""``."""
-    import re
-
-    # By class name: huggingface_hub's offline errors and the transport errors of requests / httpx / httpcore;
-    # by text: what transformers and datasets say when they wrap them (a recipe's error comes as text only).
-    names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "ConnectError",
-             "ConnectTimeout", "NetworkError", "TimeoutException"}
-    texts = ("couldn't connect to", "couldn't reach", "offlinemodeisenabled")
-    found, repo, seen = False, "", set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error)
-        if names & {cls.__name__ for cls in type(error).__mro__} or any(t in text.lower() for t in texts):
-            found = True
-        repo = repo or next(iter(re.findall(r"'([\w.-]+/[\w.-]+)'", text)), "")
-        # `raise ... from None` hides the context on purpose (a push's error may quote the token): so do we.
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return (repr(repo) if repo else "") if found else None
 
 
 if __name__ == "__main__":

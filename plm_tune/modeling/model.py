@@ -475,6 +475,7 @@ def load_for_inference(
     if adapter is None and is_adapter(model):
         adapter = model
         model = resolve_base_model(adapter)
+        check_model_path(model)  # the base it names, when a Hub id: cached or the Hub answers, else one line
     if adapter is not None and not is_adapter(adapter):
         raise FileNotFoundError(f"`adapter` {adapter}: no {ADAPTER_CONFIG} there, so it is not a peft adapter "
                                 "folder. Pass the folder the recipe saved (its output_dir), or a merged model as "

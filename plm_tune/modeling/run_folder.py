@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from plm_tune.hub import check_hub_access
 from plm_tune.methods import METHODS, methods_help
 
 __all__ = [
@@ -204,16 +205,23 @@ def looks_local(name_or_path: str | Path) -> bool:
 
 
 def check_model_path(name_or_path: str | Path) -> None:
-    """Raise before any Hub call when ``name_or_path`` looks local (``looks_local``) but is no folder here.
+    """Check a model name before anything loads it: a local path must exist, a Hub id must be loadable now.
 
-    Without it, a typo'd folder is taken for a Hub id: a minute of retries, then a message about the network
-    or about repo-id characters that never says the folder does not exist.
+    Without it, a typo'd folder is taken for a Hub id, and a Hub id out of reach costs a minute of retries:
+    then a message about the network or about repo-id characters that never says what to do.
 
     Raises:
-        FileNotFoundError: "no such folder: X", with the nearest existing parent.
+        FileNotFoundError: ``name_or_path`` looks local (``looks_local``) but is no folder here: "no such folder:
+            X", with the nearest existing parent.
+        plm_tune.hub.HubUnreachableError: a Hub id that is not cached, with the Hub out of reach or
+            ``HF_HUB_OFFLINE=1`` (``plm_tune.hub.check_hub_access``, which also puts the process offline when
+            the Hub does not answer, so that a cached model loads without retries).
     """
     path = Path(str(name_or_path)).expanduser()
-    if path.exists() or not looks_local(name_or_path):
+    if path.exists():
+        return
+    if not looks_local(name_or_path):
+        check_hub_access(str(name_or_path))
         return
     parent = next((p for p in path.parents if p.is_dir()), Path("."))
     where = "the current folder" if parent == Path(".") else str(parent)

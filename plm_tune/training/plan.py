@@ -28,7 +28,7 @@ from plm_tune.encoding.costs import CostEstimator, SampleEstimate
 from plm_tune.encoding.sampler import LengthGroupedBatchSampler, padding_fraction
 from plm_tune.modeling.memory import MemoryEstimate
 
-__all__ = ["Plan", "plan_dataset", "plan_report"]
+__all__ = ["RELEASED_PLMS", "Plan", "plan_dataset", "plan_processor", "plan_report"]
 
 
 # ------------------------------------------------------------------------------------------ a dataset
@@ -209,7 +209,8 @@ def plan_report(
 ) -> str:
     """Plan a training run and return the report that ``plm-tune plan`` prints (no model weights are loaded).
 
-    The collator is built as ``build_trainer`` builds it, from ``model_name_or_path``'s processor. The memory
+    The collator is built as ``build_trainer`` builds it, from ``model_name_or_path``'s processor (for a released
+    PLM with no Hub and nothing cached, its released settings rebuilt offline: ``plan_processor``). The memory
     table estimates the configured method for PLM-1B / 3B / 8B on one CUDA GPU (TRL's fused LM head on the
     labelled positions of the batch) and, for a local PLM folder, for that model on this machine (logits at the
     labelled positions only off CUDA, as ``build_trainer`` does), each in the dtypes its run uses and the report
@@ -234,7 +235,7 @@ def plan_report(
     """
     from pathlib import Path
 
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     from plm_tune.modeling.memory import PLM_SIZES, estimate_memory
     from plm_tune.modeling.model import default_dtype
@@ -245,14 +246,14 @@ def plan_report(
     model_name_or_path = model.model_name_or_path if given else str(model_name_or_path)
     media = settings_from(media, MediaArguments, max_tiles=max_tiles, num_frames=num_frames, train_on=train_on,
                           vision_input_type=vision_input_type)
-    processor = AutoProcessor.from_pretrained(model_name_or_path)
+    processor, source = plan_processor(model_name_or_path)
     collator = PLMCollator(processor, max_length=max_length, **dataclasses.asdict(media))
     plan = plan_dataset(samples, collator, batch_size=batch_size, progress=progress)
     seq_len, vision = plan.worst_batch()
     # build_trainer scores only the labelled positions: TRL's fused head on CUDA, logits_to_keep elsewhere.
     labelled = sum(e.labelled_tokens for e in sorted(plan.kept, key=lambda e: e.cost, reverse=True)[:batch_size])
     if seq_len == 0:
-        return plan.report()
+        return "\n".join(filter(None, (source, plan.report())))
     tile_tokens = collator.settings.tile_tokens
     method = model.method
     common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
@@ -279,4 +280,64 @@ def plan_report(
             device="cuda" if on_gpu else "cpu", **here, **common)
     checkpointing = "on" if gradient_checkpointing else "off"
     note = "; ".join(x for x in (f"gradient checkpointing {checkpointing}", note) if x)
-    return plan.report(rows, memory_note=note)
+    return "\n".join(filter(None, (source, plan.report(rows, memory_note=note))))
+
+
+# The released PLMs, whose processor plan_processor rebuilds offline when it cannot get theirs.
+RELEASED_PLMS = {f"facebook/Perception-LM-{size}": size for size in ("1B", "3B", "8B")}
+
+
+def plan_processor(model_name_or_path: str) -> tuple[Any, str]:
+    """The processor that formats the data for a plan, and a line saying where it came from ("": its own).
+
+    A released PLM (``RELEASED_PLMS``) plans without its weights: its processor comes from the local Hub cache,
+    or the Hub, and when neither can give it (``HF_HUB_OFFLINE=1``, the Hub out of reach) it is rebuilt offline
+    from the released settings (``plm_tune.modeling.testing_real``: 448 px tiles, 256 tokens per tile, up to 36
+    tiles, Llama 3's tokenizer from ``llama-models``), which takes about 4 s (25 s the first time, converting
+    the tokenizer, which is then cached). Any other name is checked (``check_model_path``) and loaded.
+
+    Raises:
+        FileNotFoundError, plm_tune.hub.HubUnreachableError: as ``check_model_path``.
+        ImportError: a released PLM to rebuild offline, and the ``real-tokenizer`` extra not installed.
+    """
+    from transformers import AutoProcessor
+
+    from plm_tune.hub import HubUnreachableError
+    from plm_tune.modeling.run_folder import check_model_path
+
+    size = RELEASED_PLMS.get(str(model_name_or_path))
+    try:
+        check_model_path(model_name_or_path)  # a Hub id is cached or the Hub answers, else one line
+    except HubUnreachableError as error:
+        if size is None:
+            raise
+        why = "HF_HUB_OFFLINE=1" if error.offline_mode else "the Hub out of reach"
+    else:
+        return AutoProcessor.from_pretrained(model_name_or_path), ""
+    # Rebuilt outside the except block: an error here (the extra missing) is its own, not the Hub's.
+    return _released_processor(model_name_or_path, size), (
+        f"processor: {model_name_or_path}'s released settings rebuilt offline ({why}, nothing cached): "
+        f"448 px tiles, {PLM_TOKENS_PER_TILE} tokens per tile, Llama 3's tokenizer; no weights needed")
+
+
+def _released_processor(name: str, size: str) -> Any:
+    """PLM-``size``'s released processor, rebuilt offline (``save_plm_processor`` writes it; loaded back)."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    from plm_tune.modeling.memory import plm_config
+    from plm_tune.modeling.testing import save_plm_processor
+    from plm_tune.modeling.testing_real import real_plm_tokenizer
+
+    try:
+        tokenizer = real_plm_tokenizer()
+    except ImportError as error:
+        raise ImportError(f"{name} is not in the local Hugging Face cache and cannot be downloaded now (offline); "
+                          "planning it offline rebuilds its processor with the real tokenizer, which needs the "
+                          'real-tokenizer extra: pip install "plm-tune[real-tokenizer]" (or connect and run '
+                          "again)") from error
+    with tempfile.TemporaryDirectory() as folder:
+        save_plm_processor(Path(folder), tokenizer, plm_config(size).vision_config.model_args["img_size"][0])
+        return AutoProcessor.from_pretrained(folder)
