@@ -387,7 +387,7 @@ def test_plan_command_refuses_an_unknown_key_naming_the_valid_ones(tmp_path, tin
     config.write_text(f"data:\n  adapter: synthetic_shapes\n  n: 4\nmodel_name_or_path: {tiny_plm_path}\n"
                       "max_length: 256\nlora_rank: 8\n")
     result = _plan(config)
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage
     assert "Unknown key(s) lora_rank (did you mean lora_r?)" in result.stderr
     assert "lora_r, lora_alpha, lora_dropout" in result.stderr  # the valid keys, listed
     assert "Traceback" not in result.stderr
@@ -400,7 +400,7 @@ def test_plan_command_on_a_recipe_config_reads_its_settings_and_names_its_corpus
     typo = tmp_path / "typo.yaml"
     typo.write_text(demo.read_text() + "lora_rank: 8\n")  # a near miss of a setting is a typo, not a corpus key
     result = _plan(typo, "--data-adapter", "synthetic_shapes", "--arg", "n=8")
-    assert result.returncode == 1 and "Unknown key(s) lora_rank" in result.stderr
+    assert result.returncode == 2 and "Unknown key(s) lora_rank" in result.stderr
 
     result = _plan(demo, "--model-name-or-path", tiny_plm_path, "--data-adapter", "synthetic_shapes", "--arg", "n=8")
     assert result.returncode == 0, result.stderr[-3000:]

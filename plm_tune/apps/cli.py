@@ -12,7 +12,6 @@ commands call the data reader ``--data-adapter`` (``--adapter`` still works ther
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 
 from plm_tune.apps.cli_run import add_after_training_commands
@@ -182,7 +181,8 @@ def _plan(args: argparse.Namespace) -> int:
     """
     from plm_tune.apps.config import RECIPE_KEY, read_config
     from plm_tune.apps.finetune import recipe_parser
-    from plm_tune.training.plan import plan_report
+    from plm_tune.apps.train import recipe_parser_of
+    from plm_tune.training.plan import RELEASED_PLMS, plan_report
 
     config = read_config(args.config) if args.config else {}
     flags = {setting: getattr(args, flag) for flag, setting in PLAN_FLAGS.items() if getattr(args, flag) is not None}
@@ -196,15 +196,18 @@ def _plan(args: argparse.Namespace) -> int:
     parser = recipe_parser()
     valid = {key for names in parser.valid_keys().values() for key in names}
     other = sorted(key for key in config if key not in valid)
-    typos = [key for key in other if difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.8)]
-    if other and (has_data or typos):  # a data config has no corpus keys; a near miss is a typo anyway
-        raise parser.unknown_key_error(other if has_data else typos, f"in {args.config}")
+    # A recipe config's own keys are its corpus (replaced by --data-adapter); any other key is a mistake.
+    recipe = None if has_data or not other else recipe_parser_of(args.config)
+    corpus = {key for names in recipe.valid_keys().values() for key in names} - valid if recipe else set()
+    if unknown := [key for key in other if key not in corpus]:
+        raise (recipe or parser).unknown_key_error(unknown, f"in {args.config}")
     if other:
         print(f"Ignored {', '.join(other)}: corpus keys of a recipe config (the data comes from --data-adapter).",
               file=sys.stderr)
     model_args, media_args, training_args, _ = parser.parse_dict(
         {**{k: v for k, v in config.items() if k not in other}, **flags})
-    check_model_path(model_args.model_name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
+    if model_args.model_name_or_path not in RELEASED_PLMS:  # those plan offline from their released settings
+        check_model_path(model_args.model_name_or_path)  # a typo'd folder is "no such folder", before the data
     dataset, _ = _dataset_from_args(args)
     print(plan_report(dataset, model_args, media=media_args, max_length=training_args.max_length,
                       batch_size=training_args.per_device_train_batch_size,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from plm_tune.apps.config import read_config, recipe_of
 
@@ -107,6 +108,22 @@ def find_recipe(name_or_path: str | None, config: Path) -> Path:
     names = ", ".join(recipe.name for recipe in list_recipes())
     raise FileNotFoundError(f"no recipe {name!r} (from {'--recipe' if name_or_path else config}): the recipes are "
                             f"{names}, or give a script with --recipe PATH.py.")
+
+
+def recipe_parser_of(config: str | os.PathLike) -> Any:
+    """The parser (``make_parser()``) of the recipe that runs ``config``: the keys that recipe reads.
+
+    Raises:
+        FileNotFoundError: as ``find_recipe``.
+    """
+    import importlib.util
+
+    script = find_recipe(None, Path(config))
+    spec = importlib.util.spec_from_file_location(f"plm_tune_recipe_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up there
+    spec.loader.exec_module(module)  # defines the recipe; its main() runs only as __main__
+    return module.make_parser()
 
 
 def _accelerate_config(name_or_path: str) -> Path:
