@@ -234,8 +234,6 @@ def push_folder(
     Example:
         >>> push_folder("outputs/radiology-merged", "me/plm-1b-radiology", private=True)   # doctest: +SKIP
     """
-    import glob
-
     from huggingface_hub import HfApi
 
     if create_pr and revision not in (None, "main"):
@@ -250,26 +248,9 @@ def push_folder(
         logger.warning("Not uploaded: %s is a symlink (a push never follows one).", name)
     logger.info("Uploading %d files from %s to https://huggingface.co/%s", len(plan.files), plan.folder, repo_id)
 
-    api = HfApi(token=token)
     try:
-        created = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        # A bare "name" lands in the token's namespace: the card's snippet must name the full id.
-        full_id = getattr(created, "repo_id", None) or repo_id
-        if full_id != repo_id and plan.card_source == "plm-tune":
-            card = model_card_text(plan.folder, repo_id=full_id, **card_kwargs)
-            (plan.folder / "README.md").write_text(card, encoding="utf-8", newline="")
-        if revision is not None and not create_pr:
-            _ensure_branch(api, full_id, revision)
-        commit = api.upload_folder(
-            repo_id=full_id,
-            folder_path=plan.folder,
-            repo_type="model",
-            commit_message=commit_message or f"Upload {_WHAT[plan.kind]} with plm-tune",
-            revision=revision,
-            create_pr=create_pr,
-            # Exactly the planned files: escaped, so a name is never read as a pattern.
-            allow_patterns=[glob.escape(name) for name in plan.files],
-        )
+        commit, full_id = _upload(HfApi(token=token), plan, repo_id, private=private, revision=revision,
+                                  create_pr=create_pr, commit_message=commit_message, card_kwargs=card_kwargs)
     except Exception as error:
         # Hub errors can echo request details, the Authorization header included; the original exception is
         # dropped (from None) so neither its message nor its traceback can carry the token into a log.
@@ -284,6 +265,32 @@ def push_folder(
 
 
 push_adapter = push_folder  # the older name, from when only adapters could be pushed
+
+
+def _upload(api: Any, plan: PushPlan, repo_id: str, *, private: bool, revision: str | None, create_pr: bool,
+            commit_message: str | None, card_kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """Create the repo, the branch if needed, and upload the planned files: ``(CommitInfo, full repo id)``."""
+    import glob
+
+    created = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # A bare "name" lands in the token's namespace: the card's snippet must name the full id.
+    full_id = getattr(created, "repo_id", None) or repo_id
+    if full_id != repo_id and plan.card_source == "plm-tune":
+        card = model_card_text(plan.folder, repo_id=full_id, **card_kwargs)
+        (plan.folder / "README.md").write_text(card, encoding="utf-8", newline="")
+    if revision is not None and not create_pr:
+        _ensure_branch(api, full_id, revision)
+    commit = api.upload_folder(
+        repo_id=full_id,
+        folder_path=plan.folder,
+        repo_type="model",
+        commit_message=commit_message or f"Upload {_WHAT[plan.kind]} with plm-tune",
+        revision=revision,
+        create_pr=create_pr,
+        # Exactly the planned files: escaped, so a name is never read as a pattern.
+        allow_patterns=[glob.escape(name) for name in plan.files],
+    )
+    return commit, full_id
 
 
 def hub_repo_id(repo_id: str | None, output_dir: str | Path | None = None) -> str:
