@@ -251,7 +251,7 @@ def test_the_cards_usage_snippet_runs(lora_copy, tmp_path):
 
 def test_training_info_takes_only_known_keys(lora_copy):
     assert set(TRAINING_INFO_KEYS) == {
-        "method", "lora_r", "lora_alpha", "target_modules", "freeze", "max_tiles", "num_frames", "datasets",
+        "method", "base_model", "lora_r", "lora_alpha", "target_modules", "freeze", "max_tiles", "num_frames", "datasets",
         "data_mix", "max_steps", "global_step", "metrics", "train_samples", "eval_samples", "train_seconds",
         "eval_max_new_tokens", "log_history",
     }

@@ -13,12 +13,12 @@ import torch
 
 from plm_tune.modeling.precision import default_dtype
 from plm_tune.modeling.run_folder import (
-    TRAINING_INFO_FILE,
     adapter_folder,
     has_processor,
     is_adapter,
     read_training_info,
     resolve_base_model,
+    write_training_info,
 )
 
 __all__ = ["merge_adapter"]
@@ -39,7 +39,9 @@ def merge_adapter(
     applied with ``PeftModel.from_pretrained``, then ``merge_and_unload`` folds the LoRA deltas into the base
     weights and puts the parts trained in full (``modules_to_save``, e.g. the projector) in place. The folder
     gets ``config.json``, ``generation_config.json``, ``model.safetensors`` and the processor with its chat
-    template (the adapter folder's when it has one, else the base's): it loads with
+    template (the adapter folder's when it has one, else the base's), and the adapter's
+    ``plm_tune_training.json`` with ``base_model`` added (when it has one: ``plm-tune push`` reads from it that
+    the folder is a merge, and of which base). It loads with
     ``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained`` and no peft.
 
     QLoRA: the adapter was trained against 4-bit NF4 weights, but merging into 4-bit weights is lossy (the
@@ -115,7 +117,8 @@ def merge_adapter(
     output_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output_dir)  # transformers 5 writes safetensors only (no pickle option left)
     processor.save_pretrained(output_dir)  # tokenizer, image processor and chat_template.jinja
-    if (adapter_dir / TRAINING_INFO_FILE).is_file():  # tiles / frames it was trained with: generate's defaults
-        (output_dir / TRAINING_INFO_FILE).write_text((adapter_dir / TRAINING_INFO_FILE).read_text())
+    info = read_training_info(adapter_dir)
+    if info:  # tiles / frames it was trained with (generate's defaults); the base, which config.json does not name
+        write_training_info(output_dir, {**info, "base_model": str(base)})
     logger.info("Merged %s into %s; saved the standalone model to %s", adapter_dir, base, output_dir)
     return output_dir

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plm_tune.after_training.push import push_adapter
+from plm_tune.after_training.push import hub_repo_id, push_folder
 from plm_tune.after_training.report import write_report
 from plm_tune.after_training.trackers import log_eval_gallery
 from plm_tune.arguments import MAX_NEW_TOKENS
@@ -97,8 +97,10 @@ def finish_run(
         compare_base: for an adapter, also answer with the adapter switched off (the base model), for the
             report's before / after columns. Costs a second generation pass.
         max_new_tokens, eval_batch_size: generation settings for the eval answers.
-        push_to_hub, hub_model_id, hub_private_repo: upload the folder (model card included, eval data
-            never) with ``plm_tune.after_training.push.push_adapter``. Only adapters are pushed this way.
+        push_to_hub, hub_model_id, hub_private_repo: upload the folder, adapter or model (model card included,
+            eval data never), with ``plm_tune.after_training.push.push_folder``; the repo defaults to the output
+            folder's name as transformers' does (``hub_repo_id``); the token and branch are ``trainer.args``'
+            ``hub_token`` and ``hub_revision`` (default: ``HF_TOKEN`` or the stored login; main).
 
     Returns:
         ``RunOutputs`` with the paths made.
@@ -153,14 +155,11 @@ def finish_run(
             log_eval_gallery(trainer, result, eval_set)  # to TensorBoard / W&B when report_to has them
 
     if push_to_hub:
-        if not adapter:
-            raise ValueError("push_to_hub: plm-tune pushes adapters with their model card; for a full finetune "
-                             "use huggingface_hub.upload_folder on the output folder.")
-        if not hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (user/name): set `hub_model_id`.")
         metrics = dict(info.get("metrics") or {})
         if outputs.eval_result is not None:
             metrics.update({f"eval_{k}": v for k, v in outputs.eval_result.metrics.items() if k != "samples"})
-        outputs.hub_url = push_adapter(output_dir, hub_model_id, private=hub_private_repo, metrics=metrics)
+        outputs.hub_url = push_folder(output_dir, hub_repo_id(hub_model_id, output_dir), private=hub_private_repo,
+                                      token=getattr(args, "hub_token", None),
+                                      revision=getattr(args, "hub_revision", None), metrics=metrics)
     return outputs
 

@@ -5,7 +5,8 @@ reach into ``data_adapters``, lazily, through the data reader of the ``data``, `
 subcommands. The after-training commands (``generate``, ``eval``, ``report``, ``merge``, ``push``) live in
 ``plm_tune.apps.cli_run``, which gets that data reader from here.
 
-``--adapter`` means a trained peft adapter folder in ``generate`` / ``eval`` / ``merge`` / ``push``; the data
+``--adapter`` means a trained peft adapter folder in ``generate`` / ``eval`` / ``merge``; ``push`` takes
+``--folder`` (an adapter, a full finetune or a merged model; ``--adapter`` still works there); the data
 commands call the data reader ``--data-adapter`` (``--adapter`` still works there).
 """
 

@@ -199,16 +199,20 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from plm_tune.after_training.push import push_adapter, push_plan
+    from plm_tune.after_training.push import push_folder, push_plan
 
     options = {"include": args.include or (), "overwrite_card": args.overwrite_card}
     if args.base_model:
         options["base_model"] = args.base_model
     if not args.dry_run:
-        print(f"Pushed: {push_adapter(args.adapter, args.repo_id, private=args.private, **options)}")
+        url = push_folder(args.folder, args.repo_id, private=args.private, commit_message=args.commit_message,
+                          revision=args.revision, create_pr=args.create_pr, **options)
+        print(f"{'Opened a pull request' if args.create_pr else 'Pushed'}: {url}")
         return 0
-    plan = push_plan(args.adapter, args.repo_id, **options)
-    print(f"Would upload {len(plan.files)} files from {plan.folder} to https://huggingface.co/{args.repo_id} "
+    plan = push_plan(args.folder, args.repo_id, **options)
+    where = " as a pull request" if args.create_pr else f" on branch {args.revision}" if args.revision else ""
+    print(f"Would upload {len(plan.files)} files ({plan.kind}) from {plan.folder} to "
+          f"https://huggingface.co/{args.repo_id}{where} "
           f"({'private' if args.private else 'public'} if the push creates it):")
     print("\n".join(f"  {name}" for name in plan.files))
     if plan.left_out:
@@ -298,18 +302,25 @@ def add_after_training_commands(
                        help="default: bfloat16 on a bf16 GPU, else float32")
     merge.set_defaults(func=_merge)
 
-    push = sub.add_parser("push", help="upload an adapter folder with a model card to the Hugging Face Hub "
-                          "(token: HF_TOKEN or `hf auth login`, never a flag)")
-    push.add_argument("--adapter", required=True, help="adapter folder")
+    push = sub.add_parser("push", help="upload an adapter, a full finetune or a merged model with a model card to "
+                          "the Hugging Face Hub (token: HF_TOKEN or `hf auth login`, never a flag)")
+    push.add_argument("--folder", "--adapter", dest="folder", required=True,
+                      help="what to upload: an adapter or a full finetune (a run's output_dir), or a merged model "
+                      "(`plm-tune merge --output`)")
     push.add_argument("--repo-id", dest="repo_id", required=True, help="user/name or org/name")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--base-model", dest="base_model",
-                      help="Hub id of the base for the model card (default: adapter_config.json's)")
+                      help="Hub id of the base for the model card (default: the one the folder records)")
     push.add_argument("--include", action="append", metavar="FILE",
                       help=f"also upload {EVAL_DIR}/{EVAL_JSON} or {EVAL_DIR}/{REPORT_HTML} (they quote your eval "
                       "data; nothing else can be added)")
     push.add_argument("--overwrite-card", dest="overwrite_card", action="store_true",
                       help="replace a README.md you wrote with plm-tune's card (generated cards always are)")
+    push.add_argument("--commit-message", dest="commit_message",
+                      help="the commit's (or pull request's) title (default: 'Upload PLM adapter with plm-tune')")
+    push.add_argument("--revision", help="the branch to commit to, created from main if missing (default: main)")
+    push.add_argument("--create-pr", dest="create_pr", action="store_true",
+                      help="open a pull request against main with the upload instead of committing to main")
     push.add_argument("--dry-run", dest="dry_run", action="store_true",
                       help="show the files and the card that would be uploaded, and the repo; no network")
     push.set_defaults(func=_push)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from plm_tune.after_training.outputs import RunOutputs, finish_run
+from plm_tune.after_training.push import check_push_ready
 from plm_tune.apps.config import PLMParser
 from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
 from plm_tune.modeling.devices import check_gpu_usable
@@ -120,6 +121,9 @@ def finetune(
                           batch_size=training_args.per_device_train_batch_size,
                           gradient_checkpointing=training_args.activation_checkpointing, bf16=training_args.bf16))
         return None
+    if training_args.push_to_hub:  # a missing token or a bad repo id fails now, not after training
+        check_push_ready(training_args.hub_model_id, output_dir=training_args.output_dir,
+                         token=training_args.hub_token, method=model_args.method)
 
     check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
     streamed = not hasattr(train_set, "__len__")

@@ -73,6 +73,7 @@ REPORT_HTML = "report.html"
 # Every key write_training_info accepts, with what it holds. A fixed set: a typo fails instead of vanishing.
 TRAINING_INFO_KEYS = {
     "method": f"how it trained: {methods_help()}",
+    "base_model": "the model training started from (a merge records the base it merged into: config.json does not)",
     "lora_r": "LoRA rank (adapter_config.json's r wins when both exist)",
     "lora_alpha": "LoRA alpha (adapter_config.json's lora_alpha wins when both exist)",
     "target_modules": "LoRA target modules (adapter_config.json's wins when both exist)",
@@ -264,7 +265,7 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
     data, the tiles / frames or the results; call this after ``trainer.save_model(output_dir)``. Every key is
     optional (the card says "not recorded" for a missing one); ``TRAINING_INFO_KEYS`` lists them:
 
-    ``method``, ``lora_r``, ``lora_alpha``, ``target_modules``, ``freeze``, ``max_tiles``, ``num_frames``,
+    ``method``, ``base_model``, ``lora_r``, ``lora_alpha``, ``target_modules``, ``freeze``, ``max_tiles``, ``num_frames``,
     ``datasets``, ``data_mix``, ``max_steps``, ``global_step``, ``metrics``, ``train_samples``, ``eval_samples``,
     ``train_seconds``, ``eval_max_new_tokens``, ``log_history``.
 
