@@ -78,7 +78,7 @@ def test_a_run_that_recorded_no_frames_is_evaluated_with_the_run_settings_defaul
 def test_eval_refuses_to_replace_an_eval_without_overwrite(run, tmp_path):
     (tmp_path / "eval.json").write_text("{}")
     refused = _cli("eval", "--adapter", run, "--output", tmp_path)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # usage
     assert "exists: pass --overwrite" in refused.stderr and "Traceback" not in refused.stderr
     assert (tmp_path / "eval.json").read_text() == "{}"
 

@@ -63,6 +63,6 @@ def test_start_without_a_video_is_one_line_with_the_fix(tiny_plm_path, tmp_path)
 
     Image.new("RGB", (16, 16)).save(image)
     result = _cli("generate", "--model", tiny_plm_path, "--image", image, "--start", 2, "--prompt", "What?")
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage
     assert "--start / --end" in result.stderr and "add --video PATH" in result.stderr
     assert "Traceback" not in result.stderr

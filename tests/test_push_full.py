@@ -405,7 +405,7 @@ def test_cli_create_pr_opens_a_pull_request_against_main(full, hub):
 def test_create_pr_with_a_revision_is_refused_before_any_request(full, hub):
     result = _cli("push", "--folder", str(full), "--repo-id", "me/plm-full", "--create-pr", "--revision", "v1",
                   env=hub.env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage
     assert result.stderr.startswith("plm-tune push: error: A pull request is always opened against the main branch")
     assert len(result.stderr.strip().splitlines()) == 1 and hub.calls() == []
 
