@@ -10,12 +10,13 @@ plm_tune_training.json and the model card record ids, dataset folders and media 
     chest/RG1_UNCI.dcm, case-20, shape-7          ->  unchanged
 
 A part looks identifying when it holds a run of 3 or more digits (IDs, dates, accession numbers) or two
-capitalised words joined by ``_ - . ^`` (``Doe_John``, ``DOE^JOHN``: DICOM's person-name form). The rule errs towards hiding: a hidden harmless name costs a lookup in ``eval_data/``, a shown name cannot be taken
-back. It cannot recognise a name written as one word, in lower case or split by a space (``johndoe/scan.dcm``): de-identify such
-a layout before training, or keep the id out of the samples. The salt is drawn once per process, so references
-agree across one run's files but cannot be looked up in a table of hashed names and IDs; compare runs by the
-sample ``index`` (the order of ``eval_data/``). ``record_media_paths: true`` (``EvalArguments``) records ids and
-folders as they are.
+capitalised words joined by ``_ - . ^`` (``Doe_John``, ``DOE^JOHN``: DICOM's person-name form). The rule errs
+towards hiding: a hidden harmless name costs a lookup in ``eval_data/``, a shown name cannot be taken back. It
+cannot recognise a name written as one word, in lower case or split by a space (``johndoe/scan.dcm``): de-
+identify such a layout before training, or keep the id out of the samples. The salt is drawn once per process,
+so references agree across one run's files but cannot be looked up in a table of hashed names and IDs; compare
+runs by the sample ``index`` (the order of ``eval_data/``). ``record_media_paths: true`` (``EvalArguments``)
+records ids and folders as they are.
 """
 
 from __future__ import annotations
