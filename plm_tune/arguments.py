@@ -179,6 +179,9 @@ class EvalArguments:
                 "scores (gen_eval/...; works under ZeRO-3). 0: off."})
     generation_eval_samples: int = field(default=8, metadata={
         "help": "How many eval samples each generation_eval_steps check answers."})
+    record_media_paths: bool = field(default=False, metadata={
+        "help": "Record sample ids and dataset folders as they are in eval.json, report.html, the gallery, "
+                "plm_tune_training.json and the card; false: parts with names, IDs or dates become ref-HASH."})
 
 
 def settings_from(settings: Any, cls: type, **keywords: Any) -> Any:

@@ -395,3 +395,80 @@ def test_the_same_seed_gives_bit_identical_lora_adapters(tiny_plm_path, tmp_path
     assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
     other, _ = load_model(tiny_plm_path, method="lora", seed=8)  # another seed, another initialisation
     assert not all(torch.equal(initial[0][k], v) for k, v in get_peft_model_state_dict(other).items() if "lora_A" in k)
+
+
+BAD_INPUTS_TOKENS_AND_PATHS = (
+    "a PACS export layout DOE_JOHN_PX0048213/Doe_John_19610312_0N.dcm (real DICOM) trained on, evaluated, carded",
+    "a dataset folder named after a second patient ROE^JANE with a birth date, recorded in datasets",
+    "a missing DICOM under a patient-named path, shown as a media error in the report",
+)
+
+
+# ---- round three: TOKENS_AND_PATHS
+_PATIENTS = {"DOE_JOHN_PX0048213": "Doe_John_19610312", "ROE^JANE_PX0051234": "Roe_Jane_19700101"}
+_IDENTIFYING = ["DOE", "JOHN", "Doe_John", "PX0048213", "19610312", "ROE", "JANE", "Roe_Jane", "PX0051234", "19700101"]
+
+
+def test_names_ids_and_dates_in_a_pacs_layout_reach_no_file_of_the_run(tiny_plm_path, tmp_path):
+    """A real 2-step LoRA run through ``finetune`` on DICOM files laid out as a PACS export, with TensorBoard on,
+    an eval with the report and the model card that a push would publish: no file in the output folder (but
+    ``eval_data/``, the local copy of the held-out samples, which keeps their paths to re-run the eval and which
+    a push never uploads) holds any part of the names, IDs or dates; ``record_media_paths`` brings them back."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from trl import SFTConfig
+
+    from data_adapters.dicom import from_dicom
+    from plm_tune.after_training.push import files_to_upload, push_plan
+    from plm_tune.after_training.report import write_report
+    from plm_tune.apps.finetune import finetune
+    from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+
+    root = tmp_path / "export"
+    for (folder, stem), source in zip(_PATIENTS.items(), ("CT_small.dcm", "MR_small.dcm"), strict=True):
+        (root / folder).mkdir(parents=True)
+        for k in range(3):
+            shutil.copy(get_testdata_file(source, download=False), root / folder / f"{stem}_0{k}.dcm")
+    samples = from_dicom(str(root), caption="{Modality}", max_tiles=1, progress=False)
+    assert samples[0]["id"].startswith(next(iter(_PATIENTS)))  # the adapter's id is the path under the root
+
+    def run(name: str, record_media_paths: bool = False):
+        out = tmp_path / name
+        args = SFTConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, report_to="tensorboard",
+                         bf16=False, max_length=None, save_steps=1, logging_steps=1, disable_tqdm=True)
+        finetune(samples.select([0, 1, 3, 4]), samples.select([2, 5]),
+                 ModelArguments(model_name_or_path=str(tiny_plm_path), method="lora"), MediaArguments(max_tiles=1),
+                 args, EvalArguments(eval_max_new_tokens=2, record_media_paths=record_media_paths),
+                 datasets=[f"DICOM files in {root / 'ROE^JANE_PX0051234'}", str(root)])
+        (out / "README.md").write_text(push_plan(out, "me/plm-scans").card)  # the card a push publishes
+        return out
+
+    out = run("out")
+    # A media error in a shared report: a file gone from a patient-named folder.
+    gone = {**samples[2], "images": [str(root / "DOE_JOHN_PX0048213" / "Doe_John_19610312_09.dcm")]}
+    result = json.loads((out / "eval/eval.json").read_text())
+    from plm_tune.inference.evaluation import EvalResult
+
+    write_report(EvalResult.from_dict(result), [gone, samples[5]], out / "eval/report-missing.html")
+    assert "could not show" in (out / "eval/report-missing.html").read_text()
+
+    written = [p for p in out.rglob("*") if p.is_file() and "eval_data" not in p.relative_to(out).parts]
+    names = {p.relative_to(out).as_posix() for p in written}
+    assert {"eval/eval.json", "eval/report.html", "README.md", "plm_tune_training.json",
+            "checkpoint-2/trainer_state.json"} <= names and any("tfevents" in n for n in names)
+    leaks = {p.relative_to(out).as_posix(): [w for w in _IDENTIFYING if w.encode() in p.read_bytes()]
+             for p in written}
+    assert {name: words for name, words in leaks.items() if words} == {}
+    records = result["records"]
+    assert all(r["sample_id"].startswith("ref-") and r["sample_id"].endswith(".dcm") for r in records)
+    datasets = json.loads((out / "plm_tune_training.json").read_text())["datasets"]
+    assert datasets[0].startswith("DICOM files in /") and "export/ref-" in datasets[0]
+    assert not [f for f in files_to_upload(out, include=["eval/eval.json", "eval/report.html"])
+                if f.startswith("eval_data")]
+
+    # Opted in: recorded as they are.
+    kept = run("kept", record_media_paths=True)
+    ids = [r["sample_id"] for r in json.loads((kept / "eval/eval.json").read_text())["records"]]
+    assert ids == [samples[2]["id"], samples[5]["id"]]
+    assert "ROE^JANE_PX0051234" in json.loads((kept / "plm_tune_training.json").read_text())["datasets"][0]

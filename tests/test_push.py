@@ -5,6 +5,7 @@ folder, someone else's card. Real adapter folders from the tiny PLM; only the Hu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
-from plm_tune.after_training.push import PushError, files_to_upload, push_adapter, push_plan, redact
+from plm_tune.after_training.push import (
+    PushError,
+    files_to_upload,
+    push_adapter,
+    push_folder,
+    push_plan,
+    redact,
+)
 
 # Tokens of several shapes: only the first looks like a Hub token, so a pattern alone cannot catch the others.
 TOKENS = {"argument": "hf_ArgumentToken123", "env": "my-secret.token/with+chars=", "login": "sk_live_stored42"}
@@ -86,7 +94,7 @@ def test_a_server_error_quoting_the_token_in_use_never_prints_it(adapter, tmp_pa
     result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/plm-lora", env=env, hub=QUOTING_HUB)
 
     token = TOKENS[source]
-    assert result.returncode == 1
+    assert result.returncode == 2  # exits.py: a PushError is USAGE
     assert token not in result.stdout + result.stderr and os.path.basename(token) not in result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -122,8 +130,8 @@ def test_dry_run_lists_only_the_allowlist(adapter):
 
     result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/plm-lora", "--dry-run")
     assert result.returncode == 0, result.stderr
-    listed = [line.strip() for line in result.stdout.split("README.md, ")[0].splitlines()[1:]
-              if line.startswith("  ")]
+    listed = [line.split(" (")[0].strip() for line in result.stdout.split("README.md, ")[0].splitlines()[1:]
+              if line.startswith("  ") and not line.startswith("  total: ")]  # "  name (size)"
     assert listed == ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
                       "plm_tune_training.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
     assert not [name for name in listed for bad in never if bad in name]
@@ -167,7 +175,7 @@ def test_push_refuses_extra_files_and_allowlisted_symlinks(adapter, monkeypatch)
     assert "eval/report.html" in push_plan(adapter, "me/plm-lora", include=["eval/report.html"]).files
 
     result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/plm-lora", "--dry-run", "--include", ".env")
-    assert result.returncode == 1 and "will not include .env" in result.stderr
+    assert result.returncode == 2 and "will not include .env" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
     real = adapter / "tokenizer.json"
@@ -255,3 +263,215 @@ def test_a_base_from_the_hub_cache_is_named_by_its_hub_id(adapter):
     assert "base_model: facebook/Perception-LM-1B" in card
     assert "[facebook/Perception-LM-1B](https://huggingface.co/facebook/Perception-LM-1B)" in card
     assert "snapshots" not in card
+
+
+BAD_INPUTS_TOKENS_AND_PATHS = (
+    "a Hub that echoes the token as typed, quote(), quote(safe=''), quote_plus, twice URL-encoded",
+    "a Hub that echoes the token as HTTP Basic auth base64 of user:token, :token and token, URL-safe base64",
+    "a Hub that echoes the token as JSON \\u escapes, HTML entities and hex",
+    "a Hub that echoes another, unknown hf_ token base64- and %-encoded",
+    "--repo-id \"$HF_TOKEN\" (the token pasted as the repo id) at push and at train time (hub_model_id)",
+    "--repo-id me/<an hf_ token nobody told us about>",
+    "hub_token in the config and no HF_TOKEN or login: the train-time push must use it",
+    "an 8 GB sparse data.safetensors next to an adapter; a stray shard next to a sharded model",
+)
+
+
+# ---- round three: TOKENS_AND_PATHS
+
+
+def _encoded(token: str) -> dict[str, str]:
+    """The forms a server or proxy may echo a token in."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    return {
+        "typed": token, "quote": quote(token), "quote_safe_none": quote(token, safe=""),
+        "quote_plus": quote_plus(token), "double_url": quote(quote(token, safe=""), safe=""),
+        "basic_user": base64.b64encode(f"me:{token}".encode()).decode(),
+        "basic_colon": base64.b64encode(f":{token}".encode()).decode(),
+        "base64": base64.b64encode(token.encode()).decode(),
+        "base64_urlsafe": base64.urlsafe_b64encode(f"ab:{token}".encode()).decode().rstrip("="),
+        "json_u": "".join(f"\\u{ord(c):04x}" for c in token),
+        "html": "".join(f"&#{ord(c)};" for c in token),
+        "hex": token.encode().hex(),
+    }
+
+
+class _EchoHub:
+    """An HTTP server on 127.0.0.1 that answers every request 401 with the request's token echoed in one encoding
+    (``mode``; "all": every one) in its error body and X-Error-Message header, as a misconfigured proxy might."""
+
+    def __init__(self, mode: str, other: str | None = None) -> None:
+        import json as _json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                forms = _encoded(other or sent)
+                echo = " ".join(f"{k}={v}" for k, v in forms.items()) if mode == "all" else forms[mode]
+                body = _json.dumps({"error": f"Invalid credentials {echo}"}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Error-Message", f"bad token {echo}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echo_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    servers = []
+
+    def start(mode: str, other: str | None = None) -> _EchoHub:
+        server = _EchoHub(mode, other)
+        servers.append(server)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize("mode", list(_encoded("x")))
+@pytest.mark.parametrize("token", [TOKENS["env"], "hf_EchoedToken0123456789abcdefghijklmn"])
+def test_a_hub_echoing_the_token_in_any_encoding_never_gets_it_printed(adapter, echo_hub, mode, token):
+    echo_hub(mode)
+    with pytest.raises(PushError) as error:
+        push_folder(adapter, "me/plm-lora", token=token)
+    message = str(error.value)
+    assert "401" in message or "Invalid credentials" in message, message  # the server's answer reached us
+    for name, form in _encoded(token).items():
+        assert form not in message, (name, message)
+    assert "***" in message
+
+
+def test_another_hub_token_echoed_encoded_is_redacted_too(adapter, echo_hub):
+    """A token we were never told about (a proxy's, someone else's): caught by its hf_ shape once decoded."""
+    other = "hf_SomeoneElsesToken0123456789abcdefgh"
+    echo_hub("all", other=other)
+    with pytest.raises(PushError) as error:
+        push_folder(adapter, "me/plm-lora", token=TOKENS["argument"])
+    message = str(error.value)
+    leaked = [name for name, form in _encoded(other).items() if form in message]
+    assert leaked == [], message
+
+
+def test_cli_push_to_an_echoing_hub_prints_one_line_without_the_token(adapter, tmp_path):
+    server = _EchoHub("all")
+    try:
+        env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKENS["env"],
+               "HF_TOKEN_PATH": str(tmp_path / "no-login"), "HF_HOME": str(tmp_path / "hf-home")}
+        result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/plm-lora", env=env)
+    finally:
+        server.close()
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Invalid credentials" in result.stderr or "401" in result.stderr
+    for name, form in _encoded(TOKENS["env"]).items():
+        assert form not in result.stdout + result.stderr, name
+
+
+def test_the_token_as_repo_id_is_refused_in_one_line_without_echoing_it(adapter, tmp_path):
+    from plm_tune.after_training.push import check_push_ready
+
+    token = "hf_PastedAsRepoId0123456789abcdefghijkl"
+    env = {"HF_TOKEN": token, "HF_TOKEN_PATH": str(tmp_path / "no-login")}
+    for repo_id in (token, f"me/{token}"):
+        result = _cli("push", "--adapter", str(adapter), "--repo-id", repo_id, "--dry-run", env=env)
+        assert result.returncode != 0 and token not in result.stdout + result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "holds a Hub token, not a repo id" in result.stderr
+    # A token nobody told us about, shaped like one, and a token of another shape equal to the one in use.
+    with pytest.raises(ValueError, match="holds a Hub token") as error:
+        push_plan(adapter, "me/hf_" + "Q" * 34)
+    assert "Q" * 34 not in str(error.value)
+    with pytest.raises(ValueError, match="holds a Hub token"):
+        push_plan(adapter, "me/sk-live-stored42", token="sk-live-stored42")
+    # At train time (push_to_hub with hub_model_id), before any training.
+    with pytest.raises(ValueError, match=r"push_to_hub: `hub_model_id` holds a Hub token") as error:
+        check_push_ready(token, output_dir=str(tmp_path / "out"), token=token, method="lora")
+    assert token not in str(error.value)
+
+
+def test_a_configs_hub_token_is_the_push_token_and_never_written(tiny_plm_path, tmp_path, monkeypatch):
+    """finetune with push_to_hub and hub_token, no HF_TOKEN and no login: the check passes on hub_token, the
+    push sends it (the server sees it), and no file of the run, training_args.bin included, holds it."""
+    from huggingface_hub import constants
+    from trl import SFTConfig
+
+    from data_adapters.synthetic import synthetic_shapes
+    from plm_tune.after_training.push import check_push_ready
+    from plm_tune.apps.finetune import finetune
+    from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+
+    token = "hf_ConfigHubToken0123456789abcdefghijk"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login"))
+    with pytest.raises(ValueError, match="no Hugging Face token"):
+        check_push_ready("me/plm", method="lora")  # without it, nothing to push with
+    assert check_push_ready("me/plm", token=token, method="lora") == "me/plm"
+
+    server = _EchoHub("typed")  # answers 401, quoting what it was sent: proof the token went out
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    out = tmp_path / "run"
+    args = SFTConfig(output_dir=str(out), max_steps=1, per_device_train_batch_size=2, report_to="none", bf16=False,
+                     max_length=None, save_steps=1, logging_steps=1, disable_tqdm=True, push_to_hub=True,
+                     hub_model_id="me/plm", hub_token=token)
+    samples = synthetic_shapes(4, seed=0, max_tiles=1)
+    try:
+        with pytest.raises(PushError, match=r"Invalid credentials \*\*\*") as error:
+            finetune(samples, None, ModelArguments(model_name_or_path=str(tiny_plm_path), method="lora"),
+                     MediaArguments(max_tiles=1), args, EvalArguments(generate_eval=False))
+    finally:
+        server.close()
+    assert token not in str(error.value)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written) and (out / "adapter_model.safetensors").is_file()
+    assert [p for p in written if token.encode() in p.read_bytes()] == []
+
+
+def test_the_push_plan_shows_sizes_and_leaves_out_weights_the_model_does_not_load(adapter, tiny_plm_path, tmp_path):
+    big = adapter / "data.safetensors"
+    with open(big, "wb") as f:
+        f.truncate(8 * 10**9)  # sparse: 8 GB apparent size, no disk used
+    plan = push_plan(adapter, "me/plm-lora")
+    assert "data.safetensors" not in plan.files and "data.safetensors" in plan.left_out
+    assert plan.stray_weights == ["data.safetensors"] and files_to_upload(adapter) == plan.files
+    assert plan.sizes["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").stat().st_size
+
+    result = _cli("push", "--adapter", str(adapter), "--repo-id", "me/plm-lora", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "Not uploaded: data.safetensors (8.0 GB) is a .safetensors file this adapter folder's adapter does " \
+           "not load." in result.stdout
+    assert re.search(r"^  adapter_model\.safetensors \([\d.]+ [kM]?B\)$", result.stdout, re.M)
+    assert re.search(r"^  total: [\d.]+ [kM]?B$", result.stdout, re.M)
+
+    # A model folder (the tiny PLM, as save_pretrained wrote it): model.safetensors goes, a shard-looking file
+    # that no index names does not.
+    folder = Path(shutil.copytree(tiny_plm_path, tmp_path / "model"))
+    (folder / "model-00009-of-00009.safetensors").write_bytes(b"not a shard")
+    plan = push_plan(folder, "me/plm-full")
+    assert plan.stray_weights == ["model-00009-of-00009.safetensors"]
+    assert "model.safetensors" in plan.files

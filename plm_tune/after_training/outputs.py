@@ -16,6 +16,7 @@ from plm_tune.after_training.push import hub_repo_id, push_folder
 from plm_tune.after_training.report import write_report
 from plm_tune.after_training.trackers import log_eval_gallery
 from plm_tune.arguments import MAX_NEW_TOKENS
+from plm_tune.data.path_privacy import hide_dataset_names
 from plm_tune.data.sample import to_table
 from plm_tune.inference.evaluation import EvalResult, evaluate, majority_baseline, metrics_table, save_eval
 from plm_tune.modeling.run_folder import (
@@ -83,6 +84,8 @@ def finish_run(
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
     hub_private_repo: bool = False,
+    hub_token: str | None = None,
+    record_media_paths: bool = False,
 ) -> RunOutputs:
     """Save the trained model and processor, then (main process) evaluate by generation, report and push.
 
@@ -101,6 +104,11 @@ def finish_run(
             eval data never), with ``plm_tune.after_training.push.push_folder``; the repo defaults to the output
             folder's name as transformers' does (``hub_repo_id``); the token and branch are ``trainer.args``'
             ``hub_token`` and ``hub_revision`` (default: ``HF_TOKEN`` or the stored login; main).
+        hub_token: the token of the push, when not in ``trainer.args`` (``finetune`` takes it out of them, so
+            that ``training_args.bin`` never holds it); never logged.
+        record_media_paths: record sample ids and dataset folders as they are; False (default): their parts
+            that look like names, IDs or dates become ``ref-HASH`` in eval.json, report.html, the trackers'
+            gallery and plm_tune_training.json (``plm_tune.data.path_privacy``).
 
     Returns:
         ``RunOutputs`` with the paths made.
@@ -129,6 +137,8 @@ def finish_run(
         if hasattr(dataset, "__len__"):  # a streamed (iterable) dataset has no length
             info.setdefault(key, len(dataset))
     info.setdefault("eval_max_new_tokens", max_new_tokens)  # also for a later `plm-tune eval` (ZeRO-3)
+    if info.get("datasets") and not record_media_paths:  # uploaded by default, and quoted by the card
+        info["datasets"] = hide_dataset_names([str(name) for name in info["datasets"]])
     write_training_info(output_dir, info)
 
     if eval_set is not None and len(eval_set) > 0:
@@ -140,7 +150,7 @@ def finish_run(
             base = "disable_adapter" if compare_base and adapter else None
             result = evaluate(model, trainer.plm_collator.processor, eval_set, compare_with=base,
                               max_new_tokens=max_new_tokens, batch_size=eval_batch_size,
-                              collator=trainer.plm_collator)
+                              collator=trainer.plm_collator, record_media_paths=record_media_paths)
             # The base an adapter was trained on, as its saved adapter_config.json names it; a full finetune's
             # starting point, which no file in the folder records.
             config = getattr(model, "config", None)
@@ -159,7 +169,7 @@ def finish_run(
         if outputs.eval_result is not None:
             metrics.update({f"eval_{k}": v for k, v in outputs.eval_result.metrics.items() if k != "samples"})
         outputs.hub_url = push_folder(output_dir, hub_repo_id(hub_model_id, output_dir), private=hub_private_repo,
-                                      token=getattr(args, "hub_token", None),
+                                      token=hub_token or getattr(args, "hub_token", None),
                                       revision=getattr(args, "hub_revision", None), metrics=metrics)
     return outputs
 

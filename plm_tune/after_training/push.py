@@ -107,6 +107,10 @@ class PushPlan:
         card: the README.md that would be published.
         card_source: ``"plm-tune"`` (written from the run folder) or ``"yours"`` (a hand-written card, kept).
         kind: ``"adapter"``, ``"full"`` or ``"merged"`` (``folder_kind``).
+        sizes: bytes of each file in ``files`` (README.md: the card that would be published).
+        stray_weights: ``*.safetensors`` files that the folder's model or adapter does not load (not
+            ``adapter_model.safetensors``, ``model.safetensors`` or a shard its index names): left out, never
+            uploaded; often a data file saved in the format.
     """
 
     folder: Path
@@ -116,6 +120,17 @@ class PushPlan:
     card: str = ""
     card_source: str = "plm-tune"
     kind: FolderKind = "adapter"
+    sizes: dict[str, int] = field(default_factory=dict)
+    stray_weights: list[str] = field(default_factory=list)
+
+    def listing(self) -> list[str]:
+        """One line per file to upload with its size, then what is left out and why (``plm-tune push --dry-run``)."""
+        lines = [f"  {name} ({_size(self.sizes.get(name, 0))})" for name in self.files]
+        lines.append(f"  total: {_size(sum(self.sizes.values()))}")
+        lines += [f"Not uploaded: {name} ({_size((self.folder / name).stat().st_size)}) is a .safetensors file "
+                  f"this {self.kind} folder's {'adapter' if self.kind == 'adapter' else 'model'} does not load."
+                  for name in self.stray_weights]
+        return lines
 
 
 def files_to_upload(folder: str | Path, include: Sequence[str] = ()) -> list[str]:
@@ -130,9 +145,9 @@ def files_to_upload(folder: str | Path, include: Sequence[str] = ()) -> list[str
             ``config.json``; an ``include`` file is missing.
         ValueError: ``include`` names a file that is not one of ``OPTIONAL_FILES``.
     """
-    folder_kind(folder)
+    kind = folder_kind(folder)
     folder = Path(folder)
-    files, _, _ = _scan(folder, _checked_include(folder, include))
+    files, _, _, _ = _planned(folder, kind, _checked_include(folder, include))
     return sorted({*files, "README.md"})
 
 
@@ -156,7 +171,7 @@ def push_plan(
     """
     _check_repo_id(repo_id, token, name="`repo_id`")
     folder, kind = _complete_folder(folder)
-    files, left_out, symlinks = _scan(folder, _checked_include(folder, include))
+    files, left_out, symlinks, stray = _planned(folder, kind, _checked_include(folder, include))
     linked = [name for name in symlinks if _allowed(name)]
     if linked:
         raise ValueError(
@@ -174,7 +189,10 @@ def push_plan(
         card, source = readme.read_text(errors="replace"), "yours"
     else:
         card, source = model_card_text(folder, repo_id=repo_id, **card_kwargs), "plm-tune"
-    return PushPlan(folder, sorted({*files, "README.md"}), left_out, symlinks, card, source, kind)
+    files = sorted({*files, "README.md"})
+    sizes = {name: (folder / name).stat().st_size for name in files if name != "README.md"}
+    sizes["README.md"] = len(card.encode())
+    return PushPlan(folder, files, left_out, symlinks, card, source, kind, sizes, stray)
 
 
 def push_folder(
@@ -246,7 +264,10 @@ def push_folder(
         (plan.folder / "README.md").write_text(plan.card, encoding="utf-8", newline="")
     for name in plan.symlinks:
         logger.warning("Not uploaded: %s is a symlink (a push never follows one).", name)
-    logger.info("Uploading %d files from %s to https://huggingface.co/%s", len(plan.files), plan.folder, repo_id)
+    for line in plan.listing()[len(plan.files) + 1:]:
+        logger.warning("%s", line)
+    logger.info("Uploading %d files (%s) from %s to https://huggingface.co/%s", len(plan.files),
+                _size(sum(plan.sizes.values())), plan.folder, repo_id)
 
     try:
         commit, full_id = _upload(HfApi(token=token), plan, repo_id, private=private, revision=revision,
@@ -376,13 +397,14 @@ def _check_repo_id(repo_id: str, token: str | None, *, name: str) -> None:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     secrets = [secret for secret in _stored_tokens(token) if len(secret) >= 8]  # a short one would match names
-    if any(secret in repo_id for secret in secrets) or any(_WHOLE_TOKEN.fullmatch(p) for p in repo_id.split("/")):
+    if any(secret in repo_id for secret in secrets) or _WHOLE_TOKEN.search(repo_id):
         raise ValueError(f"{name} holds a Hub token, not a repo id: set it to 'user/name' and keep the token in "
                          "HF_TOKEN or `hf auth login` (and revoke the token if this config was shared).")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"{name} {repo_id!r} is not a Hub repo id like 'user/name': {error}") from None
+        raise ValueError(f"{name} {redact(repo_id, token)!r} is not a Hub repo id like 'user/name': "
+                         f"{redact(str(error), token)}") from None
 
 
 def _complete_folder(folder: str | Path) -> tuple[Path, FolderKind]:
@@ -439,13 +461,81 @@ def _ensure_branch(api: Any, repo_id: str, revision: str) -> None:
 def redact(text: str, token: str | None = None) -> str:
     """``text`` without any Hub token: ``token``, ``HF_TOKEN``, the stored login's, whatever their format.
 
-    Each known token is replaced by ``***``, as typed and URL-encoded; anything shaped like a Hub token
-    (``hf_`` + 8 or more letters / digits) becomes ``hf_***`` too.
+    A server or proxy may echo a token in any encoding, so each known token is replaced by ``***`` as typed,
+    URL-encoded (``quote`` with and without its default ``safe="/"``, ``quote_plus``, twice), as JSON or
+    HTML escapes and as hex; then every word that decodes (base64 at any alignment, e.g. HTTP Basic auth's
+    ``base64("user:token")``, URL / JSON / HTML escapes, hex, up to two layers) to a known token or to
+    anything Hub-shaped (``hf_`` + 8 or more letters / digits) becomes ``***``; a bare Hub-shaped token
+    becomes ``hf_***``. A token shorter than 4 characters is not searched for (it would match ordinary words).
+
+    >>> redact("Authorization: Basic dXNlcjpoZl9BYmNkZWZnaDEyMzQ=")
+    'Authorization: Basic ***'
     """
-    for secret in _tokens_in_use(token):
-        for form in {secret, quote(secret, safe="")}:
+    secrets = [secret for secret in _tokens_in_use(token) if len(secret) >= 4]
+    for secret in secrets:
+        for form in sorted(_encodings(secret), key=len, reverse=True):
             text = text.replace(form, "***")
-    return _HUB_TOKEN.sub("hf_***", text)
+    text = _HUB_TOKEN.sub("hf_***", text)
+    return _ENCODED.sub(lambda m: "***" if _reveals(m.group(0), secrets) else m.group(0), text)
+
+
+# A word that may carry an encoded token: base64 (standard or URL-safe, with padding), hex, and URL, JSON
+# (\u0068), Python (\x68) and HTML (&#104;) escapes. "=" and "*" are left out between words, so that
+# "token=***" keeps its name and a word already redacted is not taken again.
+_ENCODED = re.compile(r"(?:\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|%[0-9a-fA-F]{2}|&#x?[0-9a-fA-F]+;|[A-Za-z0-9+/_.~-])"
+                      r"{8,}={0,2}")
+
+
+def _encodings(secret: str) -> set[str]:
+    """The forms ``secret`` takes in URLs, JSON, HTML and hex dumps (the searched ones; ``_reveals`` decodes)."""
+    import html
+    from urllib.parse import quote_plus
+
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""),
+             quote_plus(quote_plus(secret)), html.escape(secret), json.dumps(secret)[1:-1],
+             "".join(f"\\u{ord(c):04x}" for c in secret), "".join(f"&#{ord(c)};" for c in secret),
+             secret.encode().hex(), secret.encode().hex().upper()}
+    forms |= {form.lower() for form in forms if "%" in form} | {_lower_percent(form) for form in forms}
+    return {form for form in forms if form}
+
+
+def _lower_percent(form: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form)
+
+
+def _reveals(word: str, secrets: Sequence[str], depth: int = 2) -> bool:
+    """Whether ``word``, decoded up to ``depth`` times, holds one of ``secrets`` or a Hub-shaped token."""
+    if any(secret in word for secret in secrets) or _HUB_TOKEN.search(word):
+        return True
+    return depth > 0 and any(_reveals(decoded, secrets, depth - 1) for decoded in _decodings(word) if decoded != word)
+
+
+def _decodings(word: str) -> set[str]:
+    """What ``word`` may be an encoding of: URL, JSON / Python and HTML escapes undone, base64 at each of its
+    four alignments (the token may start anywhere in ``base64(user + ":" + token)``), hex at both."""
+    import base64
+    import binascii
+    import html
+    from urllib.parse import unquote_plus
+
+    found = {unquote_plus(word), html.unescape(word),
+             re.sub(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2}))", lambda m: chr(int(m.group(1) or m.group(2), 16)),
+                    word)}
+    standard = word.rstrip("=").replace("-", "+").replace("_", "/")
+    for start in range(4):
+        chunk = standard[start:]
+        chunk = chunk[:-1] if len(chunk) % 4 == 1 else chunk + "=" * (-len(chunk) % 4)  # the padding it lost
+        try:
+            found.add(base64.b64decode(chunk, validate=True).decode("latin-1"))
+        except (binascii.Error, ValueError):
+            pass
+    for start in range(2):
+        chunk = word[start:]
+        try:
+            found.add(bytes.fromhex(chunk[: len(chunk) - len(chunk) % 2]).decode("latin-1"))
+        except ValueError:
+            pass
+    return found
 
 
 def _tokens_in_use(token: str | None) -> list[str]:
@@ -510,3 +600,35 @@ def _scan(folder: Path, include: set[str]) -> tuple[list[str], list[str], list[s
                 wanted = _allowed(relative) or relative in include
                 (files if wanted and not in_checkpoint else left_out).append(relative)
     return sorted(files), sorted(left_out), sorted(symlinks)
+
+
+def _planned(folder: Path, kind: FolderKind, include: set[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """``_scan``'s (files, left out, symlinks) with the stray weights (``PushPlan.stray_weights``) moved from the
+    files to the left-out ones, and listed fourth."""
+    files, left_out, symlinks = _scan(folder, include)
+    expected = _expected_weights(folder, kind)
+    stray = [name for name in files if name.endswith(".safetensors") and name not in expected]
+    return [name for name in files if name not in stray], sorted([*left_out, *stray]), symlinks, stray
+
+
+def _expected_weights(folder: Path, kind: FolderKind) -> set[str]:
+    """The safetensors files loading the folder reads: peft's ``adapter_model.safetensors`` for an adapter; for a
+    model, the shards ``model.safetensors.index.json`` names, else ``model.safetensors`` (transformers'
+    ``from_pretrained`` reads no other)."""
+    if kind == "adapter":
+        return {"adapter_model.safetensors"}
+    index = folder / _MODEL_INDEX
+    if index.is_file():
+        try:
+            return set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):  # _check_model_weights names the broken index
+            return set()
+    return {_MODEL_WEIGHTS}
+
+
+def _size(size: int) -> str:
+    """``1.5 GB``, ``23.4 MB``, ``512 B``: decimal units, as the Hub shows file sizes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

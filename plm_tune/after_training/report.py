@@ -28,6 +28,7 @@ from PIL import Image
 
 from plm_tune.after_training.report_summary import html_text, summary_html
 from plm_tune.data.media import describe_media, load_image, load_video
+from plm_tune.data.path_privacy import hide_identifying
 from plm_tune.inference.evaluation import EvalRecord, EvalResult, majority_baseline
 
 __all__ = ["write_report", "rank_records", "gallery_media", "Thumbnail"]
@@ -284,15 +285,18 @@ def gallery_media(samples: Sequence[dict[str, Any]], index: int, *, frames_per_v
     for i, entry in enumerate(sample.get("images") or []):
         try:
             shown.append(Thumbnail(f"image {i}", [_thumbnail(load_image(entry), thumb_size)]))
-        # Whatever a decoder raises (PIL, pydicom, a missing file) becomes a visible placeholder instead.
+        # Whatever a decoder raises (PIL, pydicom, a missing file) becomes a visible placeholder instead; the
+        # report may be shared, so path parts with names, IDs or dates are hidden (plm_tune.data.path_privacy).
         except Exception as err:
-            shown.append(Thumbnail(f"image {i}", error=f"image {i} ({describe_media(entry)}): {err}"))
+            error = f"image {i} ({describe_media(entry)}): {err}"
+            shown.append(Thumbnail(f"image {i}", error=hide_identifying(error)))
     for i, entry in enumerate(sample.get("videos") or []):
         try:
             frames = load_video(entry, frames_per_video)  # (T, H, W, 3) uint8, T <= frames_per_video
             shown.append(Thumbnail(f"video {i}", [_thumbnail(Image.fromarray(f), thumb_size // 2) for f in frames]))
         except Exception as err:
-            shown.append(Thumbnail(f"video {i}", error=f"video {i} ({describe_media(entry)}): {err}"))
+            error = f"video {i} ({describe_media(entry)}): {err}"
+            shown.append(Thumbnail(f"video {i}", error=hide_identifying(error)))
     return shown
 
 

@@ -214,7 +214,7 @@ def _push(args: argparse.Namespace) -> int:
     print(f"Would upload {len(plan.files)} files ({plan.kind}) from {plan.folder} to "
           f"https://huggingface.co/{args.repo_id}{where} "
           f"({'private' if args.private else 'public'} if the push creates it):")
-    print("\n".join(f"  {name}" for name in plan.files))
+    print("\n".join(plan.listing()))  # each file with its size; stray weights flagged
     if plan.left_out:
         print(f"Left out: {len(plan.left_out)} files not on the upload allowlist (checkpoints, logs, data...).")
     for name in plan.symlinks:

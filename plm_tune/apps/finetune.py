@@ -139,6 +139,8 @@ def finetune(
 
     # finish_run pushes at the end, with plm-tune's model card; the Trainer's own push would go first without it.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    # The config's hub_token goes to the push only: the Trainer pickles its args into training_args.bin.
+    hub_token, training_args.hub_token = training_args.hub_token, None
     trainer = build_trainer(model, processor, train_set, eval_set, training_args, media=media_args,
                             model_args=model_args, eval_args=eval_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -157,6 +159,8 @@ def finetune(
         push_to_hub=push_to_hub,
         hub_model_id=training_args.hub_model_id,
         hub_private_repo=bool(training_args.hub_private_repo),
+        hub_token=hub_token,
+        record_media_paths=eval_args.record_media_paths,
     )
     if trainer.is_world_process_zero():
         out = training_args.output_dir

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from plm_tune.arguments import MAX_NEW_TOKENS
 from plm_tune.data.frame_selection import NUM_FRAMES
+from plm_tune.data.path_privacy import hide_identifying
 from plm_tune.data.sample import normalize_messages
 from plm_tune.encoding.collator import PLMCollator
 from plm_tune.encoding.formatting import IGNORE_INDEX
@@ -120,6 +121,7 @@ def evaluate(
     kind: ScoreKind = "auto",
     compute_loss: bool = True,
     progress: bool = True,
+    record_media_paths: bool = False,
 ) -> EvalResult:
     """Answer every sample with ``model`` (and a base model), score the answers and compute the eval loss.
 
@@ -144,6 +146,9 @@ def evaluate(
         kind: which scores (``score_answers``): ``"auto"``, ``"caption"`` or ``"choice"``.
         compute_loss: compute ``eval_loss`` (one extra forward pass per batch of answered samples).
         progress: show progress bars.
+        record_media_paths: keep each record's ``sample_id`` as it is; False: its parts that look like names,
+            IDs or dates (a PACS export's ``DOE_JOHN_PX0048213/Doe_John_19610312_01.dcm``) become ``ref-HASH``
+            (``plm_tune.data.path_privacy.hide_identifying``).
 
     Returns:
         An ``EvalResult``: one ``EvalRecord`` per sample, in order; ``metrics`` with the mean of each score
@@ -186,6 +191,9 @@ def evaluate(
         info.update(base_info)
 
     records = _records(samples, generations, scores, base_generations, base_scores)
+    if not record_media_paths:
+        for record in records:
+            record.sample_id = None if record.sample_id is None else hide_identifying(record.sample_id)
     info = {
         "model": _model_name(model),
         "adapter": getattr(model, "active_adapter", None) if _is_peft(model) else None,
