@@ -395,3 +395,140 @@ def test_the_same_seed_gives_bit_identical_lora_adapters(tiny_plm_path, tmp_path
     assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
     other, _ = load_model(tiny_plm_path, method="lora", seed=8)  # another seed, another initialisation
     assert not all(torch.equal(initial[0][k], v) for k, v in get_peft_model_state_dict(other).items() if "lora_A" in k)
+
+
+BAD_INPUTS_PIXELS = (
+    "float TIFF with one NaN", "float TIFF in 0..1 with NaN and +inf",
+    "signed 16-bit TIFF of CT Hounsfield units (little endian)", "signed 16-bit TIFF (big endian)",
+    "32-bit integer TIFF", "32-bit integer TIFF, all negative",
+    "DICOM with RescaleSlope 0", "enhanced-style DICOM with RescaleSlope 0 in a functional group",
+    "DICOM with an unknown transfer syntax UID", "DICOM with a SOP class UID as its transfer syntax",
+    "DICOM with a private (GE) transfer syntax",
+    "MP4 with a 90-degree display matrix", "MP4 with a 180-degree display matrix",
+    "variable-frame-rate MP4, clip 2.0-5.2 s", "variable-frame-rate MKV, clip 0.5-1.5 s",
+)
+
+
+# ---- round three: pixels
+def _tiff16_signed(path, values, big_endian=False):
+    """A baseline 16-bit signed greyscale TIFF (SampleFormat 2), written by hand: Pillow cannot write one."""
+    import struct
+
+    order = ">" if big_endian else "<"
+    height, width = values.shape
+    data = values.astype(order + "i2").tobytes()
+    tags = [(256, 3, width), (257, 3, height), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+            (277, 3, 1), (278, 3, height), (279, 4, len(data)), (339, 3, 2)]
+    ifd = struct.pack(order + "H", len(tags))
+    for tag, kind, value in tags:  # a SHORT sits in the first two bytes of the 4-byte value field
+        ifd += struct.pack(order + "HHI", tag, kind, 1) + (struct.pack(order + "HH", value, 0) if kind == 3
+                                                         else struct.pack(order + "I", value))
+    header = (b"MM\x00\x2a" if big_endian else b"II\x2a\x00") + struct.pack(order + "I", 8 + len(data))
+    path.write_bytes(header + data + ifd + b"\x00\x00\x00\x00")
+    return str(path)
+
+
+def _grey(path):
+    return np.asarray(load_image(str(path)))[..., 0].astype(int)
+
+
+def test_float_tiff_with_nan_or_inf_is_windowed_by_its_finite_values(tmp_path):
+    ramp = np.tile(np.linspace(-3.0, 5.0, 64, dtype=np.float32), (4, 1))
+    ramp[2, 10] = np.nan
+    Image.fromarray(ramp).save(tmp_path / "nan.tif")
+    assert Image.open(tmp_path / "nan.tif").mode == "F"
+    grey = _grey(tmp_path / "nan.tif")
+    assert grey[0, 0] == 0 and grey[0, -1] == 255 and abs(grey[0, 32] - 129) <= 1  # was all 0 (black)
+    assert grey[2, 10] == 0  # NaN drawn at the window's low end
+
+    unit = np.tile(np.linspace(0.0, 0.5, 64, dtype=np.float32), (4, 1))  # within 0..1: shown on 0..1
+    unit[0, 0], unit[0, 1] = np.nan, np.inf
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    grey = _grey(tmp_path / "unit.tif")
+    assert grey[1, -1] == 128 and grey[1, 0] == 0 and grey[0, 0] == 0 and grey[0, 1] == 255
+
+
+def test_signed_16_bit_tiff_is_windowed_by_its_range_not_clipped(tmp_path):
+    hounsfield = np.tile(np.linspace(-1024, 3071, 128).astype(np.int16), (4, 1))
+    for name, big in (("ct.tif", False), ("ct_mm.tif", True)):
+        opened = Image.open(_tiff16_signed(tmp_path / name, hounsfield, big_endian=big))
+        assert opened.mode == "I" and np.asarray(opened).min() == -1024  # PIL reads I;16S / I;16BS as I
+        grey = _grey(tmp_path / name)
+        assert grey[0, 0] == 0 and grey[0, -1] == 255 and np.all(np.diff(grey[0]) >= 0)
+        assert len(np.unique(grey[0])) > 100  # was 0..11: the whole scan in 12 shades of near-black
+        air_to_water = np.searchsorted(hounsfield[0], 0)
+        assert abs(grey[0, air_to_water] - round(1024 / 4095 * 255)) <= 2
+
+
+def test_32_bit_integer_tiff_is_scaled_by_its_range(tmp_path):
+    counts = np.tile(np.linspace(0, 200_000, 100).astype(np.int32), (4, 1))
+    Image.fromarray(counts).save(tmp_path / "counts.tif")
+    assert Image.open(tmp_path / "counts.tif").mode == "I"
+    grey = _grey(tmp_path / "counts.tif")
+    assert (grey == 255).mean() < 0.02 and grey[0, 0] == 0 and abs(grey[0, 50] - 129) <= 2  # was 67% white
+    Image.fromarray(-counts - 5).save(tmp_path / "negative.tif")
+    grey = _grey(tmp_path / "negative.tif")
+    assert grey[0, 0] == 255 and grey[0, -1] == 0 and len(np.unique(grey)) > 90  # was all black
+
+
+def _ct_with(tmp_path, name, **tags):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_dicom_rescale_slope_0_is_read_as_1_with_a_warning_naming_the_file(tmp_path, caplog):
+    from plm_tune.data.dicom import dicom_to_frames
+
+    reference = dicom_to_frames(_ct_with(tmp_path, "good.dcm"))
+    broken = _ct_with(tmp_path, "slope0.dcm", RescaleSlope=0)
+    with caplog.at_level("WARNING", logger="plm_tune.data.dicom_render"):
+        frames = dicom_to_frames(broken)
+    assert frames.std() > 10 and np.array_equal(frames, reference)  # CT_small's slope is 1: the same image
+    assert "slope0.dcm': RescaleSlope is 0" in caplog.text
+
+
+def test_dicom_rescale_slope_0_in_a_functional_group_is_read_as_1(tmp_path, caplog):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+
+    from plm_tune.data.dicom import dicom_to_frames
+
+    reference = dicom_to_frames(_ct_with(tmp_path, "flat.dcm"))
+    ds = pydicom.dcmread(_ct_with(tmp_path, "grouped.dcm"))
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 0, -1024, "HU"
+    group = Dataset()
+    group.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [group]
+    ds.save_as(tmp_path / "grouped.dcm")
+    with caplog.at_level("WARNING", logger="plm_tune.data.dicom_render"):
+        frames = dicom_to_frames(str(tmp_path / "grouped.dcm"))
+    assert frames.std() > 10 and np.array_equal(frames, reference)
+    assert "grouped.dcm': RescaleSlope is 0" in caplog.text
+
+
+@pytest.mark.parametrize("uid", ["1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.113619.5.2"])
+def test_dicom_with_an_unknown_transfer_syntax_names_the_file_and_the_fix(tmp_path, uid):
+    pydicom = pytest.importorskip("pydicom")
+    from plm_tune.data.dicom import DicomError, dicom_to_frames
+
+    path = _ct_with(tmp_path, "odd.dcm")
+    ds = pydicom.dcmread(path)
+    placeholder = ("1." + "9" * 64)[: len(uid)]  # pydicom refuses to write a known UID that is no syntax
+    ds.file_meta.TransferSyntaxUID = placeholder
+    ds.save_as(path)
+    with open(path, "rb") as fp:
+        data = fp.read()
+    with open(path, "wb") as fp:
+        fp.write(data.replace(placeholder.encode(), uid.encode(), 1))
+    for read in (dicom_to_frames, load_image):  # was a bare "ValueError: UID is not a transfer syntax."
+        with pytest.raises(DicomError, match=rf"odd\.dcm': unsupported compression: its Transfer Syntax UID "
+                                             rf"'{uid}' is not a transfer syntax .* Fix: .*gdcmconv") as err:
+            read(path)
+        assert "\n" not in str(err.value)
