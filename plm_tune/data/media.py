@@ -9,7 +9,9 @@ and for cost estimates (``plm_tune.encoding.costs``). A file that cannot be read
 
 Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
 a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
-its frames); decoding (``load_video``) and header-only counting (``plm_tune.encoding.costs``) both call it.
+its frames), the clip's ends found by the frames' timestamps; decoding (``load_video``) and header-only counting
+(``plm_tune.encoding.costs``) both call it. Frames come out as a player shows them (the display matrix of a
+phone's video applied: ``frame_decoding.frame_pixels``).
 ``load_video`` decodes those frames by seeking to keyframes (``plm_tune.data.frame_decoding``), or from the start
 of the file where the stream's packets cannot be trusted to map onto frames.
 """
@@ -17,6 +19,7 @@ of the file where the stream's packets cannot be trusted to map onto frames.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from plm_tune.data.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
-from plm_tune.data.frame_decoding import decode_in_order, decode_seeking
+from plm_tune.data.frame_decoding import decode_in_order, decode_seeking, presentation_times
 from plm_tune.data.frame_selection import NUM_FRAMES, pick_uniform, select_frame_indices
 from plm_tune.errors import MediaError, Reason
 
@@ -321,20 +324,27 @@ def clip_frame_indices(container: Any, stream: Any, path: str, start: float | No
     """``select_frame_indices`` for a clip of an open video, from its stream metadata only (no decoding).
 
     The frame count is the stream's (``nb_frames``, what torchcodec, PLM's decoder, reports for an MP4) or,
-    when the container records none (Matroska, WebM), duration x frame rate rounded; the frame rate is the
-    stream's average rate.
+    when the container records none (Matroska, WebM), the packets counted in one demux pass (nothing decoded;
+    duration x frame rate only when the packets have no timestamps); the frame rate is the stream's average
+    rate. A clip's ends are found by the packets' timestamps (``presentation_times``, read up to the clip's end),
+    so at a variable frame rate the clip is cut where a player shows it.
 
     Raises:
         MediaError: naming ``path``: no frame rate or frame count in the metadata, or a bad clip.
     """
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
-    total = stream.frames or round(_duration_seconds(container, stream) * fps)
+    times = None
+    if start is not None or end is not None or not stream.frames:
+        with open_video_stream(path) as (scan, scanned):  # a second reader: ``container`` stays at its start
+            times = presentation_times(scan, scanned, math.inf if end is None or not stream.frames else end)
+    # Without a count in the header, duration x rate is wrong at a variable rate: count the packets read.
+    total = stream.frames or (len(times) if times else round(_duration_seconds(container, stream) * fps))
     if fps <= 0 or total < 1:
         raise MediaError(Reason.UNREADABLE_VIDEO, f"Video '{path}' records no frame rate or frame count in its "
                          f"metadata (fps {fps:g}, {total} frames).", "Re-encode it (e.g. H.264 MP4).")
     try:
-        return select_frame_indices(total, fps, start, end, num_frames)
+        return select_frame_indices(total, fps, start, end, num_frames, times)
     except MediaError as err:
         raise MediaError(err.reason, f"{err} (video '{path}')") from err
 
