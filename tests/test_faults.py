@@ -34,7 +34,7 @@ from data_adapters import from_image_folder, from_llava_json, from_plm_jsonl, fr
 from data_adapters._records import BadRecord
 from plm_tune import PLMCollator, build_trainer, load_image, load_model, validate_sample
 from plm_tune.apps.cli import _parse_value
-from plm_tune.data.media import image_size, load_video
+from plm_tune.data.media import image_size, load_video, video_frame_count
 from plm_tune.encoding.costs import estimate_cost
 
 BAD_INPUTS = (
@@ -532,3 +532,63 @@ def test_dicom_with_an_unknown_transfer_syntax_names_the_file_and_the_fix(tmp_pa
                                              rf"'{uid}' is not a transfer syntax .* Fix: .*gdcmconv") as err:
             read(path)
         assert "\n" not in str(err.value)
+
+
+def _encode(path, frames, rate=10, times=None, rotation=None):
+    """Encode RGB frames with PyAV; ``times`` (seconds) sets each frame's pts, ``rotation`` (degrees,
+    counter-clockwise) the container's display matrix, as a phone writes a portrait video."""
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_rotated_phone_video_is_decoded_as_a_player_shows_it(tmp_path, processor):
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:16, :16] = 255  # a white block in the stored top-left corner
+    sample = {"id": "phone", "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                          {"role": "assistant", "content": "A block."}]}
+    collator = PLMCollator(processor)
+    for rotation, (rows, cols) in ((90, (slice(48, 64), slice(0, 16))), (180, (slice(16, 32), slice(48, 64)))):
+        path = _encode(tmp_path / f"r{rotation}.mp4", [stored] * 5, rotation=rotation)
+        frames = load_video(path, num_frames=3)
+        assert frames.shape == ((3, 64, 32, 3) if rotation == 90 else (3, 32, 64, 3))  # was (3, 32, 64, 3)
+        white = frames[0, ..., 0] > 128
+        assert white[rows, cols].all() and white.sum() == 16 * 16  # turned counter-clockwise, as players do
+        # The plan reads only frame counts for videos (each frame is resized to one tile): they agree.
+        assert video_frame_count(path, 3) == len(frames)
+        assert estimate_cost({**sample, "videos": [path]}, collator).frames == len(load_video(path)) == 5
+
+
+def test_variable_frame_rate_clip_picks_frames_by_their_timestamps(tmp_path):
+    av = pytest.importorskip("av")
+    # 2 s of sparse frames (a still scene), then 20 fps: the average rate (~13.9 fps) puts index 27 at 2.0 s.
+    times = [0.0, 0.09, 0.5, 1.0, 1.3, 1.95] + [round(1.95 + 0.05 * k, 2) for k in range(1, 90)]
+    frames = [np.full((32, 32, 3), 2 * i, np.uint8) for i in range(len(times))]  # frame i has grey level 2i
+    for name, (start, end) in (("vfr.mp4", (2.0, 5.2)), ("vfr.mkv", (0.5, 1.5))):
+        path = _encode(tmp_path / name, frames, rate=20, times=times)
+        with av.open(path) as container:
+            assert [round(float(f.pts * f.time_base), 2) for f in container.decode(video=0)] == times
+        shown = load_video({"path": path, "start": start, "end": end}, num_frames=8)
+        picked = [int(round(level / 2)) for level in shown[:, 16, 16, 0].astype(int)]  # back to frame indices
+        on_screen = [i for i, t in enumerate(times) if t <= end and (i + 1 == len(times) or times[i + 1] > start)]
+        assert picked[0] == on_screen[0] and picked[-1] == on_screen[-1], (picked, on_screen)
+        assert all(abs(p - q) <= 1 for p, q in zip(picked, sorted(picked), strict=True))
+        assert all(start - 0.5 <= times[p] <= end for p in picked), [times[p] for p in picked]
+        assert video_frame_count({"path": path, "start": start, "end": end}, 8) == len(picked)
