@@ -34,7 +34,7 @@ from data_adapters import from_image_folder, from_llava_json, from_plm_jsonl, fr
 from data_adapters._records import BadRecord
 from plm_tune import PLMCollator, build_trainer, load_image, load_model, validate_sample
 from plm_tune.apps.cli import _parse_value
-from plm_tune.data.media import image_size, load_video
+from plm_tune.data.media import image_size, load_video, video_frame_count
 from plm_tune.encoding.costs import estimate_cost
 
 BAD_INPUTS = (
@@ -472,3 +472,199 @@ def test_names_ids_and_dates_in_a_pacs_layout_reach_no_file_of_the_run(tiny_plm_
     ids = [r["sample_id"] for r in json.loads((kept / "eval/eval.json").read_text())["records"]]
     assert ids == [samples[2]["id"], samples[5]["id"]]
     assert "ROE^JANE_PX0051234" in json.loads((kept / "plm_tune_training.json").read_text())["datasets"][0]
+
+BAD_INPUTS_PIXELS = (
+    "float TIFF with one NaN", "float TIFF in 0..1 with NaN and +inf",
+    "signed 16-bit TIFF of CT Hounsfield units (little endian)", "signed 16-bit TIFF (big endian)",
+    "32-bit integer TIFF", "32-bit integer TIFF, all negative",
+    "DICOM with RescaleSlope 0", "enhanced-style DICOM with RescaleSlope 0 in a functional group",
+    "DICOM with an unknown transfer syntax UID", "DICOM with a SOP class UID as its transfer syntax",
+    "DICOM with a private (GE) transfer syntax",
+    "MP4 with a 90-degree display matrix", "MP4 with a 180-degree display matrix",
+    "variable-frame-rate MP4, clip 2.0-5.2 s", "variable-frame-rate MKV, clip 0.5-1.5 s",
+)
+
+
+# ---- round three: pixels
+def _tiff16_signed(path, values, big_endian=False):
+    """A baseline 16-bit signed greyscale TIFF (SampleFormat 2), written by hand: Pillow cannot write one."""
+    import struct
+
+    order = ">" if big_endian else "<"
+    height, width = values.shape
+    data = values.astype(order + "i2").tobytes()
+    tags = [(256, 3, width), (257, 3, height), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+            (277, 3, 1), (278, 3, height), (279, 4, len(data)), (339, 3, 2)]
+    ifd = struct.pack(order + "H", len(tags))
+    for tag, kind, value in tags:  # a SHORT sits in the first two bytes of the 4-byte value field
+        ifd += struct.pack(order + "HHI", tag, kind, 1) + (struct.pack(order + "HH", value, 0) if kind == 3
+                                                         else struct.pack(order + "I", value))
+    header = (b"MM\x00\x2a" if big_endian else b"II\x2a\x00") + struct.pack(order + "I", 8 + len(data))
+    path.write_bytes(header + data + ifd + b"\x00\x00\x00\x00")
+    return str(path)
+
+
+def _grey(path):
+    return np.asarray(load_image(str(path)))[..., 0].astype(int)
+
+
+def test_float_tiff_with_nan_or_inf_is_windowed_by_its_finite_values(tmp_path):
+    ramp = np.tile(np.linspace(-3.0, 5.0, 64, dtype=np.float32), (4, 1))
+    ramp[2, 10] = np.nan
+    Image.fromarray(ramp).save(tmp_path / "nan.tif")
+    assert Image.open(tmp_path / "nan.tif").mode == "F"
+    grey = _grey(tmp_path / "nan.tif")
+    assert grey[0, 0] == 0 and grey[0, -1] == 255 and abs(grey[0, 32] - 129) <= 1  # was all 0 (black)
+    assert grey[2, 10] == 0  # NaN drawn at the window's low end
+
+    unit = np.tile(np.linspace(0.0, 0.5, 64, dtype=np.float32), (4, 1))  # within 0..1: shown on 0..1
+    unit[0, 0], unit[0, 1] = np.nan, np.inf
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    grey = _grey(tmp_path / "unit.tif")
+    assert grey[1, -1] == 128 and grey[1, 0] == 0 and grey[0, 0] == 0 and grey[0, 1] == 255
+
+
+def test_signed_16_bit_tiff_is_windowed_by_its_range_not_clipped(tmp_path):
+    hounsfield = np.tile(np.linspace(-1024, 3071, 128).astype(np.int16), (4, 1))
+    for name, big in (("ct.tif", False), ("ct_mm.tif", True)):
+        opened = Image.open(_tiff16_signed(tmp_path / name, hounsfield, big_endian=big))
+        assert opened.mode == "I" and np.asarray(opened).min() == -1024  # PIL reads I;16S / I;16BS as I
+        grey = _grey(tmp_path / name)
+        assert grey[0, 0] == 0 and grey[0, -1] == 255 and np.all(np.diff(grey[0]) >= 0)
+        assert len(np.unique(grey[0])) > 100  # was 0..11: the whole scan in 12 shades of near-black
+        air_to_water = np.searchsorted(hounsfield[0], 0)
+        assert abs(grey[0, air_to_water] - round(1024 / 4095 * 255)) <= 2
+
+
+def test_32_bit_integer_tiff_is_scaled_by_its_range(tmp_path):
+    counts = np.tile(np.linspace(0, 200_000, 100).astype(np.int32), (4, 1))
+    Image.fromarray(counts).save(tmp_path / "counts.tif")
+    assert Image.open(tmp_path / "counts.tif").mode == "I"
+    grey = _grey(tmp_path / "counts.tif")
+    assert (grey == 255).mean() < 0.02 and grey[0, 0] == 0 and abs(grey[0, 50] - 129) <= 2  # was 67% white
+    Image.fromarray(-counts - 5).save(tmp_path / "negative.tif")
+    grey = _grey(tmp_path / "negative.tif")
+    assert grey[0, 0] == 255 and grey[0, -1] == 0 and len(np.unique(grey)) > 90  # was all black
+
+
+def _ct_with(tmp_path, name, **tags):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_dicom_rescale_slope_0_is_read_as_1_with_a_warning_naming_the_file(tmp_path, caplog):
+    from plm_tune.data.dicom import dicom_to_frames
+
+    reference = dicom_to_frames(_ct_with(tmp_path, "good.dcm"))
+    broken = _ct_with(tmp_path, "slope0.dcm", RescaleSlope=0)
+    with caplog.at_level("WARNING", logger="plm_tune.data.dicom_render"):
+        frames = dicom_to_frames(broken)
+    assert frames.std() > 10 and np.array_equal(frames, reference)  # CT_small's slope is 1: the same image
+    assert "slope0.dcm': RescaleSlope is 0" in caplog.text
+
+
+def test_dicom_rescale_slope_0_in_a_functional_group_is_read_as_1(tmp_path, caplog):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+
+    from plm_tune.data.dicom import dicom_to_frames
+
+    reference = dicom_to_frames(_ct_with(tmp_path, "flat.dcm"))
+    ds = pydicom.dcmread(_ct_with(tmp_path, "grouped.dcm"))
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 0, -1024, "HU"
+    group = Dataset()
+    group.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [group]
+    ds.save_as(tmp_path / "grouped.dcm")
+    with caplog.at_level("WARNING", logger="plm_tune.data.dicom_render"):
+        frames = dicom_to_frames(str(tmp_path / "grouped.dcm"))
+    assert frames.std() > 10 and np.array_equal(frames, reference)
+    assert "grouped.dcm': RescaleSlope is 0" in caplog.text
+
+
+@pytest.mark.parametrize("uid", ["1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.113619.5.2"])
+def test_dicom_with_an_unknown_transfer_syntax_names_the_file_and_the_fix(tmp_path, uid):
+    pydicom = pytest.importorskip("pydicom")
+    from plm_tune.data.dicom import DicomError, dicom_to_frames
+
+    path = _ct_with(tmp_path, "odd.dcm")
+    ds = pydicom.dcmread(path)
+    placeholder = ("1." + "9" * 64)[: len(uid)]  # pydicom refuses to write a known UID that is no syntax
+    ds.file_meta.TransferSyntaxUID = placeholder
+    ds.save_as(path)
+    with open(path, "rb") as fp:
+        data = fp.read()
+    with open(path, "wb") as fp:
+        fp.write(data.replace(placeholder.encode(), uid.encode(), 1))
+    for read in (dicom_to_frames, load_image):  # was a bare "ValueError: UID is not a transfer syntax."
+        with pytest.raises(DicomError, match=rf"odd\.dcm': unsupported compression: its Transfer Syntax UID "
+                                             rf"'{uid}' is not a transfer syntax .* Fix: .*gdcmconv") as err:
+            read(path)
+        assert "\n" not in str(err.value)
+
+
+def _encode(path, frames, rate=10, times=None, rotation=None):
+    """Encode RGB frames with PyAV; ``times`` (seconds) sets each frame's pts, ``rotation`` (degrees,
+    counter-clockwise) the container's display matrix, as a phone writes a portrait video."""
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_rotated_phone_video_is_decoded_as_a_player_shows_it(tmp_path, processor):
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:16, :16] = 255  # a white block in the stored top-left corner
+    sample = {"id": "phone", "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                          {"role": "assistant", "content": "A block."}]}
+    collator = PLMCollator(processor)
+    for rotation, (rows, cols) in ((90, (slice(48, 64), slice(0, 16))), (180, (slice(16, 32), slice(48, 64)))):
+        path = _encode(tmp_path / f"r{rotation}.mp4", [stored] * 5, rotation=rotation)
+        frames = load_video(path, num_frames=3)
+        assert frames.shape == ((3, 64, 32, 3) if rotation == 90 else (3, 32, 64, 3))  # was (3, 32, 64, 3)
+        white = frames[0, ..., 0] > 128
+        assert white[rows, cols].all() and white.sum() == 16 * 16  # turned counter-clockwise, as players do
+        # The plan reads only frame counts for videos (each frame is resized to one tile): they agree.
+        assert video_frame_count(path, 3) == len(frames)
+        assert estimate_cost({**sample, "videos": [path]}, collator).frames == len(load_video(path)) == 5
+
+
+def test_variable_frame_rate_clip_picks_frames_by_their_timestamps(tmp_path):
+    av = pytest.importorskip("av")
+    # 2 s of sparse frames (a still scene), then 20 fps: the average rate (~13.9 fps) puts index 27 at 2.0 s.
+    times = [0.0, 0.09, 0.5, 1.0, 1.3, 1.95] + [round(1.95 + 0.05 * k, 2) for k in range(1, 90)]
+    frames = [np.full((32, 32, 3), 2 * i, np.uint8) for i in range(len(times))]  # frame i has grey level 2i
+    for name, (start, end) in (("vfr.mp4", (2.0, 5.2)), ("vfr.mkv", (0.5, 1.5))):
+        path = _encode(tmp_path / name, frames, rate=20, times=times)
+        with av.open(path) as container:
+            assert [round(float(f.pts * f.time_base), 2) for f in container.decode(video=0)] == times
+        shown = load_video({"path": path, "start": start, "end": end}, num_frames=8)
+        picked = [int(round(level / 2)) for level in shown[:, 16, 16, 0].astype(int)]  # back to frame indices
+        on_screen = [i for i, t in enumerate(times) if t <= end and (i + 1 == len(times) or times[i + 1] > start)]
+        assert picked[0] == on_screen[0] and picked[-1] == on_screen[-1], (picked, on_screen)
+        assert all(abs(p - q) <= 1 for p, q in zip(picked, sorted(picked), strict=True))
+        assert all(start - 0.5 <= times[p] <= end for p in picked), [times[p] for p in picked]
+        assert video_frame_count({"path": path, "start": start, "end": end}, 8) == len(picked)

@@ -205,7 +205,7 @@ def dicom_to_frames(path_or_dataset: str | os.PathLike | Dataset, *,
     colour_space = properties["photometric_interpretation"]
     try:
         if colour_space in ("MONOCHROME1", "MONOCHROME2"):
-            grey = render_grey(ds, stored, indices)  # (T, H, W)
+            grey = render_grey(ds, stored, indices, name)  # (T, H, W)
             if colour_space == "MONOCHROME1":
                 grey = 255 - grey
             return np.repeat(grey[..., None], 3, axis=-1)
@@ -277,6 +277,13 @@ def _dcmread(source: str | BinaryIO, name: str, *, stop_before_pixels: bool) -> 
 def _transfer_syntax(ds: Dataset, name: str) -> Any:
     pydicom = _pydicom()
     syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax and not syntax.is_transfer_syntax:
+        # An unknown (or private, or mistyped: a SOP class UID) syntax: pydicom's UID properties raise a bare
+        # "UID is not a transfer syntax" on it, naming no file.
+        raise DicomError(name, Reason.UNSUPPORTED_COMPRESSION, f"its Transfer Syntax UID {str(syntax)!r} is not a "
+                         "transfer syntax pydicom knows (a private or vendor encoding, or a wrong UID).",
+                         "convert it to a standard one with the vendor's tool or `gdcmconv --raw in.dcm out.dcm` "
+                         "(dcmtk: `dcmconv +te`), then retry.")
     if syntax:
         return syntax
     # Files without file meta (ACR-NEMA) are never compressed: their pixels are encoded like the dataset.

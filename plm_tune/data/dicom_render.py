@@ -6,6 +6,7 @@ decodes the stored values and calls ``render_grey`` / ``render_colour``. Nothing
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,8 @@ _PIPELINE_TAGS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentatio
                   "RescaleIntercept", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
                   "VOILUTSequence")
 _FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+logger = logging.getLogger(__name__)
+_WARNED_SLOPE: set[str] = set()  # files already reported: a file is decoded again for each batch
 
 
 class RenderError(DataError):
@@ -37,12 +40,17 @@ class RenderError(DataError):
         super().__init__(reason, detail, fix, message=f"{reason}: {detail}")
 
 
-def render_grey(ds: Dataset, stored: list[np.ndarray], indices: list[int]) -> np.ndarray:
+def render_grey(ds: Dataset, stored: list[np.ndarray], indices: list[int], name: str) -> np.ndarray:
     """Greyscale frames ``indices`` of ``ds`` (their stored values ``stored``): Modality LUT, then VOI (or
-    min-max), to uint8 ``(T, H, W)``; MONOCHROME1 is not inverted here."""
+    min-max), to uint8 ``(T, H, W)``; MONOCHROME1 is not inverted here. ``name`` (the file) is for warnings.
+
+    A Rescale Slope of 0 (invalid: PS3.3 C.11.1.1.2 maps stored values by ``slope * value + intercept``, so every
+    pixel would become the intercept) is read as 1, keeping the intercept (CT stays in Hounsfield units, so the
+    file's window still fits), with a warning naming the file: DCMTK's viewers likewise ignore a zero slope.
+    """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    views = [_frame_view(ds, i) for i in indices]
+    views = [_valid_slope(_frame_view(ds, i), name) for i in indices]
     values = [apply_modality_lut(array, view) for array, view in zip(stored, views, strict=True)]
     # Without a window in the file, one min-max range for all rendered frames keeps a clip's brightness steady.
     unwindowed = [value for value, view in zip(values, views, strict=True) if not _has_voi(view)]
@@ -81,6 +89,29 @@ def _frame_view(ds: Dataset, index: int) -> Dataset:
                 for element in group[sequence][0]:
                     view[element.tag] = element
     return view
+
+
+def _valid_slope(view: Dataset, name: str) -> Dataset:
+    """``view``, or a copy of it with a Rescale Slope of 0 replaced by 1 (``render_grey`` says why)."""
+    if not _present(view, "RescaleSlope") or view.get("ModalityLUTSequence"):
+        return view
+    try:
+        slope = float(view.RescaleSlope)
+    except (TypeError, ValueError):
+        return view  # a malformed slope: pydicom's own error, named by dicom_to_frames
+    if slope != 0.0:
+        return view
+    from pydicom.dataset import Dataset
+
+    if name not in _WARNED_SLOPE:
+        _WARNED_SLOPE.add(name)
+        logger.warning("DICOM file '%s': RescaleSlope is 0 (invalid: every pixel would be the intercept); rendered "
+                       "with slope 1. Fix the tag in the source if the file is yours.", name)
+    fixed = Dataset(view)  # a new element dict: the caller's dataset is not changed
+    fixed.file_meta = getattr(view, "file_meta", Dataset())
+    fixed.set_original_encoding(*view.original_encoding)
+    fixed.RescaleSlope = 1
+    return fixed
 
 
 def _present(ds: Dataset, tag: str) -> bool:

@@ -32,6 +32,9 @@ video: every one of its 2700 frames). ``decode_seeking`` gives the same arrays m
   H.264 B-frames with decode-order pts; a decoder that drops a frame shifts every later index), or FFmpeg
   raises (the in-order path raises its own error, naming the file).
 
+Both give each frame as a player shows it (``frame_pixels``): turned by the stream's display matrix (a phone's
+portrait video is stored landscape with a 90-degree matrix).
+
 torchcodec, PLM's own decoder, is not offered as a backend: it cannot be installed where this project is
 tested, so its frames could not be checked against these arrays, and an unchecked path would silently train on
 different pixels. PyAV stays the one decoder.
@@ -39,6 +42,7 @@ different pixels. PyAV stays the one decoder.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -48,7 +52,37 @@ import numpy as np
 
 from plm_tune.errors import MediaError, Reason
 
-__all__ = ["Keyframe", "PacketTable", "SeekDecode", "decode_in_order", "decode_seeking", "scan_packets"]
+__all__ = ["Keyframe", "PacketTable", "SeekDecode", "decode_in_order", "decode_seeking", "frame_pixels",
+           "presentation_times", "scan_packets"]
+
+
+def frame_pixels(frame: Any) -> np.ndarray:
+    """A decoded PyAV frame as RGB ``(H, W, 3)`` uint8, turned and mirrored as a player shows it.
+
+    The display matrix (MP4 / MOV ``tkhd`` matrix, Matroska projection; FFmpeg hands it to each decoded frame as
+    ``AV_FRAME_DATA_DISPLAYMATRIX`` side data) is applied as ``ffmpeg``'s autorotate and ``ffplay`` apply it
+    (FFmpeg 8 ``fftools/ffmpeg_filter.c`` and ``ffplay.c``, the filters chosen after ``get_rotation``): quarter
+    turns, with the transposes and flips they pick from the matrix's signs. A rotation that is not a multiple
+    of 90 degrees (FFmpeg draws it on a larger canvas) keeps the stored pixels.
+    """
+    rgb = frame.to_ndarray(format="rgb24")
+    try:
+        matrix = np.frombuffer(bytes(frame.side_data["DISPLAYMATRIX"]), dtype=np.int32)  # 3x3, 16.16 fixed point
+    except KeyError:
+        return rgb
+    a, b, _, c, d = (float(v) / 65536 for v in matrix[:5])
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return rgb  # a degenerate matrix: FFmpeg reads no rotation from it either
+    # Clockwise degrees, as FFmpeg's get_rotation (-round(av_display_rotation_get)) computes it.
+    theta = round(math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))) % 360
+    if theta == 90:
+        return np.ascontiguousarray(rgb.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(rgb, -1))
+    if theta == 270:
+        return np.ascontiguousarray(np.rot90(rgb, -1)[::-1] if matrix[3] < 0 else np.rot90(rgb, 1))
+    if theta == 180:
+        rgb = rgb[:, ::-1] if matrix[0] < 0 else rgb
+        return np.ascontiguousarray(rgb[::-1] if matrix[4] < 0 else rgb)
+    return np.ascontiguousarray(rgb[::-1]) if theta == 0 and matrix[4] < 0 else rgb
 
 
 class Keyframe(NamedTuple):
@@ -117,6 +151,35 @@ def scan_packets(container: Any, stream: Any, last_frame: int) -> PacketTable | 
         return None
     return PacketTable(order=order, position={pts: i for i, pts in enumerate(in_decode_order)},
                        index={pts: i for i, pts in enumerate(order)}, keyframes=keyframes)
+
+
+def presentation_times(container: Any, stream: Any, until: float) -> list[float] | None:
+    """Seconds from the first frame of frames ``0, 1, ...`` (presentation order) up to past ``until`` seconds,
+    from one demux pass over the packets' timestamps (``pts * time_base``; nothing decoded).
+
+    Stops as ``scan_packets`` does: once a keyframe arrives whose previous keyframe shows after ``until``, no
+    later packet can show before it. Returns None when the packets cannot be trusted to be the frames (a packet
+    without a pts, or one the demuxer marks to discard); the container must be seeked before decoding.
+    """
+    pts: list[int] = []
+    first = None  # the earliest pts read: frame 0's, once the first GOP is read
+    key_before = None  # pts of the keyframe before the last one read
+    limit = None if stream.time_base is None else until / float(stream.time_base)
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None or packet.is_discard:
+            return None
+        if packet.is_keyframe:
+            if limit is not None and key_before is not None and key_before - first > limit:
+                break
+            key_before = packet.pts
+        pts.append(packet.pts)
+        first = packet.pts if first is None else min(first, packet.pts)
+    if not pts or stream.time_base is None:
+        return None
+    order = sorted(pts)
+    return [float((p - order[0]) * stream.time_base) for p in order]
 
 
 class SeekDecode(NamedTuple):
@@ -201,7 +264,7 @@ def _decode_from_keyframes(container: Any, stream: Any, table: PacketTable,
                     raise _Untrusted
                 expected += 1
                 if index in wanted:
-                    frames[index] = frame.to_ndarray(format="rgb24")
+                    frames[index] = frame_pixels(frame)
     return frames, decoded
 
 
@@ -243,7 +306,7 @@ def decode_in_order(container: Any, stream: Any, indices: list[int], path: str) 
         for index, frame in enumerate(container.decode(stream)):
             last = (index, frame)
             if index == target:
-                picked.append(frame.to_ndarray(format="rgb24"))
+                picked.append(frame_pixels(frame))
                 target = next(wanted, None)
                 if target is None:
                     break
@@ -262,6 +325,6 @@ def decode_in_order(container: Any, stream: Any, indices: list[int], path: str) 
             f"Video '{path}' stops decoding at {at} but its header promises frames up to {until}{why}: the "
             "file is truncated or corrupt.", f"Re-download or re-encode it, or end the clip before {at}.")
     while target is not None and last is not None:
-        picked.append(last[1].to_ndarray(format="rgb24"))
+        picked.append(frame_pixels(last[1]))
         target = next(wanted, None)
     return picked

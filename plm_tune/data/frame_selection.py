@@ -6,6 +6,9 @@ Pure functions over counts (no file is opened here): ``plm_tune.data.media`` dec
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+
 from plm_tune.errors import MediaError, Reason
 
 __all__ = ["NUM_FRAMES", "select_frame_indices", "uniform_indices", "pick_uniform"]
@@ -14,7 +17,7 @@ NUM_FRAMES = 32  # the default frames per video everywhere: PLM's own trainer sa
 
 
 def select_frame_indices(total_frames: int, fps: float, start: float | None, end: float | None,
-                         max_frames: int) -> list[int]:
+                         max_frames: int, times: Sequence[float] | None = None) -> list[int]:
     """The frame indices PLM's trainer decodes from a clip: the one rule for decoding and for counting.
 
     Meta's rule (perception_models ``core/transforms/video_transform.py``, ``VideoTransform.load_video`` and
@@ -40,6 +43,8 @@ def select_frame_indices(total_frames: int, fps: float, start: float | None, end
         fps: its average frame rate.
         start, end: the clip in seconds (None: the video's first / last frame).
         max_frames: the most frames to pick (PLM: 32).
+        times: seconds from the first frame of frames ``0, 1, ...`` in presentation order (``pts * time_base``,
+            increasing), at least up to the first frame after ``end``; None: frame i is at ``i / fps``.
 
     Returns:
         Strictly increasing frame indices in ``[0, total_frames)``.
@@ -63,11 +68,11 @@ def select_frame_indices(total_frames: int, fps: float, start: float | None, end
         raise MediaError(Reason.BAD_CLIP_TIMES, f"Clip end ({end}s) is before its start ({start}s).",
                          "Swap or fix the times.")
     last = total_frames - 1
-    first = 0 if start is None else int(start * fps)
+    first = 0 if start is None else _frame_at(start, fps, times)
     if first > last:
         raise MediaError(Reason.CLIP_OUTSIDE_VIDEO, f"Clip start {start}s is past the end of the video "
                          f"({total_frames} frames at {fps:g} fps: {total_frames / fps:.2f}s).")
-    stop = last if end is None else min(int(end * fps), last)
+    stop = last if end is None else min(_frame_at(end, fps, times), last)
     if stop == first:
         stop = min(first + 1, last)
     candidates = list(range(first, stop + 1, max(1, round(fps))))
@@ -77,6 +82,15 @@ def select_frame_indices(total_frames: int, fps: float, start: float | None, end
         span = stop - first + 1
         return [first + i for i in uniform_indices(span, min(span, max_frames))]
     return candidates
+
+
+def _frame_at(seconds: float, fps: float, times: Sequence[float] | None) -> int:
+    """The frame on screen ``seconds`` after the first: the last one shown at or before it (the index after the
+    last of ``times`` once that frame's ``1 / fps`` has passed: past the end when ``times`` covers every frame)."""
+    if times is None:
+        return int(seconds * fps)
+    index = max(bisect.bisect_right(times, seconds) - 1, 0)
+    return index + 1 if index == len(times) - 1 and seconds >= times[-1] + 1 / fps else index
 
 
 def uniform_indices(total: int, wanted: int) -> list[int]:

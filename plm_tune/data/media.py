@@ -9,7 +9,9 @@ and for cost estimates (``plm_tune.encoding.costs``). A file that cannot be read
 
 Frames are picked as PLM's trainer picks them, by frame index (``select_frame_indices``: 1 fps candidates,
 a uniform pick of ``num_frames``; a clip with fewer candidates gives ``num_frames`` frames spread over all of
-its frames); decoding (``load_video``) and header-only counting (``plm_tune.encoding.costs``) both call it.
+its frames), the clip's ends found by the frames' timestamps; decoding (``load_video``) and header-only counting
+(``plm_tune.encoding.costs``) both call it. Frames come out as a player shows them (the display matrix of a
+phone's video applied: ``frame_decoding.frame_pixels``).
 ``load_video`` decodes those frames by seeking to keyframes (``plm_tune.data.frame_decoding``), or from the start
 of the file where the stream's packets cannot be trusted to map onto frames.
 """
@@ -17,6 +19,7 @@ of the file where the stream's packets cannot be trusted to map onto frames.
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,12 +30,12 @@ import numpy as np
 from PIL import Image
 
 from plm_tune.data.dicom import dicom_image_size, dicom_to_frames, dicom_video_frames, is_dicom_path
-from plm_tune.data.frame_decoding import decode_in_order, decode_seeking
+from plm_tune.data.frame_decoding import decode_in_order, decode_seeking, presentation_times
 from plm_tune.data.frame_selection import NUM_FRAMES, pick_uniform, select_frame_indices
 from plm_tune.errors import MediaError, Reason
 
 __all__ = [
-    "as_viewed", "clip_frame_indices", "describe_media", "load_image", "load_video", "pick_uniform",
+    "as_viewed", "clip_frame_indices", "describe_media", "display_uint8", "load_image", "load_video", "pick_uniform",
     "read_image_entry", "select_frame_indices", "viewed_size", "MediaError", "image_size", "video_duration",
     "video_frame_count",
 ]
@@ -74,7 +77,6 @@ def load_image(entry: Any) -> Image.Image:
 
 # EXIF orientations 5-8 turn the image a quarter: the stored width is the shown height.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def _orientation(img: Image.Image) -> int:
@@ -103,8 +105,7 @@ def as_viewed(img: Image.Image) -> Image.Image:
     """An opened image as a viewer shows it, in RGB: the one rule every reader of pixels goes through.
 
     - EXIF orientation applied (``ImageOps.exif_transpose``, as ``transformers.image_utils.load_image`` does).
-    - High bit depth scaled, not clipped: 16-bit greyscale (``I;16*``, and ``I`` as PNG / TIFF decode it)
-      maps 0..65535 onto 0..255; 32-bit float (``F``) maps its own min..max onto 0..255.
+    - High bit depth (PIL modes ``I;16*``, ``I``, ``F``) scaled to 8 bits by ``display_uint8``, never clipped.
     - Transparency composited on white, as ``transformers.image_transforms.convert_to_rgb`` does (an alpha
       band, or a palette / greyscale image with a ``transparency`` entry), so hidden colours stay hidden.
     """
@@ -112,19 +113,55 @@ def as_viewed(img: Image.Image) -> Image.Image:
 
     if _orientation(img) != 1:
         img = ImageOps.exif_transpose(img)
-    if img.mode in _HIGH_DEPTH_MODES:
-        values = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        values = np.asarray(img, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        img = Image.fromarray(np.rint(scaled).astype(np.uint8))
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = Image.fromarray(display_uint8(np.asarray(img)))
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def display_uint8(values: np.ndarray) -> np.ndarray:
+    """Greyscale pixel values of any depth as 8 bits, as a viewer shows them: one rule for every dtype.
+
+    - ``uint8``: unchanged; ``bool``: 0 / 255.
+    - Unsigned 16-bit (PIL ``I;16``, ``I;16B``, a 16-bit PNG): the format's range 0..65535 onto 0..255, as a
+      browser shows a 16-bit PNG (12-bit data stored in 16 bits stays as dark as it is stored).
+    - Any other integer (signed 16-bit ``I;16S`` such as CT in Hounsfield units -1024..3071, 32-bit ``I``):
+      its own min..max onto 0..255; PIL opens a signed 16-bit TIFF as ``I``, so both come here.
+    - Floats (``F``): the finite min..max onto 0..255, or 0..1 when every finite value lies in it. NaN and
+      +-inf are left out of that window; NaN is drawn as the window's low end (0), +inf as 255, -inf as 0.
+    - A constant image (outside 0..1 for floats) or one with no finite value: all 0.
+
+    Args:
+        values: an ``(H, W)`` array, e.g. ``np.asarray`` of a PIL image.
+
+    Returns:
+        ``(H, W)`` uint8.
+
+    >>> display_uint8(np.array([[-1024, 3071]], dtype=np.int16)).tolist()
+    [[0, 255]]
+    >>> display_uint8(np.array([[0.0, np.nan, 0.5, 1.0]], dtype=np.float32)).tolist()
+    [[0, 0, 128, 255]]
+    """
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if values.dtype.kind == "u" and values.dtype.itemsize == 2:
+        low, high = 0.0, 65535.0
+    else:
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if finite.size == 0:
+            return np.zeros(values.shape, dtype=np.uint8)
+        low, high = float(finite.min()), float(finite.max())
+        if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+            low, high = 0.0, 1.0
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def read_image_entry(entry: Any, from_pil: Callable[[Image.Image], T], from_dicom: Callable[[str], T], *,
@@ -287,20 +324,27 @@ def clip_frame_indices(container: Any, stream: Any, path: str, start: float | No
     """``select_frame_indices`` for a clip of an open video, from its stream metadata only (no decoding).
 
     The frame count is the stream's (``nb_frames``, what torchcodec, PLM's decoder, reports for an MP4) or,
-    when the container records none (Matroska, WebM), duration x frame rate rounded; the frame rate is the
-    stream's average rate.
+    when the container records none (Matroska, WebM), the packets counted in one demux pass (nothing decoded;
+    duration x frame rate only when the packets have no timestamps); the frame rate is the stream's average
+    rate. A clip's ends are found by the packets' timestamps (``presentation_times``, read up to the clip's end),
+    so at a variable frame rate the clip is cut where a player shows it.
 
     Raises:
         MediaError: naming ``path``: no frame rate or frame count in the metadata, or a bad clip.
     """
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
-    total = stream.frames or round(_duration_seconds(container, stream) * fps)
+    times = None
+    if start is not None or end is not None or not stream.frames:
+        with open_video_stream(path) as (scan, scanned):  # a second reader: ``container`` stays at its start
+            times = presentation_times(scan, scanned, math.inf if end is None or not stream.frames else end)
+    # Without a count in the header, duration x rate is wrong at a variable rate: count the packets read.
+    total = stream.frames or (len(times) if times else round(_duration_seconds(container, stream) * fps))
     if fps <= 0 or total < 1:
         raise MediaError(Reason.UNREADABLE_VIDEO, f"Video '{path}' records no frame rate or frame count in its "
                          f"metadata (fps {fps:g}, {total} frames).", "Re-encode it (e.g. H.264 MP4).")
     try:
-        return select_frame_indices(total, fps, start, end, num_frames)
+        return select_frame_indices(total, fps, start, end, num_frames, times)
     except MediaError as err:
         raise MediaError(err.reason, f"{err} (video '{path}')") from err
 
