@@ -47,7 +47,7 @@ _DESCRIPTIVE = re.compile(r"Description|Comment|Label|Notes|Reason|History|Diagn
                           r"|Keywords|Title|Subject")
 _TEXT_VRS = frozenset({"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UI", "UR", "UT", "DA", "DT", "UN"})
 # Letters NFKD does not take apart: written the way an ASCII keyboard would.
-_FOLD = {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "þ": "th", "ð": "d", "ı": "i"}
+_FOLD = {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "þ": "th", "ð": "d", "ı": "i", "−": "-"}
 _GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ø": "oe", "Ø": "Oe",
                          "å": "aa", "Å": "Aa"})
 _MONTHS = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?"
@@ -75,6 +75,8 @@ _SHAPES = (
 
 @lru_cache(maxsize=4096)
 def _fold_char(char: str) -> str:
+    if unicodedata.category(char) == "Pd":  # en / em dashes, hyphens: "1961–03–12"
+        return "-"
     char = _FOLD.get(char.lower(), char)
     return "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c)).casefold()
 
@@ -143,7 +145,7 @@ def _value_patterns(value: str) -> list[str]:
         if sum(map(len, runs)) >= 3 or (runs and _unspaced(runs[0][0])):
             patterns.append(_bounded(r"[\W_]{0,3}".join(map(re.escape, runs)), runs[0][0], runs[-1][-1]))
     digits = max(re.findall(r"\d+", value), key=len, default="")
-    if len(digits) >= 4 and len(value) <= 24 and digits != value:
+    if len(digits) >= 4 and len(value) <= 24 and re.search(r"[^\W\d_]", value):  # an ID, not a UID or number
         patterns.append(rf"(?<!\d){digits}(?!\d)")
     return patterns
 
@@ -186,6 +188,12 @@ def _kind(element: Any, allowed: Collection[str]) -> str | None:
     return None
 
 
+def _name_or_id(text: str) -> bool:
+    """Whether a private tag's value can name someone: two words or more (``Zhang Wei``, ``SMITH^JOHN``), or an ID
+    with 4+ digits. A single word (``HEAD``, ``ORIGINAL``) or a short number is too common to search for."""
+    return len(re.findall(r"[^\W\d_]{2,}", text)) >= 2 or len(re.sub(r"\D", "", text)) >= 4
+
+
 def identifying_values(header: Any, allowed: Collection[str]) -> list[tuple[str, re.Pattern[str]]]:
     """``(kind, pattern)`` for each identifying value in ``header``, to search folded text with (``find_phi``).
 
@@ -204,8 +212,8 @@ def identifying_values(header: Any, allowed: Collection[str]) -> list[tuple[str,
                 patterns = _name_patterns(text)
             elif element.VR in ("DA", "DT"):
                 patterns = [p for p in [_date_pattern(text)] if p]
-            elif kind == "private tag" and (_fold(text)[0] in public or not re.search(r"[^\W\d_]{3}|\d{5}", text)):
-                patterns = []  # a short number or code in a private tag is too common to search for
+            elif kind == "private tag" and (_fold(text)[0] in public or not _name_or_id(text)):
+                patterns = []
             else:
                 patterns = _value_patterns(text)
             found.setdefault(kind, set()).update(patterns)
