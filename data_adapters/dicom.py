@@ -18,10 +18,11 @@ A file and the sample it becomes, with ``caption="{Modality} {BodyPartExamined}:
                   {"role": "assistant", "content": [{"type": "text", "text": "CR CHEST: THORAX"}]}],
      "images": ["/data/scans/chest/RG1_UNCI.dcm"], "videos": [], "max_tiles": None, "num_frames": None}
 
-Captions come from a template over DICOM keywords or from a sidecar table. Tags that identify the patient
-(``PHI_TAGS``, and every person name, date and time) never reach the text unless named in ``allow_phi_tags``.
-The other tags a template names (free text such as ``StudyDescription``) are scanned for the file's own
-identifying values and for date / identifier shapes (``data_adapters._phi``): what is found is removed
+Captions come from a template over DICOM keywords or from a sidecar table. Tags that identify the patient, study
+or site (``PHI_TAGS``: DICOM PS3.15 Annex E, and every person name, date and time) never reach the text unless
+named in ``allow_phi_tags``. The other tags a template names (free text such as ``StudyDescription``,
+``FREE_TEXT_TAGS``) are scanned for the identifying values of the whole header (sequences and private tags
+included) and for date / identifier / phone / SSN shapes (``data_adapters._phi``): what is found is removed
 (``free_text_phi="redact"``, the default) or the file is a counted bad record (``"refuse"``). Captions from a
 table are the user's own text and are not scanned.
 """
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from data_adapters._annex_e import ANNEX_E
 from data_adapters._phi import find_phi, identifying_values, redact_phi
 from data_adapters._records import (
     BadRecord,
@@ -64,26 +66,22 @@ from plm_tune.data.dicom import (
 from plm_tune.data.sample import bad_text
 from plm_tune.verbosity import VERBOSE_ENV, is_verbose
 
-__all__ = ["PHI_TAGS", "from_dicom"]
+__all__ = ["FREE_TEXT_TAGS", "PHI_TAGS", "from_dicom"]
 
 logger = logging.getLogger("data_adapters")
 
-# Identifying attributes of DICOM PS3.15 Annex E (Basic Application Level Confidentiality Profile) that are
-# not person names, dates or times (those are PHI by VR, see _PHI_VRS). Patient characteristics (age, sex,
-# size, weight) are in the profile too: pass them in allow_phi_tags to caption with them.
-PHI_TAGS = frozenset({
-    "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientTelecomInformation", "PatientAge", "PatientSex", "PatientSize",
-    "PatientWeight", "EthnicGroup", "Occupation", "PatientReligiousPreference", "MilitaryRank",
-    "BranchOfService", "MedicalRecordLocator", "CountryOfResidence", "RegionOfResidence",
-    "PatientInsurancePlanCodeSequence", "PatientComments", "AdditionalPatientHistory", "MedicalAlerts",
-    "Allergies", "ResponsibleOrganization", "PatientState", "AdmissionID", "CurrentPatientLocation",
-    "PatientInstitutionResidence", "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "RequestingService", "RequestAttributesSequence",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "MediaStorageSOPInstanceUID",
-    "FrameOfReferenceUID", "IrradiationEventUID",
+# Free-text attributes of DICOM PS3.15 Annex E that a caption template may name: they describe the acquisition,
+# and what they hold of the patient is found and removed per file (free_text_phi, data_adapters._phi).
+FREE_TEXT_TAGS = frozenset({
+    "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "StudyComments", "FrameComments",
+    "AcquisitionComments", "AcquisitionProtocolDescription", "AcquisitionDeviceProcessingDescription",
+    "PerformedProcedureStepDescription", "RequestedProcedureDescription", "ScheduledProcedureStepDescription",
+    "RequestedSeriesDescription", "DerivationDescription", "ImagePresentationComments", "ContrastBolusAgent",
 })
+# Every other attribute of Annex E (Table E.1-1, data_adapters._annex_e) that pydicom names: a template may not
+# name one unless allow_phi_tags does. Person names, dates and times are refused whatever the tag (_PHI_VRS).
+# Patient characteristics (age, sex, size, weight) are among them: allow them to caption with them.
+PHI_TAGS = frozenset(keyword for keyword in ANNEX_E.values() if keyword) - FREE_TEXT_TAGS
 _PHI_VRS = frozenset({"PN", "DA", "DT", "TM"})  # person names, dates, times: PHI whatever the tag
 _NON_TEXT_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _TABLE_KEYS = ("file_name", "SOPInstanceUID")
@@ -220,7 +218,7 @@ class _FreeTextPolicy:
         self.mode, self.allowed = mode, allowed
 
     def clean(self, values: dict[str, str], header: Any, record: str) -> dict[str, str]:
-        own = identifying_values(header, self.allowed, PHI_TAGS)
+        own = identifying_values(header, self.allowed)
         found = {keyword: find_phi(text, own) for keyword, text in values.items()
                  if keyword not in self.allowed and keyword not in PHI_TAGS}
         found = {keyword: spans for keyword, spans in found.items() if spans}
@@ -338,9 +336,10 @@ def _template_keywords(template: str, allow_phi_tags: Sequence[str]) -> list[str
             raise ValueError(f"caption template names {{{field}}}, which holds binary data or a sequence "
                              f"(VR {dictionary_VR(field)}), not text.")
         if (field in PHI_TAGS or dictionary_VR(field) in _PHI_VRS) and field not in allow_phi_tags:
-            raise ValueError(f"caption template names {{{field}}}, which identifies the patient (PHI); such tags "
-                             "never go into training text by default. Remove it, or, only if you may train on "
-                             f"identifiable data, pass allow_phi_tags=({field!r},).")
+            raise ValueError(f"caption template names {{{field}}}, which identifies the patient, study or site "
+                             "(PHI: DICOM PS3.15 Annex E, or a name, date or time); such tags never go into training "
+                             "text by default. Remove it, or, only if you may train on identifiable data, pass "
+                             f"allow_phi_tags=({field!r},).")
     return fields
 
 

@@ -668,3 +668,141 @@ def test_variable_frame_rate_clip_picks_frames_by_their_timestamps(tmp_path):
         assert all(abs(p - q) <= 1 for p, q in zip(picked, sorted(picked), strict=True))
         assert all(start - 0.5 <= times[p] <= end for p in picked), [times[p] for p in picked]
         assert video_frame_count({"path": path, "start": start, "end": end}, 8) == len(picked)
+
+BAD_INPUTS_PHI = (
+    "IDs only in OtherPatientIDsSequence / RequestAttributesSequence and a name only in a private tag, in free text",
+    "a private copy of SeriesDescription and a one-letter initial (nothing identifying: kept)",
+    "person names in alphabetic, ideographic and phonetic groups, a one-character CJK name, umlaut transliterations",
+    "a birth date in ten spellings, an accession number with a space, an SSN and phone numbers in free text",
+    "caption templates naming Annex E attributes outside the old 46 (RequestedProcedureID, DeviceUID, ...)",
+    "pydicom's MR_small.dcm (empty dates, '----' names) under redact and refuse",
+    "empty PatientName / PatientID / whitespace AccessionNumber under redact and refuse",
+)
+
+
+# ---- round three: PHI
+def _phi_dicom(folder, name, private=(), **tags):
+    """CT_small.dcm with ``tags`` set (sequences as lists of dicts) and ``private`` LO values in a private block."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+
+    header = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    header.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, for the names in other scripts
+    for keyword, value in tags.items():
+        if isinstance(value, list):
+            value = [Dataset() for _ in value] if not value else [_item(Dataset(), **v) for v in value]
+        setattr(header, keyword, value)
+    block = header.private_block(0x0009, "PLMTUNE TEST", create=True)
+    for offset, value in enumerate(private):
+        block.add_new(0x10 + offset, "LO", value)
+    folder.mkdir(exist_ok=True)
+    header.save_as(folder / name)
+    return folder / name
+
+
+def _item(item, **tags):
+    for keyword, value in tags.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _captions(folder, template, **options):
+    from data_adapters.dicom import from_dicom
+
+    dataset = from_dicom(folder, caption=template, **options)
+    return {s["id"]: s["messages"][-1]["content"][0]["text"] for s in dataset}, dataset
+
+
+def test_identifying_values_in_sequences_and_private_tags_are_found_in_free_text(tmp_path, caplog):
+    scans = tmp_path / "scans"
+    # none of these has the shape of an ID (letters then 5+ digits, 6+ digits): only the header can name them
+    _phi_dicom(scans, "nested.dcm", private=["Zhang Wei"], PatientName="Anon^Nobody", PatientID="X1",
+               OtherPatientIDsSequence=[{"PatientID": "KX-2290", "IssuerOfPatientID": "StMary"}],
+               RequestAttributesSequence=[{"RequestedProcedureID": "RQ4471", "ScheduledProcedureStepID": "SPS3390"}],
+               StudyDescription="CT HEAD KX-2290 for ZHANG WEI", SeriesDescription="req RQ4471 step SPS3390 StMary")
+    _phi_dicom(scans, "copied.dcm", private=["AXIAL 5mm", "HEAD"], PatientName="Doe^J", StudyDescription="CT HEAD",
+               SeriesDescription="AXIAL 5mm", ImageComments="J shaped artefact, grade A")
+    template = "{StudyDescription}; {SeriesDescription}; {ImageComments}"
+    captions, _ = _captions(scans, template)
+    assert captions["nested.dcm"] == "CT HEAD for; req step; Uncompressed", captions
+    assert captions["copied.dcm"] == "CT HEAD; AXIAL 5mm; J shaped artefact, grade A"  # copies, words, initials
+    assert "removed identifying text from the captions of 1 file(s)" in caplog.text
+    with pytest.raises(BadRecord, match=r"nested\.dcm: identifying text: StudyDescription holds .*PatientID.*"
+                                        r"private tag; SeriesDescription holds .*RequestedProcedureID") as err:
+        _captions(scans, template, free_text_phi="refuse")
+    assert not [v for v in ("KX-2290", "Zhang", "RQ4471", "SPS3390") if v.lower() in str(err.value).lower()]
+
+
+def test_person_names_are_found_in_every_group_script_and_transliteration(tmp_path):
+    scans = tmp_path / "scans"
+    _phi_dicom(scans, "names.dcm", PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう", ReferringPhysicianName="王^小明",
+               OperatorsName="Müller^Jürgen", PerformingPhysicianName="Mueller^Anna",
+               StudyDescription="MR BRAIN 山田太郎", SeriesDescription="やまだ たろう T2 FLAIR",
+               ProtocolName="Mueller protocol, JUERGEN", ImageComments="read by 王 and Muller; Dr. Müller agrees")
+    _phi_dicom(scans, "clean.dcm", PatientName="Li^Na=李^娜", SeriesDescription="T2 FLAIR NAVIGATOR, CLINICAL")
+    captions, _ = _captions(scans, "{StudyDescription}; {SeriesDescription}; {ProtocolName}; {ImageComments}")
+    assert captions["names.dcm"] == "MR BRAIN; T2 FLAIR; protocol, read by and; Dr. agrees", captions
+    assert captions["clean.dcm"].endswith("T2 FLAIR NAVIGATOR, CLINICAL; Uncompressed")  # Li, Na: whole words only
+    refused, dataset = _captions(scans, "{SeriesDescription}", free_text_phi="refuse", on_error="skip")
+    assert refused == {"clean.dcm": "T2 FLAIR NAVIGATOR, CLINICAL"}
+    assert dataset.skip_report.counts == {"identifying text": 1}
+
+
+BIRTH_DATE_SPELLINGS = ("12-MAR-1961", "1961年3月12日", "12.03.1961", "03/12/1961", "March 12, 1961", "12 March 1961",
+                        "1961-03-12", "12th of March 1961", "12.03.61", "１９６１−０３−１２")
+
+
+def test_other_spellings_of_dates_accession_numbers_ssn_and_phones_are_removed(tmp_path):
+    scans = tmp_path / "scans"
+    for i, spelling in enumerate(BIRTH_DATE_SPELLINGS):
+        _phi_dicom(scans, f"born{i}.dcm", PatientBirthDate="19610312", StudyDescription=f"CT HEAD born {spelling}")
+    for i, text in enumerate(("ACC 7781", "acc-7781", "accession 7781", "SSN 123-45-6789", "ssn 123 45 6789",
+                              "call (555) 012-3456", "ph 555-0123", "tel +44 20 7946 0958")):
+        _phi_dicom(scans, f"id{i}.dcm", AccessionNumber="ACC7781", StudyDescription=f"CT HEAD {text}")
+    _phi_dicom(scans, "clean.dcm", PatientBirthDate="19610312", AccessionNumber="ACC7781",
+               StudyDescription="CT 120 kV 250 mAs 2.5-5.0 mm 512x512, 100-120 kV, 3 of 12")
+    captions, _ = _captions(scans, "{StudyDescription}")
+    assert captions.pop("clean.dcm") == "CT 120 kV 250 mAs 2.5-5.0 mm 512x512, 100-120 kV, 3 of 12"
+    left = {name: text for name, text in captions.items() if text not in ("CT HEAD born", "CT HEAD")}
+    assert left == {"id2.dcm": "CT HEAD accession", "id3.dcm": "CT HEAD SSN", "id4.dcm": "CT HEAD ssn",
+                    "id5.dcm": "CT HEAD call"}, left
+    _, refused = _captions(scans, "{StudyDescription}", free_text_phi="refuse", on_error="skip")
+    assert refused["id"] == ["clean.dcm"]
+    assert refused.skip_report.counts == {"identifying text": len(BIRTH_DATE_SPELLINGS) + 8}
+
+
+def test_every_annex_e_attribute_is_refused_in_caption_templates(tmp_path):
+    from pydicom.datadict import keyword_dict
+
+    from data_adapters._annex_e import ANNEX_E, ANNEX_E_GROUPS, in_annex_e
+    from data_adapters.dicom import FREE_TEXT_TAGS, PHI_TAGS, from_dicom
+
+    # 2026c edition as transcribed by dicom-anonymizer 2.1.0: 652 attributes + 3 repeating groups; 627 in pydicom
+    assert (len(ANNEX_E), len(ANNEX_E_GROUPS)) == (652, 3)
+    keywords = {k for k in ANNEX_E.values() if k}
+    assert len(keywords) == 627 and keywords <= set(keyword_dict)
+    assert PHI_TAGS | FREE_TEXT_TAGS == keywords and not PHI_TAGS & FREE_TEXT_TAGS
+    assert in_annex_e(0x60024000) and in_annex_e(0x50021234) and not in_annex_e(0x00080060)  # overlay, curve, Modality
+    scans = tmp_path / "scans"
+    _phi_dicom(scans, "a.dcm", StudyDescription="CT HEAD")
+    for keyword in ("RequestedProcedureID", "PerformedStationName", "ClinicalTrialSubjectID", "DeviceUID",
+                    "GantryID", "ScheduledStationName", "PatientInsurancePlanCodeSequence"):
+        with pytest.raises(ValueError, match=rf"\{{{keyword}\}}.*(identifies the patient|sequence)"):
+            from_dicom(scans, caption=f"{{Modality}} {{{keyword}}}")
+    assert _captions(scans, "{Modality} {GantryID}", allow_phi_tags=("GantryID",))[0] == {"a.dcm": "CT"}
+
+
+def test_empty_identifying_elements_are_not_search_strings(tmp_path, caplog):
+    from pydicom.data import get_testdata_file
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "MR_small.dcm").write_bytes(open(get_testdata_file("MR_small.dcm", download=False), "rb").read())
+    _phi_dicom(scans, "blank.dcm", PatientName="", PatientID="", AccessionNumber="  ", PatientBirthDate="",
+               StudyDescription="CT HEAD", ImageComments="no contrast")
+    for policy in ("redact", "refuse"):
+        caplog.clear()
+        captions, dataset = _captions(scans, "{Modality} {StudyDescription} {ImageComments}", free_text_phi=policy)
+        assert captions == {"MR_small.dcm": "MR Uncompressed", "blank.dcm": "CT CT HEAD no contrast"}, policy
+        assert dataset.skip_report.skipped == 0 and "identifying text" not in caplog.text
