@@ -28,6 +28,12 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "answer": (str,), "base_answer": (str, type(None)), "scores": (dict,), "base_scores": (dict,),
 }
 
+# Where the samples are (``plm-tune eval`` writes ``info.data``): what the report reads to find them again.
+_SOURCE_TYPES: dict[str, tuple[type, ...]] = {
+    "saved": (str,), "config": (str,), "data_adapter": (str,), "arg": (list,), "eval_split": (int, float),
+    "seed": (int,), "limit": (int,),
+}
+
 
 def read_eval_json(path: str | Path) -> EvalResult:
     """The ``EvalResult`` saved in ``path`` (``plm_tune.inference.evaluation.save_eval``), checked.
@@ -66,6 +72,12 @@ def _shape_problem(data: Any) -> str | None:
     for key in ("data", "training"):
         if not isinstance(data.get("info", {}).get(key) or {}, dict):
             return f"'info.{key}' is a {_kind(data['info'][key])}, not an object"
+    source = data.get("info", {}).get("data") or {}
+    for key, types in _SOURCE_TYPES.items():
+        if source.get(key) is not None and (not isinstance(source[key], types) or isinstance(source[key], bool)):
+            return f"'info.data.{key}' is {str(source[key])[:40]!r} ({_kind(source[key])})"
+    if source.get("eval_split") is not None and source.get("seed") is None:
+        return "'info.data' has an eval_split but no seed, so the same split cannot be drawn again"
     if not isinstance(data["records"], list):
         return f"'records' is a {_kind(data['records'])}, not a list"
     for i, record in enumerate(data["records"]):
