@@ -206,8 +206,10 @@ def _json_messages(where: str, members: dict[str, bytes], media: list[dict[str, 
         raise BadRecord(where, "undecodable json", f"the .json member is not UTF-8 JSON: {err}.",
                         "rewrite this member as a JSON object, e.g. {\"caption\": \"...\"}.") from err
     except JSONRecordError as err:  # invalid, a duplicate key, a non-finite number, nested too deep
-        reason = "undecodable json" if err.reason == BAD_JSON else err.reason
-        raise BadRecord(where, reason, f"the .json member: {err.detail}", FIXES[err.reason]) from None
+        if err.reason == BAD_JSON:
+            raise BadRecord(where, "undecodable json", f"the .json member is not UTF-8 JSON: {err.detail}",
+                            "rewrite this member as a JSON object, e.g. {\"caption\": \"...\"}.") from None
+        raise BadRecord(where, err.reason, f"the .json member: {err.detail}", FIXES[err.reason]) from None
     if not isinstance(data, dict):
         raise BadRecord(where, "undecodable json", f"expected a JSON object, got {type(data).__name__}.",
                         'write {"caption": ...}, {"question": ..., "answer": ...} or {"messages": [...]}.')
