@@ -8,7 +8,7 @@ nested about a thousand deep, and a bare ``ValueError`` on an integer of more th
 and keeps every float's literal text (``JSONFloat.text``), so a number read as a caption becomes its text as
 written (``3.10``, not ``3.1``; see ``data_adapters._fields.text_cell``).
 
-    >>> loads('{"caption": "a", "caption": "b"}')
+    >>> loads('{"caption": "a", "caption": "b"}')  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     data_adapters._json.JSONRecordError: duplicate key: the key 'caption' appears twice in one object ...
@@ -120,7 +120,7 @@ def record_boundaries(text: str) -> list[tuple[int, int]]:
     if text.startswith("]", pos):
         return _end_of_list(text, pos, spans)
     while True:
-        line = text.count("\n", 0, pos) + 1
+        line = _Line(text, pos)  # counted only for a message: counting for every item would be quadratic
         try:
             _, end = _SCANNER.raw_decode(text, pos)
         except json.JSONDecodeError as err:
@@ -137,6 +137,16 @@ def record_boundaries(text: str) -> list[tuple[int, int]]:
             raise JSONRecordError(BAD_JSON, f"expected ',' or ']' after item {len(spans) - 1} (line "
                                   f"{text.count(chr(10), 0, pos) + 1}).")
         pos = ws.match(text, pos + 1).end()
+
+
+class _Line:
+    """The 1-based line of ``text[pos]``, counted when it is printed."""
+
+    def __init__(self, text: str, pos: int) -> None:
+        self.text, self.pos = text, pos
+
+    def __str__(self) -> str:
+        return str(self.text.count("\n", 0, self.pos) + 1)
 
 
 def _end_of_list(text: str, pos: int, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
