@@ -11,7 +11,6 @@ record in errors (``record_name``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -19,9 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from data_adapters._fields import checked_sample
+from data_adapters._fields import checked_sample, number_text
+from data_adapters._json import JSONRecordError, record_boundaries
 from data_adapters._probe import check_image, probe_video
 from data_adapters._records import BadRecord, media_part, resolve_media_path, text_part
+from plm_tune.data.sample import is_blank
 from plm_tune.errors import Reason
 
 __all__ = [
@@ -34,25 +35,32 @@ PLACEHOLDERS = {"<image>": "image", "<video>": "video"}
 QWEN_VL_IMAGE = re.compile(r"<img>.*?</img>", re.DOTALL)  # Qwen-VL's "Picture 1: <img>path</img>"
 
 
-def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | str]]:
-    """Yield ``(where, record)`` from a JSON list (``"name item i"``, 0-based) or JSONL (``"name line n"``).
+def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """Yield ``(where, text)`` from a JSON list (``"name item i"``, 0-based) or JSONL (``"name line n"``).
 
-    JSON lines come as raw text, so one malformed line is a bad record of its own (``parse_row``).
+    Each record comes as its raw JSON text, so one malformed record (a syntax error in a line, a duplicate key,
+    a non-finite number, nesting too deep) is a bad record of its own (``parse_row``). A list is cut into its
+    items first (``record_boundaries``); an item whose end cannot be found stops the read. A leading byte
+    order mark is dropped.
+
+    Raises:
+        ValueError: a ``.json`` list that is not valid JSON outside its items, or whose items cannot be told
+            apart; the message names the item and line.
     """
     path = Path(path)
     # Bytes that are not UTF-8 become surrogate escapes, named with their record by parse_row / the sample check.
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         text = f.read() if path.suffix != ".jsonl" else None
     if text is not None and text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"'{path}' is not valid JSON ({err}). Fix the file, or write it as JSON lines "
-                             '(.jsonl) so that a broken record can be skipped with on_error="skip".') from err
-        for i, item in enumerate(items):
-            yield f"{path.name} item {i}", item if isinstance(item, dict) else json.dumps(item)
+            spans = record_boundaries(text)
+        except JSONRecordError as err:
+            raise ValueError(f"'{path}': {err.detail} Fix the file, or write it as JSON lines (.jsonl) so that a "
+                             'broken record can be skipped with on_error="skip".') from None
+        for i, (start, end) in enumerate(spans):
+            yield f"{path.name} item {i}", text[start:end]
         return
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
             if line.strip():
                 yield f"{path.name} line {line_no}", line
@@ -90,10 +98,9 @@ def conversation_messages(conversations: Any, *, record: str, counts: dict[str, 
         if role is None:
             raise BadRecord(record, "unknown speaker", f"turn {i} is from {speaker!r}; expected one of "
                             f"{', '.join(SPEAKERS)}.", "rename the speaker or remove the turn.")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
+        value = number_text(value, f"turn {i} ({speaker})", record)
         pieces = [] if value is None else _pieces(value, record=record, where=f"turn {i} ({speaker})")
-        if role == "assistant" and not any(kind == "text" and text.strip() for kind, text in pieces):
+        if role == "assistant" and all(kind == "text" and is_blank(text) for kind, text in pieces):
             raise BadRecord(record, Reason.NO_ANSWER_TEXT, f"turn {i} ({speaker}) has value {_short(value)}.",
                             "fill in the answer, or remove the record.")
         if value is None:
@@ -109,7 +116,7 @@ def conversation_messages(conversations: Any, *, record: str, counts: dict[str, 
                                         f"remove {piece} from that turn.")
                     seen[media] += 1
                     parts.append(media_part(media))
-                elif piece.strip():
+                elif not is_blank(piece):
                     parts.append(text_part(piece.strip()))
         messages.append({"role": role, "content": parts})
     unplaced = []
@@ -225,7 +232,7 @@ def conversation_sample(row: dict[str, Any], name: str, *, root: str | os.PathLi
     counts = {kind: media_count(value, key, name) for kind, (key, value) in values.items()}
     video_only = counts["video"] and not counts["image"]
     placeholders = {"<image>": "video", "<video>": "video"} if video_only else PLACEHOLDERS
-    system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else system_prompt
+    system = row.get("system") if isinstance(row.get("system"), str) and not is_blank(row["system"]) else system_prompt
     turns = row.get("messages") if row.get("conversations") is None else row.get("conversations")
     messages = conversation_messages(turns, record=name, placeholders=placeholders, counts=counts,
                                      system_prompt=system)

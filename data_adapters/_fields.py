@@ -9,20 +9,20 @@ media-question-answer exchange (``question_answer``) and ``make_sample`` with pl
 from __future__ import annotations
 
 import csv
-import json
 import os
 import string
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_adapters._json import FIXES, JSONRecordError, loads
 from data_adapters._records import BadRecord, make_sample, media_part, text_part
-from plm_tune.data.sample import bad_text, normalize_messages
+from plm_tune.data.sample import bad_text, is_blank, normalize_messages
 from plm_tune.errors import Reason, reason_of
 
 __all__ = [
-    "checked_sample", "parse_row", "prompt_builder", "question_answer", "read_table", "table_columns",
-    "text_cell",
+    "checked_sample", "number_text", "parse_row", "prompt_builder", "question_answer", "read_table",
+    "table_columns", "text_cell",
 ]
 
 
@@ -31,16 +31,18 @@ def read_table(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any] | 
 
     CSV rows come as dicts of strings. JSONL rows come as their raw text, so that one malformed line becomes
     a ``BadRecord`` of that line (see ``parse_row``) instead of stopping the whole read. Blank lines are
-    skipped. Bytes that are not UTF-8 are read as surrogate escapes, so that ``parse_row`` names their line.
+    skipped. Bytes that are not UTF-8 are read as surrogate escapes, so that ``parse_row`` names their line. A
+    leading byte order mark (Excel writes one in "CSV UTF-8") is dropped: it would glue itself to the first
+    column's name or make the first JSON line invalid.
     """
     path = Path(path)
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             for row in reader:
                 yield f"{path.name} line {reader.line_num}", row
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     yield f"{path.name} line {line_no}", line
@@ -62,8 +64,9 @@ def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
     """A row from ``read_table`` as a dict.
 
     Raises:
-        BadRecord: a JSONL line that is not a JSON object; a CSV row with more fields than the header (an
-            unquoted comma would otherwise silently cut the text); a row whose text is not UTF-8.
+        BadRecord: a JSONL line that is not a JSON object, or that ``data_adapters._json.loads`` refuses (a
+            duplicate key, a non-finite number, nesting too deep); a CSV row with more fields than the header
+            (an unquoted comma would otherwise silently cut the text); a row whose text is not UTF-8.
     """
     if isinstance(row, dict):
         if None in row:  # csv.DictReader's key for the fields past the header's
@@ -76,10 +79,9 @@ def parse_row(row: dict[str, Any] | str, record: str) -> dict[str, Any]:
         return row
     _check_text(row, record)
     try:
-        parsed = json.loads(row)
-    except json.JSONDecodeError as err:
-        raise BadRecord(record, "bad json", f"the line is not valid JSON ({err}).",
-                        "fix or delete the line.") from err
+        parsed = loads(row)
+    except JSONRecordError as err:
+        raise BadRecord(record, err.reason, err.detail, FIXES[err.reason]) from None
     if not isinstance(parsed, dict):
         raise BadRecord(record, "bad json", f"expected a JSON object, got {type(parsed).__name__}.",
                         "write each record as one {...} object.")
@@ -128,13 +130,44 @@ def prompt_builder(prompt: str, columns: Collection[str]) -> Callable[[dict[str,
 
 
 def text_cell(row: dict[str, Any], column: str, record: str, reason: str) -> str:
+    """The text of ``row[column]``; a number becomes its text as written (see ``number_text``).
+
+    Raises:
+        BadRecord: (``reason``) the cell is missing, empty, NaN, only invisible characters (``is_blank``),
+            or not text; a float whose written form is unknown.
+    """
     value = row.get(column)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # NaN: empty
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise BadRecord(record, reason, f"column '{column}' is {value!r}.",
+    value = number_text(value, column, record)
+    if not isinstance(value, str) or is_blank(value):
+        shown = " (only invisible characters)" if isinstance(value, str) and value.strip() else ""
+        raise BadRecord(record, reason, f"column '{column}' is {value!r}{shown}.",
                         f"fill '{column}' for this record, or remove the record.")
     return value
+
+
+def number_text(value: Any, field: str, record: str) -> Any:
+    """A number read where text belongs, as the text it was written as; anything else as it is.
+
+    An integer is exact; a JSON float keeps its literal (``JSONFloat.text``: ``3.10`` stays ``3.10``, and
+    ``1e400`` never gets here, ``loads`` refuses it). NaN (a table's missing cell) becomes None. Any other
+    float (a ``datasets`` float column) is refused: its text as written is gone (a float32 ``0.1`` reads back
+    as ``0.10000000149011612``).
+
+    Raises:
+        BadRecord: ("number, not text") a float with no literal text, or an infinite one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if value != value:
+        return None
+    text = getattr(value, "text", None)
+    if text is None:
+        raise BadRecord(record, "number, not text", f"'{field}' holds the number {value!r}, not text: how it "
+                        "was written is lost (a float prints as its nearest binary value).",
+                        f"store '{field}' as text (e.g. dataset.cast_column('{field}', datasets.Value('string'))).")
+    return text
 
 
 def checked_sample(record: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
@@ -150,6 +183,6 @@ def checked_sample(record: str, messages: list[dict[str, Any]], **kwargs: Any) -
 def question_answer(question: str, answer: str, *, media: str,
                     system_prompt: str | None) -> list[dict[str, Any]]:
     """One exchange: the media, then the question, answered."""
-    user = [media_part(media)] + ([text_part(question)] if question.strip() else [])
+    user = [media_part(media)] + ([] if is_blank(question) else [text_part(question)])
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]

@@ -52,6 +52,7 @@ from data_adapters._records import (
     stream_rows,
     text_part,
 )
+from plm_tune.data.sample import is_blank
 from plm_tune.errors import Reason
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def row_to_sample(record: tuple[int | str, dict[str, Any]], *, source: str, imag
     images = _media(row, image_column, where, media_root, allow_outside_root, _image_entry)
     videos = _media(row, video_column, where, media_root, allow_outside_root, _video_entry)
     user = [media_part("image") for _ in images] + [media_part("video") for _ in videos]
-    if text.strip():
+    if not is_blank(text):
         user.append(text_part(text))
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]

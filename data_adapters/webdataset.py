@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import posixpath
@@ -42,6 +41,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from data_adapters._fields import number_text
+from data_adapters._json import BAD_JSON, FIXES, JSONRecordError, loads
 from data_adapters._probe import check_image
 from data_adapters._records import (
     BadRecord,
@@ -53,7 +54,7 @@ from data_adapters._records import (
     text_part,
 )
 from data_adapters._shards import current_rank, expand_shards, select_shards
-from plm_tune.data.sample import normalize_messages, sample_features
+from plm_tune.data.sample import is_blank, normalize_messages, sample_features
 from plm_tune.errors import Reason, reason_of
 
 __all__ = ["expand_shards", "from_webdataset", "select_shards"]
@@ -186,8 +187,10 @@ def _read_shards(shards: list[str]) -> Iterator[_TarRecord | _BrokenShard]:
 
 # ---------------------------------------------------------------- record -> sample
 def _text(where: str, value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadRecord(where, "missing caption", f"'{field}' must be a non-empty string, got {value!r}.",
+    value = number_text(value, field, where)  # a JSON number as written; 1e400 is refused by loads
+    if not isinstance(value, str) or is_blank(value):
+        shown = " (only invisible characters)" if isinstance(value, str) and value.strip() else ""
+        raise BadRecord(where, "missing caption", f"'{field}' must be a non-empty string, got {value!r}{shown}.",
                         f"fill '{field}' for this key, or drop the record from the shard.")
     return value.strip()
 
@@ -198,10 +201,15 @@ def _json_messages(where: str, members: dict[str, bytes], media: list[dict[str, 
         raise BadRecord(where, "missing caption", f"no .json member (members: {', '.join(members)}).",
                         'add a .json member, or pass caption_key="txt" if the captions are in .txt members.')
     try:
-        data = json.loads(members["json"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = loads(members["json"].decode("utf-8-sig"))  # -sig: a byte order mark is not part of the JSON
+    except UnicodeDecodeError as err:
         raise BadRecord(where, "undecodable json", f"the .json member is not UTF-8 JSON: {err}.",
                         "rewrite this member as a JSON object, e.g. {\"caption\": \"...\"}.") from err
+    except JSONRecordError as err:  # invalid, a duplicate key, a non-finite number, nested too deep
+        if err.reason == BAD_JSON:
+            raise BadRecord(where, "undecodable json", f"the .json member is not UTF-8 JSON: {err.detail}",
+                            "rewrite this member as a JSON object, e.g. {\"caption\": \"...\"}.") from None
+        raise BadRecord(where, err.reason, f"the .json member: {err.detail}", FIXES[err.reason]) from None
     if not isinstance(data, dict):
         raise BadRecord(where, "undecodable json", f"expected a JSON object, got {type(data).__name__}.",
                         'write {"caption": ...}, {"question": ..., "answer": ...} or {"messages": [...]}.')
@@ -245,7 +253,7 @@ def _txt_messages(where: str, members: dict[str, bytes], media: list[dict[str, A
         raise BadRecord(where, "missing caption", f"no .txt member (members: {', '.join(members)}).",
                         'add a .txt caption, or pass caption_key="json" if the text is in .json members.')
     try:
-        caption = members["txt"].decode("utf-8")
+        caption = members["txt"].decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise BadRecord(where, "missing caption", f"the .txt member is not UTF-8: {err}.",
                         "re-encode the caption as UTF-8.") from err

@@ -87,10 +87,20 @@ def test_an_unknown_arg_key_lists_the_valid_ones(tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_with_the_debug_hint_and_the_traceback_on_request(tmp_path):
+    # `report` on "[]" used to be the crash here; it is a usage error now (issue 25), so the crash is raised by a
+    # command of its own, run through the CLI's run_main in a fresh process.
     (tmp_path / "eval.json").write_text("[]")
-    line = _one_line(_cli("report", "eval.json", cwd=tmp_path), "plm-tune report: error: TypeError: ", CRASH)
+    _one_line(_cli("report", "eval.json", cwd=tmp_path), "plm-tune report: error: eval.json is not an eval.json")
+    code = ("import sys; from plm_tune.apps.exits import run_main\n"
+            "def report(): return 1 + 'a'\n"
+            "sys.exit(run_main(report, program='plm-tune report'))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PLM_TUNE_DEBUG", None)
+    crash = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    line = _one_line(crash, "plm-tune report: error: TypeError: ", CRASH)
     assert line.endswith("(PLM_TUNE_DEBUG=1 for the traceback)")
-    debug = _cli("report", "eval.json", cwd=tmp_path, debug=True)  # the exception goes through: Python exits 1
+    debug = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, "PLM_TUNE_DEBUG": "1"})  # the exception goes through: Python exits 1
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "TypeError" in debug.stderr
 
 

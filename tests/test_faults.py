@@ -806,3 +806,178 @@ def test_empty_identifying_elements_are_not_search_strings(tmp_path, caplog):
         captions, dataset = _captions(scans, "{Modality} {StudyDescription} {ImageComments}", free_text_phi=policy)
         assert captions == {"MR_small.dcm": "MR Uncompressed", "blank.dcm": "CT CT HEAD no contrast"}, policy
         assert dataset.skip_report.skipped == 0 and "identifying text" not in caplog.text
+
+BAD_INPUTS_RECORDS = (
+    "csv captions of only U+200B / U+FEFF+U+2060 / soft hyphen (counted skip)",
+    "jsonl answer of only U+200C U+200D joiners (counted skip)",
+    "sample answers of only U+3164 Hangul filler / NUL / variation selector (validate_sample)",
+    "webdataset .txt caption of only U+200B", "webdataset .json caption 1e400",
+    "duplicate 'caption' key in a metadata.jsonl line", "duplicate 'value' key in a LLaVA json list turn",
+    "duplicate key in a webdataset .json member",
+    "metadata.jsonl caption 1e400", "metadata.jsonl caption NaN", "metadata.jsonl caption 3.10 (kept as written)",
+    "LLaVA answer 1e400", "integer of 5000 digits in a jsonl line",
+    "HF dataset float answer column", "HF dataset inf in a float answer column",
+    "jsonl line 1 nested 100000 deep (image folder, counted skip)", "LLaVA .jsonl line 1 nested 100000 deep",
+    "LLaVA .json list, item 0 nested 100000 deep (file-level error)",
+    "metadata.csv with a BOM", "metadata.jsonl with a BOM", "LLaVA .json list with a BOM",
+    "report on a training log json", "report on a json list", "report on {}", "report on metrics of strings",
+    "report on records of the wrong type", "report on info.data.limit 'x'", "report on a file that is not json",
+)
+
+
+# ---- round three: records
+def _caption_folder(folder, name, body):
+    _png(folder / "a.png")
+    (folder / name).write_bytes(body if isinstance(body, bytes) else body.encode())
+    return folder
+
+
+def test_invisible_only_captions_and_answers_count_as_empty(tmp_path):
+    from plm_tune.data.sample import is_blank
+
+    rows = "file_name,caption\na.png,\u200b\na.png,\ufeff\u2060\na.png,Green.\na.png,\u00ad\n"
+    dataset = from_image_folder(_caption_folder(tmp_path, "metadata.csv", rows), on_error="skip")
+    assert [m[-1]["content"][0]["text"] for m in dataset["messages"]] == ["Green."]
+    assert dataset.skip_report.counts == {"no answer text": 3}
+    with pytest.raises(BadRecord, match=r"metadata\.csv line 2 .*'\\u200b' \(only invisible characters\)"):
+        from_image_folder(tmp_path)
+
+    lines = [_plm_line("a.png", "\u200c\u200d"), _plm_line("a.png", "Fine.")]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dataset = from_plm_jsonl(tmp_path / "data.jsonl", media_root=tmp_path, on_error="skip")
+    assert len(dataset) == 1 and dataset.skip_report.examples == {"no answer text": ["data.jsonl line 1"]}
+
+    for blank in ("\u3164", "\x00", "\ufe0f \u200b"):  # Hangul filler, NUL, a variation selector
+        assert is_blank(blank)
+        sample = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": blank}]}
+        with pytest.raises(ValueError, match="content is empty: its text .* is only invisible characters") as err:
+            validate_sample(sample)
+        assert err.value.reason == "empty content"
+    assert not is_blank("\u200bA")
+
+
+def test_webdataset_invisible_caption_duplicate_key_and_1e400_are_named_skips(tmp_path):
+    from data_adapters.webdataset import from_webdataset
+
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(png, format="PNG")
+    shard = _shard(tmp_path / "s.tar", [("k1.png", png.getvalue()), ("k1.json", b'{"caption": "Blue."}'),
+                                        ("k2.png", png.getvalue()), ("k2.json", b'{"caption": "A", "caption": "B"}'),
+                                        ("k3.png", png.getvalue()), ("k3.json", b'{"caption": 1e400}'),
+                                        ("k4.png", png.getvalue()), ("k4.json", b'{"caption": "\\u200b"}')])
+    dataset = from_webdataset(shard, on_error="skip", video_dir=str(tmp_path / "v"))
+    assert [m[-1]["content"][0]["text"] for m in dataset["messages"]] == ["Blue."]
+    assert dataset.skip_report.counts == {"duplicate key": 1, "non-finite number": 1, "missing caption": 1}
+    txt = _shard(tmp_path / "t.tar", [("k1.png", png.getvalue()), ("k1.txt", "\ufeffBlue.".encode()),
+                                      ("k2.png", png.getvalue()), ("k2.txt", "\u200b".encode())])
+    dataset = from_webdataset(txt, caption_key="txt", on_error="skip", video_dir=str(tmp_path / "v"))
+    assert [m[-1]["content"][0]["text"] for m in dataset["messages"]] == ["Blue."]  # the BOM is not text
+    assert dataset.skip_report.counts == {"missing caption": 1}
+
+
+def test_duplicate_json_keys_are_a_named_bad_record(tmp_path):
+    lines = ['{"file_name": "a.png", "caption": "Green."}',
+             '{"file_name": "a.png", "caption": "Red.", "caption": "Green."}']
+    _caption_folder(tmp_path, "metadata.jsonl", "\n".join(lines) + "\n")
+    dataset = from_image_folder(tmp_path, on_error="skip")
+    assert len(dataset) == 1 and dataset.skip_report.examples == {"duplicate key": ["metadata.jsonl line 2"]}
+    with pytest.raises(BadRecord, match=r"line 2: duplicate key: the key 'caption' appears twice .*'Red\.'"):
+        from_image_folder(tmp_path)
+
+    item = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                {"from": "gpt", "value": "ANSWER"}]}
+    text = json.dumps([item, item, item]).replace('"value": "ANSWER"', '"value": "No.", "value": "Yes."', 1)
+    (tmp_path / "mix.json").write_text(text)
+    dataset = from_llava_json(tmp_path / "mix.json", image_root=tmp_path, on_error="skip")
+    assert len(dataset) == 2 and dataset.skip_report.examples == {"duplicate key": ["mix.json item 0"]}
+
+
+def test_numbers_as_captions_are_text_as_written_or_refused(tmp_path):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from data_adapters import from_hf_dataset
+
+    lines = ['{"file_name": "a.png", "caption": 1e400}', '{"file_name": "a.png", "caption": NaN}',
+             '{"file_name": "a.png", "caption": 3.10}', '{"file_name": "a.png", "caption": 7}',
+             '{"file_name": "a.png", "caption": "x", "n": ' + "9" * 5000 + "}"]
+    _caption_folder(tmp_path, "metadata.jsonl", "\n".join(lines) + "\n")
+    dataset = from_image_folder(tmp_path, on_error="skip")
+    assert [m[-1]["content"][0]["text"] for m in dataset["messages"]] == ["3.10", "7"]
+    assert dataset.skip_report.counts == {"non-finite number": 2, "bad json": 1}
+    with pytest.raises(BadRecord, match=r"line 1: non-finite number: the number 1e400 is beyond a float's range"):
+        from_image_folder(tmp_path)
+
+    (tmp_path / "l.jsonl").write_text(_plm_line("a.png", "ANSWER").replace('"ANSWER"', "1e400") + "\n")
+    with pytest.raises(BadRecord, match=r"l\.jsonl line 1: non-finite number"):
+        from_llava_json(tmp_path / "l.jsonl", image_root=tmp_path)
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    rows = Dataset.from_dict({"image": [{"bytes": png.getvalue(), "path": None}] * 3, "caption": [0.1, float("inf"), 2.5],
+                              "count": [3, 4, 5]},
+                             features=Features({"image": ImageFeature(), "caption": Value("float32"),
+                                                "count": Value("int64")}))
+    with pytest.raises(ValueError, match=r"no usable records.*\n +3  number, not text"):  # 0.1 reads 0.1000000015
+        from_hf_dataset(rows, on_error="skip")
+    with pytest.raises(BadRecord, match=r"row 0: number, not text: 'caption' holds the number 0\.1000000014"):
+        from_hf_dataset(rows)
+    counts = from_hf_dataset(rows, answer_column="count")
+    assert [m[-1]["content"][0]["text"] for m in counts["messages"]] == ["3", "4", "5"]
+
+
+def test_deeply_nested_json_is_a_named_bad_record_not_a_recursion_error(tmp_path):
+    deep = '{"file_name": "a.png", "caption": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    _caption_folder(tmp_path, "metadata.jsonl", deep + '\n{"file_name": "a.png", "caption": "Fine."}\n')
+    dataset = from_image_folder(tmp_path, on_error="skip")  # line 1 is also where the columns are read
+    assert len(dataset) == 1 and dataset.skip_report.examples == {"too deeply nested": ["metadata.jsonl line 1"]}
+
+    line = _plm_line("a.png").replace('"image"', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "image"', 1)
+    (tmp_path / "l.jsonl").write_text(line + "\n" + _plm_line("a.png") + "\n")
+    dataset = from_llava_json(tmp_path / "l.jsonl", image_root=tmp_path, on_error="skip")
+    assert len(dataset) == 1 and dataset.skip_report.examples == {"too deeply nested": ["l.jsonl line 1"]}
+
+    (tmp_path / "l.json").write_text("[" + line + ", " + _plm_line("a.png") + "]")
+    with pytest.raises(ValueError, match=r"'.*l\.json': item 0 \(line 1\) is nested deeper than"):
+        from_llava_json(tmp_path / "l.json", image_root=tmp_path, on_error="skip")
+
+
+def test_a_bom_changes_nothing_in_csv_jsonl_and_json_lists(tmp_path):
+    def texts(dataset):
+        return [m[-1]["content"][0]["text"] for m in dataset["messages"]]
+
+    for name, body in (("metadata.csv", "file_name,caption\na.png,Green.\n"),
+                       ("metadata.jsonl", '{"file_name": "a.png", "caption": "Green."}\n')):
+        plain, bom = tmp_path / f"plain-{name}", tmp_path / f"bom-{name}"
+        for folder, data in ((plain, body.encode()), (bom, b"\xef\xbb\xbf" + body.encode())):
+            folder.mkdir()
+            _caption_folder(folder, name, data)
+        with_bom = from_image_folder(bom)
+        assert texts(with_bom) == texts(from_image_folder(plain)) == ["Green."]
+        assert with_bom["id"] == ["a.png"] and with_bom.skip_report.skipped == 0
+
+    item = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]}
+    _png(tmp_path / "a.png")
+    (tmp_path / "mix.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([item]).encode())
+    assert texts(from_llava_json(tmp_path / "mix.json", image_root=tmp_path)) == ["A."]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ({"loss": 1.0, "step": 3}, "it has no 'metrics' (its keys: ['loss', 'step'])"),
+    ([{"metrics": {}}], "the file holds a JSON list, not an object"),
+    ({}, "it has no 'metrics' (its keys: [])"),
+    ({"metrics": {"exact_match": "high"}, "records": []}, "'metrics.exact_match' is 'high', not a number"),
+    ({"metrics": {}, "records": {"0": {}}}, "'records' is a object, not a list"),
+    ({"metrics": {}, "records": [], "info": {"data": {"saved": "x", "limit": "x"}}}, "'info.data.limit' is 'x'"),
+    ("not json {", "is not JSON (JSONDecodeError"),
+])
+def test_report_on_a_json_that_is_not_an_eval_json_is_one_usage_line(tmp_path, capsys, content, problem):
+    from plm_tune.apps.cli import main
+    from plm_tune.apps.exits import USAGE
+
+    path = tmp_path / "trainer_state.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    assert main(["report", str(path)]) == USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"plm-tune report: error: {path}") and "\n" not in err, err
+    assert problem in err and "an eval.json written by `plm-tune eval` or a recipe" in err

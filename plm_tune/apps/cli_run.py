@@ -164,9 +164,9 @@ def _report(args: argparse.Namespace) -> int:
     import datasets
 
     from plm_tune.after_training.report import write_report
-    from plm_tune.inference.evaluation import load_eval
+    from plm_tune.after_training.report_input import read_eval_json
 
-    result = load_eval(args.eval_json)
+    result = read_eval_json(args.eval_json)  # a JSON of another shape is one line naming it, not a KeyError
     source = result.info.get("data") or {}
     if "saved" in source:
         samples = datasets.load_from_disk(source["saved"])

@@ -25,6 +25,7 @@ The table form (Arrow, ``datasets``) of samples is written here too, once: ``tab
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,7 +34,8 @@ from plm_tune.data.media import describe_media, load_image, load_video
 from plm_tune.errors import DataError, Reason, reason_of
 
 __all__ = [
-    "validate_sample", "Part", "Turn", "normalize_messages", "describe_sample", "ROLES", "bad_text", "sample_columns",
+    "validate_sample", "Part", "Turn", "normalize_messages", "describe_sample", "ROLES", "bad_text", "is_blank",
+    "sample_columns",
     "sample_features", "table_messages", "to_table",
 ]
 
@@ -93,6 +95,30 @@ def bad_text(text: str) -> str | None:
     return f"{what}, at character {found.start()}"
 
 
+# Characters that draw nothing but are not whitespace or format characters: the Hangul fillers (letters, Lo),
+# the braille blank (So), the combining grapheme joiner and variation selectors (Mn).
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f") | {chr(c) for c in range(0xFE00, 0xFE10)}
+
+
+def _invisible(char: str) -> bool:
+    return (char.isspace() or char in _INVISIBLE or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+            or 0xE0100 <= ord(char) <= 0xE01EF)
+
+
+def is_blank(text: str) -> bool:
+    r"""Whether ``text`` shows nothing: it is empty, or only whitespace, control and format characters (U+200B
+    zero-width space, U+FEFF, the U+200C / U+200D joiners, U+2060 word joiner, U+00AD soft hyphen, ...) and a
+    few letters and marks that draw nothing (Hangul fillers, the braille blank, variation selectors).
+
+    ``str.strip`` removes whitespace only, so ``"\u200b"`` passes it; such a text is empty to a reader and is
+    handled as empty wherever a sample's text is checked.
+
+    >>> is_blank("\u200b\ufeff \u00ad"), is_blank(" A\u200b")
+    (True, False)
+    """
+    return all(_invisible(char) for char in text)
+
+
 def _text_part(text: str, where: str) -> Part:
     problem = bad_text(text)
     if problem is not None:
@@ -140,7 +166,8 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
 
     Raises:
         DataError: naming the sample and message, with a ``Reason`` (``plm_tune.errors``), for any of: no messages, unknown role, a system
-            message that is not first, empty content, no assistant turn, a first non-system message that is not
+            message that is not first, empty content (``is_blank``: invisible characters count as none), no
+            assistant turn, a first non-system message that is not
             the user's or a last one that is not the assistant's (both with ``require_answer``), text that is not UTF-8,
             a ``max_tiles`` / ``num_frames`` that is not a positive integer, or placeholder / media count mismatch.
     """
@@ -168,9 +195,11 @@ def normalize_messages(sample: dict[str, Any], *, require_answer: bool = True) -
             raise DataError(Reason.INVALID_CONVERSATION,
                             f"{where}: a system message must be the first message.")
         parts = _parts_of(message.get("content"), where, counters)
-        if not any(p.kind != "text" or p.text.strip() for p in parts):
-            raise DataError(Reason.EMPTY_CONTENT,
-                            f"{where} ({role}): content is empty. Give it text or media, or remove the message.")
+        if all(p.kind == "text" and is_blank(p.text) for p in parts):
+            shown = "".join(p.text for p in parts)
+            found = f": its text {shown!r} is only invisible characters" if shown.strip() else ""
+            raise DataError(Reason.EMPTY_CONTENT, f"{where} ({role}): content is empty{found}. Give it text or "
+                            "media, or remove the message.")
         if role == "system" and any(p.kind != "text" for p in parts):
             raise DataError(Reason.INVALID_CONVERSATION, f"{where}: a system message can only hold text.")
         turns.append(Turn(role, parts))
