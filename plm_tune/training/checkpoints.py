@@ -127,8 +127,8 @@ def ensure_writable(output_dir: str, should_save: bool | None = None) -> None:
     probe = os.path.join(output_dir, f".plm_tune_write_test.{socket.gethostname()}.{os.getpid()}")
     blocker = next((p for p in (Path(output_dir), *Path(output_dir).parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        raise CheckpointWriteError(f"output_dir '{output_dir}': {blocker} is a file, not a folder. Choose another "
-                                   "`output_dir`, or move that file away.")
+        raise CheckpointWriteError(f"output_dir '{output_dir}' cannot be written: {blocker} is a file, not a folder. "
+                                   "Choose another `output_dir`, or move that file away.")
     try:
         os.makedirs(output_dir, exist_ok=True)
         with open(probe, "wb") as f:
