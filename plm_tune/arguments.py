@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -35,9 +36,13 @@ __all__ = [
     "TRAIN_ON",
     "CorpusArguments",
     "EvalArguments",
+    "LORA_ONLY",
     "MediaArguments",
     "ModelArguments",
+    "SettingError",
     "TrainOn",
+    "check_settings",
+    "setting_problems",
     "dora_dropout_note",
     "settings_from",
     "training_info",
@@ -182,6 +187,9 @@ class EvalArguments:
     record_media_paths: bool = field(default=False, metadata={
         "help": "Record sample ids and dataset folders as they are in eval.json, report.html, the gallery, "
                 "plm_tune_training.json and the card; false: parts with names, IDs or dates become ref-HASH."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train into an output_dir that holds another method's saved weights (an adapter where a full "
+                "model goes, or the reverse), deleting those files; False: refuse."})
 
 
 def settings_from(settings: Any, cls: type, **keywords: Any) -> Any:
@@ -219,3 +227,120 @@ def training_info(model_args: ModelArguments, media_args: MediaArguments,
     if datasets:
         info["datasets"] = list(datasets)
     return info
+
+
+# ------------------------------------------------------------------------------------------------ validation
+# Settings only the LoRA methods read (lora, dora, qlora): given to method full they would be ignored.
+LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_target_modules")
+
+
+class SettingError(ValueError):
+    """Run settings plm-tune refuses, in one line; ``keys`` names them as a config key, a ``--key`` flag and the
+    dataclass field all spell them."""
+
+    def __init__(self, keys: tuple[str, ...], message: str) -> None:
+        self.keys = keys
+        super().__init__(message)
+
+
+def _whole(low: int) -> tuple[Any, str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low), f"a whole number >= {low}"
+
+
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NOT_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_DROPOUT = (lambda v: 0 <= v < 1, "in [0, 1)")
+# (key, rule, what it is): every number a run depends on. None passes where the field allows None ("not set").
+_RULES = {
+    "ModelArguments": (("lora_r", _whole(1), "the LoRA rank"), ("lora_alpha", _POSITIVE, "the LoRA scale numerator"),
+                       ("lora_dropout", _DROPOUT, "a probability of dropping an input"),
+                       ("vision_lr", _POSITIVE, "the vision tower's learning rate"),
+                       ("projector_lr", _POSITIVE, "the projector's learning rate")),
+    "MediaArguments": (("max_tiles", _whole(1), "tiles per image"), ("num_frames", _whole(1), "frames per video"),
+                       ("multi_image_tiles", _whole(1), "tiles per image of a multi-image sample")),
+    "EvalArguments": (("eval_max_new_tokens", _whole(1), "tokens per generated eval answer"),
+                      ("generation_eval_steps", _whole(0), "steps between generation checks; 0: off"),
+                      ("generation_eval_samples", _whole(1), "samples per generation check")),
+    "SFTConfig": (("learning_rate", _POSITIVE, "a negative rate climbs the loss, 0 trains nothing"),
+                  ("per_device_train_batch_size", _whole(1), "samples per step on each device"),
+                  ("per_device_eval_batch_size", _whole(1), "samples per eval step on each device"),
+                  ("gradient_accumulation_steps", _whole(1), "batches per optimizer step"),
+                  ("max_length", _whole(1), "tokens per sample; unset: no limit"),
+                  ("weight_decay", _NOT_NEGATIVE, "a negative decay pushes weights up"),
+                  ("max_grad_norm", _NOT_NEGATIVE, "a negative norm turns clipping off silently"),
+                  ("dataloader_num_workers", _whole(0), "worker processes; 0: the main process")),
+}
+
+
+def setting_problems(model_args: ModelArguments | None = None, media_args: MediaArguments | None = None,
+                     training_args: Any = None, eval_args: EvalArguments | None = None,
+                     trainable_parts: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """``(key, what is wrong)`` for every setting that would crash a run later or train silently wrong: a number
+    out of range (``_RULES``), a LoRA setting given to method full, a learning rate for a part that does not train,
+    a run with no steps. Only the objects given are checked (``training_args``: an ``SFTConfig`` or
+    ``TrainingArguments``); ``trainable_parts``: the parts a loaded model trains (default: those
+    ``model_args.freeze`` leaves)."""
+    problems = []
+    given = {"ModelArguments": model_args, "MediaArguments": media_args, "EvalArguments": eval_args,
+             "SFTConfig": training_args}
+    for name, settings in given.items():
+        for key, (test, must), what in _RULES[name] if settings is not None else ():
+            value = getattr(settings, key, None)
+            if value is not None and not test(value):
+                problems.append((key, f"{key}={value!r} must be {must} ({what})"))
+    if model_args is not None:
+        problems += _method_problems(model_args, trainable_parts)
+    if training_args is not None and hasattr(training_args, "max_steps"):
+        problems += _length_problems(training_args)
+    return problems
+
+
+def _method_problems(args: ModelArguments, trainable_parts: Iterable[str] | None) -> list[tuple[str, str]]:
+    """Settings the method or the frozen parts make dead: they would be ignored without a word."""
+    defaults, problems = ModelArguments(), []
+    if args.method == "full":
+        for key in LORA_ONLY:
+            if getattr(args, key) != getattr(defaults, key):
+                problems.append((key, f"{key}={getattr(args, key)!r} is a LoRA setting and method is full, which "
+                                      f"would ignore it: drop {key}, or set method to lora / dora / qlora"))
+    trains = set(trainable_parts) if trainable_parts is not None else {"vision", "projector"} - set(args.freeze)
+    for part in ("vision", "projector"):
+        if getattr(args, f"{part}_lr") is not None and part not in trains:
+            problems.append((f"{part}_lr", f"{part}_lr={getattr(args, f'{part}_lr')!r} is set but the {part} does "
+                                           f"not train (freeze): drop {part}_lr, or unfreeze {part}"))
+    return problems
+
+
+def _length_problems(args: Any) -> list[tuple[str, str]]:
+    """A run that would take no optimizer step, or never leave its warmup."""
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        return [("num_train_epochs", f"num_train_epochs={args.num_train_epochs!r} with max_steps={args.max_steps!r} "
+                                     "trains nothing: set max_steps (optimizer steps) or num_train_epochs > 0")]
+    if args.max_steps > 0 and args.warmup_steps >= 1 and args.warmup_steps >= args.max_steps:
+        return [("warmup_steps", f"warmup_steps={args.warmup_steps!r} with max_steps={args.max_steps!r}: the "
+                                 "learning rate would never leave its warmup; set warmup_steps below max_steps "
+                                 "(or a share < 1, e.g. 0.05)")]
+    return []
+
+
+def check_settings(model_args: ModelArguments | None = None, media_args: MediaArguments | None = None,
+                   training_args: Any = None, eval_args: EvalArguments | None = None,
+                   trainable_parts: Iterable[str] | None = None) -> None:
+    """Refuse, in one line naming each key, the settings ``setting_problems`` finds; called before any weight loads
+    (``finetune``) and by ``load_model`` / ``build_trainer`` for Python callers.
+
+    Raises:
+        SettingError: one or more settings refused, all named.
+
+    Example:
+        >>> check_settings(ModelArguments(method="full", lora_r=64))
+        Traceback (most recent call last):
+        ...
+        plm_tune.arguments.SettingError: Setting refused: lora_r=64 is a LoRA setting and method is full, which \
+would ignore it: drop lora_r, or set method to lora / dora / qlora.
+    """
+    problems = setting_problems(model_args, media_args, training_args, eval_args, trainable_parts)
+    if problems:
+        keys = tuple(key for key, _ in problems)
+        label = "Setting refused" if len(problems) == 1 else "Settings refused"
+        raise SettingError(keys, f"{label}: " + "; ".join(text for _, text in problems) + ".")

@@ -20,10 +20,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import textwrap
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -981,3 +984,187 @@ def test_report_on_a_json_that_is_not_an_eval_json_is_one_usage_line(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"plm-tune report: error: {path}") and "\n" not in err, err
     assert problem in err and "an eval.json written by `plm-tune eval` or a recipe" in err
+
+BAD_INPUTS_SETTINGS = (
+    "learning_rate -1e-5", "per_device_train_batch_size 0", "gradient_accumulation_steps 0",
+    "max_steps 0 and num_train_epochs 0", "warmup_steps 10 with max_steps 2", "max_length 0", "lora_r 0",
+    "lora_alpha 0", "lora_dropout 1.5 (parser and load_model)", "vision_lr 0", "max_grad_norm -1", "num_frames 0",
+    "method full with lora_r 64", "method full with lora_targets language+vision",
+    "vision_lr with the vision tower frozen (config, and build_trainer on a loaded model)",
+    "output_dir that is a file", "output_dir under a file", "output_dir on a read-only file system",
+    "LoRA run into a full finetune's output_dir", "full run into a LoRA run's output_dir",
+    "resume a LoRA run from a full finetune's checkpoint", "resume a LoRA checkpoint on another base",
+    "resume a rank-16 LoRA checkpoint with lora_r 8", "resume a full checkpoint on a wider base",
+    "merge onto a same-shape base of another seed", "merge onto a wider base",
+)
+
+
+# ------------------------------------------------------------------------------------------ round three: settings
+def _settings(*argv):
+    from plm_tune.apps.finetune import recipe_parser
+
+    base = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none", "--max_length", "4096",
+            "--generate_eval", "false", "--disable_tqdm", "true", "--logging_steps", "1"]
+    return recipe_parser().parse_args_and_config(base + [str(a) for a in argv])
+
+
+def _finetune(*argv):
+    from data_adapters.synthetic import synthetic_shapes
+    from plm_tune.apps.finetune import finetune
+
+    model_args, media_args, training_args, eval_args = _settings(*argv)
+    return finetune(synthetic_shapes(4, seed=0, max_tiles=1), None, model_args, media_args, training_args, eval_args)
+
+
+@pytest.fixture(scope="module")
+def other_plms(tmp_path_factory):
+    """A tiny PLM of another seed (same sizes) and one of another width, for base-mismatch cases."""
+    from plm_tune.modeling.testing import build_tiny_plm
+
+    folder = tmp_path_factory.mktemp("other-plms")
+    return build_tiny_plm(folder / "seed1", seed=1), build_tiny_plm(folder / "wide", seed=0, text_hidden=96)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_plm_path, tmp_path_factory):
+    """A real 2-step full finetune with checkpoints in ``full``; then a LoRA run refused there, and let in with
+    overwrite_output_dir; the same LoRA run again, with checkpoints, in ``lora``."""
+    from plm_tune.training.checkpoints import OutputFolderError
+
+    folder = tmp_path_factory.mktemp("two-runs")
+    full, lora = folder / "full", folder / "lora"
+    common = ("--model_name_or_path", tiny_plm_path, "--save_strategy", "steps", "--save_steps", "1")
+    _finetune(*common, "--method", "full", "--output_dir", full)
+    shutil.copytree(full, folder / "full-copy")  # the full run as it was, for the resume and reverse cases
+    with pytest.raises(OutputFolderError) as refused:
+        _finetune(*common, "--output_dir", full)
+    _finetune(*common, "--output_dir", full, "--overwrite_output_dir", "true")
+    shutil.copytree(full, lora)
+    return SimpleNamespace(full=folder / "full-copy", lora=lora, mixed=full, refused=str(refused.value))
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("learning_rate", "-1e-5"), ("per_device_train_batch_size", "0"), ("gradient_accumulation_steps", "0"),
+    ("num_train_epochs", "0"), ("warmup_steps", "10"), ("max_length", "0"), ("lora_r", "0"), ("lora_alpha", "0"),
+    ("lora_dropout", "1.5"), ("vision_lr", "0"), ("max_grad_norm", "-1"), ("num_frames", "0"),
+])
+def test_a_setting_out_of_range_is_one_line_naming_it_before_any_weight_loads(tmp_path, flag, value):
+    from plm_tune.arguments import SettingError
+
+    extra = ["--max_steps", "0"] if flag == "num_train_epochs" else ["--freeze", "projector"] if flag == "vision_lr" else []
+    # A model folder that does not exist: had the check come after loading, this would be "no such folder".
+    with pytest.raises(SettingError) as err:
+        _finetune("--model_name_or_path", tmp_path / "missing", "--output_dir", tmp_path / "out", f"--{flag}={value}",
+                  *extra)
+    assert err.value.keys == (flag,) and f"{flag}=" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_dropout_out_of_range_is_named_by_load_model_too(tiny_plm_path):
+    from plm_tune.arguments import SettingError
+
+    with pytest.raises(SettingError, match=r"lora_dropout=1\.5 must be in \[0, 1\)"):
+        load_model(tiny_plm_path, method="lora", lora_dropout=1.5)
+
+
+@pytest.mark.parametrize("argv", [("--lora_r", "64"), ("--lora_targets", "language+vision", "--freeze", "projector"),
+                                  ("--vision_lr", "1e-5")])
+def test_a_setting_the_method_or_freeze_would_ignore_is_refused(tmp_path, argv):
+    from plm_tune.arguments import SettingError
+
+    method = ("--method", "full") if argv[0] != "--vision_lr" else ()  # vision_lr: the tower is frozen by default
+    with pytest.raises(SettingError) as err:
+        _finetune("--model_name_or_path", tmp_path / "missing", "--output_dir", tmp_path / "out", *method, *argv)
+    assert err.value.keys == (argv[0][2:],) and "\n" not in str(err.value)
+
+
+def test_packaged_configs_set_no_setting_their_method_ignores():
+    from plm_tune.apps.config import read_config
+    from plm_tune.apps.finetune import parse_settings, settings_keys
+    from plm_tune.arguments import check_settings
+
+    keys = {key for names in settings_keys().values() for key in names} | {"use_peft", "use_dora", "load_in_4bit"}
+    configs = sorted((Path(__file__).parent.parent / "recipes" / "configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        config = {k: v for k, v in read_config(path).items() if k in keys}
+        model_args, media_args, training_args, eval_args = parse_settings(config)
+        check_settings(model_args, media_args, training_args, eval_args)
+
+
+def test_vision_lr_for_a_frozen_tower_is_refused_by_build_trainer(tiny_plm_path, tmp_path):
+    from trl import SFTConfig
+
+    from data_adapters.synthetic import synthetic_shapes
+    from plm_tune.arguments import ModelArguments, SettingError
+
+    model, processor = load_model(tiny_plm_path, method="lora", freeze=("vision",))
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", bf16=False, max_length=None)
+    with pytest.raises(SettingError, match=r"vision_lr=1e-05 is set but the vision does not train"):
+        build_trainer(model, processor, synthetic_shapes(2, seed=0, max_tiles=1), args=args,
+                      model_args=ModelArguments(vision_lr=1e-5, freeze=[]))
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "read-only"])
+def test_an_unwritable_output_dir_is_one_line_before_any_weight_loads(tmp_path, case):
+    from plm_tune.training.checkpoints import CheckpointWriteError
+
+    (tmp_path / "file").write_text("a file where a folder should be")
+    if case == "read-only" and os.geteuid() == 0:  # root writes through chmod: /sys refuses a new folder to anyone
+        out, reason = "/sys/plm_tune_out", "cannot be written"
+    elif case == "read-only":
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+        out, reason = tmp_path / "ro" / "out", "cannot be written"
+    else:
+        out, reason = tmp_path / "file" / ("out" if case == "under a file" else ""), "is a file, not a folder"
+    with pytest.raises(CheckpointWriteError) as err:
+        _finetune("--model_name_or_path", tmp_path / "missing", "--output_dir", out)
+    assert reason in str(err.value) and "output_dir" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_another_methods_weights_in_output_dir_are_refused_or_deleted_on_request(two_runs, tmp_path):
+    from plm_tune.training.checkpoints import OutputFolderError
+
+    assert "holds a full model" in two_runs.refused and "model.safetensors" in two_runs.refused
+    assert "overwrite_output_dir" in two_runs.refused and "\n" not in two_runs.refused
+    left = sorted(p.name for p in two_runs.mixed.iterdir())  # after overwrite_output_dir: the adapter alone
+    assert "adapter_model.safetensors" in left and "model.safetensors" not in left and "config.json" not in left
+    assert all((two_runs.mixed / c / "adapter_config.json").is_file() for c in ("checkpoint-1", "checkpoint-2"))
+    with pytest.raises(OutputFolderError, match=r"holds an adapter .*adapter_config\.json"):  # the reverse
+        _finetune("--model_name_or_path", tmp_path / "missing", "--method", "full", "--output_dir", two_runs.lora)
+
+
+def test_resume_from_another_runs_checkpoint_is_one_line_before_loading(two_runs, tiny_plm_path, other_plms, tmp_path):
+    from plm_tune.training.checkpoints import OutputFolderError
+
+    seed1, wide = other_plms
+    cases = [
+        (("--model_name_or_path", tiny_plm_path), two_runs.full / "checkpoint-1", r"holds a full model .*method is lora"),
+        (("--model_name_or_path", seed1), two_runs.lora / "checkpoint-1", r"adapter of base model .*tiny-plm"),
+        (("--model_name_or_path", tiny_plm_path, "--lora_r", "8"), two_runs.lora / "checkpoint-1", r"rank 16 adapter"),
+        (("--model_name_or_path", wide, "--method", "full"), two_runs.full / "checkpoint-2", r"hidden_size 64 vs 96"),
+    ]
+    for argv, checkpoint, message in cases:
+        with pytest.raises(OutputFolderError, match=message) as err:
+            _finetune(*argv, "--output_dir", tmp_path / "out", "--resume_from_checkpoint", checkpoint)
+        assert "\n" not in str(err.value) and str(checkpoint) in str(err.value)
+
+
+def test_merge_onto_another_base_is_refused_naming_both(two_runs, other_plms, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from plm_tune.after_training.merge import merge_adapter
+    from plm_tune.apps.cli import main
+
+    seed1, wide = other_plms
+    with pytest.raises(ValueError, match=r"adapter of base model .*tiny-plm.*, but base_model is .*seed1"):
+        merge_adapter(two_runs.lora, tmp_path / "m", base_model=str(seed1))
+    assert not (tmp_path / "m").exists()
+    merged = merge_adapter(two_runs.lora, tmp_path / "m", base_model=str(seed1), allow_other_base=True)
+    assert AutoModelForImageTextToText.from_pretrained(merged) is not None
+    with pytest.raises(ValueError, match=r"does not fit base model .*wide: .* has 128 in_features in the adapter, "
+                                         r"192 in the base"):
+        merge_adapter(two_runs.lora, tmp_path / "w", base_model=str(wide), allow_other_base=True)
+    code = main(["merge", "--adapter", str(two_runs.lora), "--output", str(tmp_path / "c"), "--base-model", str(wide)])
+    assert code != 0 and not (tmp_path / "c").exists()

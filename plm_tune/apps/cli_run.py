@@ -193,7 +193,8 @@ def _merge(args: argparse.Namespace) -> int:
     from plm_tune.after_training.merge import merge_adapter
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    out = merge_adapter(args.adapter, args.output, base_model=args.base_model, dtype=dtype)
+    out = merge_adapter(args.adapter, args.output, base_model=args.base_model, dtype=dtype,
+                        allow_other_base=args.allow_other_base)
     print(f"Wrote the merged model to {out} (load it with AutoModelForImageTextToText.from_pretrained('{out}')).")
     return 0
 
@@ -297,7 +298,10 @@ def add_after_training_commands(
     merge.add_argument("--adapter", required=True, help="adapter folder (the recipe's output_dir)")
     merge.add_argument("--output", required=True, help="folder for the merged model")
     merge.add_argument("--base-model", dest="base_model",
-                       help="base model id or folder (default: the adapter's adapter_config.json)")
+                       help="base model id or folder (default: the adapter's adapter_config.json; another model "
+                       "than the one it records is refused without --allow-other-base)")
+    merge.add_argument("--allow-other-base", dest="allow_other_base", action="store_true",
+                       help="merge onto a --base-model other than the recorded one (the same model moved or renamed)")
     merge.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                        help="default: bfloat16 on a bf16 GPU, else float32")
     merge.set_defaults(func=_merge)

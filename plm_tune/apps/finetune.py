@@ -22,9 +22,10 @@ import torch
 from plm_tune.after_training.outputs import RunOutputs, finish_run
 from plm_tune.after_training.push import check_push_ready
 from plm_tune.apps.config import PLMParser
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, training_info
+from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, check_settings, training_info
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import load_model
+from plm_tune.training.checkpoints import check_output_dir, check_resume, last_complete_checkpoint
 from plm_tune.training.plan import plan_report
 from plm_tune.training.trainer import build_trainer, loss_change
 
@@ -114,8 +115,13 @@ def finetune(
         ``finish_run``'s ``RunOutputs``; None with ``eval_args.plan`` (the plan is printed instead).
 
     Raises:
+        plm_tune.arguments.SettingError: a setting out of range or ignored (``check_settings``), before anything.
         ValueError: ``train_set`` is a stream and ``training_args.max_steps`` is not set.
+        plm_tune.training.checkpoints.OutputFolderError: ``output_dir`` holds another method's weights (without
+            ``eval_args.overwrite_output_dir``), or ``resume_from_checkpoint`` is another method's or base's.
+        plm_tune.training.checkpoints.CheckpointWriteError: ``output_dir`` is a file or cannot be written.
     """
+    check_settings(model_args, media_args, training_args, eval_args)  # every setting, in one line, first
     if eval_args.plan:  # counts from media headers and a memory estimate; no weights are loaded
         print(plan_report(train_set, model_args, media=media_args, max_length=training_args.max_length,
                           batch_size=training_args.per_device_train_batch_size,
@@ -126,6 +132,14 @@ def finetune(
                          token=training_args.hub_token, method=model_args.method)
 
     check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
+    # The output folder and the checkpoint to resume from, before the weights load: a file, a read-only disk,
+    # another method's weights left there, a checkpoint of another method or base are each one line.
+    check_output_dir(training_args.output_dir, model_args.method, overwrite=eval_args.overwrite_output_dir,
+                     should_save=training_args.should_save)
+    resume = _resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume:
+        check_resume(resume, method=model_args.method, base=model_args.model_name_or_path,
+                     lora_r=model_args.lora_r, base_config=_local_config(model_args.model_name_or_path))
     streamed = not hasattr(train_set, "__len__")
     if streamed and training_args.max_steps <= 0:  # before the weights load, not when the Trainer finds out
         raise ValueError("The training set is a stream (streaming: true), which has no length to count epochs in: "
@@ -143,7 +157,7 @@ def finetune(
     hub_token, training_args.hub_token = training_args.hub_token, None
     trainer = build_trainer(model, processor, train_set, eval_set, training_args, media=media_args,
                             model_args=model_args, eval_args=eval_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     if eval_set is not None:
         trainer.evaluate()
 
@@ -176,3 +190,28 @@ def finetune(
         if outputs.summary():
             print(outputs.summary())
     return outputs
+
+
+def _resume_checkpoint(value: Any, output_dir: str) -> str | None:
+    """The checkpoint folder ``resume_from_checkpoint`` means: ``True`` (or ``"true"`` from a config or flag, which
+    ``SFTConfig`` keeps as text) the newest complete one in ``output_dir``; a path itself; unset None."""
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return last_complete_checkpoint(output_dir)
+    return str(value) if value and not (isinstance(value, str) and value.lower() == "false") else None
+
+
+def _local_config(name_or_path: str) -> dict[str, Any] | None:
+    """A model's ``config.json`` from its folder or the Hub cache, without a network call; None if neither has it."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    path: Path | None = Path(name_or_path).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            cached = try_to_load_from_cache(name_or_path, "config.json")
+        except HFValidationError:  # not a Hub id either: load_model says what is wrong with the name
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    return json.loads(path.read_text()) if path is not None else None

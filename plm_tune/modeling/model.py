@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, dora_dropout_note, settings_from
+from plm_tune.arguments import DEFAULT_MODEL, ModelArguments, check_settings, dora_dropout_note, settings_from
 from plm_tune.methods import METHOD_WORDS, METHODS, Method
 from plm_tune.modeling.precision import (
     attention_by_part,
@@ -109,7 +109,8 @@ def load_model(
             unquantised) or ``"full"``.
         freeze: parts that do not train: any of ``"vision"``, ``"projector"``, ``"language"`` (a single
             string is one part). LoRA methods always adapt the language model, so they cannot freeze it.
-        lora_r, lora_alpha, lora_dropout: LoRA rank, scale numerator and dropout (ignored by ``"full"``).
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scale numerator and dropout (``"full"`` refuses them changed
+            from their defaults: it would ignore them).
         lora_targets: ``"language"``: LoRA on the decoder's q/k/v/o and gate/up/down projections;
             ``"language+vision"``: also on the vision blocks' ``attn.qkv``, ``attn.proj``, ``mlp.fc1`` and
             ``mlp.fc2`` (never the patch embedding); then ``"vision"`` must not be in ``freeze``. Unfrozen
@@ -139,6 +140,8 @@ def load_model(
         ``PerceptionLMProcessor``. A one-line summary of trainable parameters per part is logged (INFO).
 
     Raises:
+        plm_tune.arguments.SettingError: a setting out of range or ignored (``check_settings``), e.g. ``lora_r=0``,
+            ``lora_dropout=1.5``, or a LoRA setting with ``method="full"``.
         ValueError: unknown method, part or lora_targets; a part both frozen and a LoRA target; nothing left
             to train; ``quantization_config`` passed by hand; ``method="qlora"`` under DeepSpeed ZeRO-3; a
             vision tower given an attention kernel it cannot run (``attention_by_part``).
@@ -153,6 +156,7 @@ def load_model(
     """
     args = _settings(name_or_path, method=method, freeze=freeze, lora_r=lora_r, lora_alpha=lora_alpha,
                      lora_dropout=lora_dropout, lora_targets=lora_targets)
+    check_settings(args)  # a LoRA setting given to method full, a rank of 0...: one line, before any weight loads
     if args.attn_implementation:
         from_pretrained_kwargs.setdefault("attn_implementation", args.attn_implementation)
     frozen = _check_choices(args.method, args.freeze, args.lora_targets, from_pretrained_kwargs)

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ __all__ = [
     "recorded_base_model",
     "resolve_base_model",
     "run_path",
+    "same_model",
+    "shape_differences",
+    "weight_files",
     "write_training_info",
 ]
 
@@ -155,7 +159,48 @@ def adapter_config(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
 
 
+def weight_files(folder: str | Path) -> dict[str, list[Path]]:
+    """The saved weights in ``folder`` itself (not its subfolders), by the kind of run that writes them:
+    ``"adapter"`` (peft's config and weights: the LoRA methods) and ``"full"`` (transformers' config, generation
+    config and weights, one file or shards with their index: a full finetune or a merge)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {"adapter": [], "full": []}
+    names = {ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_PICKLE}
+    adapter = sorted(path for path in folder.iterdir() if path.name in names and path.is_file())
+    full = sorted(path for path in folder.iterdir() if path.is_file() and (
+        path.name in (MODEL_CONFIG, "generation_config.json", "model.safetensors.index.json",
+                      "pytorch_model.bin.index.json")
+        or re.fullmatch(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)", path.name)))
+    return {"adapter": adapter, "full": full}
+
+
 # ------------------------------------------------------------------------------------------ base model
+
+
+def same_model(first: str | Path, second: str | Path) -> bool:
+    """Whether two model names mean the same model: the same text, or local folders that are the same folder."""
+    if str(first).rstrip("/") == str(second).rstrip("/"):
+        return True
+    a, b = Path(str(first)).expanduser(), Path(str(second)).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+_SHAPE_WORDS = ("size", "layers", "heads", "dim", "vocab", "depth", "width", "patch")
+
+
+def shape_differences(first: dict[str, Any], second: dict[str, Any], prefix: str = "") -> list[str]:
+    """The sizes two ``config.json`` dicts disagree on (``"text_config.hidden_size 64 vs 96"``): any whole number
+    whose key names a size, depth, head count, dimension or vocabulary, at any depth."""
+    found = []
+    for key in sorted(set(first) & set(second)):
+        a, b = first[key], second[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += shape_differences(a, b, f"{prefix}{key}.")
+        elif (isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and a != b
+              and any(word in key for word in _SHAPE_WORDS)):
+            found.append(f"{prefix}{key} {a} vs {b}")
+    return found
 
 
 def recorded_base_model(folder: str | Path | None) -> str | None:

@@ -10,15 +10,20 @@ other errors, so that it can be said in one line.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointWriteError", "ensure_writable", "guarded_train", "incomplete_checkpoints",
-           "last_complete_checkpoint", "write_failure"]
+from plm_tune.modeling.run_folder import adapter_config, same_model, shape_differences, weight_files
+
+__all__ = ["CheckpointWriteError", "OutputFolderError", "check_output_dir", "check_resume", "ensure_writable",
+           "guarded_train", "incomplete_checkpoints", "last_complete_checkpoint", "write_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,10 @@ _WRITE_MESSAGES = (("no space left", "the disk is full"), ("storagefull", "the d
 
 class CheckpointWriteError(OSError):
     """Training stopped because its output folder could not be written; the message is one line."""
+
+
+class OutputFolderError(ValueError):
+    """An output folder or checkpoint from another run setup (another method or base model); one line."""
 
 
 def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -116,6 +125,10 @@ def ensure_writable(output_dir: str, should_save: bool | None = None) -> None:
     if not (_global_main_process() if should_save is None else should_save):
         return
     probe = os.path.join(output_dir, f".plm_tune_write_test.{socket.gethostname()}.{os.getpid()}")
+    blocker = next((p for p in (Path(output_dir), *Path(output_dir).parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CheckpointWriteError(f"output_dir '{output_dir}' cannot be written: {blocker} is a file, not a folder. "
+                                   "Choose another `output_dir`, or move that file away.")
     try:
         os.makedirs(output_dir, exist_ok=True)
         with open(probe, "wb") as f:
@@ -148,3 +161,93 @@ def guarded_train(train: Callable[..., Any], output_dir: str, resume_from_checkp
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CheckpointWriteError(f"Training stopped: writing to '{output_dir}' failed: {reason} ({first}).{left} "
                                    "Free space (or set save_total_limit), then resume.") from None
+
+
+def _kind(method: str) -> str:
+    return "full" if method == "full" else "adapter"
+
+
+_KIND_WORDS = {"adapter": "an adapter (a LoRA / DoRA / QLoRA run)", "full": "a full model (a full finetune or merge)"}
+
+
+def check_output_dir(output_dir: str, method: str, *, overwrite: bool = False, should_save: bool = True) -> list[str]:
+    """Before anything loads: ``output_dir`` can be written (``ensure_writable``), and neither it nor its
+    ``checkpoint-N`` folders hold the weights of another kind of run than ``method`` saves (a full model where an
+    adapter goes, or the reverse), which would be left beside the new ones for ``push`` to upload and ``generate``
+    to load. Weights of the same kind are replaced by the run's own save, so they pass.
+
+    Args:
+        output_dir: the run's folder (``SFTConfig.output_dir``).
+        method: the run's method; ``"full"`` saves a full model, the others an adapter.
+        overwrite: delete the other kind's weight files and checkpoints (``EvalArguments.overwrite_output_dir``),
+            logging each; only where ``should_save`` (the process that saves).
+        should_save: whether this process writes the folder (``TrainingArguments.should_save``).
+
+    Returns:
+        The paths deleted (empty without ``overwrite``).
+
+    Raises:
+        CheckpointWriteError: ``output_dir`` (or a folder above it) is a file, or it cannot be written.
+        OutputFolderError: another kind's weights, named, without ``overwrite``.
+    """
+    other = "adapter" if _kind(method) == "full" else "full"
+    stale = [str(path) for path in weight_files(output_dir)[other]]
+    stale += [path for _, path in _checkpoints(output_dir) if weight_files(path)[other]]
+    if stale and not overwrite:
+        names = ", ".join(os.path.basename(path) for path in stale[:6]) + (" ..." if len(stale) > 6 else "")
+        raise OutputFolderError(
+            f"output_dir '{output_dir}' holds {_KIND_WORDS[other]} from an earlier run ({names}), and this "
+            f"method={method} run saves {_KIND_WORDS[_kind(method)]}: both would be left there. Choose another "
+            "`output_dir`, or set overwrite_output_dir: true to delete those files.")
+    if not should_save:
+        return []
+    ensure_writable(output_dir, should_save)
+    for path in stale:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        logger.warning("overwrite_output_dir: deleted %s (%s, not what a method=%s run saves).", path,
+                       _KIND_WORDS[other], method)
+    return stale
+
+
+def check_resume(checkpoint: str, *, method: str, base: str, lora_r: int | None = None,
+                 base_config: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line, to resume from a checkpoint another run setup wrote: another kind of method (an adapter
+    into a full finetune, or the reverse), an adapter of another base model, rank or DoRA-ness, or a full model whose
+    sizes differ from the base's ``config.json``. Without this, the Trainer loads it and fails on a tensor shape, or
+    trains an adapter on a base it was not trained on without a word.
+
+    Args:
+        checkpoint: the ``checkpoint-N`` folder (``resume_from_checkpoint``; ``True`` resolved first).
+        method, base, lora_r: the run's ``ModelArguments.method``, ``model_name_or_path`` and ``lora_r``.
+        base_config: the base's ``config.json`` as a dict, when at hand (sizes are compared for a full checkpoint).
+
+    Raises:
+        OutputFolderError: naming the checkpoint, what it holds and the setting to change.
+    """
+    weights = weight_files(checkpoint)
+    found = "adapter" if weights["adapter"] else "full" if weights["full"] else None
+    fix = "or start without resume_from_checkpoint"
+    if found is None:
+        return  # not a checkpoint of weights: the Trainer says so
+    if found != _kind(method):
+        raise OutputFolderError(f"resume_from_checkpoint '{checkpoint}' holds {_KIND_WORDS[found]}, but method is "
+                                f"{method}: set method to the one it was trained with, {fix}.")
+    if found == "adapter":
+        config = adapter_config(checkpoint)
+        recorded = config.get("base_model_name_or_path")
+        if recorded and not same_model(recorded, base):
+            raise OutputFolderError(f"resume_from_checkpoint '{checkpoint}' is an adapter of base model {recorded}, "
+                                    f"but model_name_or_path is {base}: set model_name_or_path to {recorded}, {fix}.")
+        if lora_r is not None and config.get("r", lora_r) != lora_r:
+            raise OutputFolderError(f"resume_from_checkpoint '{checkpoint}' is a rank {config['r']} adapter, but "
+                                    f"lora_r is {lora_r}: set lora_r to {config['r']}, {fix}.")
+        if bool(config.get("use_dora")) != (method == "dora"):
+            raise OutputFolderError(f"resume_from_checkpoint '{checkpoint}' is a "
+                                    f"{'DoRA' if config.get('use_dora') else 'LoRA'} adapter, but method is {method}: "
+                                    f"set method to {'dora' if config.get('use_dora') else 'lora'}, {fix}.")
+    elif base_config is not None:
+        sizes = shape_differences(json.loads((Path(checkpoint) / "config.json").read_text()), base_config)
+        if sizes:
+            raise OutputFolderError(f"resume_from_checkpoint '{checkpoint}' is a model of other sizes than "
+                                    f"model_name_or_path {base} ({'; '.join(sizes[:3])}, checkpoint vs base): "
+                                    f"set model_name_or_path to the model it was trained from, {fix}.")

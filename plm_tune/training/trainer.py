@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments
+from plm_tune.arguments import EvalArguments, MediaArguments, ModelArguments, check_settings
 from plm_tune.data.sample import sample_columns
 from plm_tune.encoding.collator import PLMCollator
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
 from plm_tune.modeling.precision import vision_dtype
 from plm_tune.training.callbacks import GenerationEvalCallback, PLMMetricsCallback
+from plm_tune.training.checkpoints import check_output_dir
 from plm_tune.training.distributed import media_kinds, shards_weights, stream_accelerator_config
 from plm_tune.training.quiet_log import quiet_training_log
 
@@ -80,7 +81,9 @@ def build_trainer(
 
     Raises:
         ValueError: an empty ``train_dataset``; ``generation_eval_steps`` without ``eval_dataset``; a refused
-            collator or setting (above).
+            collator or setting (above); ``plm_tune.arguments.SettingError``: a setting out of range or ignored
+            (``check_settings``), e.g. ``vision_lr`` for a frozen tower; ``OutputFolderError``: ``args.output_dir``
+            holds the other kind of weights (``plm_tune.training.checkpoints.check_output_dir``).
 
     Example:
         >>> trainer = build_trainer(model, processor, samples, args=SFTConfig(output_dir="out", max_length=4096),
@@ -102,7 +105,12 @@ def build_trainer(
     train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
     lrs = dict(lr=config.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
                weight_decay=config.weight_decay)
-    parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
+    groups = parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
+    # Every setting in one line (finetune checked them before loading; a Python caller gets the same checks), a
+    # part's learning rate against what this model trains; then the output folder, before the Trainer makes it.
+    check_settings(model_args, media, config, eval_args, trainable_parts=[group["name"] for group in groups])
+    check_output_dir(config.output_dir, _method_of(model), overwrite=eval_args.overwrite_output_dir,
+                     should_save=config.should_save)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
     # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
     factory = functools.partial(_PartOptimizer, *_optimizer_class(config), lrs)
@@ -121,6 +129,14 @@ def build_trainer(
     _placeholders_when_sharded(trainer, collator, kinds)
     _add_plm_callbacks(trainer, collator, eval_dataset, eval_args)
     return trainer
+
+
+def _method_of(model: Any) -> str:
+    """``"full"`` for a plain model; ``"dora"`` / ``"lora"`` for a peft one (QLoRA saves what LoRA saves)."""
+    peft_config = getattr(model, "peft_config", None)
+    if not peft_config:
+        return "full"
+    return "dora" if getattr(next(iter(peft_config.values())), "use_dora", False) else "lora"
 
 
 def run_config(args: SFTConfig | None, train_dataset: Any) -> SFTConfig:
