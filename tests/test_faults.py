@@ -13,6 +13,16 @@ result. ``BAD_INPUTS`` lists the cases (the README's figure counts them).
 | policy gaps | assistant first, user last, max_tiles 0 (sample, collator, planner), unquoted csv comma |
 | checkpoints | disk full mid-save, unwritable output, resume past an incomplete checkpoint |
 | determinism | the same seed gives bit-identical LoRA adapters after real training steps |
+
+Round three (issue 25), each area's cases in its ``BAD_INPUTS_<AREA>`` above its section at the end:
+
+| area | cases |
+| --- | --- |
+| PHI | values in sequences / private tags, name groups, scripts and transliterations, date / ID spellings, SSN, phones, Annex E, empty elements |
+| tokens and paths | names, IDs and dates in PACS-style paths kept out of a run's files (more in ``tests/test_push.py``) |
+| pixels | float (NaN, inf), signed 16-bit and 32-bit TIFFs, RescaleSlope 0, rotated and variable-frame-rate video, unknown transfer syntax |
+| records | invisible-only text, duplicate JSON keys, 1e400, deep nesting, BOMs, a report on a JSON that is no eval.json |
+| settings | out-of-range numbers, settings the method ignores, unwritable / reused output folders, resume and merge across bases |
 """
 
 from __future__ import annotations
@@ -1168,3 +1178,18 @@ def test_merge_onto_another_base_is_refused_naming_both(two_runs, other_plms, tm
         merge_adapter(two_runs.lora, tmp_path / "w", base_model=str(wide), allow_other_base=True)
     code = main(["merge", "--adapter", str(two_runs.lora), "--output", str(tmp_path / "c"), "--base-model", str(wide)])
     assert code != 0 and not (tmp_path / "c").exists()
+
+
+def test_the_readme_counts_every_bad_input():
+    """The README's fault table is the sum of the suites' case lists, round by round."""
+    import re
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_push
+
+    round_three = sum(len(cases) for module in (sys.modules[__name__], test_push)
+                      for name, cases in vars(module).items() if name.startswith("BAD_INPUTS_"))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| issue (\d+) \(`BAD_INPUTS[^|]*\| (\d+) \| \2 \|", readme, re.MULTILINE))
+    assert rows == {"15": str(len(BAD_INPUTS)), "25": str(round_three)}, rows

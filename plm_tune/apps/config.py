@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plm_tune.arguments import check_settings
 from plm_tune.methods import Method
 
 __all__ = ["PLMParser", "TrlKeys", "apply_trl_keys", "read_config"]
@@ -230,6 +231,12 @@ class PLMParser:
         keys = parsed.pop()  # TrlKeys: last
         for note in apply_trl_keys(keys, parsed, self.default_method):
             print(f"TRL key read: {note}", file=sys.stderr)
+        # Every setting checked now, before a recipe reads its corpus (finetune() checks again, for Python callers).
+        from transformers import TrainingArguments  # imported already: the parser is TRL's
+
+        by_class = {type(settings).__name__: settings for settings in parsed}
+        check_settings(by_class.get("ModelArguments"), by_class.get("MediaArguments"),
+                       next((s for s in parsed if isinstance(s, TrainingArguments)), None), by_class.get("EvalArguments"))
         return tuple(parsed)
 
 
