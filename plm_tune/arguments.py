@@ -316,10 +316,11 @@ def _length_problems(args: Any) -> list[tuple[str, str]]:
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         return [("num_train_epochs", f"num_train_epochs={args.num_train_epochs!r} with max_steps={args.max_steps!r} "
                                      "trains nothing: set max_steps (optimizer steps) or num_train_epochs > 0")]
-    if args.max_steps > 0 and args.warmup_steps >= 1 and args.warmup_steps >= args.max_steps:
+    # Strictly longer only: a smoke run of a config (`--max_steps 2` on warmup_steps: 2) is what users try first.
+    if args.max_steps > 0 and args.warmup_steps >= 1 and args.warmup_steps > args.max_steps:
         return [("warmup_steps", f"warmup_steps={args.warmup_steps!r} with max_steps={args.max_steps!r}: the "
-                                 "learning rate would never leave its warmup; set warmup_steps below max_steps "
-                                 "(or a share < 1, e.g. 0.05)")]
+                                 "learning rate would never leave its warmup; set warmup_steps up to max_steps "
+                                 "(or a share < 1, e.g. 0.05; 0 for a smoke run)")]
     return []
 
 
