@@ -56,7 +56,7 @@ def test_a_user_error_is_one_message_not_a_traceback(radiology_demo, tmp_path):
     result = subprocess.run([sys.executable, "-m", "plm_tune.apps.cli", "generate", "--model", str(radiology_demo.out),
                              "--image", str(missing), "--prompt", "Describe."], capture_output=True, text=True,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2  # usage: a missing file
+    assert result.returncode == 1  # a data problem: the media file is missing
     assert "plm-tune generate: error:" in result.stderr and "missing.png" in result.stderr
     assert "Traceback" not in result.stderr
 

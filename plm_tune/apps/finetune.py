@@ -127,23 +127,7 @@ def finetune(
                           batch_size=training_args.per_device_train_batch_size,
                           gradient_checkpointing=training_args.activation_checkpointing, bf16=training_args.bf16))
         return None
-    if training_args.push_to_hub:  # a missing token or a bad repo id fails now, not after training
-        check_push_ready(training_args.hub_model_id, output_dir=training_args.output_dir,
-                         token=training_args.hub_token, method=model_args.method)
-
-    check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
-    # The output folder and the checkpoint to resume from, before the weights load: a file, a read-only disk,
-    # another method's weights left there, a checkpoint of another method or base are each one line.
-    check_output_dir(training_args.output_dir, model_args.method, overwrite=eval_args.overwrite_output_dir,
-                     should_save=training_args.should_save)
-    resume = _resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    if resume:
-        check_resume(resume, method=model_args.method, base=model_args.model_name_or_path,
-                     lora_r=model_args.lora_r, base_config=_local_config(model_args.model_name_or_path))
-    streamed = not hasattr(train_set, "__len__")
-    if streamed and training_args.max_steps <= 0:  # before the weights load, not when the Trainer finds out
-        raise ValueError("The training set is a stream (streaming: true), which has no length to count epochs in: "
-                         "set `max_steps` (e.g. 1000); num_train_epochs cannot end a stream.")
+    resume, streamed = _check_before_loading(train_set, model_args, training_args, eval_args)
     # One checkpointing switch, SFTConfig's (TRL defaults it on): load_model also reaches the timm vision
     # blocks, which the Trainer's own would miss, so the Trainer's is turned off instead of applied twice.
     model, processor = load_model(model_args, dtype=dtype, seed=training_args.seed,
@@ -190,6 +174,31 @@ def finetune(
         if outputs.summary():
             print(outputs.summary())
     return outputs
+
+
+def _check_before_loading(train_set: Any, model_args: ModelArguments, training_args: Any,
+                          eval_args: EvalArguments) -> tuple[str | None, bool]:
+    """What must hold before the weights load, each a one-line error: the push (token, repo id), the GPU, the
+    output folder, the checkpoint to resume from, a stream's max_steps. Returns that checkpoint and whether
+    ``train_set`` is a stream."""
+    if training_args.push_to_hub:  # a missing token or a bad repo id fails now, not after training
+        check_push_ready(training_args.hub_model_id, output_dir=training_args.output_dir,
+                         token=training_args.hub_token, method=model_args.method)
+
+    check_gpu_usable(training_args.use_cpu)  # a GPU torch cannot use is an error here, not a run on the CPU
+    # The output folder and the checkpoint to resume from, before the weights load: a file, a read-only disk,
+    # another method's weights left there, a checkpoint of another method or base are each one line.
+    check_output_dir(training_args.output_dir, model_args.method, overwrite=eval_args.overwrite_output_dir,
+                     should_save=training_args.should_save)
+    resume = _resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume:
+        check_resume(resume, method=model_args.method, base=model_args.model_name_or_path,
+                     lora_r=model_args.lora_r, base_config=_local_config(model_args.model_name_or_path))
+    streamed = not hasattr(train_set, "__len__")
+    if streamed and training_args.max_steps <= 0:  # before the weights load, not when the Trainer finds out
+        raise ValueError("The training set is a stream (streaming: true), which has no length to count epochs in: "
+                         "set `max_steps` (e.g. 1000); num_train_epochs cannot end a stream.")
+    return resume, streamed
 
 
 def _resume_checkpoint(value: Any, output_dir: str) -> str | None:
