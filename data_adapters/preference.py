@@ -55,15 +55,15 @@ from typing import Any
 from data_adapters._conversations import SPEAKERS, conversation_messages, record_name
 from data_adapters._fields import number_text, parse_row
 from data_adapters._records import BadRecord, OnError, build_dataset, make_sample
-from data_adapters.hf import (
-    _columns,
-    _image_entry,
-    _keep_media_encoded,
-    _load,
-    _Rows,
-    _shard_rows,
-    _shards,
-    _video_entry,
+from data_adapters._tables import (
+    TableRows,
+    columns_of,
+    image_entry,
+    keep_media_encoded,
+    load_split,
+    shard_rows,
+    table_shards,
+    video_entry,
 )
 from plm_tune.data.preference import validate_preference_sample
 from plm_tune.data.sample import table_messages
@@ -106,9 +106,9 @@ def preference_sample(where: str, row: dict[str, Any], *, media_root: str | os.P
     name = f"{where} (id={sample_id!r})" if sample_id is not None else record_name(where, row)
     turns, chosen, rejected = _READERS[_layout(row, name)](row, name)
     options = dict(media_root=str(media_root), allow_outside_root=allow_outside_root)
-    images = [_image_entry(v, name, **options) for v in _media(row, name, ("images", "image"), ("image_path",
+    images = [image_entry(v, name, **options) for v in _media(row, name, ("images", "image"), ("image_path",
                                                                                                  "img_path"))]
-    videos = [_video_entry(v, name, **options) for v in _media(row, name, ("videos", "video"), ())]
+    videos = [video_entry(v, name, **options) for v in _media(row, name, ("videos", "video"), ())]
     system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else system_prompt
     messages = conversation_messages(turns, record=name, counts={"image": len(images), "video": len(videos)},
                                      system_prompt=system)
@@ -281,14 +281,14 @@ def from_preference_data(
         to_sample = partial(_file_record, media_root=media_root or Path(path).parent, **options)
         return build_dataset(lambda: read_json_records(path), to_sample, source=str(path), on_error=on_error,
                              streaming=streaming, num_proc=num_proc, progress=progress)
-    data, source, local_root = _load(path, split, streaming, config)
+    data, source, local_root = load_split(path, split, streaming, config)
     if not streaming and isinstance(data, datasets.IterableDataset):
         raise ValueError(f"{source}: a datasets.IterableDataset (a stream) with streaming=False. Pass "
                          "streaming=True to convert rows as they are read, or give a datasets.Dataset.")
-    data = _keep_media_encoded(data, [c for c in MEDIA_COLUMNS if c in _columns(data)])
+    data = keep_media_encoded(data, [c for c in MEDIA_COLUMNS if c in columns_of(data)])
     to_sample = partial(_table_row, source=source, media_root=media_root or local_root or os.getcwd(), **options)
     if streaming:
-        return build_dataset(partial(_shard_rows, data), to_sample, source=source, on_error=on_error,
-                             streaming=True, shards=_shards(data))
-    return build_dataset(lambda: _Rows(data), to_sample, source=source, on_error=on_error, num_proc=num_proc,
+        return build_dataset(partial(shard_rows, data), to_sample, source=source, on_error=on_error,
+                             streaming=True, shards=table_shards(data))
+    return build_dataset(lambda: TableRows(data), to_sample, source=source, on_error=on_error, num_proc=num_proc,
                          progress=progress)
