@@ -268,3 +268,15 @@ def test_data_inspect_shows_the_prompt_once_and_both_answers_trained(media, tiny
     assert out.index("What colour?") < chosen < rejected
     assert "[[" not in out[:chosen]  # nothing of the prompt is trained: only each answer and its <|eot_id|>
     assert "chosen: tokens=" in out and "rejected: tokens=" in out
+
+
+def test_the_readme_records_read_as_four_pairs(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Preference data", 1)[1].split("```jsonl\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "shapes").mkdir()
+    make_image(32, 32).save(tmp_path / "shapes" / "0.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(block)
+    samples = list(from_preference_data(path, progress=False))
+    assert [(s["chosen"], s["rejected"]) for s in samples] == [(_answer("Red."), _answer("Blue."))] * 4
+    assert all(s["images"] == [str(tmp_path / "shapes" / "0.png")] for s in samples)
