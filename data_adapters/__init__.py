@@ -15,6 +15,7 @@ from data_adapters.image_folder import from_image_folder
 from data_adapters.llava import from_llava_json
 from data_adapters.mix import mix
 from data_adapters.plm_jsonl import from_plm_jsonl, to_plm_jsonl
+from data_adapters.preference import from_preference_data
 from data_adapters.split import SHUFFLE_BUFFER, held_out_split
 from data_adapters.synthetic import synthetic_shapes, synthetic_videos
 from data_adapters.video_folder import from_video_folder
@@ -31,6 +32,7 @@ __all__ = [
     "from_image_folder",
     "from_llava_json",
     "from_plm_jsonl",
+    "from_preference_data",
     "from_video_folder",
     "from_webdataset",
     "held_out_split",

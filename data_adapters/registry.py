@@ -19,6 +19,7 @@ ADAPTERS = {
     "image_folder": "data_adapters.image_folder:from_image_folder",
     "llava": "data_adapters.llava:from_llava_json",
     "plm_jsonl": "data_adapters.plm_jsonl:from_plm_jsonl",
+    "preference": "data_adapters.preference:from_preference_data",
     "video_folder": "data_adapters.video_folder:from_video_folder",
     "dicom": "data_adapters.dicom:from_dicom",
     "webdataset": "data_adapters.webdataset:from_webdataset",

@@ -57,6 +57,9 @@ class Reason(str, Enum):
     MEDIA_COUNT_MISMATCH = "media count mismatch"
     NOT_UTF8_TEXT = "not UTF-8 text"
     INVALID_CONVERSATION = "invalid conversation"  # roles, order or parts that PLM's template cannot take
+    # a preference sample's answers (plm_tune.data.preference)
+    IDENTICAL_ANSWERS = "identical answers"  # chosen == rejected: the pair teaches nothing
+    MEDIA_IN_ANSWER = "media in answer"  # an image or video in a chosen / rejected answer
     INVALID_SAMPLE = "invalid sample"  # anything else: what a problem without a reason is counted as
 
 

@@ -49,7 +49,7 @@ def test_adapters_never_import_each_other_only_shared_private_modules():
 
 def test_adapters_use_only_the_sample_media_and_dicom_modules_of_the_library():
     """Adapters build samples: they may check structure and read media headers, never collate or train."""
-    allowed = {"plm_tune.data.sample", "plm_tune.data.media", "plm_tune.data.dicom", "plm_tune.errors", "plm_tune.verbosity",
+    allowed = {"plm_tune.data.sample", "plm_tune.data.preference", "plm_tune.data.media", "plm_tune.data.dicom", "plm_tune.errors", "plm_tune.verbosity",
                "plm_tune.hub",
                "plm_tune.arguments"}  # settings' defaults (SHUFFLE_BUFFER): one default per setting, no training code
     for path in (ROOT / "data_adapters").glob("*.py"):

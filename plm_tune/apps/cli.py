@@ -134,10 +134,13 @@ def _data_setup(args: argparse.Namespace):
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
+    from plm_tune.apps.inspect_pairs import inspect_preference_samples
+    from plm_tune.data.preference import is_preference_sample
     from plm_tune.encoding.preflight import inspect_samples
 
     dataset, collator = _data_setup(args)
-    inspect_samples(dataset, collator, n=args.n)
+    show = inspect_preference_samples if is_preference_sample(next(iter(dataset), None)) else inspect_samples
+    show(dataset, collator, n=args.n)
     return 0
 
 
