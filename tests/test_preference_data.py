@@ -270,6 +270,21 @@ def test_data_inspect_shows_the_prompt_once_and_both_answers_trained(media, tiny
     assert "chosen: tokens=" in out and "rejected: tokens=" in out
 
 
+def test_data_check_counts_both_sequences_of_a_pair_and_names_a_bad_one(media, tiny_plm_path):
+    path = _write_jsonl(media / "pairs.jsonl", [
+        {"prompt": "What colour?", "chosen": "A red square.", "rejected": "A blue circle.", "images": ["a.png"]},
+        {"prompt": "What colour?", "chosen": "Red.", "rejected": "A much longer answer about a blue circle.",
+         "images": ["a.png"]},
+    ])
+    result = subprocess.run(
+        [sys.executable, "-m", "plm_tune.apps.cli", "data", "check", "--data-adapter", "preference",
+         "--arg", f"path={path}", "--model-name-or-path", str(tiny_plm_path), "--max-tiles", "1", "--no-progress"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Checked 2 samples: 0 with problems." in result.stdout
+    assert "(2 preference pairs: each answer's sequence counted)" in result.stdout
+
+
 def test_the_readme_records_read_as_four_pairs(tmp_path):
     readme = (REPO / "README.md").read_text()
     block = readme.split("### Preference data", 1)[1].split("```jsonl\n", 1)[1].split("```", 1)[0]

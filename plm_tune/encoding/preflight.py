@@ -89,6 +89,7 @@ class CheckResult:
     examples: dict[str, list[str]] = field(default_factory=dict)
     token_counts: list[int] = field(default_factory=list)
     max_length: int | None = None
+    pairs: int = 0  # preference pairs: two sequences each in token_counts
 
     @property
     def ok(self) -> bool:
@@ -110,7 +111,8 @@ class CheckResult:
             counts = sorted(self.token_counts)
             p95 = counts[min(len(counts) - 1, int(0.95 * len(counts)))]
             lines.append(f"Tokens per sample: min {counts[0]}, median {int(statistics.median(counts))}, "
-                         f"p95 {p95}, max {counts[-1]}.")
+                         f"p95 {p95}, max {counts[-1]}."
+                         + (f" ({self.pairs} preference pairs: each answer's sequence counted)" if self.pairs else ""))
             if self.max_length:
                 over = sum(c > self.max_length for c in counts)
                 lines.append(f"{over} of {len(counts)} samples exceed max_length={self.max_length} "
@@ -127,6 +129,7 @@ def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, p
     """
     from tqdm.auto import tqdm
 
+    from plm_tune.data.preference import is_preference_sample, pair_conversations, validate_preference_sample
     from plm_tune.data.sample import validate_sample
 
     result = CheckResult(max_length=collator.max_length)
@@ -142,10 +145,17 @@ def check_dataset(dataset: Iterable[dict[str, Any]], collator: PLMCollator, *, p
         result.total += 1
         name = _record_name(sample, index)
         try:
-            validate_sample(sample, decode_media=False)
-            encoded = collator.build(sample, collator.plan(sample, settings=measuring))  # decodes every medium
+            if is_preference_sample(sample):  # a pair: both sequences (prompt + chosen, prompt + rejected)
+                validate_preference_sample(sample, decode_media=False)
+                rows = pair_conversations(sample)
+                result.pairs += 1
+            else:
+                validate_sample(sample, decode_media=False)
+                rows = (sample,)
+            # decodes every medium (a pair's twice: a check, not a training step)
+            lengths = [len(collator.build(row, collator.plan(row, settings=measuring)).input_ids) for row in rows]
         except ValueError as err:  # the collator's and validate_sample's errors carry their cause's reason
             result.add_problem(reason_of(err) or Reason.INVALID_SAMPLE, f"{name}: {str(err)[:160]}")
             continue
-        result.token_counts.append(len(encoded.input_ids))
+        result.token_counts.extend(lengths)
     return result
