@@ -259,3 +259,57 @@ def test_malformed_pairs_and_settings_are_refused_with_the_fix(processor):
         PLMPreferenceCollator(PLMCollator(processor, train_on="all"))
     with pytest.raises(ValueError, match="padding_free at its default"):
         PLMPreferenceCollator(PLMCollator(processor, padding_free=True))
+
+
+# ------------------------------------------------------------------ plan: a pair is two rows, its media once
+def test_estimate_of_a_pair_counts_both_rows_tokens_and_its_media_once(processor):
+    from plm_tune import estimate_cost
+
+    for sample in ragged_pairs():
+        sft = PLMCollator(processor)
+        batch = PLMPreferenceCollator(sft)([sample])
+        estimate = estimate_cost(sample, sft)
+        assert estimate.rows == 2
+        assert estimate.row_tokens == tuple(batch["attention_mask"].sum(dim=1).tolist())
+        assert estimate.tokens == int(batch["attention_mask"].sum())
+        assert estimate.labelled_tokens == int(batch["completion_mask"].sum())
+        media = (batch["input_ids"] == processor.image_token_id) | (batch["input_ids"] == processor.video_token_id)
+        assert estimate.media_tokens == int(media.sum())
+        assert estimate.tiles == (batch["pixel_values"].shape[1] // 2 if "pixel_values" in batch else 0)
+        assert estimate.frames == (batch["pixel_values_videos"].shape[1] // 2 if "pixel_values_videos" in batch else 0)
+
+
+def test_estimate_of_a_fitted_and_a_rejected_pair(processor):
+    sample = {**PAIR_CASES["one_image"], "images": [make_image(300, 120, seed=7)], "max_tiles": 9}
+    whole = _collator(processor)([sample])["attention_mask"].sum(dim=1)
+    longest = int(whole.max())
+    fitting = PLMCollator(processor, max_length=longest - 1, fit_tiles=True)
+    batch = PLMPreferenceCollator(fitting)([sample])
+    from plm_tune import estimate_cost
+
+    fitted = estimate_cost(sample, fitting)
+    assert fitted.outcome == "fitted" and fitted.tiles_removed > 0
+    assert fitted.row_tokens == tuple(batch["attention_mask"].sum(dim=1).tolist())
+    assert fitted.tiles == batch["pixel_values"].shape[1] // 2
+    rejected = estimate_cost(sample, PLMCollator(processor, max_length=longest - 1))
+    assert rejected.outcome == "rejected" and rejected.tokens == 0 and rejected.full_tokens == int(whole.sum())
+
+
+def test_plan_dataset_of_pairs_counts_rows_padding_and_memory_rows(processor, tiny_plm_path):
+    from plm_tune import plan_dataset, plan_report
+
+    pairs = ragged_pairs()
+    collator = PLMCollator(processor)
+    batches = [PLMPreferenceCollator(collator)([p]) for p in pairs]
+    plan = plan_dataset(pairs, collator, batch_size=1, progress=False)
+    assert plan.totals()["tokens"] == sum(int(b["attention_mask"].sum()) for b in batches)
+    assert plan.rows_per_sample == 2
+    # Batch size 1: each batch is one pair, padded to its longer row: the padding the collator really makes.
+    padded = sum(b["input_ids"].numel() - int(b["attention_mask"].sum()) for b in batches)
+    assert plan.padding["random"] == pytest.approx(padded / sum(b["input_ids"].numel() for b in batches))
+    assert plan.padding["random"] > 0
+    seq_len, _ = plan.worst_batch()
+    assert seq_len == max(b["input_ids"].shape[1] for b in batches)
+    report = plan_report(pairs, tiny_plm_path, batch_size=3, progress=False)
+    assert "preference pairs: 2 rows per sample" in report
+    assert "at the longest batch: 6 x " in report  # 3 pairs per batch = 6 rows
