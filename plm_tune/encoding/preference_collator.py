@@ -30,6 +30,13 @@ features into placeholder tokens in order (``PerceptionLMModel.forward``: ``mask
 once per pair and the same tensor is referenced by both rows until the batch's ``torch.cat`` (the vision tower
 then runs on each pair's tiles twice).
 
+With ``DPOTrainer`` (trl 1.16, read for the training step, not yet run here): pass ``data_collator=`` this collator
+and ``remove_unused_columns=False`` (for a dataset with ``"image"`` / ``"images"``, ``_set_signature_columns_if_needed``
+keeps only ``prompt`` / ``chosen`` / ``rejected`` / ``image(s)`` / ``tools`` columns, dropping ``messages`` and
+``videos``); a dataset without ``"image"`` / ``"images"`` is not a vision dataset to TRL and goes through its
+``_prepare_dataset`` (``extract_prompt``, tokenisation), which this format must skip (e.g. an ``"images": []`` key).
+TRL refuses ``precompute_ref_log_probs`` for vision datasets.
+
 A pair is never cut: dropping trailing turns would drop the answers. With ``max_length``, a pair too long is made
 to fit by lowering its media (``fit_tiles`` / ``fit_frames`` of the ``PLMCollator``), both rows with the same
 media (those the longer row needs), or rejected (``on_too_long``).
