@@ -6,6 +6,9 @@ The public API:
 * ``DataError``, ``MediaError``, ``Reason``, ``reason_of``: what is wrong with a sample or its media, as a reason
   code on the exception (``plm_tune.errors``).
 * ``PLMCollator``: canonical samples -> a PLM batch with exact labels (``plm_tune.encoding.collator``).
+* ``PLMPreferenceCollator``: preference samples (a prompt, a chosen and a rejected answer) -> one exact batch of
+  [chosen, rejected] rows for TRL's ``DPOTrainer`` (``plm_tune.encoding.preference_collator``); ``sequence_logps``:
+  each row's summed answer log-prob (``plm_tune.encoding.sequence_logps``).
 * ``ConversationEncoder``: the segment-by-segment chat formatting behind it (``plm_tune.encoding.formatting``).
 * ``load_model``, ``parameter_groups``: PLM with LoRA / DoRA / QLoRA / full and frozen parts (``plm_tune.modeling.model``).
 * ``generate``: batched answers for canonical samples, formatted as in training (``plm_tune.inference.generation``).
@@ -46,6 +49,8 @@ _EXPORTS = {
     "CollatorStats": "plm_tune.encoding.collator",
     "EncodedSample": "plm_tune.encoding.collator",
     "PLMCollator": "plm_tune.encoding.collator",
+    "PLMPreferenceCollator": "plm_tune.encoding.preference_collator",
+    "sequence_logps": "plm_tune.encoding.sequence_logps",
     "SampleEstimate": "plm_tune.encoding.costs",
     "SamplePlan": "plm_tune.encoding.sample_plan",
     "plan_sample": "plm_tune.encoding.sample_plan",

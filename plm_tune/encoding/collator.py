@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -357,7 +358,7 @@ class PLMCollator:
             raise ValueError(reason + fix)
         logger.warning("Skipping %s", reason)
 
-    def _count(self, plan: SamplePlan) -> None:
+    def count(self, plan: SamplePlan) -> None:
         """Count what the max_length policy did to one sample of a batch in ``stats``."""
         fit = plan.fit
         self.stats.add("samples")
@@ -378,7 +379,7 @@ class PLMCollator:
         encoded = []
         for sample in samples:
             plan = self.plan(sample)
-            self._count(plan)
+            self.count(plan)
             built = self.build(sample, plan)
             if built is not None:
                 encoded.append(built)
@@ -389,6 +390,12 @@ class PLMCollator:
             )
         placeholders = self._placeholders(encoded)
         batch = self.pack(encoded + placeholders) if self.padding_free else self.pad(encoded + placeholders)
+        self.count_batch(batch, encoded, placeholders)
+        return keep_labelled_logits(batch) if self.labelled_logits_only else batch
+
+    def count_batch(self, batch: dict[str, Any], encoded: list[EncodedSample],
+                    placeholders: Sequence[EncodedSample] = ()) -> None:
+        """Count a built batch (``pad`` / ``pack`` of ``encoded`` + ``placeholders``, labels still in it) in ``stats``."""
         self.stats.add("batches")
         self.stats.add("tokens", sum(len(e.input_ids) for e in encoded))
         self.stats.add("token_slots", batch["input_ids"].numel())
@@ -396,7 +403,6 @@ class PLMCollator:
         media = sum(int((batch["input_ids"] == token).sum()) for token in self.encoder.media_ids.values())
         self.stats.add("media_tokens", media - sum(len(e.input_ids) for e in placeholders))
         self.stats.add("placeholder_media", len(placeholders))
-        return keep_labelled_logits(batch) if self.labelled_logits_only else batch
 
     def _placeholders(self, encoded: list[EncodedSample]) -> list[EncodedSample]:
         """One unlabelled media-only sequence per kind in ``media_in_every_batch`` that no sample of the batch has."""

@@ -6,6 +6,11 @@ tile grids from PLM's tiling rule, the text from the collator's encoder, the ``m
 collator then builds. ``sample_cost`` / ``dataset_costs`` give the ``(tokens, tiles + frames)`` key that
 ``LengthGroupedBatchSampler`` groups by; ``plm_tune.training.plan`` reports on a whole dataset.
 
+A preference sample (a ``"chosen"`` key: ``plm_tune.encoding.preference_collator``) costs two sequences, planned by
+``plan_pair`` as ``PLMPreferenceCollator`` builds them: its token counts are both rows' together (``rows`` 2,
+``row_tokens`` each row's length) and its tiles / frames are counted once (decoded and processed once per pair; the
+batch carries them on both rows, so the vision tower sees ``rows`` times as many).
+
 Example:
     >>> collator = PLMCollator(processor, max_length=4096, max_tiles=16)        # doctest: +SKIP
     >>> estimate_cost(sample, collator).tokens == len(collator.encode(sample).input_ids)   # doctest: +SKIP
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plm_tune.encoding.length_policy import Outcome
+from plm_tune.encoding.preference_collator import PairPlan, is_preference_sample, plan_pair
 from plm_tune.encoding.sample_plan import Planner, SamplePlan
 
 __all__ = ["Cost", "SampleEstimate", "CostEstimator", "estimate_cost", "sample_cost", "dataset_costs"]
@@ -47,6 +53,15 @@ class SampleEstimate:
     dropped_turns: int = 0  # messages dropped (outcome "truncated")
     tiles_removed: int = 0  # tiles lowered away (outcome "fitted")
     frames_removed: int = 0  # video frames lowered away (outcome "fitted")
+    rows: int = 1  # sequences the sample becomes: 2 for a preference pair (chosen, rejected)
+    row_tokens: tuple[int, ...] = ()  # each row's length when rows > 1 (tokens is their sum)
+
+    @property
+    def row_lengths(self) -> tuple[int, ...]:
+        """The length of each row the sample becomes (``(tokens,)`` for an SFT sample; ``()`` when rejected)."""
+        if self.outcome == "rejected":
+            return ()
+        return self.row_tokens or (self.tokens,)
 
     @property
     def cost(self) -> Cost:
@@ -75,6 +90,29 @@ class SampleEstimate:
             frames_removed=fit.frames_removed,
         )
 
+    @classmethod
+    def of_pair(cls, pair: PairPlan) -> SampleEstimate:
+        """The counts of a preference pair's ``PairPlan``: both rows' tokens, its media once."""
+        if pair.outcome == "rejected":
+            return cls(0, 0, 0, 0, 0, 0, 0, 0, full_tokens=sum(pair.full_tokens), outcome="rejected", rows=2)
+        chosen, rejected = cls.of(pair.chosen), cls.of(pair.rejected)
+        return cls(
+            tokens=chosen.tokens + rejected.tokens,
+            text_tokens=chosen.text_tokens + rejected.text_tokens,
+            media_tokens=chosen.media_tokens + rejected.media_tokens,
+            labelled_tokens=chosen.labelled_tokens + rejected.labelled_tokens,
+            tiles=chosen.tiles,  # the same media on both rows: decoded and processed once
+            frames=chosen.frames,
+            images=chosen.images,
+            videos=chosen.videos,
+            full_tokens=sum(pair.full_tokens),
+            outcome=pair.outcome,
+            tiles_removed=chosen.tiles_removed,
+            frames_removed=chosen.frames_removed,
+            rows=2,
+            row_tokens=(chosen.tokens, rejected.tokens),
+        )
+
 
 class CostEstimator:
     """Header-only estimates for one collator: its plan of each sample, as counts.
@@ -83,13 +121,18 @@ class CostEstimator:
         collator: the training collator (anything with ``plan(sample) -> SamplePlan``): its ``max_length``,
             ``fit_tiles``, ``fit_frames``, ``truncate_turns``, ``max_tiles``, ``num_frames`` and
             ``vision_input_type`` decide the counts (a sample's own ``max_tiles`` / ``num_frames`` keys included).
+            Preference samples are planned with it as ``PLMPreferenceCollator(collator)`` builds them (``plan_pair``
+            reads its ``settings`` and ``encoder``: pass the ``PLMCollator`` itself).
     """
 
     def __init__(self, collator: Planner) -> None:
         self.collator = collator
 
     def estimate(self, sample: dict[str, Any]) -> SampleEstimate:
-        """What ``collator.encode(sample)`` will produce, from media headers only (see ``estimate_cost``)."""
+        """What ``collator.encode(sample)`` will produce, from media headers only (see ``estimate_cost``); for a
+        preference sample, what ``PLMPreferenceCollator(collator)`` builds of it (two rows)."""
+        if is_preference_sample(sample):
+            return SampleEstimate.of_pair(plan_pair(sample, self.collator))
         return SampleEstimate.of(self.collator.plan(sample))
 
     def cost(self, sample: dict[str, Any]) -> Cost:

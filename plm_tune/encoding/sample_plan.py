@@ -32,8 +32,8 @@ from plm_tune.encoding.formatting import IGNORE_INDEX, ConversationEncoder, Enco
 from plm_tune.encoding.length_policy import Fit, Outcome, SampleCounts, fit_sample
 from plm_tune.encoding.tiling import image_tiles
 
-__all__ = ["VisionInputType", "Planner", "PlanSettings", "MediaSizes", "SamplePlan", "plan_sample", "read_media_sizes",
-           "media_error"]
+__all__ = ["VisionInputType", "Planner", "PlanSettings", "MediaSizes", "SamplePlan", "plan_sample", "encode_turns",
+           "read_media_sizes", "media_error"]
 
 VisionInputType = Literal["thumb+tile", "vanilla"]
 
@@ -162,6 +162,17 @@ def media_error(sample: dict[str, Any], kind: str, index: int, err: Exception) -
     return ValueError(f"{where}, {kind}s[{index}]: {err}")
 
 
+def encode_turns(turns: Sequence[Turn], image_tiles: Sequence[int], video_frames: Sequence[int],
+                 settings: PlanSettings, encoder: ConversationEncoder, *,
+                 add_generation_prompt: bool = False) -> EncodedConversation:
+    """``turns`` encoded with ``image_tiles`` tiles per image and ``video_frames`` frames per video (per entry of the
+    sample): the text of a plan around given media. ``plan_sample`` encodes with it; a preference pair encodes its
+    second answer with the media its first was planned with (``plm_tune.encoding.preference_collator``)."""
+    counts = {"image": [t * settings.tile_tokens for t in image_tiles],
+              "video": [f * settings.frame_tokens for f in video_frames]}
+    return encoder.encode(turns, counts, train_on=settings.train_on, add_generation_prompt=add_generation_prompt)
+
+
 def plan_sample(sample: dict[str, Any], turns: Sequence[Turn], sizes: MediaSizes, settings: PlanSettings,
                 encoder: ConversationEncoder, *, add_generation_prompt: bool = False) -> SamplePlan:
     """Plan ``turns`` of ``sample`` (module docstring): a pure function of its arguments.
@@ -187,9 +198,7 @@ def plan_sample(sample: dict[str, Any], turns: Sequence[Turn], sizes: MediaSizes
     frames = tuple(0 if count is None else count for count in sizes.videos)
 
     def encode(kept: Sequence[Turn], tiles: Sequence[int], video_frames: Sequence[int]) -> EncodedConversation:
-        counts = {"image": [t * settings.tile_tokens for t in tiles],
-                  "video": [f * settings.frame_tokens for f in video_frames]}
-        return encoder.encode(kept, counts, train_on=settings.train_on, add_generation_prompt=add_generation_prompt)
+        return encode_turns(kept, tiles, video_frames, settings, encoder, add_generation_prompt=add_generation_prompt)
 
     encoded = encode(turns, asked, frames)
     counts = SampleCounts.measure(turns, encoded, image_tiles=asked, tile_tokens=settings.tile_tokens,

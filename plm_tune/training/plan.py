@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Mapping
@@ -78,12 +79,19 @@ class Plan:
     def worst_batch(self) -> tuple[int, float]:
         """``(seq_len, tiles + frames per row)`` of the most expensive batch: the longest samples together.
 
-        ``LengthGroupedBatchSampler`` puts that batch first, so it is the one that must fit in memory.
+        ``LengthGroupedBatchSampler`` puts that batch first, so it is the one that must fit in memory. ``seq_len``
+        is its longest row (a preference pair's longer answer); each row carries its sample's tiles and frames.
         """
         kept = sorted(self.kept, key=lambda e: e.cost, reverse=True)[: self.batch_size]
         if not kept:
             return (0, 0.0)
-        return kept[0].tokens, sum(e.tiles + e.frames for e in kept) / len(kept)
+        return (max(max(e.row_lengths) for e in kept),
+                sum(e.rows * (e.tiles + e.frames) for e in kept) / sum(e.rows for e in kept))
+
+    @property
+    def rows_per_sample(self) -> int:
+        """Rows each sample becomes in a batch: 2 for preference pairs (chosen, rejected), else 1."""
+        return max((e.rows for e in self.kept), default=1)
 
     def report(self, memory: Mapping[str, MemoryEstimate] | None = None, *, memory_note: str = "") -> str:
         """A readable report: token distribution, max_length outcomes, padding waste, optional memory table."""
@@ -91,6 +99,10 @@ class Plan:
         n = len(self.estimates)
         lines = [f"{n} samples ({len(self.kept)} kept), batch size {self.batch_size}, max_length "
                  f"{self.max_length if self.max_length is not None else 'none'}"]
+        if self.rows_per_sample > 1:
+            lines.append(f"preference pairs: {self.rows_per_sample} rows per sample (chosen, rejected), "
+                         f"{self.batch_size * self.rows_per_sample} rows per batch; tokens count both rows, image "
+                         "tiles and video frames once (processed once, carried by both rows)")
         if stats:
             lines.append("tokens per sample: " + ", ".join(
                 f"{k} {v:,.0f}" if k != "mean" else f"{k} {v:,.1f}" for k, v in stats.items()))
@@ -109,7 +121,8 @@ class Plan:
                      "(padding_free=True: one row per batch)")
         if memory:
             seq_len, vision = self.worst_batch()
-            lines.append(f"peak memory per device (GiB) at the longest batch: {self.batch_size} x {seq_len:,} "
+            lines.append(f"peak memory per device (GiB) at the longest batch: "
+                         f"{self.batch_size * self.rows_per_sample} x {seq_len:,} "
                          f"tokens, {vision:.1f} tiles + frames per row" + (f"; {memory_note}" if memory_note else ""))
             # copies: autocast's bf16 copies of float32 (trained) weights, kept for the backward.
             header = ["model", "weights", "grads", "optim", "act text", "act vision", "copies", "logits", "peak"]
@@ -144,7 +157,8 @@ def plan_dataset(
     """Estimate every sample of a dataset (headers only) and the padding waste of its batches.
 
     Args:
-        samples: canonical samples (any ``data_adapters`` output, a ``datasets`` table, a list).
+        samples: canonical samples (any ``data_adapters`` output, a ``datasets`` table, a list); preference samples
+            (a ``"chosen"`` key) are planned as ``PLMPreferenceCollator(collator)`` builds them: two rows each.
         collator: the training collator (its ``max_length`` policy and vision settings decide the counts).
         batch_size: samples per batch (``per_device_train_batch_size``).
         seed: shuffle seed of the random and grouped batches.
@@ -172,13 +186,22 @@ def plan_dataset(
             if on_error == "raise":
                 raise ValueError(f"{where}: {err} (plan with on_error='skip' to list every bad sample)") from err
             skipped.append(f"{where}: {err}")
-    costs = [e.cost for e in estimates if e.outcome != "rejected"]
+    kept = [e for e in estimates if e.outcome != "rejected"]
+    costs = [e.cost for e in kept]
+    # Padding is counted per row: a preference pair is two rows (each of its own length) in the same batch.
+    row_costs = [(tokens, e.tiles + e.frames) for e in kept for tokens in e.row_lengths]
+    firsts = [0, *itertools.accumulate(e.rows for e in kept)]
+
+    def as_rows(batches: list[list[int]]) -> list[list[int]]:
+        return [[row for i in batch for row in range(firsts[i], firsts[i + 1])] for batch in batches]
+
     padding = {"random": 0.0, "grouped": 0.0, "packed": 0.0}
     if costs:
         order = torch.randperm(len(costs), generator=torch.Generator().manual_seed(seed)).tolist()
         random_batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        padding["random"] = padding_fraction(costs, random_batches)
-        padding["grouped"] = padding_fraction(costs, list(LengthGroupedBatchSampler(costs, batch_size, seed=seed)))
+        padding["random"] = padding_fraction(row_costs, as_rows(random_batches))
+        grouped = list(LengthGroupedBatchSampler(costs, batch_size, seed=seed))
+        padding["grouped"] = padding_fraction(row_costs, as_rows(grouped))
     return Plan(estimates=estimates, batch_size=batch_size, max_length=collator.max_length, padding=padding,
                 skipped=skipped)
 
@@ -256,13 +279,15 @@ def plan_report(
         return "\n".join(filter(None, (source, plan.report())))
     tile_tokens = collator.settings.tile_tokens
     method = model.method
-    common = dict(batch_size=batch_size, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
+    # A preference pair is two rows of the batch (chosen, rejected), each carrying the pair's tiles and frames.
+    common = dict(batch_size=batch_size * plan.rows_per_sample, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
                   lora_dropout=model.lora_dropout, lora_targets=model.lora_targets,
                   gradient_checkpointing=gradient_checkpointing)
     note = ""
     plm_seq = seq_len
     if tile_tokens != PLM_TOKENS_PER_TILE:
-        plm_seq = max(e.text_tokens + (e.tiles + e.frames) * PLM_TOKENS_PER_TILE for e in plan.kept)
+        plm_seq = max(max(e.row_lengths) - e.media_tokens // e.rows + (e.tiles + e.frames) * PLM_TOKENS_PER_TILE
+                      for e in plan.kept)  # the longest row, its media re-counted
         note = (f"this processor makes {tile_tokens} tokens per tile, PLM's {PLM_TOKENS_PER_TILE}: "
                 f"1B/3B/8B rows at {plm_seq:,} tokens per row")
     on_gpu = torch.cuda.is_available()
