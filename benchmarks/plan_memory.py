@@ -89,8 +89,10 @@ def _measure(spec: dict) -> dict:
     autocast = getattr(torch, spec["autocast"]) if spec["autocast"] else None
 
     def load():
-        model, _ = load_model(spec["path"], method=spec["method"], freeze=("vision",), lora_r=spec["lora_r"],
-                              lora_dropout=0.0, dtype=dtype, gradient_checkpointing=spec["gradient_checkpointing"])
+        # LoRA settings only for the LoRA methods: given to method full, load_model refuses them (they'd be ignored).
+        lora = {} if spec["method"] == "full" else {"lora_r": spec["lora_r"], "lora_dropout": 0.0}
+        model, _ = load_model(spec["path"], method=spec["method"], freeze=("vision",), dtype=dtype,
+                              gradient_checkpointing=spec["gradient_checkpointing"], **lora)
         for param in model.parameters():  # out of the file mapping, into ordinary memory, as after a real load
             param.data = param.data.clone()
             if param.requires_grad:  # the run's policy: trained weights in float32 (load_model does it, merged)

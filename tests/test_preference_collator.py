@@ -251,9 +251,9 @@ def test_a_pair_too_long_is_fitted_with_the_same_media_for_both_rows_or_rejected
 def test_malformed_pairs_and_settings_are_refused_with_the_fix(processor):
     collator = _collator(processor)
     good = PAIR_CASES["text_only"]
-    with pytest.raises(ValueError, match="ending with a user message"):
+    with pytest.raises(ValueError, match="a preference prompt ends with the user turn"):
         collator([{**good, "messages": good["messages"] + good["chosen"]}])
-    with pytest.raises(ValueError, match="'rejected' must be a list of exactly one assistant message"):
+    with pytest.raises(ValueError, match="'rejected' must be a list of exactly one assistant message, got 2 items"):
         collator([{**good, "rejected": good["rejected"] * 2}])
     with pytest.raises(ValueError, match="train_on at its default"):
         PLMPreferenceCollator(PLMCollator(processor, train_on="all"))

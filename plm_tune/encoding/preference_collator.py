@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from plm_tune.data.preference import is_preference_sample, pair_conversations, validate_preference_sample
 from plm_tune.data.sample import Turn, describe_sample, normalize_messages
 from plm_tune.encoding.collator import EncodedSample, PLMCollator
 from plm_tune.encoding.formatting import IGNORE_INDEX, EncodedConversation
@@ -57,43 +58,23 @@ from plm_tune.encoding.length_policy import Outcome
 from plm_tune.encoding.sample_plan import SamplePlan, encode_turns, plan_sample, read_media_sizes
 
 __all__ = ["PLMPreferenceCollator", "PairPlan", "plan_pair", "is_preference_sample", "pair_turns"]
+# is_preference_sample is plm_tune.data.preference's, re-exported: one definition of a pair.
 
 logger = logging.getLogger(__name__)
 
-ANSWERS = ("chosen", "rejected")
-
-
-def is_preference_sample(sample: dict[str, Any]) -> bool:
-    """A sample with a ``"chosen"`` key is a preference sample."""
-    return "chosen" in sample
 
 
 def pair_turns(sample: dict[str, Any]) -> tuple[list[Turn], list[Turn]]:
-    """The turns of ``messages + chosen`` and of ``messages + rejected``, checked as SFT samples are.
+    """The turns of ``messages + chosen`` and of ``messages + rejected``, checked as the adapters check a pair
+    (``plm_tune.data.preference.validate_preference_sample``, media not decoded here: the build decodes them).
 
     Raises:
-        ValueError: ``messages`` not ending with a user turn, or an answer that is not exactly one assistant
-            message of text, naming the sample.
+        plm_tune.errors.DataError: a prompt not ending with a user turn, an answer that is not one assistant
+            message of visible text, identical answers, ... naming the sample, with its ``Reason``.
     """
-    where = f"preference sample{describe_sample(sample)}"
-    messages = sample.get("messages")
-    if not isinstance(messages, list | tuple) or not messages or not isinstance(messages[-1], dict) \
-            or messages[-1].get("role") != "user":
-        raise ValueError(f"{where}: 'messages' must be the shared prompt, ending with a user message; put the two "
-                         "answers in 'chosen' and 'rejected'.")
-    turns = []
-    for key in ANSWERS:
-        answer = sample.get(key)
-        if not isinstance(answer, list | tuple) or len(answer) != 1 or not isinstance(answer[0], dict) \
-                or answer[0].get("role") != "assistant":
-            raise ValueError(f"{where}: {key!r} must be a list of exactly one assistant message "
-                             f"([{{'role': 'assistant', 'content': '...'}}]), got {answer!r:.200}.")
-        parsed = normalize_messages({**sample, "messages": [*messages, *answer]})
-        if any(part.kind != "text" for part in parsed[-1].parts):
-            raise ValueError(f"{where}: the {key!r} answer has an image / video part; answers are text only "
-                             "(put the media in the prompt).")
-        turns.append(parsed)
-    return turns[0], turns[1]
+    validate_preference_sample(sample, decode_media=False)
+    chosen, rejected = pair_conversations(sample)
+    return normalize_messages(chosen), normalize_messages(rejected)
 
 
 @dataclass(frozen=True)
