@@ -24,6 +24,7 @@ ADAPTERS = {
     "dicom": "data_adapters.dicom:from_dicom",
     "webdataset": "data_adapters.webdataset:from_webdataset",
     "synthetic_shapes": "data_adapters.synthetic:synthetic_shapes",
+    "synthetic_shape_pairs": "data_adapters.synthetic:synthetic_shape_pairs",
 }
 
 

@@ -8,6 +8,16 @@
                   {"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
      "images": [b"\\x89PNG..."], "videos": [], "max_tiles": None, "num_frames": None}
 
+``synthetic_shape_pairs`` asks the colour question as a preference pair (``plm_tune.data.preference``): the
+true colour is chosen, another colour rejected::
+
+    {"id": "pair-00003",
+     "messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                               {"type": "text", "text": "What colour is the shape?"}]}],
+     "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+     "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+     "images": [b"\\x89PNG..."], "videos": [], "max_tiles": None, "num_frames": None}
+
 ``synthetic_videos`` moves a shape across the frame and asks which way it goes (``"left"``, ``"right"``,
 ``"up"``, ``"down"``). Its frames are PNG bytes kept in the table (``"videos": [[b"\\x89PNG...", ...]]``), which
 ``plm_tune.data.media.load_video`` reads as a list of images: the dataset is self-contained (no cache folder to
@@ -28,8 +38,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_adapters._records import build_dataset, make_sample, media_part, text_part
+from plm_tune.data.sample import table_messages
 
-__all__ = ["synthetic_shapes", "synthetic_videos", "COLOURS", "SHAPES", "DIRECTIONS", "QUESTIONS"]
+__all__ = ["synthetic_shapes", "synthetic_shape_pairs", "synthetic_videos", "COLOURS", "SHAPES", "DIRECTIONS", "QUESTIONS"]
 
 # Far apart in hue and never grey, so a colour is unambiguous against any background below.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -132,6 +143,47 @@ def synthetic_shapes(n: int, *, seed: int = 0, image_size: int = 112,
     plan = _balanced_plan(n, [(q, answers[q]) for q in dict.fromkeys(questions)], seed)
     to_sample = partial(_shape_sample, plan=plan, seed=seed, size=image_size, max_tiles=max_tiles)
     return build_dataset(lambda: range(n), to_sample, source="synthetic_shapes", streaming=streaming)
+
+
+def _pair_sample(i: int, *, plan: list[tuple[str, str]], seed: int, size: int,
+                 max_tiles: int | None) -> dict[str, Any]:
+    sample = _shape_sample(i, plan=plan, seed=seed, size=size, max_tiles=max_tiles)
+    prompt, answer = sample["messages"][:-1], plan[i][1]
+    # Its own stream (not the image's), so every wrong colour is rejected equally often whatever the image.
+    rng = np.random.default_rng([seed, i, 1])
+    wrong = _pick(rng, [colour for colour in COLOURS if colour != answer])
+    return {**sample, "id": f"pair-{i:05d}", "messages": prompt,
+            "chosen": table_messages([{"role": "assistant", "content": answer}]),
+            "rejected": table_messages([{"role": "assistant", "content": wrong}])}
+
+
+def synthetic_shape_pairs(n: int, *, seed: int = 0, image_size: int = 112, max_tiles: int | None = None,
+                          streaming: bool = False):
+    """``n`` preference pairs on images of one coloured shape: "What colour is the shape?", the true colour
+    chosen and one of the other three rejected (each drawn evenly).
+
+    The images are ``synthetic_shapes(n, questions=["colour"], seed=seed)``'s (same seed, same images), so a
+    true colour is balanced over the pairs and a model that prefers one colour word is right half the time.
+
+    Args:
+        n: number of pairs.
+        seed: the only source of randomness.
+        image_size: side of the square image in pixels.
+        max_tiles: stamped into every sample (None: the collator's default).
+        streaming: return an ``IterableDataset`` (as ``synthetic_shapes``).
+
+    Returns:
+        A ``datasets.Dataset`` (``IterableDataset`` when streaming) of canonical preference samples.
+
+    Example:
+        >>> pair = synthetic_shape_pairs(4)[0]
+        >>> pair["chosen"][0]["content"][0]["text"] != pair["rejected"][0]["content"][0]["text"]
+        True
+    """
+    _check(n, image_size, "synthetic_shape_pairs")
+    plan = _balanced_plan(n, [("colour", list(COLOURS))], seed)
+    to_sample = partial(_pair_sample, plan=plan, seed=seed, size=image_size, max_tiles=max_tiles)
+    return build_dataset(lambda: range(n), to_sample, source="synthetic_shape_pairs", streaming=streaming)
 
 
 def _video_sample(i: int, *, plan: list[tuple[str, str]], seed: int, size: int, num_frames: int) -> dict[str, Any]:

@@ -23,6 +23,9 @@ The public API:
 * ``build_trainer``: TRL's SFTTrainer with the collator, per-part LRs and PLM metrics (``plm_tune.training.trainer``), as a
   ``PLMTrainer``: the SFTTrainer subclass that groups by PLM's costs and scores labelled logits
   (``plm_tune.training.plm_trainer``; importing it imports TRL).
+* ``build_dpo_trainer``: TRL's DPOTrainer with the preference collator and per-part LRs; with an adapter the reference
+  is the base with the adapter off (``plm_tune.training.preference_trainer``); ``pair_logps``, ``preference_metrics``:
+  preference accuracy and reward margins on held-out pairs (``plm_tune.inference.preference_scores``).
 * ``plan_sample``, ``SamplePlan``: what the collator builds of a sample (kept turns, tiles, frames, tokens), from
   media sizes (``plm_tune.encoding.sample_plan``; ``PLMCollator.plan`` applies it);
   ``estimate_cost``, ``SampleEstimate``: exact token counts from media headers (``plm_tune.encoding.costs``);
@@ -99,6 +102,9 @@ _EXPORTS = {
     "GenerationEvalCallback": "plm_tune.training.callbacks",
     "PLMMetricsCallback": "plm_tune.training.callbacks",
     "build_trainer": "plm_tune.training.trainer",
+    "build_dpo_trainer": "plm_tune.training.preference_trainer",
+    "pair_logps": "plm_tune.inference.preference_scores",
+    "preference_metrics": "plm_tune.inference.preference_scores",
     "loss_change": "plm_tune.training.trainer",
 }
 

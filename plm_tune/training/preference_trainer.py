@@ -1,0 +1,168 @@
+"""TRL's ``DPOTrainer`` wired for PLM: our preference batches, per-part learning rates, one model in memory.
+
+``build_dpo_trainer`` composes public APIs as ``build_trainer`` does for SFT: TRL owns the loop and the losses
+(``args.loss_type``: ``sigmoid``, ``ipo``, ``robust``, ... and ``args.beta``, as ``trl.DPOConfig`` defines them),
+plm-tune supplies the batch (``PLMPreferenceCollator``: both answers formatted as SFT formats them, the pair's
+media processed once) and the optimizer's parameter groups (``parameter_groups``).
+
+The reference model, as TRL 1.16 takes it (``trl/trainer/dpo_trainer.py``):
+
+* An adapter (LoRA / DoRA / QLoRA from ``load_model``): no second model. ``DPOTrainer.__init__`` copies a
+  PeftModel's adapter into a frozen ``"ref"`` adapter (its ``elif is_peft_model(model) and ref_model is None``
+  branch), which with ``modules_to_save`` is also a copy of every part trained in full (the vision tower with
+  ``freeze=()``). The adapter is fresh (zero ``lora_B``: the base's outputs), so that copy is the base itself:
+  ``build_dpo_trainer`` deletes it, and ``_compute_loss`` then scores the reference with every adapter disabled
+  (``use_adapter(model, None)`` -> ``PeftModel.disable_adapter()``, which also switches ``modules_to_save`` back to
+  the original modules).
+* Full finetuning: a frozen copy of the model, made here (``copy.deepcopy``: the model as loaded, with its dtypes
+  and attention kernels; TRL would load it again from ``model.config._name_or_path``).
+
+TRL treats a dataset whose first sample has an ``"images"`` key as vision data: it skips ``_prepare_dataset`` (its
+tokenisation; the collator does ours) and refuses ``precompute_ref_log_probs``. Canonical samples always have the
+key (``"images": []`` without images).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from plm_tune.arguments import MediaArguments, ModelArguments
+from plm_tune.encoding.collator import PLMCollator
+from plm_tune.encoding.preference_collator import PLMPreferenceCollator
+from plm_tune.modeling.devices import check_gpu_usable
+from plm_tune.modeling.model import parameter_groups
+from plm_tune.modeling.precision import vision_dtype
+from plm_tune.training.checkpoints import check_output_dir
+from plm_tune.training.trainer import _as_dataset, _method_of, _optimizer_class, _PartOptimizer
+
+if TYPE_CHECKING:
+    from trl import DPOConfig, DPOTrainer
+
+__all__ = ["build_dpo_trainer", "dpo_run_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_dpo_trainer(
+    model: Any,
+    processor: Any,
+    train_dataset: Any,
+    eval_dataset: Any = None,
+    args: DPOConfig | None = None,
+    *,
+    media: MediaArguments | None = None,
+    model_args: ModelArguments | None = None,
+    callbacks: list[Any] | None = None,
+) -> DPOTrainer:
+    """A TRL ``DPOTrainer`` that trains PLM on canonical preference samples (``plm_tune.data.preference``).
+
+    Args:
+        model: from ``plm_tune.load_model``: with a fresh adapter (``method`` lora / dora / qlora) or plain
+            (``full``), with the parts ``freeze`` names frozen.
+        processor: its ``PerceptionLMProcessor``.
+        train_dataset, eval_dataset: preference samples: the ``preference`` or ``synthetic_shape_pairs`` adapter's
+            output, a ``datasets`` table, or a list of sample dicts.
+        args: a ``trl.DPOConfig`` (``beta``, ``loss_type``, ``learning_rate``, ...); ``dpo_run_config`` says what is
+            changed. ``args.max_length`` is the collator's: a pair is never cut, its media may be lowered to fit.
+        media: how media become tokens (``MediaArguments``; default: its defaults), as for SFT.
+        model_args: ``vision_lr`` / ``projector_lr``: learning rates for those parts (default:
+            ``args.learning_rate``), as optimizer parameter groups "language" / "vision" / "projector".
+        callbacks: extra ``TrainerCallback``s.
+
+    Returns:
+        The trainer; call ``.train()``. Its ``plm_collator`` is the ``PLMPreferenceCollator``; its ``ref_model`` is
+        None with an adapter (the reference is the base: the adapter disabled).
+
+    Raises:
+        ValueError: an empty ``train_dataset``; an adapter that is already trained (the base would not be where
+            training starts: merge it first); nothing trainable. ``OutputFolderError``: ``args.output_dir`` holds
+            the other kind of weights (``plm_tune.training.checkpoints.check_output_dir``).
+
+    Example:
+        >>> model, processor = load_model(path, method="lora", freeze=())                   # doctest: +SKIP
+        >>> trainer = build_dpo_trainer(model, processor, pairs, args=DPOConfig(output_dir="out", beta=0.1,
+        ...                             max_length=4096), media=MediaArguments(max_tiles=4))  # doctest: +SKIP
+    """
+    from trl import DPOTrainer
+
+    model_args = model_args or ModelArguments()
+    config = dpo_run_config(args)
+    check_gpu_usable(config.use_cpu)
+    if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+        raise ValueError("build_dpo_trainer: train_dataset is empty: there are no pairs to train on. Check the data "
+                         "source (an adapter's .skip_report says what it skipped).")
+    adapter = hasattr(model, "peft_config")
+    if adapter:
+        _check_fresh_adapter(model)
+    collator = PLMPreferenceCollator(PLMCollator(processor, max_length=config.max_length,
+                                                 **dataclasses.asdict(media or MediaArguments()),
+                                                 pixel_dtype=vision_dtype(model)))
+    lrs = dict(lr=config.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
+               weight_decay=config.weight_decay)
+    parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
+    check_output_dir(config.output_dir, _method_of(model), should_save=config.should_save)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None if adapter else _frozen_copy(model),
+        args=config,
+        data_collator=collator,
+        train_dataset=_as_dataset(train_dataset),
+        eval_dataset=_as_dataset(eval_dataset),
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    if adapter and "ref" in model.peft_config:
+        # TRL's copy of a fresh adapter is the base (module docstring): drop it, and its copies of the fully
+        # trained parts, so the reference pass runs with the adapter disabled.
+        model.delete_adapter("ref")
+    # DPOTrainer takes no optimizer_cls_and_kwargs; Trainer.create_optimizer reads this attribute when training
+    # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
+    trainer.optimizer_cls_and_kwargs = (functools.partial(_PartOptimizer, *_optimizer_class(config), lrs), {})
+    trainer.plm_collator = collator
+    return trainer
+
+
+def dpo_run_config(args: DPOConfig | None) -> DPOConfig:
+    """The ``DPOConfig`` the trainer runs with: ``args`` (default: DPOConfig's, bf16 only on a bf16 GPU) with
+    ``remove_unused_columns=False``: with it on, TRL keeps only ``prompt`` / ``chosen`` / ``rejected`` /
+    ``images`` columns of a vision dataset (``_set_signature_columns_if_needed``), dropping ``messages`` and
+    ``videos``, which the collator reads.
+
+    Raises:
+        ValueError: ``precompute_ref_log_probs`` (TRL refuses it for image and video data).
+    """
+    from trl import DPOConfig
+
+    if args is None:  # DPOConfig's own default, bf16=True, is refused on a CPU
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        args = DPOConfig(output_dir="outputs/plm-tune-dpo", bf16=bf16)
+    if args.precompute_ref_log_probs:
+        raise ValueError("precompute_ref_log_probs=True: TRL's DPOTrainer refuses it for image and video data. "
+                         "Leave it off: with an adapter the reference pass reuses the model with the adapter off.")
+    if args.remove_unused_columns:
+        logger.info("Setting remove_unused_columns=False: the preference collator needs every sample column.")
+    return dataclasses.replace(args, remove_unused_columns=False)
+
+
+def _check_fresh_adapter(model: Any) -> None:
+    """Refuse a trained adapter: with the adapter disabled the reference would be the base, not the start."""
+    trained = [name for name, param in model.named_parameters() if "lora_B" in name and param.detach().any()]
+    if trained:
+        raise ValueError(
+            f"build_dpo_trainer: the model's adapter is already trained ({trained[0]} is not zero), and the DPO "
+            "reference is the base with the adapter disabled, not this model. Merge the adapter first "
+            "(plm_tune.merge_adapter) and load the merged model with a new adapter, or use method='full'."
+        )
+
+
+def _frozen_copy(model: Any) -> Any:
+    """The reference for full finetuning: the model as it starts, frozen, in eval mode."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
