@@ -73,8 +73,8 @@ def run_method(path: str, name: str, max_tiles: int = 2) -> dict:
     torch.manual_seed(0)
     method, freeze = METHODS[name]
     started = time.perf_counter()
-    model, processor = load_model(path, method=method, freeze=freeze, lora_r=16, lora_dropout=0.0,
-                                  dtype=torch.float32, seed=0)
+    lora = {} if method == "full" else {"lora_r": 16, "lora_dropout": 0.0}  # full refuses LoRA settings
+    model, processor = load_model(path, method=method, freeze=freeze, dtype=torch.float32, seed=0, **lora)
     load_s = time.perf_counter() - started
     collator = PLMCollator(processor)
     batch = collator([sample(max_tiles)])

@@ -137,9 +137,9 @@ def test_gradient_checkpointing_reaches_decoder_and_vision_tower_with_equal_grad
     grads, calls = {}, {}
     for checkpointing in (False, True):
         torch.manual_seed(0)  # same LoRA initialisation in both models
-        model, processor = load_model(
-            tiny_plm_path, method=method, freeze=(), lora_dropout=0.0, gradient_checkpointing=checkpointing
-        )
+        lora = {} if method == "full" else {"lora_dropout": 0.0}  # full refuses a LoRA setting it would ignore
+        model, processor = load_model(tiny_plm_path, method=method, freeze=(), gradient_checkpointing=checkpointing,
+                                      **lora)
         timm_models = [m for n, m in model.named_modules() if n.endswith("timm_model")]
         decoder_layers = [m for n, m in model.named_modules() if n.endswith(("layers.0", "layers.1"))]
         assert timm_models and all(m.grad_checkpointing == checkpointing for m in timm_models)

@@ -345,7 +345,7 @@ def test_a_full_finetune_pushed_at_train_time_lands_whole_with_its_card_and_mode
     held_out = json.loads((out / "eval/eval.json").read_text())["metrics"]
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results == {name: value for name, value in held_out.items() if name != "samples"}
-    assert {"exact_match", "bleu", "rouge_l"} <= set(results)
+    assert {"exact_match", "sentence_bleu", "rouge_l"} <= set(results)
     assert {(r.task_type, r.dataset_type) for r in card.data.eval_results} == {("image-text-to-text", "me/shapes")}
     assert "model-index:" in remote["README.md"].decode()
 

@@ -167,7 +167,7 @@ def test_cli_layer_flags_need_a_size_and_bad_depths_are_refused(tmp_path, capsys
     from plm_tune.apps.cli import main
     from plm_tune.modeling.testing_real import build_random_plm
 
-    assert main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"]) == 1
+    assert main(["tiny-model", str(tmp_path / "m"), "--text-layers", "1"]) == 2  # usage
     assert "plm-tune tiny-model: error: --text-layers / --vision-layers go with --size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="text_layers must be between 1 and PLM-1B's 16, got 17"):
         build_random_plm(tmp_path / "m", "1B", text_layers=17)
