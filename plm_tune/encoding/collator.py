@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -376,22 +376,31 @@ class PLMCollator:
 
     # ---------------------------------------------------------------- the batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        encoded = []
-        for sample in samples:
-            plan = self.plan(sample)
-            self.count(plan)
-            built = self.build(sample, plan)
-            if built is not None:
-                encoded.append(built)
-        if not encoded:
-            raise ValueError(
-                f"Every sample of this batch ({len(samples)}) was rejected as longer than max_length="
-                f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
-            )
+        encoded = self.build_batch(samples, self._plan_count_build)
         placeholders = self._placeholders(encoded)
         batch = self.pack(encoded + placeholders) if self.padding_free else self.pad(encoded + placeholders)
         self.count_batch(batch, encoded, placeholders)
         return keep_labelled_logits(batch) if self.labelled_logits_only else batch
+
+    def _plan_count_build(self, sample: dict[str, Any]) -> EncodedSample | None:
+        plan = self.plan(sample)
+        self.count(plan)
+        return self.build(sample, plan)
+
+    def build_batch(self, samples: list[dict[str, Any]], build_one: Callable[[dict[str, Any]], Any],
+                    noun: str = "sample") -> list[Any]:
+        """``build_one(sample)`` for each sample, those it rejects as too long (None) left out.
+
+        Raises:
+            ValueError: every ``noun`` of the batch was rejected (a batch of nothing cannot be trained on).
+        """
+        built = [row for row in map(build_one, samples) if row is not None]
+        if not built:
+            raise ValueError(
+                f"Every {noun} of this batch ({len(samples)}) was rejected as longer than max_length="
+                f"{self.max_length}; see the warnings above. Raise max_length or filter the data first."
+            )
+        return built
 
     def count_batch(self, batch: dict[str, Any], encoded: list[EncodedSample],
                     placeholders: Sequence[EncodedSample] = ()) -> None:

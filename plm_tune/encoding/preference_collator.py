@@ -191,19 +191,13 @@ class PLMPreferenceCollator:
         encoded = plan.rejected.encoded
         return chosen, EncodedSample(encoded.input_ids, encoded.labels, images=chosen.images, videos=chosen.videos)
 
+    def _plan_count_build(self, sample: dict[str, Any]) -> tuple[EncodedSample, EncodedSample] | None:
+        plan = self.plan(sample)
+        self.collator.count(plan.lead)
+        return self.build_pair(sample, plan)
+
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pairs = []
-        for sample in samples:
-            plan = self.plan(sample)
-            self.collator.count(plan.lead)
-            built = self.build_pair(sample, plan)
-            if built is not None:
-                pairs.append(built)
-        if not pairs:
-            raise ValueError(
-                f"Every pair of this batch ({len(samples)}) was rejected as longer than max_length="
-                f"{self.collator.max_length}; see the warnings above. Raise max_length or filter the data first."
-            )
+        pairs = self.collator.build_batch(samples, self._plan_count_build, noun="pair")
         rows = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
         batch = self.collator.pad(rows)
         self.collator.count_batch(batch, rows)

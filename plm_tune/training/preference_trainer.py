@@ -39,7 +39,7 @@ from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
 from plm_tune.modeling.precision import vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
-from plm_tune.training.trainer import _as_dataset, _method_of, _optimizer_class, _PartOptimizer
+from plm_tune.training.trainer import PartOptimizer, as_dataset, method_of, optimizer_class
 
 if TYPE_CHECKING:
     from trl import DPOConfig, DPOTrainer
@@ -106,14 +106,14 @@ def build_dpo_trainer(
     lrs = dict(lr=config.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
                weight_decay=config.weight_decay)
     parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
-    check_output_dir(config.output_dir, _method_of(model), should_save=config.should_save)
+    check_output_dir(config.output_dir, method_of(model), should_save=config.should_save)
     trainer = DPOTrainer(
         model=model,
         ref_model=None if adapter else _frozen_copy(model),
         args=config,
         data_collator=collator,
-        train_dataset=_as_dataset(train_dataset),
-        eval_dataset=_as_dataset(eval_dataset),
+        train_dataset=as_dataset(train_dataset),
+        eval_dataset=as_dataset(eval_dataset),
         processing_class=processor,
         callbacks=callbacks,
     )
@@ -123,7 +123,7 @@ def build_dpo_trainer(
         model.delete_adapter("ref")
     # DPOTrainer takes no optimizer_cls_and_kwargs; Trainer.create_optimizer reads this attribute when training
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
-    trainer.optimizer_cls_and_kwargs = (functools.partial(_PartOptimizer, *_optimizer_class(config), lrs), {})
+    trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
     trainer.plm_collator = collator
     return trainer
 

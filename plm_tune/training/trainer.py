@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from plm_tune.training.plm_trainer import PLMTrainer
 
-__all__ = ["build_trainer", "loss_change", "run_config"]
+__all__ = ["PartOptimizer", "as_dataset", "build_trainer", "loss_change", "method_of", "optimizer_class", "run_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,18 +102,18 @@ def build_trainer(
     if eval_args.generation_eval_steps and eval_dataset is None:
         raise ValueError("generation_eval_steps needs an eval_dataset to answer: pass one, or set it to 0.")
     kinds = media_kinds(train_dataset)
-    train_dataset, eval_dataset = _as_dataset(train_dataset), _as_dataset(eval_dataset)
+    train_dataset, eval_dataset = as_dataset(train_dataset), as_dataset(eval_dataset)
     lrs = dict(lr=config.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
                weight_decay=config.weight_decay)
     groups = parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
     # Every setting in one line (finetune checked them before loading; a Python caller gets the same checks), a
     # part's learning rate against what this model trains; then the output folder, before the Trainer makes it.
     check_settings(model_args, media, config, eval_args, trainable_parts=[group["name"] for group in groups])
-    check_output_dir(config.output_dir, _method_of(model), overwrite=eval_args.overwrite_output_dir,
+    check_output_dir(config.output_dir, method_of(model), overwrite=eval_args.overwrite_output_dir,
                      should_save=config.should_save)
     # A factory, not a ready optimizer: under DeepSpeed the Trainer drops an optimizer passed in
     # `optimizers` and builds its own (two unnamed groups, one LR); a factory is what it calls then too.
-    factory = functools.partial(_PartOptimizer, *_optimizer_class(config), lrs)
+    factory = functools.partial(PartOptimizer, *optimizer_class(config), lrs)
     trainer = PLMTrainer(
         model=model,
         args=config,
@@ -131,7 +131,7 @@ def build_trainer(
     return trainer
 
 
-def _method_of(model: Any) -> str:
+def method_of(model: Any) -> str:
     """``"full"`` for a plain model; ``"dora"`` / ``"lora"`` for a peft one (QLoRA saves what LoRA saves)."""
     peft_config = getattr(model, "peft_config", None)
     if not peft_config:
@@ -253,7 +253,7 @@ def _add_plm_callbacks(trainer: Any, collator: PLMCollator, eval_dataset: Any, e
     quiet_training_log(trainer)  # short console lines; PLM_TUNE_VERBOSE=1 prints the full dicts
 
 
-def _as_dataset(samples: Any) -> Any:
+def as_dataset(samples: Any) -> Any:
     """TRL wants a ``datasets`` table: a plain list of samples becomes one that hands back the samples themselves.
 
     The table holds only row numbers; a transform returns the original dicts, untouched. Converting them to Arrow
@@ -280,7 +280,7 @@ class _InMemoryRows:
         return sample_columns([self.samples[i] for i in batch[_ROW]])
 
 
-class _PartOptimizer:
+class PartOptimizer:
     """Transformers' optimizer-factory protocol, ``factory()(model)``: the optimizer over ``parameter_groups``.
 
     The Trainer calls it whenever it creates the optimizer (``create_optimizer``), including inside
@@ -295,7 +295,7 @@ class _PartOptimizer:
         return self.optimizer_cls(parameter_groups(model, **self.lrs), **self.optimizer_kwargs, **kwargs)
 
 
-def _optimizer_class(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+def optimizer_class(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The optimizer ``args.optim`` names, with its kwargs, without the LR (set per group)."""
     from transformers import Trainer
 
