@@ -201,6 +201,7 @@ def _load_pretrained(name_or_path: str, method: Method, dtype: torch.dtype, trus
             kwargs["device_map"] = {"": PartialState().local_process_index}
 
     check_model_path(name_or_path)  # a typo'd folder is "no such folder", not a Hub look-up
+    _import_plm_classes()
     model = AutoModelForImageTextToText.from_pretrained(
         name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
     )
@@ -218,6 +219,22 @@ def _load_pretrained(name_or_path: str, method: Method, dtype: torch.dtype, trus
         for param in model.parameters():
             param.requires_grad_(False)
     return model, processor
+
+
+def _import_plm_classes() -> None:
+    """Import PLM's sub-model classes before the first ``from_pretrained`` of the process.
+
+    Under ZeRO-3 ``from_pretrained`` runs inside ``deepspeed.zero.Init``, which wraps ``__init__`` of every class
+    created meanwhile and on exit sets it back to the ``__init__`` it saw at creation
+    (``deepspeed/runtime/zero/partition_parameters.py``: ``_init_subclass``, ``_disable_class``). transformers
+    imports the Llama decoder lazily there, and with ``kernels`` installed ``LlamaAttention`` is decorated by
+    ``use_kernelized_func`` after its creation (``kernels/_internals/layer/layer.py``: its ``new_init`` sets
+    ``_kernel_funcs``, which ``new_forward`` reads): the exit drops that ``__init__``, and every PLM built later in
+    the process (DPO's reference under ZeRO-3) fails its first forward with "no attribute '_kernel_funcs'".
+    """
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    import transformers.models.perception_lm.modeling_perception_lm  # noqa: F401
+    import transformers.models.timm_wrapper.modeling_timm_wrapper  # noqa: F401
 
 
 def _make_trainable(model: Any, args: ModelArguments, frozen: set[str], seed: int | None) -> tuple[Any, dict[str, str]]:

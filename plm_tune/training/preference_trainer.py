@@ -37,7 +37,7 @@ from plm_tune.encoding.collator import PLMCollator
 from plm_tune.encoding.preference_collator import PLMPreferenceCollator
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
-from plm_tune.modeling.precision import vision_dtype
+from plm_tune.modeling.precision import apply_run_dtypes, attention_by_part, vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
 from plm_tune.training.trainer import PartOptimizer, as_dataset, method_of, optimizer_class
 
@@ -121,6 +121,11 @@ def build_dpo_trainer(
         # TRL's copy of a fresh adapter is the base (module docstring): drop it, and its copies of the fully
         # trained parts, so the reference pass runs with the adapter disabled.
         model.delete_adapter("ref")
+    # Trainable weights in the dtype SFT trains them in, and a half-precision load without bf16 / fp16 refused
+    # (apply_run_dtypes): DPOTrainer.__init__ casts a quantised model's trainable weights to bf16
+    # (trl/trainer/dpo_trainer.py, "When using QLoRA, the PEFT adapter weights are converted to bf16"), where the
+    # optimizer's small steps on bf16 weights mostly round away.
+    apply_run_dtypes(trainer)
     # DPOTrainer takes no optimizer_cls_and_kwargs; Trainer.create_optimizer reads this attribute when training
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
     trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
@@ -162,7 +167,22 @@ def _check_fresh_adapter(model: Any) -> None:
 
 
 def _frozen_copy(model: Any) -> Any:
-    """The reference for full finetuning: the model as it starts, frozen, in eval mode."""
-    reference = copy.deepcopy(model).eval()
+    """The reference for full finetuning: the model as it starts, frozen, in eval mode.
+
+    Under DeepSpeed ZeRO-3 the weights are already sharded (``ds_id``): each one's ``.data`` is an empty tensor, its
+    shard lives in ``ds_tensor`` (``deepspeed/runtime/zero/partition_parameters.py``, ``free_param``), and a deepcopy
+    is a model of empty weights that fails its first forward. The reference is then loaded again from the same
+    files, sharded as it loads (``deepspeed.zero.Init``, as the policy was), which TRL's ``prepare_deepspeed`` wraps.
+    """
+    if any(hasattr(param, "ds_id") for param in model.parameters()):
+        from transformers import AutoModelForImageTextToText
+
+        text = model.config.text_config._attn_implementation
+        reference = AutoModelForImageTextToText.from_pretrained(
+            model.config._name_or_path, dtype=model.dtype, attn_implementation=attention_by_part(text)
+        )
+    else:
+        reference = copy.deepcopy(model)
+    reference.eval()
     reference.requires_grad_(False)
     return reference
