@@ -245,6 +245,10 @@ class PLMParser:
         by_class = {type(settings).__name__: settings for settings in parsed}
         check_settings(by_class.get("ModelArguments"), by_class.get("MediaArguments"),
                        next((s for s in parsed if isinstance(s, TrainingArguments)), None), by_class.get("EvalArguments"))
+        if "DPOConfig" in by_class:  # beta, loss_type, label_smoothing: TRL itself would fail late or not at all
+            from plm_tune.apps.dpo_settings import check_dpo_settings
+
+            check_dpo_settings(by_class["DPOConfig"])
         return tuple(parsed)
 
 
