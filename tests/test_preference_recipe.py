@@ -2,8 +2,8 @@
 the tiny PLM, scores the held-out pairs with the base and the tuned model and writes eval.json and the report; its
 parser is DPOConfig's; a bad DPO setting is one line; the PLM-1B config plans offline.
 
-The demo runs shortened (fewer pairs and steps than the config's 96 x 60, which take about 2 minutes on 2 busy CPU
-cores); the full demo's figures are in the README.
+The demo runs shortened (40 of the config's 60 steps, which take about 2 minutes on 2 busy CPU cores); the full demo's
+figures are in the README.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def _recipe(*args, cwd: Path, env: dict[str, str] | None = None) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_plm_path):
-    """The demo config, shortened: 64 pairs (16 held out), 40 steps."""
+    """The demo config (96 pairs, 32 held out), shortened to 40 of its 60 steps."""
     folder = tmp_path_factory.mktemp("preference-demo")
     done = _recipe("--config", DEMO, "--model_name_or_path", tiny_plm_path, "--output_dir", "out",
-                   "--synthetic_pairs", 64, "--eval_split", 16, "--max_steps", 40, "--disable_tqdm", "true", cwd=folder)
+                   "--max_steps", 40, "--disable_tqdm", "true", cwd=folder)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder / "out", done.stdout
 
@@ -44,16 +44,16 @@ def test_the_demo_moves_the_held_out_preferences_towards_the_chosen_answers(demo
     out, printed = demo
     evaluation = json.loads((out / "eval/eval.json").read_text())
     base, tuned = evaluation["base_metrics"], evaluation["metrics"]
-    assert evaluation["objective"] == "dpo" and base["pairs"] == tuned["pairs"] == len(evaluation["records"]) == 16
+    assert evaluation["objective"] == "dpo" and base["pairs"] == tuned["pairs"] == len(evaluation["records"]) == 32
     # The colours are balanced: the random base prefers the chosen answer about half the time.
     assert 0.2 <= base["preference_accuracy"] <= 0.8
     assert tuned["mean_logp_gap"] > base["mean_logp_gap"] + 0.3
-    assert tuned["reward_accuracy"] >= 0.75 and tuned["mean_reward_margin"] > 0.3
+    assert tuned["reward_accuracy"] >= 0.7 and tuned["mean_reward_margin"] > 0.3
     # The records are the pairs scored: their gaps give the metrics back.
     gaps = [r["tuned"]["chosen"] - r["tuned"]["rejected"] for r in evaluation["records"]]
     assert sum(gap > 0 for gap in gaps) / len(gaps) == pytest.approx(tuned["preference_accuracy"])
     assert all(r["prompt"] == "What colour is the shape?" and r["chosen"] != r["rejected"] for r in evaluation["records"])
-    line = next(line for line in printed.splitlines() if line.startswith("Held-out preference accuracy (16 pairs)"))
+    line = next(line for line in printed.splitlines() if line.startswith("Held-out preference accuracy (32 pairs)"))
     assert f"base {base['preference_accuracy']:.2f} -> tuned {tuned['preference_accuracy']:.2f}" in line, line
 
     info = json.loads((out / "plm_tune_training.json").read_text())
@@ -71,8 +71,8 @@ def test_the_demo_report_shows_base_and_tuned_with_each_pair(demo):
                                     f"{evaluation['metrics']['preference_accuracy']:.4g}")
     assert "(base) \u2192" in page and "(tuned)" in page
     assert '<svg id="loss-curve"' in page
-    assert len(re.findall(r'<article class="pair" data-index="\d+"', page)) == 16
-    assert page.count('src="data:image/jpeg;base64,') == 16 and "media-error" not in page
+    assert len(re.findall(r'<article class="pair" data-index="\d+"', page)) == 32
+    assert page.count('src="data:image/jpeg;base64,') == 32 and 'class="media-error"' not in page
     assert "Report: out/eval/report.html" in printed
 
 
