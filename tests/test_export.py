@@ -253,7 +253,7 @@ def test_training_info_takes_only_known_keys(lora_copy):
     assert set(TRAINING_INFO_KEYS) == {
         "method", "base_model", "lora_r", "lora_alpha", "target_modules", "freeze", "max_tiles", "num_frames", "datasets",
         "data_mix", "max_steps", "global_step", "metrics", "train_samples", "eval_samples", "train_seconds",
-        "eval_max_new_tokens", "log_history",
+        "eval_max_new_tokens", "log_history", "objective", "beta", "loss_type",
     }
     with pytest.raises(ValueError, match=r"unknown keys \['max_tile'\]; known keys: method"):
         write_training_info(lora_copy, {"max_tile": 4})

@@ -3,7 +3,7 @@
 A config is a YAML mapping of
 
 - the run settings (``plm_tune.arguments``: ``ModelArguments``, ``MediaArguments``, ``EvalArguments``) and any
-  ``trl.SFTConfig`` field;
+  ``trl.SFTConfig`` field (``trl.DPOConfig`` for the preference recipe);
 - the corpus keys of its recipe (the recipe's ``DataArguments``, a ``CorpusArguments``: ``on_error``,
   ``eval_split``, ``streaming``, ``shuffle_buffer`` mean the same in every recipe). The ``sft`` recipe's corpus is
   a Hub / local dataset or a ``data:`` section (``adapter: NAME`` plus that data adapter's arguments), the
@@ -139,7 +139,8 @@ def apply_trl_keys(keys: TrlKeys, settings: Sequence[Any], default_method: str) 
 
 
 class PLMParser:
-    """``trl.TrlParser`` over the run settings, a recipe's corpus, ``SFTConfig`` and ``TrlKeys``, with
+    """``trl.TrlParser`` over the run settings, a recipe's corpus, ``SFTConfig`` (``DPOConfig`` for a preference
+    recipe) and ``TrlKeys``, with
     plm-tune's config rules (``recipe:`` dropped, TRL's keys turned, an unknown key listing the valid ones).
 
     Built by ``plm_tune.apps.finetune.recipe_parser``; ``parse_args_and_config`` returns the dataclasses in the
@@ -147,9 +148,13 @@ class PLMParser:
     """
 
     def __init__(self, dataclass_types: Iterable[type], **defaults: Any) -> None:
+        from transformers import TrainingArguments
         from trl import TrlParser
 
         self.types = tuple(dataclass_types)
+        # The trainer's config (SFTConfig, DPOConfig): its fields are only summarised in the unknown-key error.
+        self.config_name = next((cls.__name__ for cls in self.types if issubclass(cls, TrainingArguments)),
+                                "SFTConfig")
         self._parser = TrlParser((*self.types, TrlKeys))
         # TRL writes `--use_peft` without a value; a None default would make argparse want one.
         for action in self._parser._actions:
@@ -168,18 +173,21 @@ class PLMParser:
         return {cls.__name__: [f.name for f in dataclasses.fields(cls) if f.init] for cls in (*self.types, TrlKeys)}
 
     def unknown_key_error(self, unknown: Iterable[str], where: str) -> ValueError:
-        """The error for ``unknown`` keys: each with its nearest valid key, then every valid one but SFTConfig's."""
-        keys = self.valid_keys()
-        ours = [key for name, names in keys.items() if name != "SFTConfig" for key in names]
+        """The error for ``unknown`` keys: each with its nearest valid key, then every valid one but the trainer
+        config's (``SFTConfig``'s or ``DPOConfig``'s), which are named by example."""
+        keys, config = self.valid_keys(), self.config_name
+        ours = [key for name, names in keys.items() if name != config for key in names]
         valid = [key for names in keys.values() for key in names]
         named = []
         for key in sorted(unknown):  # plm-tune's keys first: `lora_rank` is a near miss of lora_r, not local_rank
             near = difflib.get_close_matches(key, ours, n=1, cutoff=0.6) or difflib.get_close_matches(key, valid, n=1,
                                                                                                      cutoff=0.75)
             named.append(f"{key} (did you mean {near[0]}?)" if near else key)
-        listed = "; ".join(f"{name}: {', '.join(names)}" for name, names in keys.items() if name != "SFTConfig")
-        return ValueError(f"Unknown key(s) {', '.join(named)} {where}. Valid keys: {listed}; and any trl.SFTConfig "
-                          f"field (per_device_train_batch_size, max_length, learning_rate, ...); plus {RECIPE_KEY}.")
+        listed = "; ".join(f"{name}: {', '.join(names)}" for name, names in keys.items() if name != config)
+        examples = "beta, loss_type, " if config == "DPOConfig" else ""
+        return ValueError(f"Unknown key(s) {', '.join(named)} {where}. Valid keys: {listed}; and any trl.{config} "
+                          f"field ({examples}per_device_train_batch_size, max_length, learning_rate, ...); plus "
+                          f"{RECIPE_KEY}.")
 
     def parse_args_and_config(self, args: Sequence[str] | None = None) -> tuple[Any, ...]:
         """The dataclasses from ``--config FILE`` (optional) and the command line (which wins).
@@ -237,6 +245,10 @@ class PLMParser:
         by_class = {type(settings).__name__: settings for settings in parsed}
         check_settings(by_class.get("ModelArguments"), by_class.get("MediaArguments"),
                        next((s for s in parsed if isinstance(s, TrainingArguments)), None), by_class.get("EvalArguments"))
+        if "DPOConfig" in by_class:  # beta, loss_type, label_smoothing: TRL itself would fail late or not at all
+            from plm_tune.apps.dpo_settings import check_dpo_settings
+
+            check_dpo_settings(by_class["DPOConfig"])
         return tuple(parsed)
 
 

@@ -32,18 +32,21 @@ from plm_tune.training.trainer import build_trainer, loss_change
 __all__ = ["build_tiny_if_asked", "finetune", "recipe_parser"]
 
 
-def recipe_parser(data_arguments: type | None = None, **defaults: Any) -> PLMParser:
+def recipe_parser(data_arguments: type | None = None, *, config_class: type | None = None,
+                  **defaults: Any) -> PLMParser:
     """The config parser of a recipe: ``(ModelArguments, MediaArguments, data_arguments, SFTConfig, EvalArguments)``
     read from a YAML config and the command line (``plm_tune.apps.config``: TRL's key names read too, an unknown
     key listing the valid ones).
 
-    ``defaults`` replace dataclass defaults (a recipe's own, e.g. ``method="full"``); a value from the YAML or the
-    command line still wins. ``bf16`` defaults to what this machine supports: SFTConfig turns it on, which
-    transformers refuses on a CPU or an old GPU. Without ``data_arguments``: the run settings alone.
+    ``config_class`` replaces ``SFTConfig`` (``trl.DPOConfig`` for the preference recipe). ``defaults`` replace
+    dataclass defaults (a recipe's own, e.g. ``method="full"``); a value from the YAML or the command line still
+    wins. ``bf16`` defaults to what this machine supports: TRL's configs turn it on, which transformers refuses on
+    a CPU or an old GPU. Without ``data_arguments``: the run settings alone.
     """
     from trl import SFTConfig
 
-    classes = (ModelArguments, MediaArguments, *([data_arguments] if data_arguments else []), SFTConfig, EvalArguments)
+    classes = (ModelArguments, MediaArguments, *([data_arguments] if data_arguments else []),
+               config_class or SFTConfig, EvalArguments)
     return PLMParser(classes, **_machine_defaults(), **defaults)
 
 

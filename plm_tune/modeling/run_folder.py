@@ -94,6 +94,9 @@ TRAINING_INFO_KEYS = {
     "train_seconds": "wall-clock seconds of trainer.train()",
     "eval_max_new_tokens": "longest generated eval answer (plm-tune eval reuses it, so its scores match)",
     "log_history": 'the loss curve: [{"step": 5, "loss": 6.1}, {"step": 5, "eval_loss": 6.3}, ...]',
+    "objective": '"dpo" for preference tuning (trl.DPOTrainer); unset: supervised finetuning',
+    "beta": "DPO's beta (trl.DPOConfig.beta): how far the tuned model may move from the reference",
+    "loss_type": 'DPO loss(es), trl.DPOConfig.loss_type: e.g. ["sigmoid"]',
 }
 CHECKPOINT_PREFIX = "checkpoint-"  # the Trainer's checkpoint-<step> folders inside a run folder
 
@@ -312,7 +315,7 @@ def write_training_info(output_dir: str | Path, info: dict[str, Any]) -> Path:
 
     ``method``, ``base_model``, ``lora_r``, ``lora_alpha``, ``target_modules``, ``freeze``, ``max_tiles``, ``num_frames``,
     ``datasets``, ``data_mix``, ``max_steps``, ``global_step``, ``metrics``, ``train_samples``, ``eval_samples``,
-    ``train_seconds``, ``eval_max_new_tokens``, ``log_history``.
+    ``train_seconds``, ``eval_max_new_tokens``, ``log_history``, ``objective``, ``beta``, ``loss_type``.
 
     Args:
         output_dir: the adapter (or model) folder; it must exist.
