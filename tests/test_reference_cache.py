@@ -90,11 +90,12 @@ def test_precomputed_reference_trains_as_the_reference_pass_without_running_it(t
     for precompute in (False, True):
         model, processor = _lora(tiny_plm_path)
         args = _args(tmp_path / str(precompute), precompute_ref_log_probs=precompute)
-        trainer = build_dpo_trainer(model, processor, pairs, args=args, media=MEDIA)
+        trainer = build_dpo_trainer(model, processor, pairs, eval_dataset=pairs[3:], args=args, media=MEDIA)
         forwards = _Forwards(model)
         trainer.train()
-        runs[precompute] = (_step_logs(trainer), forwards.calls)
-    (plain, plain_calls), (cached, cached_calls) = runs[False], runs[True]
+        calls = dict(forwards.calls)
+        runs[precompute] = (_step_logs(trainer), calls, trainer.evaluate())
+    (plain, plain_calls, plain_eval), (cached, cached_calls, cached_eval) = runs[False], runs[True]
     # Every logged number of each step (loss, rewards, logps of chosen / rejected, margins, grad norm) is the same.
     assert len(plain) == 3 and [log.keys() for log in plain] == [log.keys() for log in cached]
     for expected, got in zip(plain, cached, strict=True):
@@ -103,6 +104,10 @@ def test_precomputed_reference_trains_as_the_reference_pass_without_running_it(t
     assert plain[-1]["rewards/margins"] != 0  # the reference mattered: the policy moved away from it
     assert plain_calls == {"policy": 3, "reference": 3}  # the hook sees TRL's reference pass when it runs
     assert cached_calls == {"policy": 3, "reference": 0}
+    # The eval set's reference values were precomputed too: the trained policy is scored against the same base.
+    for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/chosen"):
+        assert cached_eval[key] == pytest.approx(plain_eval[key], abs=1e-4), key
+    assert plain_eval["eval_rewards/margins"] != 0
 
 
 def test_a_second_build_reuses_the_cache_and_recomputes_only_what_changed(tiny_plm_path, tmp_path, pairs,
