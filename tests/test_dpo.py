@@ -107,10 +107,19 @@ def test_a_trained_adapter_is_refused(tiny_plm_path, tmp_path, pairs):
         build_dpo_trainer(model, processor, pairs, args=_args(tmp_path))
 
 
-def test_precomputed_reference_log_probs_are_refused(tiny_plm_path, tmp_path, pairs):
+def test_precomputed_reference_log_probs_reach_the_batch_for_image_pairs(tiny_plm_path, tmp_path, pairs):
+    """TRL refuses precompute_ref_log_probs for vision data; plm-tune's cache (tests/test_reference_cache.py) does it:
+    each batch carries the base's log-probs of its pairs, where TRL's loss reads them."""
     model, processor = load_model(tiny_plm_path, method="lora")
-    with pytest.raises(ValueError, match="precompute_ref_log_probs"):
-        build_dpo_trainer(model, processor, pairs, args=_args(tmp_path, precompute_ref_log_probs=True))
+    trainer = build_dpo_trainer(model, processor, pairs, args=_args(tmp_path, precompute_ref_log_probs=True),
+                                media=MediaArguments(max_tiles=1))
+    assert trainer.precompute_ref_logps and trainer.args.precompute_ref_log_probs
+    batch = trainer.plm_collator([trainer.train_dataset[i] for i in range(3)])
+    model.eval()
+    with model.disable_adapter(), torch.no_grad():
+        chosen, rejected = sequence_logps(model, {k: v for k, v in batch.items() if not k.startswith("ref_")}).chunk(2)
+    torch.testing.assert_close(batch["ref_chosen_logps"], chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(batch["ref_rejected_logps"], rejected, rtol=1e-5, atol=1e-4)
 
 
 def test_dpo_teaches_the_tiny_plm_to_prefer_the_true_colour_of_held_out_images(tiny_plm_path, tmp_path):

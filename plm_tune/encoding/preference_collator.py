@@ -35,7 +35,9 @@ and ``remove_unused_columns=False`` (for a dataset with ``"image"`` / ``"images"
 keeps only ``prompt`` / ``chosen`` / ``rejected`` / ``image(s)`` / ``tools`` columns, dropping ``messages`` and
 ``videos``); a dataset without ``"image"`` / ``"images"`` is not a vision dataset to TRL and goes through its
 ``_prepare_dataset`` (``extract_prompt``, tokenisation), which this format must skip (e.g. an ``"images": []`` key).
-TRL refuses ``precompute_ref_log_probs`` for vision datasets.
+TRL refuses ``precompute_ref_log_probs`` for vision datasets; ``plm_tune.training.reference_cache`` precomputes them
+instead, as sample keys ``ref_chosen_logps`` / ``ref_rejected_logps`` that this collator puts in the batch
+(``(B,)`` float32, pair order), where TRL's ``_compute_loss`` reads them.
 
 A pair is never cut: dropping trailing turns would drop the answers. With ``max_length``, a pair too long is made
 to fit by lowering its media (``fit_tiles`` / ``fit_frames`` of the ``PLMCollator``), both rows with the same
@@ -57,11 +59,15 @@ from plm_tune.encoding.formatting import IGNORE_INDEX, EncodedConversation
 from plm_tune.encoding.length_policy import Outcome
 from plm_tune.encoding.sample_plan import SamplePlan, encode_turns, plan_sample, read_media_sizes
 
-__all__ = ["PLMPreferenceCollator", "PairPlan", "plan_pair", "is_preference_sample", "pair_turns"]
+__all__ = ["PLMPreferenceCollator", "PairPlan", "plan_pair", "is_preference_sample", "pair_turns",
+           "REFERENCE_KEYS"]
 # is_preference_sample is plm_tune.data.preference's, re-exported: one definition of a pair.
 
 logger = logging.getLogger(__name__)
 
+# A sample's precomputed reference log-probs (plm_tune.training.reference_cache), carried into the batch as TRL's
+# DPOTrainer reads them: (B,) float32 in pair order, in place of its reference forward.
+REFERENCE_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def pair_turns(sample: dict[str, Any]) -> tuple[list[Turn], list[Turn]]:
@@ -191,15 +197,19 @@ class PLMPreferenceCollator:
         encoded = plan.rejected.encoded
         return chosen, EncodedSample(encoded.input_ids, encoded.labels, images=chosen.images, videos=chosen.videos)
 
-    def _plan_count_build(self, sample: dict[str, Any]) -> tuple[EncodedSample, EncodedSample] | None:
+    def _plan_count_build(self, sample: dict[str, Any]) -> tuple[EncodedSample, EncodedSample, dict[str, Any]] | None:
         plan = self.plan(sample)
         self.collator.count(plan.lead)
-        return self.build_pair(sample, plan)
+        built = self.build_pair(sample, plan)
+        return None if built is None else (*built, sample)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pairs = self.collator.build_batch(samples, self._plan_count_build, noun="pair")
-        rows = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
+        rows = [chosen for chosen, _, _ in pairs] + [rejected for _, rejected, _ in pairs]
         batch = self.collator.pad(rows)
         self.collator.count_batch(batch, rows)
         batch["completion_mask"] = (batch.pop("labels") != IGNORE_INDEX).long()
+        for key in REFERENCE_KEYS:  # the kept pairs' values (a pair too long was left out with its value)
+            if samples[0].get(key) is not None:
+                batch[key] = torch.tensor([float(sample[key]) for _, _, sample in pairs], dtype=torch.float32)
         return batch

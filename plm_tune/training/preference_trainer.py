@@ -19,7 +19,10 @@ The reference model, as TRL 1.16 takes it (``trl/trainer/dpo_trainer.py``):
 
 TRL treats a dataset whose first sample has an ``"images"`` key as vision data: it skips ``_prepare_dataset`` (its
 tokenisation; the collator does ours) and refuses ``precompute_ref_log_probs``. Canonical samples always have the
-key (``"images": []`` without images).
+key (``"images": []`` without images). ``precompute_ref_log_probs=True`` is plm-tune's instead
+(``plm_tune.training.reference_cache``): every pair's reference log-probs computed once before training, cached on
+disk per sample, and read from the batch, so the loss runs no reference forward (and full finetuning drops its
+frozen copy).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import copy
 import dataclasses
 import functools
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +44,7 @@ from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
 from plm_tune.modeling.precision import apply_run_dtypes, attention_by_part, vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
+from plm_tune.training.reference_cache import precompute_reference
 from plm_tune.training.trainer import PartOptimizer, as_dataset, method_of, optimizer_class
 
 if TYPE_CHECKING:
@@ -59,6 +65,7 @@ def build_dpo_trainer(
     media: MediaArguments | None = None,
     model_args: ModelArguments | None = None,
     callbacks: list[Any] | None = None,
+    reference_cache: str | os.PathLike | None = None,
 ) -> DPOTrainer:
     """A TRL ``DPOTrainer`` that trains PLM on canonical preference samples (``plm_tune.data.preference``).
 
@@ -74,14 +81,20 @@ def build_dpo_trainer(
         model_args: ``vision_lr`` / ``projector_lr``: learning rates for those parts (default:
             ``args.learning_rate``), as optimizer parameter groups "language" / "vision" / "projector".
         callbacks: extra ``TrainerCallback``s.
+        reference_cache: with ``args.precompute_ref_log_probs``, the folder of the reference log-probs cache
+            (default: ``<output_dir>/reference_logps``; share one folder to reuse values across runs: entries are
+            keyed by the reference model, the settings and each sample's content, ``reference_cache``).
 
     Returns:
         The trainer; call ``.train()``. Its ``plm_collator`` is the ``PLMPreferenceCollator``; its ``ref_model`` is
-        None with an adapter (the reference is the base: the adapter disabled).
+        None with an adapter (the reference is the base: the adapter disabled) and with precomputed reference
+        log-probs. With them, ``reference_cache`` says ``{"path", "cached", "computed"}`` (pairs); set
+        every eval set here: a set first given to ``evaluate()`` has no reference values.
 
     Raises:
         ValueError: an empty ``train_dataset``; an adapter that is already trained (the base would not be where
-            training starts: merge it first); nothing trainable. ``OutputFolderError``: ``args.output_dir`` holds
+            training starts: merge it first); nothing trainable; ``precompute_ref_log_probs`` with a streamed
+            dataset, ``sync_ref_model``, DeepSpeed or FSDP. ``OutputFolderError``: ``args.output_dir`` holds
             the other kind of weights (``plm_tune.training.checkpoints.check_output_dir``).
 
     Example:
@@ -97,12 +110,13 @@ def build_dpo_trainer(
     if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
         raise ValueError("build_dpo_trainer: train_dataset is empty: there are no pairs to train on. Check the data "
                          "source (an adapter's .skip_report says what it skipped).")
+    precompute = config.precompute_ref_log_probs
+    if precompute:
+        _check_precompute(config, train_dataset, eval_dataset)
     adapter = hasattr(model, "peft_config")
     if adapter:
         _check_fresh_adapter(model)
-    collator = PLMPreferenceCollator(PLMCollator(processor, max_length=config.max_length,
-                                                 **dataclasses.asdict(media or MediaArguments()),
-                                                 pixel_dtype=vision_dtype(model)))
+    collator = _collator(processor, config, media, model)
     lrs = dict(lr=config.learning_rate, vision_lr=model_args.vision_lr, projector_lr=model_args.projector_lr,
                weight_decay=config.weight_decay)
     parameter_groups(model, **lrs)  # fail here, not at train(), when nothing is trainable
@@ -110,7 +124,7 @@ def build_dpo_trainer(
     trainer = DPOTrainer(
         model=model,
         ref_model=None if adapter else _frozen_copy(model),
-        args=config,
+        args=dataclasses.replace(config, precompute_ref_log_probs=False),  # TRL's own refuses vision data
         data_collator=collator,
         train_dataset=as_dataset(train_dataset),
         eval_dataset=as_dataset(eval_dataset),
@@ -130,26 +144,46 @@ def build_dpo_trainer(
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
     trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
     trainer.plm_collator = collator
+    if precompute:
+        folder = reference_cache or Path(config.output_dir) / "reference_logps"
+        trainer.reference_cache = precompute_reference(trainer, _collator(processor, config, media, model),
+                                                       train_dataset, eval_dataset, folder)
+        trainer.args.precompute_ref_log_probs = True  # what the run did, in its saved training arguments
+        logger.info("Reference log-probs: %(cached)d pairs from %(path)s, %(computed)d computed.",
+                    trainer.reference_cache)
     return trainer
+
+
+def _collator(processor: Any, config: DPOConfig, media: MediaArguments | None, model: Any) -> PLMPreferenceCollator:
+    return PLMPreferenceCollator(PLMCollator(processor, max_length=config.max_length,
+                                             **dataclasses.asdict(media or MediaArguments()),
+                                             pixel_dtype=vision_dtype(model)))
+
+
+def _check_precompute(config: DPOConfig, train_dataset: Any, eval_dataset: Any) -> None:
+    """Refuse what ``precompute_ref_log_probs`` cannot serve, in one line each."""
+    sets = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
+    if any(dataset is not None and not hasattr(dataset, "__len__") for dataset in sets):
+        raise ValueError("precompute_ref_log_probs=True needs every pair up front: load the data without streaming "
+                         "(a list or datasets.Dataset), or set precompute_ref_log_probs=False.")
+    if config.sync_ref_model:
+        raise ValueError("precompute_ref_log_probs=True fixes the reference, sync_ref_model=True moves it: "
+                         "set one of them to False.")
+    if config.deepspeed or config.fsdp:
+        raise ValueError("precompute_ref_log_probs=True is not supported with DeepSpeed or FSDP (the reference "
+                         "is scored before the model is sharded): set precompute_ref_log_probs=False.")
 
 
 def dpo_run_config(args: DPOConfig | None) -> DPOConfig:
     """The ``DPOConfig`` the trainer runs with: ``args`` (default: DPOConfig's, bf16 only on a bf16 GPU) with
     ``remove_unused_columns=False``: with it on, TRL keeps only ``prompt`` / ``chosen`` / ``rejected`` /
     ``images`` columns of a vision dataset (``_set_signature_columns_if_needed``), dropping ``messages`` and
-    ``videos``, which the collator reads.
-
-    Raises:
-        ValueError: ``precompute_ref_log_probs`` (TRL refuses it for image and video data).
-    """
+    ``videos``, which the collator reads."""
     from trl import DPOConfig
 
     if args is None:  # DPOConfig's own default, bf16=True, is refused on a CPU
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args = DPOConfig(output_dir="outputs/plm-tune-dpo", bf16=bf16)
-    if args.precompute_ref_log_probs:
-        raise ValueError("precompute_ref_log_probs=True: TRL's DPOTrainer refuses it for image and video data. "
-                         "Leave it off: with an adapter the reference pass reuses the model with the adapter off.")
     if args.remove_unused_columns:
         logger.info("Setting remove_unused_columns=False: the preference collator needs every sample column.")
     return dataclasses.replace(args, remove_unused_columns=False)
