@@ -1,7 +1,7 @@
 """DPO on PLM: TRL's own DPOTrainer + peft (as a TRL user writes it) against ``build_dpo_trainer``, on CPU.
 
-    .venv/bin/python benchmarks/dpo_vs_trl.py                    # 3 rounds of 2 runs, then the probes
-    .venv/bin/python benchmarks/dpo_vs_trl.py --repeats 5 --steps 12
+    .venv/bin/python benchmarks/dpo_vs_trl.py                    # 3 rounds of 2 runs of 10 steps, then the probes
+    .venv/bin/python benchmarks/dpo_vs_trl.py --repeats 5 --steps 12 --no-probes
     .venv/bin/python benchmarks/dpo_vs_trl.py --model mid        # a 256-wide, 4-layer decoder, 128k vocabulary
     .venv/bin/python benchmarks/dpo_vs_trl.py --probes-only      # only "what TRL could not do"
 
@@ -20,7 +20,7 @@ Aligned so the two train the same parameters on the same batches: LoRA r 16, alp
 ``disable_dropout`` zeroes it in both) on the decoder's q/k/v/o and gate/up/down projections. peft has no default
 targets for ``perception_lm`` (``LoraConfig()`` fails: see the probes) and ``"all-linear"`` would also adapt the
 vision tower and projector, which plm-tune trains in full or not at all, so the TRL user names the seven Llama
-projections (TRL's docs' list), which match only the decoder here, and plm-tune freezes the tower and the
+projections, which match only the decoder here, and plm-tune freezes the tower and the
 projector (``freeze=("vision", "projector")``; its default trains the projector in full). Each run checks and
 reports its trainable parameter count. Same ``DPOConfig`` for both: batch ``--batch`` pairs, ``max_length`` 1024
 (DPOConfig's), float32, no gradient checkpointing, same seed (the same pairs in the same order). The batches are
@@ -37,7 +37,8 @@ min-max of the per-round ratios.
 
 The probes ("what TRL could not do"), each in a fresh process, one line per side: images of different tile counts
 in one batch, a video pair, ``precompute_ref_log_probs=True`` on vision data, ``padding_free=True``, a
-``max_length`` shorter than a pair, peft's default LoRA targets; then the tokens of one pair from both collators.
+``max_length`` shorter than a pair (80 tokens: TRL cuts the answers off; plm-tune, given ``fit_tiles``, lowers the
+tiles), peft's default LoRA targets; then the tokens of one pair (and of a two-turn prompt) from both collators.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def outcome(action) -> str:
             warnings.simplefilter("always")
             try:
                 text = f"ran: {action()}"
-            except Exception as error:  # noqa: BLE001: the probe's answer is the error
+            except Exception as error:  # noqa: BLE001 (the probe's answer is the error)
                 text = f"error: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
         relevant = [w for w in caught if "padding_free" in w or "truncat" in w.lower()]
         relevant += [str(w.message).splitlines()[0] for w in warned if "padding_free" in str(w.message)]
@@ -347,13 +348,44 @@ def token_comparison(model_path: Path, data: Path) -> list[str]:
         lines.append(f"{label}: pixel_values {'identical' if same_pixels else 'DIFFER'} "
                      f"(TRL {tuple(theirs['pixel_values'].shape)}: each image processed once per row; plm-tune "
                      f"{tuple(ours['pixel_values'].shape)}: once per pair, shared by both rows)")
+    lines.append(collator_times(processor, [pickle.loads((data / "pairs.pkl").read_bytes())]))
     return lines
+
+
+def collator_times(processor: Any, pairs: list[list[dict]], batch: int = 4, rounds: int = 5) -> str:
+    """The one part of a step that differs: each collator on the same batches (its dataset rows as the trainer
+    reads them: TRL's from a ``datasets`` table of PIL images, plm-tune's canonical rows), alternating, in one
+    process. Median milliseconds per batch (min-max over rounds)."""
+    import datasets
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from plm_tune import PLMCollator
+    from plm_tune.encoding.preference_collator import PLMPreferenceCollator
+
+    rows = pairs[0]
+    table = datasets.Dataset.from_list([trl_record(p) for p in rows])
+    theirs = DataCollatorForVisionPreference(processor=processor, max_length=1024)
+    ours = PLMPreferenceCollator(PLMCollator(processor, max_length=1024, max_tiles=MAX_TILES))
+    starts = range(0, len(rows) - batch + 1, batch)
+    calls = {"TRL": lambda i: theirs([table[j] for j in range(i, i + batch)]),
+             "plm-tune": lambda i: ours(rows[i : i + batch])}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(rounds + 1):  # the first round warms up
+        for name, call in (calls.items() if round_ % 2 else reversed(calls.items())):
+            start = time.perf_counter()
+            for i in starts:
+                call(i)
+            if round_:
+                times[name].append(1000 * (time.perf_counter() - start) / len(starts))
+    return (f"collating a batch of {batch} pairs (read from the dataset, {len(starts)} batches x {rounds} rounds): "
+            + ", ".join(f"{name} {spread(ms, '.0f')} ms" for name, ms in times.items())
+            + f"; plm-tune / TRL {statistics.median(times['plm-tune']) / statistics.median(times['TRL']):.2f}x")
 
 
 # ----------------------------------------------------------------------------------------------------- harness
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (the first 2 are not timed)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run (the first 2 are not timed)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs TRL and plm-tune once")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step (2x rows)")
     parser.add_argument("--model", choices=("tiny", "mid"), default="tiny",
