@@ -3,7 +3,7 @@ TRL's, LLaMA-Factory's, RLAIF-V's or VLFeedback's layouts; held-out preference a
 
 The offline demo: a tiny random PLM (built on first use in ``.cache/tiny-plm``) learns from the pixels alone to
 prefer the true colour of a shape ("red") over a wrong one ("blue"): held-out preference accuracy goes from about
-chance to near 1 in 60 steps, about a minute on 2 CPU cores:
+chance to 1.00 in 300 steps (measured: 0.50 -> 1.00 on 32 pairs), about 35 s on 2 CPU cores:
 
     accelerate launch recipes/preference_lora.py --config recipes/configs/preference_demo.yaml
 

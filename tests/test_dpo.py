@@ -124,13 +124,14 @@ def test_precomputed_reference_log_probs_reach_the_batch_for_image_pairs(tiny_pl
 
 def test_dpo_teaches_the_tiny_plm_to_prefer_the_true_colour_of_held_out_images(tiny_plm_path, tmp_path):
     """The learnability acceptance: LoRA with the tower trainable (as recipes/configs/sft_demo.yaml: the tiny tower
-    is random and must learn to see), 60 DPO steps on 64 pairs; 32 held-out pairs scored before and after."""
+    is random and must learn to see), 300 DPO steps on 64 pairs (recipes/configs/preference_demo.yaml's settings);
+    32 held-out pairs scored before and after."""
     torch.manual_seed(0)
     model, processor = load_model(tiny_plm_path, method="lora", freeze=(), lora_r=8, lora_alpha=16, lora_dropout=0.0)
     split = synthetic_shape_pairs(96, seed=0, max_tiles=4).train_test_split(test_size=32, seed=0)
-    # beta=1 and a high rate: random init, tiny model, few steps (beta=0.1 moved the margins ~10x less in 30 steps).
-    args = _args(tmp_path, max_steps=60, per_device_train_batch_size=4, learning_rate=5e-3, beta=1.0,
-                 lr_scheduler_type="constant_with_warmup", warmup_steps=2, max_length=128, logging_steps=10)
+    # beta=1 and a high rate: random init, tiny model, few steps (beta 0.1 / 0.3 and lr 5e-3 were slower or unsteady).
+    args = _args(tmp_path, max_steps=300, per_device_train_batch_size=4, learning_rate=2e-3, beta=1.0,
+                 lr_scheduler_type="constant_with_warmup", warmup_steps=2, max_length=128, logging_steps=50)
     trainer = build_dpo_trainer(model, processor, split["train"], args=args, media=MediaArguments(max_tiles=4))
     model.eval()
     with model.disable_adapter():
@@ -145,5 +146,13 @@ def test_dpo_teaches_the_tiny_plm_to_prefer_the_true_colour_of_held_out_images(t
           f"{after['preference_accuracy']:.2f} (gap {after['mean_logp_gap']:.3f}), reward accuracy "
           f"{after['reward_accuracy']:.2f}, mean reward margin {after['mean_reward_margin']:.3f} nats")
     assert 0.25 <= before["preference_accuracy"] <= 0.75  # about chance: colours are balanced
-    assert after["reward_accuracy"] >= 0.9 and after["mean_reward_margin"] > 0.5
+    assert after["preference_accuracy"] >= 0.9  # from about chance to near 1 (issue 26's acceptance)
+    assert after["reward_accuracy"] >= 0.9 and after["mean_reward_margin"] > 1.0
     assert after["mean_logp_gap"] > before["mean_logp_gap"] + 0.5
+
+
+def test_padding_free_is_refused_not_silently_ignored(tiny_plm_path, tmp_path, pairs):
+    """TRL 1.16's DPOTrainer turns padding_free off with a warning; plm-tune says so before anything loads."""
+    model, processor = load_model(tiny_plm_path, method="lora")
+    with pytest.raises(ValueError, match="padding_free=True: DPO pairs are not packed"):
+        build_dpo_trainer(model, processor, pairs, args=_args(tmp_path, padding_free=True))

@@ -32,10 +32,10 @@ def _recipe(*args, cwd: Path, env: dict[str, str] | None = None) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, tiny_plm_path):
-    """The demo config (96 pairs, 32 held out), shortened to 40 of its 60 steps."""
+    """The demo config as shipped (96 pairs, 32 held out, 300 steps: about 30 s of training on 2 CPU cores)."""
     folder = tmp_path_factory.mktemp("preference-demo")
     done = _recipe("--config", DEMO, "--model_name_or_path", tiny_plm_path, "--output_dir", "out",
-                   "--max_steps", 40, "--disable_tqdm", "true", cwd=folder)
+                   "--disable_tqdm", "true", cwd=folder)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder / "out", done.stdout
 
@@ -47,8 +47,9 @@ def test_the_demo_moves_the_held_out_preferences_towards_the_chosen_answers(demo
     assert evaluation["objective"] == "dpo" and base["pairs"] == tuned["pairs"] == len(evaluation["records"]) == 32
     # The colours are balanced: the random base prefers the chosen answer about half the time.
     assert 0.2 <= base["preference_accuracy"] <= 0.8
-    assert tuned["mean_logp_gap"] > base["mean_logp_gap"] + 0.3
-    assert tuned["reward_accuracy"] >= 0.7 and tuned["mean_reward_margin"] > 0.3
+    # The learnability acceptance of issue 26: from about chance to near 1 on held-out images.
+    assert tuned["preference_accuracy"] >= 0.9 and tuned["reward_accuracy"] >= 0.9
+    assert tuned["mean_logp_gap"] > base["mean_logp_gap"] + 1.0 and tuned["mean_reward_margin"] > 1.0
     # The records are the pairs scored: their gaps give the metrics back.
     gaps = [r["tuned"]["chosen"] - r["tuned"]["rejected"] for r in evaluation["records"]]
     assert sum(gap > 0 for gap in gaps) / len(gaps) == pytest.approx(tuned["preference_accuracy"])
@@ -57,7 +58,7 @@ def test_the_demo_moves_the_held_out_preferences_towards_the_chosen_answers(demo
     assert f"base {base['preference_accuracy']:.2f} -> tuned {tuned['preference_accuracy']:.2f}" in line, line
 
     info = json.loads((out / "plm_tune_training.json").read_text())
-    assert (info["objective"], info["beta"], info["loss_type"], info["global_step"]) == ("dpo", 1.0, ["sigmoid"], 40)
+    assert (info["objective"], info["beta"], info["loss_type"], info["global_step"]) == ("dpo", 1.0, ["sigmoid"], 300)
     assert (out / "adapter_model.safetensors").is_file() and (out / "processor_config.json").is_file()
 
 

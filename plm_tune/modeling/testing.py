@@ -85,6 +85,10 @@ _CORPUS = [
     "The lungs are clear. No pleural effusion or pneumothorax. The heart size is normal. Fracture of the rib.",
     "left right upper lower small large top bottom middle centre center one two three four five six 0123456789",
     "The answer is yes. The answer is no. A person walks, runs, jumps and sits in a room, outside, at night.",
+    # The synthetic answers as an answer starts (no leading space): one token each, as in Llama 3's vocabulary.
+    # Otherwise "red" is 2 tokens and "blue" 3 here, and a random model's summed log-probs favour the shorter
+    # word by ~7 nats whatever the image (the preference demo's base would rank answers by length).
+    "red\ngreen\nblue\nyellow\ncircle\nsquare\ntriangle\nleft\nright\nup\ndown",
 ]
 
 

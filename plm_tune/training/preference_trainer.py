@@ -178,12 +178,21 @@ def dpo_run_config(args: DPOConfig | None) -> DPOConfig:
     """The ``DPOConfig`` the trainer runs with: ``args`` (default: DPOConfig's, bf16 only on a bf16 GPU) with
     ``remove_unused_columns=False``: with it on, TRL keeps only ``prompt`` / ``chosen`` / ``rejected`` /
     ``images`` columns of a vision dataset (``_set_signature_columns_if_needed``), dropping ``messages`` and
-    ``videos``, which the collator reads."""
+    ``videos``, which the collator reads.
+
+    Raises:
+        ValueError: ``padding_free=True``: TRL 1.16's DPOTrainer turns it off with a warning (``__init__``:
+            "temporarily unavailable after a refactor"), and its loss splits a batch's rows with ``.chunk(2)``, so
+            pairs cannot be packed without replacing that loss; refused here instead of ignored.
+    """
     from trl import DPOConfig
 
     if args is None:  # DPOConfig's own default, bf16=True, is refused on a CPU
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args = DPOConfig(output_dir="outputs/plm-tune-dpo", bf16=bf16)
+    if args.padding_free:
+        raise ValueError("padding_free=True: DPO pairs are not packed (TRL's DPO loss reads a padded batch of rows "
+                         "[chosen..., rejected...]): set padding_free=False.")
     if args.remove_unused_columns:
         logger.info("Setting remove_unused_columns=False: the preference collator needs every sample column.")
     return dataclasses.replace(args, remove_unused_columns=False)
