@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_dpo import LRS, _args  # two CPU steps of 2 pairs: float32, nothing saved or reported
 from transformers import AutoModelForImageTextToText
-from trl import DPOConfig
 
 from data_adapters.synthetic import synthetic_shape_pairs
 from plm_tune import MediaArguments, ModelArguments, load_model, sequence_logps
@@ -25,17 +25,7 @@ from plm_tune.modeling.model import part_of
 from plm_tune.training.preference_trainer import build_dpo_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-LRS = {"language": 1e-2, "vision": 2e-3, "projector": 5e-3}
 MEDIA = MediaArguments(max_tiles=1)
-
-
-def _args(tmp_path, **overrides) -> DPOConfig:
-    """Two CPU steps of 2 pairs: float32, no checkpointing, no reporting, nothing saved."""
-    config = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2,
-                  learning_rate=LRS["language"], logging_steps=1, save_strategy="no", report_to="none", bf16=False,
-                  gradient_checkpointing=False, max_length=None, dataloader_num_workers=0,
-                  dataloader_pin_memory=False, seed=0, disable_tqdm=True)
-    return DPOConfig(**{**config, **overrides})
 
 
 @pytest.fixture(scope="module")
