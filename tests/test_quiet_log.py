@@ -59,6 +59,10 @@ def test_short_log_line_keeps_loss_rate_epoch():
             "tokens_per_second": 1253.0, "collator/dropped_turns": 0}
     assert short_log_line(logs, 40, 150) == "step 40/150: loss 5.897, learning_rate 0.005, epoch 1.818"
     assert short_log_line({"tokens_per_second": 3.0}, 1, 2) is None
+    dpo = {"loss": 0.0626, "rewards/accuracies": 0.975, "rewards/margins": 3.345, "logps/chosen": -11.57,
+           "learning_rate": 0.002, "epoch": 18.12}  # a TRL DPOTrainer log: its reward accuracy and margin shown
+    assert short_log_line(dpo, 290, 300) == ("step 290/300: loss 0.0626, rewards/accuracies 0.975, rewards/margins "
+                                             "3.345, learning_rate 0.002, epoch 18.12")
 
 
 def _train(tiny_plm_path, tmp_path):

@@ -44,6 +44,7 @@ from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
 from plm_tune.modeling.precision import apply_run_dtypes, attention_by_part, vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
+from plm_tune.training.quiet_log import quiet_training_log
 from plm_tune.training.reference_cache import precompute_reference
 from plm_tune.training.trainer import PartOptimizer, as_dataset, method_of, optimizer_class
 
@@ -144,6 +145,7 @@ def build_dpo_trainer(
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
     trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
     trainer.plm_collator = collator
+    quiet_training_log(trainer)  # short console lines as SFT's; PLM_TUNE_VERBOSE=1 prints TRL's full dicts
     if precompute:
         folder = reference_cache or Path(config.output_dir) / "reference_logps"
         trainer.reference_cache = precompute_reference(trainer, _collator(processor, config, media, model),

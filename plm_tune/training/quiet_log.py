@@ -17,7 +17,9 @@ from plm_tune.verbosity import is_verbose
 __all__ = ["QuietPrinterCallback", "QuietProgressCallback", "quiet_training_log", "short_log_line"]
 
 # What a reader follows during training; the rest (throughput, collator counters, entropy) is in TensorBoard.
-SHOWN = ("loss", "eval_loss", "train_loss", "learning_rate", "epoch", "train_runtime")
+# DPO's reward accuracy and margin (TRL's DPOTrainer logs) say whether preference tuning works; SFT has neither.
+SHOWN = ("loss", "eval_loss", "train_loss", "rewards/accuracies", "rewards/margins", "learning_rate", "epoch",
+         "train_runtime")
 
 
 def short_log_line(logs: dict[str, Any], step: int, max_steps: int) -> str | None:
