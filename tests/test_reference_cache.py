@@ -100,7 +100,11 @@ def test_precomputed_reference_trains_as_the_reference_pass_without_running_it(t
     assert len(plain) == 3 and [log.keys() for log in plain] == [log.keys() for log in cached]
     for expected, got in zip(plain, cached, strict=True):
         for key in expected:
-            assert got[key] == pytest.approx(expected[key], abs=1e-4), (key, expected, got)
+            if key == "rewards/accuracies" and abs(expected["rewards/margins"]) < 1e-4:
+                # A tie (step 1: the policy is the reference): chosen > rejected is decided by float noise of the
+                # order of 1e-7 (a precomputed batch's tiles go through the tower in other company), not by training.
+                continue
+            assert got[key] == pytest.approx(expected[key], abs=1e-4), (key, str(expected), str(got))
     assert plain[-1]["rewards/margins"] != 0  # the reference mattered: the policy moved away from it
     assert plain_calls == {"policy": 3, "reference": 3}  # the hook sees TRL's reference pass when it runs
     assert cached_calls == {"policy": 3, "reference": 0}

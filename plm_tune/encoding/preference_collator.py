@@ -27,8 +27,9 @@ There is no ``labels`` key (TRL passes ``labels=`` itself; a second one would be
 ``chosen_*`` / ``rejected_*`` views (TRL would hand them to the model's forward). PLM's forward scatters image
 features into placeholder tokens in order (``PerceptionLMModel.forward``: ``masked_scatter`` over the flattened
 ``pixel_values``), with no way to point two rows at one image, so each row carries its pixels: they are processed
-once per pair and the same tensor is referenced by both rows until the batch's ``torch.cat`` (the vision tower
-then runs on each pair's tiles twice).
+once per pair and the same tensor is referenced by both rows until the batch's ``torch.cat``. The batch's
+second half of tiles is then its first half again, which ``plm_tune.modeling.pair_media`` (installed by
+``build_dpo_trainer``) detects to run the vision tower on each pair's tiles and frames once, not once per row.
 
 With ``DPOTrainer`` (trl 1.16, read for the training step, not yet run here): pass ``data_collator=`` this collator
 and ``remove_unused_columns=False`` (for a dataset with ``"image"`` / ``"images"``, ``_set_signature_columns_if_needed``

@@ -42,6 +42,7 @@ from plm_tune.encoding.collator import PLMCollator
 from plm_tune.encoding.preference_collator import PLMPreferenceCollator
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
+from plm_tune.modeling.pair_media import encode_pair_media_once
 from plm_tune.modeling.precision import apply_run_dtypes, attention_by_part, vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
 from plm_tune.training.quiet_log import quiet_training_log
@@ -145,6 +146,8 @@ def build_dpo_trainer(
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
     trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
     trainer.plm_collator = collator
+    for module in [m for m in (model, trainer.ref_model) if m is not None]:  # tower once per pair, both passes
+        encode_pair_media_once(module)  # (a pair's tiles are in the batch twice: plm_tune.modeling.pair_media)
     quiet_training_log(trainer)  # short console lines as SFT's; PLM_TUNE_VERBOSE=1 prints TRL's full dicts
     if precompute:
         folder = reference_cache or Path(config.output_dir) / "reference_logps"
