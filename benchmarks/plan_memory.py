@@ -43,7 +43,7 @@ MODELS = {
 SHAPES = {"tiny": (4, 512, 5), "small": (2, 512, 5), "mid": (2, 512, 1)}
 # --bf16: a bf16 GPU's run (frozen weights bf16, trained ones float32, bf16 autocast), with the loss on 32 labelled
 # tokens per row as build_trainer scores it: logits for every position would put the CPU's slow bf16 matmuls
-# (no native bf16 here) to [tokens, vocab] gradients.
+# (no native bf16 kernels: measure() caps oneDNN below them) to [tokens, vocab] gradients.
 BF16 = {"dtype": "bfloat16", "autocast": "bfloat16", "labelled": 32}
 
 
@@ -165,7 +165,11 @@ def measure(path: Path, method: str, *, gradient_checkpointing: bool, batch_size
     spec = {"path": str(path), "method": method, "gradient_checkpointing": gradient_checkpointing,
             "batch_size": batch_size, "seq_len": seq_len, "tiles": tiles, "lora_r": lora_r, "dtype": dtype,
             "autocast": autocast, "labelled": labelled}
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # oneDNN capped below its bf16 / AMX kernels: on a CPU with amx_bf16 they hold buffers no GPU step has (the
+    # LoRA --bf16 step of the small model peaked at 129 MB with them, 101 MB without, estimated 96 MB), and the
+    # estimate counts what a GPU holds. CPUs without those instructions run the same kernels either way.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
     code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import plan_memory; " \
            f"print('RESULT', json.dumps(plan_memory._measure(json.loads(sys.argv[1]))))"
     result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,

@@ -319,7 +319,8 @@ def test_memory_estimate_in_bf16_autocast_is_within_10_percent_of_a_measured_ste
     """A bf16 GPU's dtypes, run on this CPU: frozen weights bf16, trained weights, gradients and AdamW states
     float32, the forward under bf16 autocast, the loss on 32 labelled tokens per row (as build_trainer scores).
 
-    The 18M-parameter PLM with a 32k vocabulary, not PLM-1B's widths: this CPU has no native bf16 matmul, and
+    The 18M-parameter PLM with a 32k vocabulary, not PLM-1B's widths: the measurement runs without native bf16
+    kernels (benchmarks/plan_memory.measure caps oneDNN below AMX / AVX512-BF16, whose buffers a GPU has not), and
     torch's fallback computes bf16 gradients 35-100x slower than float32 (0.1-0.5 GFLOP/s), so a step at
     PLM-1B widths would take tens of minutes; here two steps take about 30 s and peak at 90 MiB (LoRA) and
     310 MiB (full), far above the few MiB a step's allocator noise is. Counting trained weights in bf16, or
