@@ -313,3 +313,21 @@ def test_plan_dataset_of_pairs_counts_rows_padding_and_memory_rows(processor, ti
     report = plan_report(pairs, tiny_plm_path, batch_size=3, progress=False)
     assert "preference pairs: 2 rows per sample" in report
     assert "at the longest batch: 6 x " in report  # 3 pairs per batch = 6 rows
+
+
+def test_memory_of_a_pair_batch_counts_the_tower_once_per_pair_and_its_pixels_twice():
+    """build_dpo_trainer runs the tower once per pair (plm_tune.modeling.pair_media): 4 rows of 2 pairs cost the
+    tower what 2 rows do, their pixel tensors what 4 rows' do; the decoder is 4 rows either way."""
+    from plm_tune.modeling.memory import estimate_memory, plm_config
+
+    common = dict(seq_len=1400, tiles_per_sample=37, freeze=(), gradient_checkpointing=False)
+    pairs = estimate_memory("1B", "lora", batch_size=4, rows_per_media=2, **common)
+    rows = estimate_memory("1B", "lora", batch_size=4, **common)
+    half = estimate_memory("1B", "lora", batch_size=2, **common)
+    vision = plm_config("1B").vision_config.model_args
+    pixel_bytes = 2 * 37 * 3 * vision["img_size"][0] ** 2 * 2  # two more rows of 37 bf16 tiles
+    assert pairs.activations_vision == half.activations_vision + pixel_bytes
+    assert pairs.activations_vision < rows.activations_vision * 0.6
+    assert pairs.activations_text == rows.activations_text
+    with pytest.raises(ValueError, match="rows_per_media=2 must be at least 1 and divide batch_size=3"):
+        estimate_memory("1B", "lora", batch_size=3, rows_per_media=2, **common)

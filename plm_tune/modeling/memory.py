@@ -99,6 +99,7 @@ def estimate_memory(
     seq_len: int,
     tiles_per_sample: float = 0,
     frames_per_sample: float = 0,
+    rows_per_media: int = 1,
     gradient_checkpointing: bool = False,
     dtype: torch.dtype = torch.bfloat16,
     autocast: torch.dtype | None = torch.bfloat16,
@@ -126,6 +127,8 @@ def estimate_memory(
             ``batch_size=1`` and the batch's total tokens).
         tiles_per_sample, frames_per_sample: image tiles (thumbnails included) and video frames per row; the
             tower sees ``batch_size * (tiles + frames)`` crops.
+        rows_per_media: rows that carry the same tiles and frames, which the tower encodes once: 2 for DPO's
+            pairs (chosen and rejected, ``plm_tune.modeling.pair_media``), whose pixels are still in the batch twice.
         gradient_checkpointing: as ``load_model``: decoder layers and vision blocks recompute in backward.
         dtype: the load dtype of the frozen weights and the pixels (``plm_tune.modeling.model.default_dtype()``: bfloat16
             on a bf16 GPU, float32 on CPU).
@@ -161,8 +164,12 @@ def estimate_memory(
     """
     frozen = {freeze} if isinstance(freeze, str) else set(freeze)
     _check_choices(method, frozen, optimizer, batch_size, seq_len)
+    if rows_per_media < 1 or batch_size % rows_per_media:
+        raise ValueError(f"estimate_memory: rows_per_media={rows_per_media} must be at least 1 and divide "
+                         f"batch_size={batch_size} (a pair batch has 2 rows per pair).")
+    crops = batch_size * (tiles_per_sample + frames_per_sample)
     run = _run(read_arch(arch), method, frozen, batch_size=batch_size, seq_len=seq_len,
-               crops=batch_size * (tiles_per_sample + frames_per_sample), gradient_checkpointing=gradient_checkpointing,
+               crops=crops / rows_per_media, pixel_crops=crops, gradient_checkpointing=gradient_checkpointing,
                dtype=dtype, autocast=autocast, lora_r=lora_r, lora_dropout=lora_dropout, lora_targets=lora_targets,
                logit_tokens=logit_tokens, fused_lm_head=fused_lm_head, device=device)
     weights, gradients, states, trainable, total = _parameter_bytes(run, optimizer)
@@ -219,6 +226,7 @@ class _Run:
     rows: int
     seq_len: int
     crops: float  # tiles + frames the tower sees in one step
+    pixel_crops: float  # tiles + frames in the batch's pixel tensors (a pair's twice, encoded once)
     positions: int  # positions projected onto the vocabulary
     gradient_checkpointing: bool
     lora_r: int
@@ -227,7 +235,7 @@ class _Run:
     device: str
 
 
-def _run(arch: Any, method: str, frozen: set[str], *, batch_size: int, seq_len: int, crops: float,
+def _run(arch: Any, method: str, frozen: set[str], *, batch_size: int, seq_len: int, crops: float, pixel_crops: float,
          gradient_checkpointing: bool, dtype: torch.dtype, autocast: torch.dtype | None, lora_r: int,
          lora_dropout: float, lora_targets: str, logit_tokens: int | None, fused_lm_head: bool, device: str) -> _Run:
     """The ``_Run`` of ``estimate_memory``'s (checked) arguments."""
@@ -243,7 +251,7 @@ def _run(arch: Any, method: str, frozen: set[str], *, batch_size: int, seq_len: 
     c = torch.finfo(autocast).bits // 8 if autocast is not None else r
     return _Run(arch=arch, method=method, adapted=adapted, trains=trains, full_parts=full_parts, lang_full=lang_full,
                 d=d, r=r, c=c, lora_in=c if autocast is not None else 4, autocast=autocast is not None,
-                rows=batch_size, seq_len=seq_len, crops=crops,
+                rows=batch_size, seq_len=seq_len, crops=crops, pixel_crops=pixel_crops,
                 positions=batch_size * seq_len if logit_tokens is None else logit_tokens,
                 gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, lora_dropout=lora_dropout,
                 fused_lm_head=fused_lm_head, device=device)
@@ -328,7 +336,7 @@ def _vision_activations(run: _Run) -> tuple[int, int, int]:
     if "vision" in run.adapted:
         block += _adapter_inputs(a.lora_linears["vision"], a.vision_depth, shared=2 * w + m, saved=run.lora_in,
                                  copies=run.autocast or run.d != 4, dropout=run.lora_dropout, rank=run.lora_r)
-    pixels = int(run.crops * 3 * a.tile_size**2 * run.d)  # in the model's dtype (PLMCollator)
+    pixels = int(run.pixel_crops * 3 * a.tile_size**2 * run.d)  # in the model's dtype (PLMCollator)
     tower_trains = run.trains["vision"]
     recomputed = 0
     if tower_trains:

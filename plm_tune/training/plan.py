@@ -279,8 +279,10 @@ def plan_report(
         return "\n".join(filter(None, (source, plan.report())))
     tile_tokens = collator.settings.tile_tokens
     method = model.method
-    # A preference pair is two rows of the batch (chosen, rejected), each carrying the pair's tiles and frames.
-    common = dict(batch_size=batch_size * plan.rows_per_sample, tiles_per_sample=vision, freeze=tuple(model.freeze), lora_r=model.lora_r,
+    # A preference pair is two rows of the batch (chosen, rejected), each carrying the pair's tiles and frames,
+    # which the tower encodes once (plm_tune.modeling.pair_media).
+    common = dict(batch_size=batch_size * plan.rows_per_sample, tiles_per_sample=vision,
+                  rows_per_media=plan.rows_per_sample, freeze=tuple(model.freeze), lora_r=model.lora_r,
                   lora_dropout=model.lora_dropout, lora_targets=model.lora_targets,
                   gradient_checkpointing=gradient_checkpointing)
     note = ""
