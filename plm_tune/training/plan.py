@@ -102,7 +102,7 @@ class Plan:
         if self.rows_per_sample > 1:
             lines.append(f"preference pairs: {self.rows_per_sample} rows per sample (chosen, rejected), "
                          f"{self.batch_size * self.rows_per_sample} rows per batch; tokens count both rows, image "
-                         "tiles and video frames once (processed once, carried by both rows)")
+                         "tiles and video frames once (processed and through the tower once, carried by both rows)")
         if stats:
             lines.append("tokens per sample: " + ", ".join(
                 f"{k} {v:,.0f}" if k != "mean" else f"{k} {v:,.1f}" for k, v in stats.items()))
