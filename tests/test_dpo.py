@@ -150,9 +150,3 @@ def test_dpo_teaches_the_tiny_plm_to_prefer_the_true_colour_of_held_out_images(t
     assert after["reward_accuracy"] >= 0.9 and after["mean_reward_margin"] > 1.0
     assert after["mean_logp_gap"] > before["mean_logp_gap"] + 0.5
 
-
-def test_padding_free_is_refused_not_silently_ignored(tiny_plm_path, tmp_path, pairs):
-    """TRL 1.16's DPOTrainer turns padding_free off with a warning; plm-tune says so before anything loads."""
-    model, processor = load_model(tiny_plm_path, method="lora")
-    with pytest.raises(ValueError, match="padding_free=True: DPO pairs are not packed"):
-        build_dpo_trainer(model, processor, pairs, args=_args(tmp_path, padding_free=True))

@@ -42,12 +42,13 @@ from plm_tune.encoding.collator import PLMCollator
 from plm_tune.encoding.preference_collator import PLMPreferenceCollator
 from plm_tune.modeling.devices import check_gpu_usable
 from plm_tune.modeling.model import parameter_groups
+from plm_tune.modeling.padding_free import decode_padding_free
 from plm_tune.modeling.pair_media import encode_pair_media_once
 from plm_tune.modeling.precision import apply_run_dtypes, attention_by_part, vision_dtype
 from plm_tune.training.checkpoints import check_output_dir
 from plm_tune.training.quiet_log import quiet_training_log
 from plm_tune.training.reference_cache import precompute_reference
-from plm_tune.training.trainer import PartOptimizer, as_dataset, method_of, optimizer_class
+from plm_tune.training.trainer import PartOptimizer, as_dataset, decoder_attention, method_of, optimizer_class
 
 if TYPE_CHECKING:
     from trl import DPOConfig, DPOTrainer
@@ -126,7 +127,8 @@ def build_dpo_trainer(
     trainer = DPOTrainer(
         model=model,
         ref_model=None if adapter else _frozen_copy(model),
-        args=dataclasses.replace(config, precompute_ref_log_probs=False),  # TRL's own refuses vision data
+        # TRL's own precompute refuses vision data, its padding_free is disabled: ours run instead (below)
+        args=dataclasses.replace(config, precompute_ref_log_probs=False, padding_free=False),
         data_collator=collator,
         train_dataset=as_dataset(train_dataset),
         eval_dataset=as_dataset(eval_dataset),
@@ -146,8 +148,7 @@ def build_dpo_trainer(
     # starts (also under DeepSpeed, which drops a ready optimizer): our parameter groups, the Trainer's schedule.
     trainer.optimizer_cls_and_kwargs = (functools.partial(PartOptimizer, *optimizer_class(config), lrs), {})
     trainer.plm_collator = collator
-    for module in [m for m in (model, trainer.ref_model) if m is not None]:  # tower once per pair, both passes
-        encode_pair_media_once(module)  # (a pair's tiles are in the batch twice: plm_tune.modeling.pair_media)
+    _compute_real_work_only(trainer, padding_free=config.padding_free)
     quiet_training_log(trainer)  # short console lines as SFT's; PLM_TUNE_VERBOSE=1 prints TRL's full dicts
     if precompute:
         folder = reference_cache or Path(config.output_dir) / "reference_logps"
@@ -157,6 +158,23 @@ def build_dpo_trainer(
         logger.info("Reference log-probs: %(cached)d pairs from %(path)s, %(computed)d computed.",
                     trainer.reference_cache)
     return trainer
+
+
+def _compute_real_work_only(trainer: Any, *, padding_free: bool) -> None:
+    """The policy's and the reference's forwards: the vision tower once per pair (a pair's tiles are in the batch
+    twice: ``plm_tune.modeling.pair_media``) and, with ``padding_free``, the decoder on real tokens only
+    (``plm_tune.modeling.padding_free``), recorded in the run's arguments."""
+    for module in [m for m in (trainer.model, trainer.ref_model) if m is not None]:
+        encode_pair_media_once(module)
+        if padding_free:
+            decode_padding_free(module)
+    trainer.args.padding_free = padding_free
+    attention = decoder_attention(trainer.model)
+    if padding_free and attention in ("sdpa", "eager"):
+        logger.warning(
+            "padding_free with %s attention: the rows of a batch are kept apart by a (tokens x tokens) mask over the "
+            "packed row, so attention costs total_tokens**2 per layer instead of each row's own. Load the model with "
+            "attn_implementation='flash_attention_2' (varlen kernels, no mask) for padding_free.", attention)
 
 
 def _collator(processor: Any, config: DPOConfig, media: MediaArguments | None, model: Any) -> PLMPreferenceCollator:
@@ -185,19 +203,15 @@ def dpo_run_config(args: DPOConfig | None) -> DPOConfig:
     ``images`` columns of a vision dataset (``_set_signature_columns_if_needed``), dropping ``messages`` and
     ``videos``, which the collator reads.
 
-    Raises:
-        ValueError: ``padding_free=True``: TRL 1.16's DPOTrainer turns it off with a warning (``__init__``:
-            "temporarily unavailable after a refactor"), and its loss splits a batch's rows with ``.chunk(2)``, so
-            pairs cannot be packed without replacing that loss; refused here instead of ignored.
+    ``padding_free=True`` is ours, not TRL's (1.16 turns its own off with a warning, "temporarily unavailable after
+    a refactor"; its loss splits a batch's padded rows with ``.chunk(2)``): the batch stays padded for the loss and
+    the decoder runs its real tokens packed (``plm_tune.modeling.padding_free``).
     """
     from trl import DPOConfig
 
     if args is None:  # DPOConfig's own default, bf16=True, is refused on a CPU
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args = DPOConfig(output_dir="outputs/plm-tune-dpo", bf16=bf16)
-    if args.padding_free:
-        raise ValueError("padding_free=True: DPO pairs are not packed (TRL's DPO loss reads a padded batch of rows "
-                         "[chosen..., rejected...]): set padding_free=False.")
     if args.remove_unused_columns:
         logger.info("Setting remove_unused_columns=False: the preference collator needs every sample column.")
     return dataclasses.replace(args, remove_unused_columns=False)

@@ -210,7 +210,7 @@ def _collator(collator: PLMCollator | None, media: MediaArguments | None, proces
     elif padding_free and not collator.padding_free:
         raise ValueError("args.padding_free=True but the collator given was built with padding_free=False: build it "
                          "with PLMCollator(..., padding_free=True), or leave args.padding_free off.")
-    attention = _decoder_attention(model)
+    attention = decoder_attention(model)
     if collator.padding_free and attention in ("sdpa", "eager"):
         logger.warning(
             "padding_free with %s attention: samples are kept apart by a (tokens x tokens) mask over the whole packed "
@@ -220,7 +220,7 @@ def _collator(collator: PLMCollator | None, media: MediaArguments | None, proces
     return collator
 
 
-def _decoder_attention(model: Any) -> str | None:
+def decoder_attention(model: Any) -> str | None:
     """The attention kernel the Llama decoder runs (``attention_by_part`` may give the tower another)."""
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None)
