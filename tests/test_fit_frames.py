@@ -50,8 +50,8 @@ def _pixels_of(processor, indices):
 
 def test_fit_frames_re_picks_the_fewest_frames_that_fit_by_plms_rule(processor, clip, caplog):
     sample = _sample(clip)
-    assert _length(processor, sample, num_frames=16) == 172 and _length(processor, sample, num_frames=11) == 152
-    limit = 153  # 19 tokens over at 16 frames: 5 frames of 4 tokens
+    assert _length(processor, sample, num_frames=16) == 171 and _length(processor, sample, num_frames=11) == 151
+    limit = 152  # 19 tokens over at 16 frames: 5 frames of 4 tokens
     strict = PLMCollator(processor, max_length=limit, num_frames=16)
     with pytest.raises(ValueError, match="Every sample"):
         strict([sample])
@@ -59,7 +59,7 @@ def test_fit_frames_re_picks_the_fewest_frames_that_fit_by_plms_rule(processor, 
 
     collator = PLMCollator(processor, max_length=limit, num_frames=16, fit_frames=True)
     batch = collator([sample])
-    assert batch["input_ids"].shape[1] == 152 and batch["pixel_values_videos"].shape[1] == 11
+    assert batch["input_ids"].shape[1] == 151 and batch["pixel_values_videos"].shape[1] == 11
     assert int((batch["input_ids"] == processor.video_token_id).sum()) == 11 * FRAME_TOKENS
     labelled = batch["labels"][0][batch["labels"][0] != -100]
     assert processor.tokenizer.decode(labelled) == ANSWER + "<|eot_id|>"
@@ -93,11 +93,11 @@ def test_the_plan_counts_the_fitted_sample_as_the_collator_builds_it(processor, 
 
 def test_fit_frames_off_keeps_the_turn_policy(processor, clip):
     sample = _sample(clip, n_exchanges=3)
-    limit = 200  # the first exchange fits at 16 frames (172 tokens), the whole sample (238) does not
+    limit = 200  # the first exchange fits at 16 frames (171 tokens), the whole sample (237) does not
     assert _length(processor, sample, num_frames=16) > limit
     truncating = PLMCollator(processor, max_length=limit, num_frames=16)
     batch = truncating([sample])
-    assert batch["input_ids"].shape[1] == 172 and batch["pixel_values_videos"].shape[1] == 16
+    assert batch["input_ids"].shape[1] == 171 and batch["pixel_values_videos"].shape[1] == 16
     assert truncating.stats["dropped_turns"] == 4 and truncating.stats["frames_removed"] == 0
     whole = PLMCollator(processor, max_length=limit, num_frames=16, truncate_turns=False, on_too_long="raise")
     with pytest.raises(ValueError, match="id='long-clip'.*truncate_turns=False"):
