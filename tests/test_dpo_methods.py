@@ -185,7 +185,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tiny_plm_path: Path, out: Path, config: str, method: str) -> dict:
+def _launch(tiny_plm_path: Path, out: Path, config: str, method: str, padding_free: bool = False) -> dict:
     """``tests/scripts/dpo_deepspeed.py`` under ``accelerate launch`` with a shipped config, as tests/test_deepspeed.py
     launches its worker: DeepSpeed's CPU accelerator over gloo, bf16 as on a GPU. Returns its report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
@@ -195,25 +195,25 @@ def _launch(tiny_plm_path: Path, out: Path, config: str, method: str) -> dict:
                str(ROOT / "recipes" / "accelerate" / f"{config}.yaml"), "--num_processes", "2",
                "--mixed_precision", "bf16", "--main_process_port", str(_free_port()),
                str(ROOT / "tests" / "scripts" / "dpo_deepspeed.py"), "--model", str(tiny_plm_path),
-               "--method", method, "--out", str(out)]
+               "--method", method, "--out", str(out), *(["--padding-free"] if padding_free else [])]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)}\n{(result.stdout + result.stderr)[-6000:]}"
     return json.loads((out / "report.json").read_text())
 
 
-@pytest.mark.parametrize(("config", "method"), [
-    ("zero2", "lora"),
-    ("zero3", "lora"),
-    ("zero3", "full"),
+@pytest.mark.parametrize(("config", "method", "padding_free"), [
+    ("zero2", "lora", False),
+    ("zero3", "lora", True),  # the decoder on packed real tokens, its weights gathered by ZeRO-3
+    ("zero3", "full", False),
 ])
 def test_deepspeed_dpo_trains_with_part_learning_rates_and_saves_a_loadable_model(
-    tiny_plm_path, tmp_path, config, method
+    tiny_plm_path, tmp_path, config, method, padding_free
 ):
     pytest.importorskip("deepspeed", reason='needs DeepSpeed: pip install "plm-tune[deepspeed]"')
     from peft import PeftModel
     from scripts.dpo_deepspeed import LR, PROJECTOR_LR  # tests/ is on sys.path (pytest's rootdir conftest)
 
-    report = _launch(tiny_plm_path, tmp_path, config, method)
+    report = _launch(tiny_plm_path, tmp_path, config, method, padding_free)
     assert report["deepspeed"] == "DeepSpeedEngine" and report["world_size"] == 2
     assert report["zero_stage"] == {"zero2": 2, "zero3": 3}[config]
     assert report["groups"] == {"language": LR, "projector": PROJECTOR_LR}
@@ -222,6 +222,8 @@ def test_deepspeed_dpo_trains_with_part_learning_rates_and_saves_a_loadable_mode
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     # At the first step the policy is the reference: DPO's sigmoid loss is exactly log 2.
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    # 2 steps x (policy + reference) on rank 0, each a padded pair packed into one row
+    assert report["decoder_calls"] == ({"packed": 4, "whole": 0} if padding_free else {"packed": 0, "whole": 0})
     if method == "lora":
         assert report["reference"] == "NoneType" and report["adapters"] == ["default"]  # the adapter off
     else:

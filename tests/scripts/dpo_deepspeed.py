@@ -8,7 +8,8 @@ It trains 2 optimizer steps of ``build_dpo_trainer`` (1 pair per process a step,
 order (the ``DPOConfig`` before the model, so ZeRO-3 shards weights as they load), saves with
 ``trainer.save_model``, and rank 0 writes ``report.json``: ZeRO stage, world size, the engine optimizer's groups
 (name, learning rate), the dtypes the engine holds the weights in, the losses, and what the reference is (none:
-the adapter disabled; a DeepSpeed engine of its own for full finetuning, sharded under ZeRO-3).
+the adapter disabled; a DeepSpeed engine of its own for full finetuning, sharded under ZeRO-3), and with
+``--padding-free`` how often the decoder ran a batch packed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trl import DPOConfig
 
 from data_adapters.synthetic import synthetic_shape_pairs
 from plm_tune import MediaArguments, ModelArguments, load_model
+from plm_tune.modeling.padding_free import padding_free_calls
 from plm_tune.training.preference_trainer import build_dpo_trainer
 
 LR = 1e-3  # language model
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="folder of build_tiny_plm")
     parser.add_argument("--method", choices=("lora", "full"), required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--padding-free", action="store_true",
+                        help="DPOConfig(padding_free=True), on pairs whose rejected answer is longer (padded rows)")
     cli = parser.parse_args()
 
     config = DPOConfig(
@@ -54,10 +58,15 @@ def main() -> None:
         # Without a GPU accelerate picks no backend: DeepSpeed's CPU accelerator talks over gloo.
         ddp_backend="gloo",
         ddp_timeout=600,  # a rank stuck in a collective fails the run instead of waiting forever
+        padding_free=cli.padding_free,
     )
     model, processor = load_model(cli.model, method=cli.method, freeze=("vision",), dtype=torch.bfloat16, seed=0,
                                   **({"lora_dropout": 0.0} if cli.method == "lora" else {}))
-    trainer = build_dpo_trainer(model, processor, synthetic_shape_pairs(8, seed=0, max_tiles=1), args=config,
+    pairs = [dict(pair) for pair in synthetic_shape_pairs(8, seed=0, max_tiles=1)]
+    if cli.padding_free:  # answers of different lengths: the pair's rows are padded, the decoder packs them
+        for pair in pairs:
+            pair["rejected"] = [{"role": "assistant", "content": pair["rejected"][0]["content"][0]["text"] + " Sure."}]
+    trainer = build_dpo_trainer(model, processor, pairs, args=config,
                                 media=MediaArguments(max_tiles=1), model_args=ModelArguments(projector_lr=PROJECTOR_LR))
     trainer.train()
 
@@ -76,6 +85,7 @@ def main() -> None:
         "reference_sharded": trainer.ref_model is not None
         and all(hasattr(p, "ds_id") for p in trainer.ref_model.module.parameters()),
         "adapters": sorted(getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {})),
+        "decoder_calls": padding_free_calls(trainer.accelerator.unwrap_model(trainer.model)),
     }
     trainer.save_model(str(cli.out / "model"))  # every rank: under ZeRO-3 the gather is collective
     if trainer.is_world_process_zero():
