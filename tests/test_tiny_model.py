@@ -93,3 +93,41 @@ def test_cli_writes_a_loadable_model(tmp_path):
                             capture_output=True, text=True, check=True)
     assert "Wrote a tiny random-init PLM" in result.stdout
     AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
+
+
+def test_a_demo_rebuilds_a_tiny_plm_of_an_older_build_and_warns_about_one_without_a_record(tmp_path, caplog):
+    """build_tiny_if_asked: missing -> built; recorded by an older build -> rebuilt in place with the same
+    arguments; no record (a folder from before the record, or made by hand) -> used as it is, with a warning."""
+    import json
+    import logging
+
+    from transformers import TrainingArguments
+
+    from plm_tune.apps.finetune import build_tiny_if_asked
+    from plm_tune.arguments import ModelArguments
+    from plm_tune.modeling.testing import TINY_BUILD, TINY_RECORD, tiny_plm_build
+
+    training = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    path = tmp_path / "tiny-plm"
+    asked = ModelArguments(model_name_or_path=str(path), build_tiny_if_missing=True)
+    build_tiny_if_asked(asked, training)
+    assert tiny_plm_build(path) == {"build": TINY_BUILD, "arguments": json.loads(
+        (path / TINY_RECORD).read_text())["arguments"]}
+    fresh = _digest(path)
+    assert fresh == _digest(build_tiny_plm(tmp_path / "again", seed=0))  # the record is part of the same bytes
+
+    record = json.loads((path / TINY_RECORD).read_text())
+    (path / TINY_RECORD).write_text(json.dumps({**record, "build": TINY_BUILD - 1}))
+    (path / "tokenizer.json").write_text("{}")  # what an older build wrote differs
+    with caplog.at_level(logging.WARNING):
+        build_tiny_if_asked(asked, training)
+    assert f"Rebuilding the tiny PLM at {path}" in caplog.text
+    assert _digest(path) == fresh
+
+    caplog.clear()
+    (path / TINY_RECORD).unlink()
+    (path / "tokenizer.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        build_tiny_if_asked(asked, training)
+    assert "holds no record of how it was built" in caplog.text and "Delete the folder to rebuild it" in caplog.text
+    assert (path / "tokenizer.json").read_text() == "{}"  # not ours to replace

@@ -14,6 +14,7 @@ A recipe reads top to bottom:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from plm_tune.training.plan import plan_report
 from plm_tune.training.trainer import build_trainer, loss_change
 
 __all__ = ["build_tiny_if_asked", "finetune", "recipe_parser"]
+
+logger = logging.getLogger(__name__)
 
 
 def recipe_parser(data_arguments: type | None = None, *, config_class: type | None = None,
@@ -82,14 +85,27 @@ def parse_settings(config: dict[str, Any]) -> tuple[ModelArguments, MediaArgumen
 
 def build_tiny_if_asked(model_args: ModelArguments, training_args: Any) -> None:
     """With ``build_tiny_if_missing`` and no folder at ``model_name_or_path``, build a tiny random PLM there
-    (``plm_tune.modeling.testing.build_tiny_plm`` at ``tiny_preset``'s size): the main process, the others waiting."""
+    (``plm_tune.modeling.testing.build_tiny_plm`` at ``tiny_preset``'s size): the main process, the others waiting.
+
+    A folder that ``build_tiny_plm`` made with an older build (its ``TINY_BUILD``) is rebuilt in place, with a log
+    line; one without its record (made by hand, or by a plm-tune from before the record) is used as it is, with a
+    warning naming the way to rebuild it."""
     path = model_args.model_name_or_path
     if model_args.build_tiny_if_missing:
-        from plm_tune.modeling.testing import TINY_PRESETS, build_tiny_plm
+        from plm_tune.modeling.testing import TINY_BUILD, TINY_PRESETS, build_tiny_plm, tiny_plm_build
 
         with training_args.main_process_first(desc="building the tiny PLM"):
             if not Path(path).exists():
                 build_tiny_plm(path, **TINY_PRESETS[model_args.tiny_preset])
+                return
+            record = tiny_plm_build(path)
+            if record is None:
+                logger.warning("%s holds no record of how it was built (plm_tune_tiny.json): it may be a tiny PLM from "
+                               "an older plm-tune, whose demos learn less. Delete the folder to rebuild it.", path)
+            elif record["build"] != TINY_BUILD:
+                logger.warning("Rebuilding the tiny PLM at %s: it was built by an older plm-tune (build %s, now %s).",
+                               path, record["build"], TINY_BUILD)
+                build_tiny_plm(path, **record["arguments"])
 
 
 def finetune(

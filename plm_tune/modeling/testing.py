@@ -17,12 +17,13 @@ and the vocabulary (a byte-level BPE trained here with Llama 3's pre-tokenizer o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from plm_tune.encoding.formatting import DEFAULT_SYSTEM_PROMPT as PLM_DEFAULT_SYSTEM_PROMPT
 
-__all__ = ["TINY_PRESETS", "build_tiny_plm", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS", "PLM_DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["TINY_BUILD", "TINY_PRESETS", "build_tiny_plm", "tiny_plm_build", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS", "PLM_DEFAULT_SYSTEM_PROMPT"]
 
 # PLM's chat template exactly as transformers' convert_perception_lm_weights_to_hf.py writes it.
 PLM_CHAT_TEMPLATE = (
@@ -204,6 +205,12 @@ TINY_PRESETS: dict[str, dict[str, int]] = {
     "learner": {"tile_size": 112, "vision_width": 64},
 }
 
+# What build_tiny_plm writes changes now and then (2: the answer words of the synthetic data are one token each, as
+# in Llama 3's vocabulary); each build records it with its arguments in TINY_RECORD, so a demo's cached folder built
+# by an older plm-tune is found and rebuilt (plm_tune.apps.finetune.build_tiny_if_asked) instead of silently used.
+TINY_BUILD = 2
+TINY_RECORD = "plm_tune_tiny.json"
+
 
 def build_tiny_plm(
     path: str | Path,
@@ -290,4 +297,17 @@ def build_tiny_plm(
     )
     save_random_model(config, tokenizer, out, seed)
     save_plm_processor(out, tokenizer, tile_size)
+    arguments = dict(seed=seed, tile_size=tile_size, vision_width=vision_width, vision_depth=vision_depth,
+                     text_hidden=text_hidden, text_layers=text_layers, bpe_vocab=bpe_vocab,
+                     vision_init_values=vision_init_values)
+    (out / TINY_RECORD).write_text(json.dumps({"build": TINY_BUILD, "arguments": arguments}, indent=2) + "\n")
     return out
+
+
+def tiny_plm_build(path: str | Path) -> dict[str, Any] | None:
+    """What ``build_tiny_plm`` recorded in the folder at ``path`` (``{"build", "arguments"}``); None when the folder
+    holds no record (not built by it, or by a plm-tune from before ``TINY_BUILD`` 2)."""
+    record = Path(path) / TINY_RECORD
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text())
