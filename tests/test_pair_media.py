@@ -11,6 +11,7 @@ from test_preference_collator import _collator, ragged_pairs
 from transformers import AutoModelForImageTextToText
 
 from plm_tune import PLMCollator, sequence_logps
+from plm_tune.modeling.padding_free import decode_padding_free, padding_free_calls
 from plm_tune.modeling.pair_media import encode_pair_media_once, pair_media_calls
 
 
@@ -25,14 +26,18 @@ def _tiles_seen(model):
     return seen
 
 
-def _logps_and_tower_grads(model, batch):
+def logps_and_grads(model, batch, prefixes=("",)):
+    """Each row's answer log-prob and the gradients of their sum for the weights whose names start with one of
+    ``prefixes`` (default: all)."""
     model.zero_grad()
     logps = sequence_logps(model, batch)
     logps.sum().backward()
     grads = {name: param.grad.clone() for name, param in model.named_parameters()
-             if param.grad is not None and (name.startswith("model.vision_tower")
-                                            or name.startswith("model.multi_modal_projector"))}
+             if param.grad is not None and name.startswith(tuple(prefixes))}
     return logps.detach(), grads
+
+
+TOWER = ("model.vision_tower", "model.multi_modal_projector")
 
 
 def test_a_pair_batch_encodes_its_media_once_with_the_same_log_probs_and_gradients(tiny_plm_path, processor):
@@ -41,8 +46,8 @@ def test_a_pair_batch_encodes_its_media_once_with_the_same_log_probs_and_gradien
     assert encode_pair_media_once(shared) == 1 and encode_pair_media_once(shared) == 1  # idempotent
     seen_plain, seen_shared = _tiles_seen(plain), _tiles_seen(shared)
 
-    expected_logps, expected_grads = _logps_and_tower_grads(plain, batch)
-    logps, grads = _logps_and_tower_grads(shared, batch)
+    expected_logps, expected_grads = logps_and_grads(plain, batch, TOWER)
+    logps, grads = logps_and_grads(shared, batch, TOWER)
 
     torch.testing.assert_close(logps, expected_logps, rtol=0, atol=1e-5)
     assert grads.keys() == expected_grads.keys() and grads
@@ -71,11 +76,13 @@ def test_other_batches_go_through_whole(tiny_plm_path, processor):
     assert pair_media_calls(model) == {"shared": 0, "whole": 2}
 
 
-def test_a_deep_copy_encodes_with_its_own_weights(tiny_plm_path, processor):
-    """DPO's frozen reference for full finetuning is a deepcopy: its wrapped method must use the copy's tower."""
+def test_a_deep_copy_runs_the_wrapped_methods_with_its_own_weights(tiny_plm_path, processor):
+    """DPO's frozen reference for full finetuning is a deepcopy: its wrapped methods (the tower once per pair, the
+    decoder padding-free) must run the copy's weights."""
     batch = _collator(processor)(ragged_pairs()[:2])
     model = _load(tiny_plm_path)
     encode_pair_media_once(model)
+    decode_padding_free(model)
     reference = copy.deepcopy(model)
     with torch.no_grad():
         before = sequence_logps(reference, batch)
@@ -84,3 +91,4 @@ def test_a_deep_copy_encodes_with_its_own_weights(tiny_plm_path, processor):
         torch.testing.assert_close(sequence_logps(reference, batch), before, rtol=0, atol=0)
         assert not torch.allclose(sequence_logps(model, batch), before, atol=1e-3)
     assert pair_media_calls(reference)["shared"] == 2 and pair_media_calls(model)["shared"] == 1
+    assert padding_free_calls(reference)["packed"] == 2 and padding_free_calls(model)["packed"] == 1

@@ -20,14 +20,16 @@ for); generation and unpadded batches go through unchanged.
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
 
+from plm_tune.modeling.method_wrapping import wrap_method, wrapped_calls
+
 __all__ = ["decode_padding_free", "padding_free_calls"]
 
 _WRAPPED = "_plm_tune_padding_free"
+_OUTCOMES = ("packed", "whole")
 
 
 def decode_padding_free(model: Any) -> int:
@@ -38,26 +40,15 @@ def decode_padding_free(model: Any) -> int:
         >>> decode_padding_free(trainer.model)   # build_dpo_trainer does it when DPOConfig.padding_free is True
         1
     """
-    wrapped = 0
-    for module in model.modules():
-        if type(module).__name__ != "LlamaModel":
-            continue
-        if not hasattr(module, _WRAPPED):
-            # Bound to the module, not a closure over it: copy.deepcopy (full finetuning's frozen reference) rebinds
-            # the method to the copy.
-            module.forward = types.MethodType(_forward_padding_free, module)
-            setattr(module, _WRAPPED, {"packed": 0, "whole": 0})
-        wrapped += 1
-    return wrapped
+    decoders = [module for module in model.modules() if type(module).__name__ == "LlamaModel"]
+    for module in decoders:  # bound to the instance: a deepcopy decodes with its own weights (method_wrapping)
+        wrap_method(module, "forward", _forward_padding_free, _WRAPPED, _OUTCOMES)
+    return len(decoders)
 
 
 def padding_free_calls(model: Any) -> dict[str, int]:
     """How often the wrapped decoders ran a batch packed (``packed``) or as given (``whole``)."""
-    totals = {"packed": 0, "whole": 0}
-    for module in model.modules():
-        for key, count in getattr(module, _WRAPPED, {}).items():
-            totals[key] += count
-    return totals
+    return wrapped_calls(model, _WRAPPED, _OUTCOMES)
 
 
 def _forward_padding_free(self: Any, *args: Any, attention_mask: torch.Tensor | None = None,

@@ -18,14 +18,16 @@ halves differ) goes through unchanged.
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
 
+from plm_tune.modeling.method_wrapping import wrap_method, wrapped_calls
+
 __all__ = ["encode_pair_media_once", "pair_media_calls"]
 
 _WRAPPED = "_plm_tune_pair_media"
+_OUTCOMES = ("shared", "whole")
 
 
 def encode_pair_media_once(model: Any) -> int:
@@ -36,17 +38,11 @@ def encode_pair_media_once(model: Any) -> int:
         >>> encode_pair_media_once(trainer.model)      # build_dpo_trainer does it for the policy and the reference
         1
     """
-    wrapped = 0
-    for module in model.modules():
-        if not (hasattr(module, "get_image_features") and hasattr(module, "multi_modal_projector")):
-            continue
-        if not hasattr(module, _WRAPPED):
-            # A method bound to the module (not a closure over its bound method): copy.deepcopy rebinds it to the
-            # copy (DPO's frozen reference for full finetuning is one), which then encodes with its own weights.
-            module.get_image_features = types.MethodType(_get_image_features_once, module)
-            setattr(module, _WRAPPED, {"shared": 0, "whole": 0})
-        wrapped += 1
-    return wrapped
+    modules = [module for module in model.modules()
+               if hasattr(module, "get_image_features") and hasattr(module, "multi_modal_projector")]
+    for module in modules:  # bound to the instance: a deepcopy encodes with its own weights (method_wrapping)
+        wrap_method(module, "get_image_features", _get_image_features_once, _WRAPPED, _OUTCOMES)
+    return len(modules)
 
 
 def _get_image_features_once(self: Any, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -68,11 +64,7 @@ def _get_image_features_once(self: Any, pixel_values: torch.Tensor, *args: Any, 
 
 def pair_media_calls(model: Any) -> dict[str, int]:
     """How often the wrapped modules encoded a pair batch's media once (``shared``) or all tiles (``whole``)."""
-    totals = {"shared": 0, "whole": 0}
-    for module in model.modules():
-        for key, count in getattr(module, _WRAPPED, {}).items():
-            totals[key] += count
-    return totals
+    return wrapped_calls(model, _WRAPPED, _OUTCOMES)
 
 
 def _shared_half(pixel_values: torch.Tensor) -> torch.Tensor | None:
