@@ -23,7 +23,8 @@ from typing import Any
 
 from plm_tune.encoding.formatting import DEFAULT_SYSTEM_PROMPT as PLM_DEFAULT_SYSTEM_PROMPT
 
-__all__ = ["TINY_BUILD", "TINY_PRESETS", "build_tiny_plm", "tiny_plm_build", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS", "PLM_DEFAULT_SYSTEM_PROMPT"]
+__all__ = ["TINY_BUILD", "TINY_PRESETS", "build_tiny_plm", "tiny_plm_build", "PLM_CHAT_TEMPLATE", "PLM_SPECIAL_TOKENS",
+           "PLM_DEFAULT_SYSTEM_PROMPT"]
 
 # PLM's chat template exactly as transformers' convert_perception_lm_weights_to_hf.py writes it.
 PLM_CHAT_TEMPLATE = (
