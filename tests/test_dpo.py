@@ -131,7 +131,7 @@ def test_dpo_teaches_the_tiny_plm_to_prefer_the_true_colour_of_held_out_images(t
     split = synthetic_shape_pairs(96, seed=0, max_tiles=4).train_test_split(test_size=32, seed=0)
     # beta=1 and a high rate: random init, tiny model, few steps (beta 0.1 / 0.3 and lr 5e-3 were slower or unsteady).
     args = _args(tmp_path, max_steps=300, per_device_train_batch_size=4, learning_rate=2e-3, beta=1.0,
-                 lr_scheduler_type="constant_with_warmup", warmup_steps=2, max_length=128, logging_steps=50)
+                 lr_scheduler_type="cosine", warmup_steps=2, max_length=128, logging_steps=50)
     trainer = build_dpo_trainer(model, processor, split["train"], args=args, media=MediaArguments(max_tiles=4))
     model.eval()
     with model.disable_adapter():
