@@ -8,12 +8,12 @@ import gc
 import json
 import os
 
-import av
 import numpy as np
 import pytest
 import torch
 from conftest import make_image
 from peft.tuners.lora import LoraLayer
+from test_frame_selection import encode_indexed_video
 from trl import DPOConfig
 
 from data_adapters.synthetic import synthetic_shape_pairs
@@ -34,20 +34,8 @@ def _args(tmp_path, **overrides) -> DPOConfig:
 
 @pytest.fixture(scope="module")
 def video_path(tmp_path_factory):
-    """A 12-frame clip (lossless H.264 RGB), as tests/test_cli_generate.py writes one."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264rgb", rate=4)
-        stream.width = stream.height = 32
-        stream.pix_fmt, stream.options = "rgb24", {"qp": "0"}
-        for _ in range(12):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    """A 12-frame lossless clip, every frame another colour (tests/test_frame_selection.py's)."""
+    return encode_indexed_video(tmp_path_factory.mktemp("video") / "clip.mp4", 12, 4)
 
 
 @pytest.fixture(scope="module")
